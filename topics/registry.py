@@ -1,0 +1,78 @@
+"""The topic registry: every topic's logical name, key, partitions and configs, in one place.
+
+``just topics`` (``python -m topics.admin``) creates them idempotently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import msgspec
+
+from topics.contracts import DeadLetter, DriftSnapshot, Label, Prediction, Transaction
+
+DAY_MS = 24 * 3600 * 1000
+DEFAULT_PARTITIONS = 8
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: what it carries, how it is keyed and how the broker keeps it."""
+
+    logical: str
+    contract: type[msgspec.Struct]
+    key: str
+    partitions: int = DEFAULT_PARTITIONS
+    config: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    description: str = ""
+
+
+def _config(**values: str) -> MappingProxyType[str, str]:
+    return MappingProxyType({k.replace("_", "."): v for k, v in values.items()})
+
+
+TOPICS: MappingProxyType[str, TopicSpec] = MappingProxyType(
+    {
+        spec.logical: spec
+        for spec in (
+            TopicSpec(
+                "transactions",
+                Transaction,
+                key="card_id",
+                config=_config(retention_ms=str(7 * DAY_MS)),
+                description="Card transactions from the payment systems.",
+            ),
+            TopicSpec(
+                "predictions",
+                Prediction,
+                key="transaction_id",
+                config=_config(retention_ms=str(7 * DAY_MS)),
+                description="One verdict per transaction.",
+            ),
+            TopicSpec(
+                "labels",
+                Label,
+                key="transaction_id",
+                # Compacted: the latest label per transaction is what matters.
+                config=_config(cleanup_policy="compact", min_compaction_lag_ms=str(DAY_MS)),
+                description="Fraud / not-fraud ground truth, known from label_time on.",
+            ),
+            TopicSpec(
+                "drift",
+                DriftSnapshot,
+                key="model_version",
+                partitions=1,
+                config=_config(retention_ms=str(30 * DAY_MS)),
+                description="Per-window data-drift snapshots.",
+            ),
+            TopicSpec(
+                "dead-letter",
+                DeadLetter,
+                key="original message key",
+                config=_config(retention_ms=str(30 * DAY_MS)),
+                description="Messages that failed decoding or validation, bytes kept exactly.",
+            ),
+        )
+    }
+)
