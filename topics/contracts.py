@@ -54,7 +54,9 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 alphabetic code.")
     ]
     event_time: EpochMs
-    mcc: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$", description="Merchant category code.")] | None = None
+    mcc: Annotated[
+        str, msgspec.Meta(pattern="^[0-9]{4}$", description="ISO 18245 merchant category code.")
+    ] | None = None
     channel: Channel | None = None
     entry_mode: EntryMode | None = None
     country: Annotated[
@@ -68,6 +70,8 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     attributes: dict[str, AttributeValue] | None = None
 
     SCHEMA_VERSION = 1
+    #: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
+    WIRE_TIME_FIELDS = ("event_time",)
 
 
 class ReasonCode(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -117,6 +121,7 @@ class Label(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     source: Literal["chargeback", "analyst", "customer", "other"] | None = None
 
     SCHEMA_VERSION = 1
+    WIRE_TIME_FIELDS = ("label_time",)
 
 
 class DriftSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):

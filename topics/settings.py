@@ -85,7 +85,7 @@ class KafkaSettings:
         )
 
     def client_config(self, **extra: str | int | bool) -> dict[str, str | int | bool]:
-        """librdkafka configuration: bootstrap servers, pass-through options, then ``extra``."""
+        """Config for librdkafka: bootstrap servers, pass-through options, then ``extra``."""
         if self.bootstrap_servers is None:
             raise ConfigError(
                 f"{BOOTSTRAP_ENV} is not set and no embedded broker was started; "

@@ -117,13 +117,13 @@ def _first_non_finite(obj: Any, path: str = "") -> str | None:
 class ContractDecoder(Generic[S]):
     """Decode one contract type from raw bytes; subclasses add the checks msgspec can't express.
 
-    ``time_fields`` may arrive as RFC 3339 strings and are normalised to epoch ms.
+    The struct's ``WIRE_TIME_FIELDS`` may arrive as RFC 3339 strings and are
+    normalised to epoch ms.
     """
-
-    time_fields: tuple[str, ...] = ()
 
     def __init__(self, struct: type[S], max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.struct = struct
+        self.time_fields: tuple[str, ...] = getattr(struct, "WIRE_TIME_FIELDS", ())
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(struct)
 
@@ -188,8 +188,6 @@ class ContractDecoder(Generic[S]):
 class TransactionDecoder(ContractDecoder[Transaction]):
     """Decoder for the ``transactions`` topic."""
 
-    time_fields = ("event_time",)
-
     def __init__(
         self, max_bytes: int = MAX_MESSAGE_BYTES, max_future_ms: int = MAX_FUTURE_MS
     ) -> None:
@@ -226,8 +224,6 @@ class TransactionDecoder(ContractDecoder[Transaction]):
 
 class LabelDecoder(ContractDecoder[Label]):
     """Decoder for the ``labels`` topic."""
-
-    time_fields = ("label_time",)
 
     def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         super().__init__(Label, max_bytes)

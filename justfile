@@ -1,0 +1,64 @@
+# Recipes for development. Run through ./dev on a fresh machine (it builds .venv first).
+set dotenv-load := false
+
+python := "python"
+
+# list the recipes
+default:
+    @just --list --unsorted
+
+# the end-to-end demo on the embedded broker (see README: Quick start)
+demo *ARGS:
+    {{python}} -m flows.demo {{ARGS}}
+
+# lint, types and every test tier (unit, flow, integration); the CI command
+test *ARGS: lint types
+    {{python}} -m pytest {{ARGS}}
+
+# only the fast, pure tests
+test-unit *ARGS:
+    {{python}} -m pytest tests/unit topics state export training flows {{ARGS}}
+
+# ruff: pyflakes, pycodestyle, isort, bugbear, docstrings
+lint:
+    {{python}} -m ruff check .
+
+# mypy on the packages
+types:
+    {{python}} -m mypy
+
+# regenerate topics/schemas/*.json from the contracts
+schemas:
+    {{python}} -m topics.schema
+
+# run a development broker in the foreground (Tansu, memory only)
+broker *ARGS:
+    {{python}} -m topics.broker {{ARGS}}
+
+# create every topic of the registry, idempotently
+topics *ARGS:
+    {{python}} -m topics.admin {{ARGS}}
+
+# produce transactions (synthetic or from a file); --help for options
+produce *ARGS:
+    {{python}} -m topics.produce {{ARGS}}
+
+# print records of a topic; --help for options
+tail TOPIC *ARGS:
+    {{python}} -m topics.tail {{TOPIC}} {{ARGS}}
+
+# simulate a labelled history (Parquet) with fraud scenarios
+simulate *ARGS:
+    {{python}} -m training.simulate {{ARGS}}
+
+# train the ensemble on a labelled history: just train DATA=path/to/history.parquet
+train DATA="data/history.parquet" *ARGS:
+    {{python}} -m training.train --data {{DATA}} {{ARGS}}
+
+# export the trained ensemble to ONNX and publish it under models/
+export-onnx *ARGS:
+    {{python}} -m export.onnx {{ARGS}}
+
+# regenerate requirements.lock from pyproject.toml (maintainers; needs uv)
+lock:
+    uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet --output-file requirements.lock

@@ -1,0 +1,53 @@
+import msgspec
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from samples import BAD_MESSAGES, NOW_MS, raw
+
+import bytewax.operators as op
+from flows.decode import Sourced, decode
+from topics.contracts import DeadLetter, Transaction
+from topics.deadletter import raw_key, raw_value
+from topics.validation import TransactionDecoder
+
+
+def test_bad_messages_become_one_dead_letter_each_and_valid_ones_pass() -> None:
+    messages = []
+    expected_valid = {}
+    for i, bad in enumerate(BAD_MESSAGES):
+        tid = f"ok-{i}"
+        good = raw(transaction_id=tid, amount=10.0 + i)
+        expected_valid[tid] = good
+        messages.append((good, None))
+        messages.append((bad.value, bad))
+    source = [
+        KafkaSourceMessage(key=b"k%d" % n, value=value, topic="tx", partition=n % 3, offset=n,
+                           timestamp=(1, NOW_MS + n))
+        for n, (value, _) in enumerate(messages)
+    ]
+    oks: list[Sourced[Transaction]] = []
+    errs: list[KafkaSinkMessage] = []
+    flow = Dataflow("decode-test")
+    out = decode("decode", op.input("in", flow, TestingSource(source, batch_size=7)),
+                 TransactionDecoder(), clock=lambda: NOW_MS / 1000)
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+
+    assert {s.value.transaction_id for s in oks} == set(expected_valid)
+    for s in oks:
+        assert msgspec.json.encode(s.value) == msgspec.json.encode(
+            msgspec.json.decode(expected_valid[s.value.transaction_id], type=Transaction))
+        assert s.ingest_ms == NOW_MS + s.offset and s.partition == s.offset % 3
+
+    assert len(errs) == len(BAD_MESSAGES)
+    by_offset = {n: bad for n, (_, bad) in enumerate(messages) if bad is not None}
+    for msg in errs:
+        record = msgspec.json.decode(msg.value, type=DeadLetter)
+        bad = by_offset.pop(record.offset)
+        assert record.error_class == bad.error_class, (bad.kind, record.reason)
+        assert bad.reason_contains in record.reason
+        assert raw_value(record) == bad.value
+        assert raw_key(record) == msg.key == b"k%d" % record.offset
+        assert record.source_topic == "tx" and record.partition == record.offset % 3
+    assert not by_offset
