@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from samples import BAD_MESSAGES, NOW_MS, raw  # noqa: E402
-
 from topics.validation import TransactionDecoder  # noqa: E402
 
 
@@ -30,7 +29,9 @@ def per_message_us(decoder: TransactionDecoder, messages: list[bytes], runs: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=7, help="repetitions; the median is reported")
     parser.add_argument("--n", type=int, default=200_000, help="messages per run")
     args = parser.parse_args()

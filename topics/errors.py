@@ -11,3 +11,7 @@ class ConfigError(FraudStreamError):
 
 class BrokerError(FraudStreamError):
     """The Kafka-compatible broker could not be reached, started or used."""
+
+
+class InputError(FraudStreamError):
+    """An input file or row does not match its contract; the message names the row and field."""

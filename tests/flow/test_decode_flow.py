@@ -1,11 +1,11 @@
+import bytewax.operators as op
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from samples import BAD_MESSAGES, NOW_MS, raw
 
-import bytewax.operators as op
 from flows.decode import Sourced, decode
+from samples import BAD_MESSAGES, NOW_MS, raw
 from topics.contracts import DeadLetter, Transaction
 from topics.deadletter import raw_key, raw_value
 from topics.validation import TransactionDecoder

@@ -2,10 +2,10 @@ import json
 import math
 
 import msgspec
-from samples import NOW_MS, BadMessage, raw, txn_json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from samples import NOW_MS, BadMessage, raw, txn_json
 from topics.contracts import Label, Transaction
 from topics.validation import LabelDecoder, Rejection, TransactionDecoder, parse_time_ms
 

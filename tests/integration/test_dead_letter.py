@@ -1,0 +1,58 @@
+import bytewax.operators as op
+import msgspec
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from confluent_kafka import Producer
+
+from flows import kafka
+from flows.decode import Sourced, decode
+from samples import BAD_MESSAGES, NOW_MS, raw
+from topics.contracts import DeadLetter, Transaction
+from topics.deadletter import raw_key, raw_value
+from topics.settings import KafkaSettings
+from topics.tail import read_topic
+from topics.validation import TransactionDecoder
+
+
+@pytest.mark.integration
+def test_bad_messages_reach_the_dead_letter_topic_byte_for_byte(topics: KafkaSettings) -> None:
+    producer = Producer(topics.client_config())
+    sent_valid = {}
+    for i, bad in enumerate(BAD_MESSAGES):
+        good = raw(transaction_id=f"ok-{i}")
+        sent_valid[f"ok-{i}"] = good
+        # Same key, so each bad message sits between two valid ones in its partition.
+        producer.produce(topics.topic("transactions"), key=f"card-{i}".encode(), value=good)
+        producer.produce(topics.topic("transactions"), key=f"card-{i}".encode(), value=bad.value)
+    sent_valid["ok-last"] = raw(transaction_id="ok-last")
+    producer.produce(topics.topic("transactions"), key=b"card-last", value=sent_valid["ok-last"])
+    assert producer.flush(10) == 0
+    del producer
+
+    oks: list[Sourced[Transaction]] = []
+    flow = Dataflow("dead-letter-test")
+    messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
+    decoded = decode("decode", messages, TransactionDecoder(), clock=lambda: NOW_MS / 1000)
+    op.output("oks", decoded.oks, TestingSink(oks))
+    op.output("dead-letter", decoded.errs, kafka.sink(topics, "dead-letter"))
+    run_main(flow)
+
+    assert sorted(s.value.transaction_id for s in oks) == sorted(sent_valid)
+    for s in oks:
+        expected = msgspec.json.decode(sent_valid[s.value.transaction_id], type=Transaction)
+        assert s.value == expected
+
+    records = read_topic(topics, topics.topic("dead-letter"), timeout=10)
+    assert len(records) == len(BAD_MESSAGES)
+    by_value = {bad.value: bad for bad in BAD_MESSAGES}
+    for record in records:
+        assert record.value is not None
+        letter = msgspec.json.decode(record.value, type=DeadLetter)
+        bad = by_value.pop(raw_value(letter))  # type: ignore[arg-type]
+        assert letter.error_class == bad.error_class, (bad.kind, letter.reason)
+        assert bad.reason_contains in letter.reason
+        assert letter.source_topic == topics.topic("transactions")
+        assert raw_key(letter) == record.key
+        assert letter.offset >= 0 and 0 <= letter.partition < 8
+    assert not by_value, f"never dead-lettered: {[b.kind for b in by_value.values()]}"

@@ -1,0 +1,213 @@
+"""Create the registry's topics idempotently (``just topics``, ``python -m topics.admin``).
+
+Every topic in :data:`topics.registry.TOPICS` is created with its partition
+count and configs. A topic that already exists is left alone; if it has fewer
+partitions than the registry asks for, that is reported (key-to-partition
+mapping would change if partitions were added, so we never add them silently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from topics.errors import BrokerError, FraudStreamError
+from topics.registry import TOPICS
+from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Status = Literal["created", "exists"]
+
+#: Kafka error code for TOPIC_ALREADY_EXISTS.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """One registry topic as found (or made) on the broker."""
+
+    logical: str
+    name: str
+    status: Status
+    wanted_partitions: int
+    partitions: int
+
+    @property
+    def note(self) -> str:
+        """A warning for the operator, or ``""``."""
+        if self.partitions < self.wanted_partitions:
+            return (
+                f"has {self.partitions} partitions, the registry wants {self.wanted_partitions}: "
+                "parallelism is capped; recreate the topic to change it"
+            )
+        if self.partitions > self.wanted_partitions:
+            return f"has {self.partitions} partitions, more than {self.wanted_partitions} wanted"
+        return ""
+
+
+def _admin(settings: KafkaSettings) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    config: dict[str, str | int | float | bool] = {**settings.client_config()}
+    return AdminClient(config)
+
+
+def topic_partitions(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, int]:
+    """Every topic on the broker and its partition count."""
+    from confluent_kafka import KafkaException
+
+    try:
+        metadata = _admin(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot list topics on {settings.bootstrap_servers}: {exc}; "
+            f"check {BOOTSTRAP_ENV} and that the broker is running"
+        ) from exc
+    return {name: len(meta.partitions) for name, meta in metadata.topics.items()}
+
+
+def ensure_topic_states(
+    settings: KafkaSettings, partitions_override: int | None = None, timeout: float = 30.0
+) -> list[TopicState]:
+    """Create missing registry topics; describe every registry topic afterwards."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(settings)
+    wanted = {
+        logical: (settings.topic(logical), partitions_override or spec.partitions, spec)
+        for logical, spec in TOPICS.items()
+    }
+    existing = topic_partitions(settings, timeout)
+    new = [
+        NewTopic(name, num_partitions=partitions, config=dict(spec.config))
+        for name, partitions, spec in wanted.values()
+        if name not in existing
+    ]
+    created: set[str] = set()
+    if new:
+        for name, future in admin.create_topics(new, request_timeout=timeout).items():
+            try:
+                future.result(timeout)
+                created.add(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != _TOPIC_ALREADY_EXISTS:  # lost a race: fine
+                    raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
+    after = topic_partitions(settings, timeout)
+    states = []
+    for logical, (name, partitions, _) in wanted.items():
+        state = TopicState(
+            logical,
+            name,
+            "created" if name in created else "exists",
+            partitions,
+            after.get(name, partitions),
+        )
+        if state.note:
+            log.warning("topic %s %s", name, state.note)
+        states.append(state)
+    return states
+
+
+def ensure_topics(
+    settings: KafkaSettings, partitions_override: int | None = None, timeout: float = 30.0
+) -> dict[str, Status]:
+    """Create every registry topic that is missing; map real topic name to what happened.
+
+    Idempotent. A pre-existing topic with fewer partitions than wanted is logged
+    as a warning (``topics.admin`` logger), never an error.
+    """
+    return {
+        s.name: s.status for s in ensure_topic_states(settings, partitions_override, timeout)
+    }
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table with left-aligned columns.
+
+    >>> print(format_table([["a", "1"]], ["name", "n"]))
+    name  n
+    ----  -
+    a     1
+    """
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in lines)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m topics.admin",
+        description=(
+            "Create every topic of the registry (topics/registry.py) with its partitions and "
+            "configs; existing topics are left as they are. Prints a table of what it found."
+        ),
+        epilog=(
+            f"environment: {BOOTSTRAP_ENV}=host:port selects the broker (unset: the dev broker "
+            "of `just broker`, else an embedded broker for this command only); "
+            "FRAUD_TOPIC_PREFIX prefixes every topic name; FRAUD_TOPIC_<NAME> (e.g. "
+            "FRAUD_TOPIC_DEAD_LETTER) overrides one name; FRAUD_KAFKA_<PROPERTY> passes a "
+            "librdkafka option (dots as underscores, e.g. FRAUD_KAFKA_SECURITY_PROTOCOL)."
+        ),
+    )
+    parser.add_argument(
+        "--list", action="store_true",
+        help="only list the registry topics and what exists on the broker; create nothing",
+    )  # fmt: skip
+    parser.add_argument(
+        "--partitions", type=int, default=None, metavar="N",
+        help="create missing topics with N partitions instead of the registry's count",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m topics.admin``."""
+    from topics.broker import connect
+
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        with connect(create_topics=False) as settings:
+            if args.list:
+                found = topic_partitions(settings)
+                rows = [
+                    [
+                        logical,
+                        settings.topic(logical),
+                        str(spec.partitions),
+                        str(found[settings.topic(logical)])
+                        if settings.topic(logical) in found else "-",
+                        "present" if settings.topic(logical) in found else "missing",
+                    ]
+                    for logical, spec in TOPICS.items()
+                ]
+                others = sorted(set(found) - {settings.topic(name) for name in TOPICS})
+                rows += [["", name, "", str(found[name]), "not in registry"] for name in others]
+            else:
+                rows = [
+                    [s.logical, s.name, str(s.wanted_partitions), str(s.partitions),
+                     s.status + (f" — {s.note}" if s.note else "")]
+                    for s in ensure_topic_states(settings, args.partitions)
+                ]  # fmt: skip
+            print(f"broker: {settings.bootstrap_servers}")
+            print(format_table(rows, ["logical", "topic", "wanted", "partitions", "status"]))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except FraudStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Read a topic and show its records (``python -m topics.tail TOPIC``).
+
+Consumes with ``assign()`` over every partition, never a consumer group (no
+offsets are committed, nothing joins a group). By default one readable line
+per record: partition@offset, key, and a summary of the decoded contract of
+the topic; ``--json`` prints the raw values as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+from topics.contracts import DeadLetter, DriftSnapshot, Label, Prediction, Transaction
+from topics.errors import BrokerError, FraudStreamError
+from topics.registry import TOPICS
+from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+
+#: Idle seconds after which a read that does not ``follow`` gives up.
+DEFAULT_IDLE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+def logical_name(settings: KafkaSettings, topic: str) -> str | None:
+    """The registry's logical name for a real or logical topic name, if it has one."""
+    if topic in TOPICS:
+        return topic
+    return next((name for name in TOPICS if settings.topic(name) == topic), None)
+
+
+def iter_topic(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    follow: bool = False,
+    limit: int | None = None,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+) -> Iterator[Record]:
+    """Yield records of every partition of ``topic`` (a real name).
+
+    Stops after ``limit`` records, after ``idle_timeout`` seconds without a record
+    (None: never), or, unless ``follow``, once every partition has been read to its end.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+    options: dict[str, str | int | bool] = {
+        # Required by librdkafka, never joined: we assign() and commit nothing.
+        "group.id": f"fraudstream-tail-{os.getpid()}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": not follow,
+        # An empty fetch waits this long on the broker; short, so an idle partition's
+        # end is seen quickly.
+        "fetch.wait.max.ms": 500 if follow else 50,
+        "log.connection.close": False,
+    }
+    consumer = Consumer({**settings.client_config(**options)})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise BrokerError(
+                f"topic {topic!r} does not exist on {settings.bootstrap_servers}; "
+                "list topics with `python -m topics.admin --list`"
+            )
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+        pending_eof = set(partitions)
+        seen = 0
+        last_activity = time.monotonic()
+        while limit is None or seen < limit:
+            batch = consumer.consume(
+                num_messages=500 if limit is None else min(500, limit - seen), timeout=0.2
+            )
+            if not batch:
+                if idle_timeout is not None and time.monotonic() - last_activity > idle_timeout:
+                    return
+                continue
+            last_activity = time.monotonic()
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending_eof.discard(msg.partition())
+                        continue
+                    raise BrokerError(f"reading {topic!r}: {err.str()}")
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None  # set on every record
+                pending_eof.add(partition)
+                kind, ts = msg.timestamp()
+                yield Record(
+                    topic, partition, offset, msg.key(), msg.value(), ts if kind != 0 else None
+                )
+                seen += 1
+            if not follow and not pending_eof:
+                return
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    settings: KafkaSettings,
+    topic: str,
+    limit: int | None = None,
+    timeout: float = DEFAULT_IDLE_TIMEOUT,
+    *,
+    from_beginning: bool = True,
+) -> list[Record]:
+    """Every record of ``topic`` up to its current end (or ``limit``); ``timeout`` is idle time."""
+    return list(
+        iter_topic(
+            settings, topic, from_beginning=from_beginning, limit=limit, idle_timeout=timeout
+        )
+    )
+
+
+def iso_ms(ms: int) -> str:
+    """UTC epoch milliseconds as RFC 3339.
+
+    >>> iso_ms(1700000000000)
+    '2023-11-14T22:13:20.000Z'
+    """
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _preview(raw: bytes | None, width: int = 60) -> str:
+    if raw is None:
+        return "null"
+    text = raw.decode("utf-8", errors="replace")
+    return repr(text if len(text) <= width else text[:width] + "…")
+
+
+def summarize(logical: str | None, value: bytes | None) -> str:
+    """A compact one-line summary of a record value, by topic type.
+
+    >>> summarize("labels", b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1",'
+    ...           b'"is_fraud":true,"label_time":1700000000000,"source":"chargeback"}')
+    't1 card=c1 merchant=m1 FRAUD (chargeback) known from 2023-11-14T22:13:20.000Z'
+    """
+    if value is None:
+        return "(tombstone)"
+    contract = TOPICS[logical].contract if logical is not None and logical in TOPICS else None
+    if contract is None:
+        return _preview(value, 120)
+    try:
+        obj = msgspec.json.decode(value, type=contract)
+    except msgspec.MsgspecError as exc:
+        return f"(not a valid {contract.__name__}: {exc}) {_preview(value)}"
+    if isinstance(obj, Transaction):
+        return (
+            f"{obj.transaction_id} card={obj.card_id} {obj.amount:.2f} {obj.currency} "
+            f"merchant={obj.merchant_id} mcc={obj.mcc or '-'} "
+            f"{obj.channel or '-'}/{obj.entry_mode or '-'} {obj.country or '-'} "
+            f"at {iso_ms(obj.event_time)}"
+        )
+    if isinstance(obj, Prediction):
+        text = (
+            f"{obj.transaction_id} card={obj.card_id} {obj.decision.upper()} "
+            f"score={obj.score:.3f} model={obj.model_version}"
+        )
+        if obj.shadow_score is not None:
+            text += f" shadow={obj.shadow_score:.3f}/{obj.shadow_decision or '-'}"
+        if obj.reasons:
+            text += " reasons=" + ",".join(r.feature for r in obj.reasons[:3])
+        return text
+    if isinstance(obj, Label):
+        return (
+            f"{obj.transaction_id} card={obj.card_id} merchant={obj.merchant_id} "
+            f"{'FRAUD' if obj.is_fraud else 'legit'} ({obj.source or '-'}) "
+            f"known from {iso_ms(obj.label_time)}"
+        )
+    if isinstance(obj, DriftSnapshot):
+        top = sorted(obj.feature_psi.items(), key=lambda kv: -kv[1])[:3]
+        return (
+            f"{iso_ms(obj.window_start)}..{iso_ms(obj.window_end)} model={obj.model_version} "
+            f"n={obj.count} score_psi={obj.score_psi:.3f} "
+            f"top_psi={','.join(f'{k}={v:.3f}' for k, v in top) or '-'} "
+            f"alerts={','.join(obj.alerts) or '-'}"
+        )
+    if isinstance(obj, DeadLetter):
+        raw = base64.b64decode(obj.value_b64) if obj.value_b64 is not None else None
+        return (
+            f"{obj.error_class}: {obj.reason} [from {obj.source_topic} "
+            f"p{obj.partition}@{obj.offset}] value={_preview(raw)}"
+        )
+    return _preview(value, 120)  # pragma: no cover - every registry contract is handled
+
+
+def format_record(record: Record, logical: str | None) -> str:
+    """One human-readable line: ``p<partition>@<offset> key=<key> <summary>``."""
+    key = "-" if record.key is None else record.key.decode("utf-8", errors="replace")
+    return f"p{record.partition}@{record.offset} key={key} {summarize(logical, record.value)}"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m topics.tail",
+        description=(
+            "Show the records of a topic, one line each. Reads every partition by assignment "
+            "(no consumer group, commits nothing), so it never disturbs other consumers."
+        ),
+        epilog=(
+            f"environment: {BOOTSTRAP_ENV}=host:port selects the broker (unset: the dev broker "
+            "of `just broker`, else an embedded, empty broker for this command only); "
+            "FRAUD_TOPIC_PREFIX and FRAUD_TOPIC_<NAME> map logical names to real topic names; "
+            "FRAUD_KAFKA_<PROPERTY> passes a librdkafka option (dots as underscores). "
+            "Exit codes: 0 ok, 1 error, 130 interrupted."
+        ),
+    )
+    parser.add_argument(
+        "topic", metavar="TOPIC",
+        help="logical name (transactions, predictions, labels, drift, dead-letter), mapped "
+        "through the settings, or a real topic name",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print each record's raw value as one JSON line instead of a summary",
+    )  # fmt: skip
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from-beginning", dest="from_beginning", action="store_true", default=True,
+        help="start at the earliest offset of every partition (default)",
+    )  # fmt: skip
+    start.add_argument(
+        "--from-end", dest="from_beginning", action="store_false",
+        help="only records that arrive from now on (implies --follow)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="stop after N records"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS",
+        help=f"stop after SECONDS without a record (default: {DEFAULT_IDLE_TIMEOUT:g} without "
+        "--follow, never with it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--follow", action="store_true",
+        help="keep waiting for new records after reaching the end (Ctrl-C stops)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m topics.tail``."""
+    from topics.broker import connect
+    from topics.produce import resolve_topic
+
+    args = _parse_args(argv)
+    follow = args.follow or not args.from_beginning
+    timeout = args.timeout if args.timeout is not None else (
+        None if follow else DEFAULT_IDLE_TIMEOUT
+    )  # fmt: skip
+    try:
+        with connect() as settings:
+            topic = resolve_topic(settings, args.topic)
+            logical = logical_name(settings, topic)
+            out = sys.stdout
+            for record in iter_topic(
+                settings, topic, from_beginning=args.from_beginning, follow=follow,
+                limit=args.limit, idle_timeout=timeout,
+            ):  # fmt: skip
+                if args.json:
+                    value = record.value
+                    out.write("null" if value is None else value.decode("utf-8", "replace"))
+                    out.write("\n")
+                else:
+                    out.write(format_record(record, logical) + "\n")
+                if follow:
+                    out.flush()
+            out.flush()
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except FraudStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
