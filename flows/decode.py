@@ -9,15 +9,16 @@ from typing import Generic, TypeVar
 
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Stream, operator
 
+from flows import metrics
+from flows.kafka import RawMessage
 from topics.deadletter import dead_letter
 from topics.validation import ContractDecoder, Rejection
 
 T = TypeVar("T", bound=msgspec.Struct)
-RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
 SinkMessage = KafkaSinkMessage[bytes | None, bytes]
 
 _encode = msgspec.json.Encoder().encode
@@ -48,6 +49,7 @@ def classify(
     offset = -1 if msg.offset is None else msg.offset
     result = decoder.decode(msg.value, now_ms)
     if isinstance(result, Rejection):
+        metrics.DEAD_LETTERS.labels(error_class=result.error_class).inc()
         record = dead_letter(
             source_topic=msg.topic or "?",
             partition=partition,

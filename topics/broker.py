@@ -120,7 +120,7 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Run in the forked child before exec: SIGKILL me when my parent dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -233,7 +233,7 @@ class EmbeddedBroker:
                 env={**os.environ, "NO_COLOR": "1", "RUST_BACKTRACE": "0"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
+                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
             )
         with _live_lock:

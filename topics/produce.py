@@ -39,6 +39,9 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
     "enable.idempotence": False,
     "message.timeout.ms": 60_000,
     "log.connection.close": False,  # an embedded broker stopping is not news
+    # The Java client's default: the scoring flow routes labels to the partition of
+    # their card with the same function (state.partitioning.murmur2_partition).
+    "partitioner": "murmur2_random",
 }
 FORMATS = ("jsonl", "csv", "parquet")
 

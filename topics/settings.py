@@ -28,6 +28,8 @@ CLIENT_OPTION_PREFIX = ENV_PREFIX + "KAFKA_"
 TOPIC_PREFIX_ENV = ENV_PREFIX + "TOPIC_PREFIX"
 SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
 
+ConfigValue = str | int | float | bool
+
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -84,14 +86,14 @@ class KafkaSettings:
             bootstrap_servers, self.client_options, self.topic_prefix, self.topic_overrides
         )
 
-    def client_config(self, **extra: str | int | bool) -> dict[str, str | int | bool]:
+    def client_config(self, **extra: ConfigValue) -> dict[str, ConfigValue]:
         """Config for librdkafka: bootstrap servers, pass-through options, then ``extra``."""
         if self.bootstrap_servers is None:
             raise ConfigError(
                 f"{BOOTSTRAP_ENV} is not set and no embedded broker was started; "
                 "set it to host:port of your Kafka, or run `just broker`"
             )
-        config: dict[str, str | int | bool] = {"bootstrap.servers": self.bootstrap_servers}
+        config: dict[str, ConfigValue] = {"bootstrap.servers": self.bootstrap_servers}
         config.update(self.client_options)
         config.update(extra)
         return config

@@ -1,0 +1,145 @@
+"""State throughput, bytes per card on disk and RSS with many cards held (not a test).
+
+    python bench/state_bench.py [--cards 1000000] [--replay-txns 500000] [--batch 512]
+
+Reports, on one core:
+  * offline replay (training path): state update + feature vector, txn/s;
+  * streaming path (PartitionStore over RocksDB, process_batch): txn/s;
+  * bytes per card on disk after a flush, and process RSS with --cards distinct
+    cards held in the store (state lives on disk; RSS is block cache + memtables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from state.options import StoreOptions
+from state.replay import replay_matrix
+from state.store import PartitionStore
+from topics.contracts import Label, Transaction
+
+T0 = 1_700_000_000_000
+COUNTRIES = ["FR", "DE", "ES", "IT", "NL", "US", "GB"]
+
+
+def transactions(
+    n: int, cards: int, merchants: int, span_ms: int, seed: int, labels: float = 0.0
+) -> Iterator[Transaction | Label]:
+    """A time-ordered synthetic stream; a ``labels`` share of transactions gets a label later."""
+    rng = random.Random(seed)
+    step = span_ms / max(n, 1)
+    pending: list[Label] = []
+    for i in range(n):
+        t = T0 + int(i * step)
+        while pending and pending[0].label_time <= t:
+            yield pending.pop(0)
+        card = rng.randrange(cards)
+        txn = Transaction(
+            transaction_id=f"t{i}",
+            card_id=f"card-{card:08d}",
+            merchant_id=f"merchant-{rng.randrange(merchants):06d}",
+            amount=round(rng.lognormvariate(3.0, 1.2), 2) + 0.01,
+            currency="EUR",
+            event_time=t,
+            country=COUNTRIES[card % 5] if rng.random() < 0.9 else rng.choice(COUNTRIES),
+            lat=48.0 + rng.random(),
+            lon=2.0 + rng.random(),
+            channel=rng.choice(["pos", "ecom", "atm"]),
+            entry_mode=rng.choice(["chip", "contactless", "ecom"]),
+        )
+        if rng.random() < labels:
+            pending.append(Label(transaction_id=txn.transaction_id, card_id=txn.card_id,
+                                 merchant_id=txn.merchant_id, is_fraud=rng.random() < 0.5,
+                                 label_time=t + 3_600_000))
+        yield txn
+
+
+def rss_mib() -> tuple[float, float]:
+    """Current and peak resident set size in MiB."""
+    current = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            current = int(line.split()[1]) / 1024
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_replay(n: int, cards: int) -> dict[str, float]:
+    events = list(transactions(n, cards, merchants=max(1, cards // 10), span_ms=30 * 86_400_000,
+                               seed=1, labels=0.01))
+    start = time.perf_counter()
+    txns, _ = replay_matrix(events)
+    elapsed = time.perf_counter() - start
+    return {"replay_txn": len(txns), "replay_cards": cards,
+            "replay_txn_per_s": round(len(txns) / elapsed)}
+
+
+def bench_store(cards: int, txns_per_card: int, batch: int, state_dir: Path) -> dict[str, float]:
+    store = PartitionStore.open(state_dir, 0, StoreOptions())
+    n = cards * txns_per_card
+    stream = transactions(n, cards, merchants=max(1, min(cards // 10, 50_000)),
+                          span_ms=7 * 86_400_000, seed=2)
+    elapsed, done, buf = 0.0, 0, []
+    for offset, event in enumerate(stream):
+        assert isinstance(event, Transaction)
+        buf.append((offset, event))
+        if len(buf) == batch or offset == n - 1:
+            start = time.perf_counter()  # time the store only, not the data generator
+            store.process_batch(buf)
+            elapsed += time.perf_counter() - start
+            done += len(buf)
+            buf = []
+    store.flush()
+    store.compact()
+    rss_now, rss_peak = rss_mib()
+    sst = store.approximate_disk_bytes()
+    store.close()
+    on_disk = sum(p.stat().st_size for p in state_dir.rglob("*") if p.is_file())
+    # each offset also keeps its 144-byte output vector (bounded by output_retention)
+    return {
+        "store_txn": done,
+        "store_txn_per_s": round(done / elapsed),
+        "store_cards": cards,
+        "disk_bytes_total": on_disk,
+        "sst_bytes_per_card": round(sst / cards, 1),
+        "disk_bytes_per_card": round(on_disk / cards, 1),
+        "rss_mib": round(rss_now, 1),
+        "peak_rss_mib": round(rss_peak, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--cards", type=int, default=1_000_000,
+                        help="distinct cards streamed through the RocksDB store")
+    parser.add_argument("--txns-per-card", type=int, default=2, help="store transactions per card")
+    parser.add_argument("--batch", type=int, default=512, help="process_batch size")
+    parser.add_argument("--replay-txns", type=int, default=500_000, help="replay transactions")
+    parser.add_argument("--replay-cards", type=int, default=25_000, help="replay distinct cards")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="where to put the store (default: a temporary directory, removed)")
+    args = parser.parse_args()
+    result: dict[str, float] = {}
+    if args.replay_txns:
+        result |= bench_replay(args.replay_txns, args.replay_cards)
+    if args.cards:
+        state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="state-bench-"))
+        try:
+            result |= bench_store(args.cards, args.txns_per_card, args.batch, state_dir)
+        finally:
+            if args.state_dir is None:
+                shutil.rmtree(state_dir, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Export a trained ensemble to one ONNX graph, check parity, and publish it to the registry.
+
+``python -m export.onnx`` (``just export-onnx``) reads the training artifact
+(``runs/train/model.pkl`` by default), converts the whole soft-voting
+ensemble (XGBoost + RandomForest) into a single graph with a float32 input
+``features [N, F]`` and a probability output ``probabilities [N, 2]`` (ZipMap
+off, opsets pinned), writes the model metadata into ``metadata_props``, checks
+that ONNX and native scores agree within :data:`PARITY_TOLERANCE` and that
+decisions agree at the thresholds, and publishes ``models/<version>/`` with the
+model card and evaluation report. ``models/current`` then points at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from export.errors import ExportError, ParityError
+from export.metadata import INPUT_NAME, PROBA_OUTPUT, ModelMetadata, Thresholds, histogram
+
+#: Pinned opsets: default domain and ai.onnx.ml (TreeEnsemble* operators).
+TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
+#: Largest accepted |native - onnx| probability difference.
+PARITY_TOLERANCE = 1e-5
+
+_registered = False
+
+
+def register_xgboost() -> None:
+    """Teach skl2onnx to convert ``XGBClassifier`` (onnxmltools converter); idempotent."""
+    global _registered
+    if _registered:
+        return
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+    from xgboost import XGBClassifier
+
+    update_registered_converter(
+        XGBClassifier,
+        "XGBoostXGBClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_xgboost,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+    _registered = True
+
+
+def to_onnx(
+    ensemble: Any, n_features: int, metadata: ModelMetadata | None = None
+) -> onnx.ModelProto:
+    """Convert a fitted classifier (soft ``VotingClassifier`` of XGB + RF) to one ONNX graph."""
+    register_xgboost()
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    try:
+        model = convert_sklearn(
+            ensemble,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            target_opset=TARGET_OPSET,
+            options={"zipmap": False},
+        )
+    except Exception as exc:  # skl2onnx raises many unrelated types
+        raise ExportError(
+            f"skl2onnx could not convert the {type(ensemble).__name__}: {exc}. A VotingClassifier "
+            "needs voting='soft', numpy weights and flatten_transform=False"
+        ) from exc
+    outputs = [o.name for o in model.graph.output]
+    if PROBA_OUTPUT not in outputs:
+        raise ExportError(f"ONNX graph has outputs {outputs}, expected {PROBA_OUTPUT!r}")
+    model.producer_name = "fraudstream.export"
+    if metadata is not None:
+        set_metadata(model, metadata)
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Replace the ``fraudstream.*`` entries of ``metadata_props``."""
+    props = metadata.to_props()
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*keep, *props.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
+    """Opset per domain actually used by the graph (``""`` is the default domain)."""
+    return {imp.domain: int(imp.version) for imp in model.opset_import}
+
+
+@dataclass(frozen=True, slots=True)
+class ParityReport:
+    """Outcome of a parity check."""
+
+    rows: int
+    max_abs_diff: float
+    decision_mismatches: int
+
+
+def check_parity(
+    model_bytes: bytes,
+    native_scores: np.ndarray,
+    features: np.ndarray,
+    thresholds: Thresholds,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ParityReport:
+    """Score ``features`` with the ONNX model; raise :class:`ParityError` on any disagreement."""
+    from export.model import ScoringModel
+
+    scorer = ScoringModel.from_bytes(model_bytes, source="<export>", expected_feature_spec=None)
+    onnx_scores = scorer.predict(features)
+    diff = np.abs(onnx_scores.astype(np.float64) - native_scores.astype(np.float64))
+    max_diff = float(diff.max()) if diff.size else 0.0
+    mismatches = int((thresholds.decide(onnx_scores) != thresholds.decide(native_scores)).sum())
+    report = ParityReport(int(features.shape[0]), max_diff, mismatches)
+    if not max_diff <= tolerance:
+        worst = int(diff.argmax())
+        raise ParityError(
+            f"ONNX and native scores differ by {max_diff:.3g} (> {tolerance:g}) at row {worst} of "
+            f"{report.rows}: native {native_scores[worst]:.8f}, onnx {onnx_scores[worst]:.8f}. "
+            "Train on float32 features (trees compare float32) and check the converter versions."
+        )
+    if mismatches:
+        raise ParityError(
+            f"{mismatches} of {report.rows} decisions differ between ONNX and native scores at "
+            f"thresholds review={thresholds.review}, decline={thresholds.decline}; pick "
+            "thresholds between distinct scores (training.train does) and export again"
+        )
+    return report
+
+
+def build_metadata(
+    trained: Any, model_version: str, opsets: dict[str, int], bins: int = 10
+) -> ModelMetadata:
+    """Metadata for a :class:`training.artifact.TrainedModel`: histograms, metrics, thresholds."""
+    ref = np.asarray(trained.reference_features, dtype=np.float32)
+    names = tuple(trained.feature_names)
+    weights = np.asarray(trained.ensemble.weights, dtype=float)
+    members = {
+        name: float(w) for (name, _), w in zip(trained.ensemble.estimators, weights, strict=True)
+    }
+    return ModelMetadata(
+        model_version=model_version,
+        feature_spec_version=str(trained.feature_spec_version),
+        feature_names=names,
+        thresholds=trained.thresholds,
+        training_metrics=trained.metrics,
+        feature_histograms={n: histogram(ref[:, i], bins) for i, n in enumerate(names)},
+        score_histogram=histogram(np.asarray(trained.reference_scores), bins),
+        members=members,
+        opsets=opsets,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        feature_partitions=int(trained.params.get("feature_partitions", 0)),
+    )
+
+
+def export_trained(trained: Any, model_version: str | None = None) -> tuple[bytes, ParityReport]:
+    """Convert a ``TrainedModel``, embed metadata, check parity; return the ONNX bytes."""
+    version = model_version or trained.model_version
+    names = tuple(trained.feature_names)
+    model = to_onnx(trained.ensemble, len(names))
+    set_metadata(model, build_metadata(trained, version, opsets_of(model)))
+    data = model.SerializeToString()
+    holdout = np.ascontiguousarray(trained.holdout_features, dtype=np.float32)
+    native = trained.ensemble.predict_proba(holdout)[:, 1]
+    report = check_parity(data, native, holdout, trained.thresholds)
+    return data, report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: export the training artifact and publish it as a new registry version."""
+    from export.registry import ModelRegistry
+    from training.artifact import TrainedModel
+
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--model", type=Path, default=Path("runs/train"),
+                        help="training output directory or model.pkl (default: runs/train)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="registry root (default: models)")
+    parser.add_argument("--version", default=None,
+                        help="model version (default: the one training chose)")
+    parser.add_argument("--no-current", action="store_true",
+                        help="publish without pointing models/current at it")
+    args = parser.parse_args(argv)
+
+    try:
+        trained = TrainedModel.load(args.model)
+    except FileNotFoundError:
+        print(f"error: no training artifact at {args.model}; run `just train DATA=<history>` first",
+              file=sys.stderr)
+        return 2
+    version = args.version or trained.model_version
+    registry = ModelRegistry(args.models_dir)
+    try:
+        registry.check_new(version)
+        n = len(trained.feature_names)
+        print(f"[export] converting {version} ({n} features)...", flush=True)
+        data, parity = export_trained(trained, version)
+        print(f"[export] parity ok on {parity.rows} held-out rows: max |diff| "
+              f"{parity.max_abs_diff:.2e}, decisions identical", flush=True)
+        model_dir = args.model if args.model.is_dir() else args.model.parent
+        target = registry.publish(version, data, report_dir=model_dir, parity=parity,
+                                  make_current=not args.no_current)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[export] published {target}" + ("" if args.no_current else " (models/current)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

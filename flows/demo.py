@@ -1,0 +1,365 @@
+"""The end-to-end demo (``just demo``): broker, topics, model, flow, simulator and a live view.
+
+1. a broker: ``KAFKA_BOOTSTRAP_SERVERS``, a running ``just broker``, or an embedded one;
+2. fresh topics under a unique prefix (``demo-<time>.``), so runs never mix;
+3. a model: ``models/current``, or a small one simulated, trained and exported now;
+4. the scoring flow (``python -m bytewax.run flows.score`` with recovery) as a child
+   process that dies with the demo;
+5. a simulated world the model has never seen (another seed): its first days are
+   replayed as fast as possible to build card state (warm-up), the rest is offered
+   at ``--rate`` transactions per second for ``--duration`` seconds, with labels
+   at their label time and a few invalid messages mixed in;
+6. a live view of throughput, latency, decisions, fraud caught and missed (against the
+   simulator's ground truth) and dead letters; then a summary, and everything stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from topics.broker import connect, dev_dir, die_with_parent
+from topics.contracts import Label, Prediction, Transaction
+from topics.produce import PRODUCER_DEFAULTS
+from topics.progress import TokenBucket, format_duration
+from topics.settings import ConfigValue, KafkaSettings
+from training.history import History, events
+from training.simulate import SimConfig, simulated_history
+
+MODEL_DIR = Path("models")
+TRAIN_DATA = Path("data/history.parquet")
+#: One simulated world shape for the demo's training history and its stream.
+WORLD = SimConfig(n_transactions=300_000, n_cards=6_000, days=90, seed=7)
+INVALID_EVERY = 997  # one malformed message per this many transactions
+_encode = msgspec.json.Encoder().encode
+
+
+def say(text: str) -> None:
+    """A demo progress line on stderr."""
+    print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+
+def ensure_model() -> None:
+    """Simulate, train and export a small model unless ``models/current`` exists."""
+    if (MODEL_DIR / "current").exists():
+        say(f"serving {(MODEL_DIR / 'current').resolve().name} from models/current")
+        return
+    say("no models/current: simulating a history, training and exporting a model (~2 min)")
+    from export.onnx import main as export_main
+    from training.simulate import main as simulate_main
+    from training.train import main as train_main
+
+    steps = (
+        (simulate_main, ["-n", str(WORLD.n_transactions), "--cards", str(WORLD.n_cards),
+                         "--days", str(WORLD.days), "--seed", str(WORLD.seed),
+                         "--out", str(TRAIN_DATA)]),
+        (train_main, ["--data", str(TRAIN_DATA), "--out", "runs/train"]),
+        (export_main, ["--model", "runs/train", "--models-dir", str(MODEL_DIR)]),
+    )
+    for step, argv in steps:
+        if step(argv) != 0:
+            raise SystemExit("[demo] model bootstrap failed; see the messages above")
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the live view shows; written by the consumer thread, read by the view."""
+
+    produced: int = 0
+    invalid_sent: int = 0
+    verdicts: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    decisions: Counter[str] = dataclasses.field(default_factory=Counter)
+    fraud_caught: int = 0
+    fraud_missed: int = 0
+    false_alarms: int = 0
+    live_latency_ms: list[float] = dataclasses.field(default_factory=list)
+    live_start_ms: int = 0
+
+
+class VerdictReader(threading.Thread):
+    """Consume predictions and dead letters (assigned partitions, no group) into a Tally."""
+
+    def __init__(self, settings: KafkaSettings, truth: dict[str, bool], tally: Tally) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.truth, self.tally = settings, truth, tally
+        self.stopping = threading.Event()
+        self.seen: set[str] = set()
+
+    def run(self) -> None:
+        """Consume until ``stopping`` is set."""
+        options: dict[str, ConfigValue] = {
+            "group.id": "fraudstream-demo", "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20, "log.connection.close": False,
+        }
+        consumer = Consumer(self.settings.client_config(**options))
+        predictions = self.settings.topic("predictions")
+        dead = self.settings.topic("dead-letter")
+        consumer.assign([TopicPartition(t, p, 0) for t in (predictions, dead) for p in range(8)])
+        decode = msgspec.json.Decoder(Prediction).decode
+        while not self.stopping.is_set():
+            for msg in consumer.consume(1000, 0.1):
+                error, value = msg.error(), msg.value()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        say(f"consumer: {error}")
+                elif msg.topic() == dead:
+                    self.tally.dead_letters += 1
+                elif value is not None:
+                    self._count(decode(value), time.time() * 1000)
+        consumer.close()
+
+    def _count(self, p: Prediction, now_ms: float) -> None:
+        t = self.tally
+        if p.transaction_id in self.seen:
+            t.duplicates += 1
+            return
+        self.seen.add(p.transaction_id)
+        t.verdicts += 1
+        t.decisions[p.decision] += 1
+        flagged = p.decision != "approve"
+        if self.truth.get(p.transaction_id, False):
+            if flagged:
+                t.fraud_caught += 1
+            else:
+                t.fraud_missed += 1
+        elif flagged:
+            t.false_alarms += 1
+        if t.live_start_ms and p.ingest_time >= t.live_start_ms:
+            t.live_latency_ms.append(now_ms - p.ingest_time)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values[-50_000:])
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def status(t: Tally, elapsed: float, rate: float) -> str:
+    """One line of the live view."""
+    lat = t.live_latency_ms
+    fraud = t.fraud_caught + t.fraud_missed
+    return (
+        f"{format_duration(elapsed):>6} | produced {t.produced:>8,} | verdicts {t.verdicts:>8,} "
+        f"({rate:>7,.0f}/s) | p50 {_percentile(lat, 0.5):6.1f} ms p99 {_percentile(lat, 0.99):6.1f}"
+        f" ms | approve {t.decisions['approve']:,} review {t.decisions['review']:,} "
+        f"decline {t.decisions['decline']:,} | fraud caught {t.fraud_caught}/{fraud} | "
+        f"dead letters {t.dead_letters}"
+    )
+
+
+class FlowProcess:
+    """``python -m bytewax.run flows.score`` with recovery, as a child that dies with us."""
+
+    def __init__(self, settings: KafkaSettings, work: Path) -> None:
+        self.log_path = dev_dir() / "demo-flow.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        recovery = work / "recovery"
+        recovery.mkdir()
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+                       check=True, capture_output=True)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+               "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
+               "FRAUD_STATE_DIR": str(work / "state"),
+               "FRAUD_MODEL_PATH": str(MODEL_DIR / "current")}
+        parent = os.getpid()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bytewax.run", "flows.score",
+                 "-r", str(recovery), "-s", "5", "-b", "0"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
+            )
+
+    def check(self) -> None:
+        """Stop the demo with the flow's log if the flow died."""
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"[demo] the flow exited ({self.proc.returncode}):\n{tail}")
+
+    def stop(self) -> None:
+        """Interrupt, then kill if it does not stop within 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _invalid(n: int) -> bytes:
+    kinds = (b'{"transaction_id": "broken-%d", "amount": -1}', b"not json %d", b'["array", %d]')
+    return kinds[n % len(kinds)] % n
+
+
+def produce(
+    settings: KafkaSettings, history: History, live_from: int, rate: float, tally: Tally,
+    flow: FlowProcess, wait_for: int,
+) -> Iterator[str]:
+    """Produce the warm-up as fast as possible, wait for its verdicts, then the live part."""
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    txn_topic, label_topic = settings.topic("transactions"), settings.topic("labels")
+    bucket: TokenBucket | None = None
+    live_phase = False
+    for event in events(history):
+        if isinstance(event, Label):
+            producer.produce(label_topic, key=event.transaction_id.encode(), value=_encode(event))
+            continue
+        assert isinstance(event, Transaction)
+        if not live_phase and tally.produced >= live_from:
+            producer.flush(30)
+            yield "warm-up produced; waiting for its verdicts"
+            while tally.verdicts < wait_for:
+                flow.check()
+                time.sleep(0.2)
+            yield "live"
+            live_phase = True
+            tally.live_start_ms = int(time.time() * 1000)
+            bucket = TokenBucket(rate, burst=max(1.0, rate / 50))
+        if bucket is not None:
+            bucket.wait()
+        while True:
+            try:
+                producer.produce(txn_topic, key=event.card_id.encode(), value=_encode(event))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        tally.produced += 1
+        if tally.produced % INVALID_EVERY == 0:
+            producer.produce(txn_topic, key=event.card_id.encode(), value=_invalid(tally.produced))
+            tally.invalid_sent += 1
+        producer.poll(0)
+        if tally.produced % 5000 == 0:
+            yield "tick"
+    producer.flush(30)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo; returns the exit code."""
+    ensure_model()
+    live_count = int(args.rate * args.duration)
+    # Same density of transactions per card and day as the training world.
+    world = dataclasses.replace(
+        WORLD, seed=WORLD.seed + 1000, n_transactions=args.transactions,
+        n_cards=args.transactions * WORLD.n_cards // WORLD.n_transactions,
+    )
+    say(f"simulating an unseen world: {world.n_transactions:,} transactions, "
+        f"{world.n_cards:,} cards, {world.days} days (seed {world.seed})")
+    history = simulated_history(world)
+    truth = {t.transaction_id: s is not None for t, s in zip(
+        history.transactions, history.scenario, strict=True)}
+    live_from = max(0, len(history) - live_count)
+    prefix = os.environ.get("FRAUD_TOPIC_PREFIX") or f"demo-{time.strftime('%Y%m%d-%H%M%S')}."
+    base = dataclasses.replace(KafkaSettings.from_env(), topic_prefix=prefix)
+    with connect(base) as settings, tempfile.TemporaryDirectory(prefix="fraud-demo-") as tmp:
+        from topics.admin import ensure_topics
+
+        ensure_topics(settings)
+        say(f"topics {prefix}*; starting the flow (log: {dev_dir() / 'demo-flow.log'})")
+        flow = FlowProcess(settings, Path(tmp))
+        tally = Tally()
+        reader = VerdictReader(settings, truth, tally)
+        reader.start()
+        try:
+            return _drive(settings, history, live_from, args, flow, tally)
+        except KeyboardInterrupt:
+            say("interrupted")
+            return 130
+        finally:
+            reader.stopping.set()
+            flow.stop()
+            reader.join(5)
+            say("flow stopped, broker stopping")
+
+
+def _drive(
+    settings: KafkaSettings, history: History, live_from: int, args: argparse.Namespace,
+    flow: FlowProcess, tally: Tally,
+) -> int:
+    warm_valid = live_from
+    say(f"warm-up: replaying {live_from:,} transactions as fast as possible to build card "
+        f"state, then {len(history) - live_from:,} live at {args.rate:,.0f}/s")
+    start = last_view = time.time()
+    last_verdicts = 0
+    live_started = 0.0
+    for phase in produce(settings, history, live_from, args.rate, tally, flow, warm_valid):
+        flow.check()
+        now = time.time()
+        if phase == "live":
+            live_started = now
+            say("warm-up done; live traffic from now on")
+        elif phase != "tick":
+            say(phase)
+        if now - last_view >= args.view_every:
+            rate = (tally.verdicts - last_verdicts) / (now - last_view)
+            last_view, last_verdicts = now, tally.verdicts
+            print(status(tally, now - start, rate), flush=True)
+    deadline = time.time() + 60
+    while tally.verdicts < tally.produced and time.time() < deadline:
+        flow.check()
+        time.sleep(0.2)
+    live_seconds = time.time() - (live_started or start)
+    lat = tally.live_latency_ms
+    fraud = tally.fraud_caught + tally.fraud_missed
+    print("\n=== summary ===")
+    print(f"transactions produced   {tally.produced:,} (+{tally.invalid_sent} invalid)")
+    print(f"verdicts                {tally.verdicts:,} unique, {tally.duplicates} duplicates")
+    print(f"missing verdicts        {tally.produced - tally.verdicts:,}")
+    print(f"dead letters            {tally.dead_letters} (sent {tally.invalid_sent} invalid)")
+    print("decisions               " + ", ".join(
+        f"{k} {v:,}" for k, v in sorted(tally.decisions.items())))
+    print(f"fraud caught / missed   {tally.fraud_caught} / {tally.fraud_missed}"
+          + (f" ({tally.fraud_caught / fraud:.0%} recall)" if fraud else ""))
+    print(f"false alarms            {tally.false_alarms:,} legitimate transactions flagged")
+    if lat:
+        print(f"live latency            p50 {statistics.median(lat):.1f} ms, "
+              f"p99 {_percentile(lat, 0.99):.1f} ms, max {max(lat):.1f} ms "
+              f"(produce -> verdict consumed, {len(lat):,} live verdicts)")
+        print(f"live throughput         {len(lat) / max(live_seconds, 1e-9):,.0f} verdicts/s "
+              f"offered {args.rate:,.0f}/s")
+    ok = tally.verdicts == tally.produced and tally.dead_letters == tally.invalid_sent
+    print("result                  " + ("OK: every transaction has exactly one verdict"
+                                         if ok else "INCOMPLETE: see the counts above"))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m flows.demo --help``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.demo", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rate", type=float, default=2000.0,
+                        help="live transactions per second offered (default 2000)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of live traffic after the warm-up (default 30)")
+    parser.add_argument("--transactions", type=int, default=200_000,
+                        help="size of the simulated world streamed, warm-up included "
+                             "(default 200000)")
+    parser.add_argument("--view-every", type=float, default=1.0,
+                        help="seconds between live-view lines (default 1)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0:
+        parser.error("--rate and --duration must be positive")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The scoring dataflow: ``python -m bytewax.run flows.score``.
+
+::
+
+    transactions ─▶ decode ─┬──────────────────────────────▶ dead-letter
+    labels ──────▶ decode ──┤ (invalid messages, bytes kept)
+                            ▼
+        key by input partition (a label: its card's partition)
+                            ▼
+        score: RocksDB card + merchant state, micro-batched ONNX,
+               decision, reason codes (one step per partition) ─▶ predictions
+
+Recommended run (see README, "Running the flow"): initialise recovery
+partitions once with ``python -m bytewax.recovery <dir> <n>``, then
+``python -m bytewax.run flows.score -r <dir> -s 10 -b 0``. Scale with processes
+(``-i/-a``), not threads. Step ids below are part of Bytewax's recovery state:
+renaming one orphans its snapshots.
+
+``flow`` is built on first access from the ``FRAUD_*`` environment (see
+:mod:`flows.settings`), so importing this module reads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from confluent_kafka.admin import AdminClient
+
+from export.metadata import Thresholds
+from export.model import ScoringModel, load_model
+from flows import kafka, metrics
+from flows.decode import Sourced, decode
+from flows.scorer import PartitionScorer
+from flows.settings import ScoringSettings
+from state.options import StoreOptions
+from state.partitioning import murmur2_partition
+from state.store import PartitionStore
+from topics.contracts import Label, Transaction
+from topics.errors import ConfigError, FraudStreamError
+from topics.validation import LabelDecoder, TransactionDecoder
+
+log = logging.getLogger("flows.score")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionEvent:
+    """A transaction or a label, tagged with the input partition whose state it belongs to."""
+
+    partition: int
+    item: Sourced[Transaction] | Sourced[Label]
+
+
+class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
+    """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily."""
+
+    def __init__(self, open_scorer: Any) -> None:
+        self._open_scorer = open_scorer
+        self._scorer: PartitionScorer | None = None
+
+    def on_batch(self, values: list[PartitionEvent]) -> tuple[list[KafkaSinkMessage], bool]:
+        if self._scorer is None:
+            self._scorer = self._open_scorer(values[0].partition)
+        labels = [v.item.value for v in values if isinstance(v.item.value, Label)]
+        txns: list[Sourced[Transaction]] = [
+            v.item for v in values if isinstance(v.item.value, Transaction)
+        ]
+        self._scorer.apply_labels(labels)
+        verdicts = self._scorer.score(txns)
+        return [KafkaSinkMessage(v.key, v.value) for v in verdicts], False
+
+    def snapshot(self) -> int:
+        # RocksDB is the source of truth; the offset is kept for operators' eyes only.
+        return -1 if self._scorer is None else self._scorer.store.last_offset
+
+
+def topic_partitions(settings: ScoringSettings) -> int:
+    """Partition count of the transactions topic; stop with a remedy if it does not exist."""
+    topic = settings.kafka.topic("transactions")
+    admin = AdminClient(settings.kafka.client_config())
+    metadata = admin.list_topics(topic, timeout=15)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ConfigError(
+            f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
+            "create the topics with `just topics` (python -m topics.admin)"
+        )
+    return len(found.partitions)
+
+
+def load_serving_model(settings: ScoringSettings, n_partitions: int) -> ScoringModel:
+    """The champion model, checked against the feature spec and the topic's partitioning."""
+    model = load_model(settings.model_path)
+    trained_on = model.metadata.feature_partitions
+    if trained_on and trained_on != n_partitions:
+        raise ConfigError(
+            f"model {model.version} computed merchant features over {trained_on} partitions, "
+            f"but {settings.kafka.topic('transactions')!r} has {n_partitions}; retrain with "
+            f"the topic's partition count (just train) or use a topic with {trained_on}"
+        )
+    return model
+
+
+def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Dataflow:
+    """The scoring dataflow for ``settings``; loads and checks the model first."""
+    parts = n_partitions or topic_partitions(settings)
+    model = load_serving_model(settings, parts)
+    thresholds = Thresholds(
+        review=settings.review_threshold or model.thresholds.review,
+        decline=settings.decline_threshold or model.thresholds.decline,
+        policy=model.thresholds.policy,
+    )
+    metrics.MODEL_INFO.info(
+        {"version": model.version, "feature_spec_version": model.feature_spec_version}
+    )
+    store_options = StoreOptions()
+    log.info(
+        "model %s (spec %s), thresholds review=%.4f decline=%.4f, %d partitions, state in %s",
+        model.version, model.feature_spec_version, thresholds.review, thresholds.decline,
+        parts, settings.state_dir,
+    )
+
+    def open_scorer(partition: int) -> PartitionScorer:
+        store = PartitionStore.open(settings.state_dir, partition, store_options)
+        return PartitionScorer(store, model, thresholds, max_reasons=settings.reason_codes)
+
+    flow = Dataflow("fraud-score")
+    txn_msgs = kafka.read(
+        "transactions-in", flow, settings.kafka, "transactions", batch_size=settings.batch_max
+    )
+    txns = decode(
+        "decode-transactions", txn_msgs,
+        TransactionDecoder(settings.max_message_bytes, settings.max_future_ms),
+    )
+    label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels")
+    labels = decode("decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes))
+    dead = op.merge("dead-letters", txns.errs, labels.errs)
+    op.output("dead-letter-out", dead, kafka.sink(settings.kafka, "dead-letter"))
+
+    txn_events = op.map("tag-transactions", txns.oks, lambda s: PartitionEvent(s.partition, s))
+    label_events = op.map(
+        "tag-labels", labels.oks,
+        lambda s: PartitionEvent(murmur2_partition(s.value.card_id, parts), s),
+    )
+    events = op.key_on(
+        "key-by-partition", op.merge("events", txn_events, label_events),
+        lambda e: str(e.partition),
+    )
+    verdicts = op.stateful_batch("score", events, lambda _resume: _ScoreLogic(open_scorer))
+    predictions = op.key_rm("unkey", verdicts)
+    op.output("predictions-out", predictions, kafka.sink(settings.kafka, "predictions"))
+    return flow
+
+
+def _flow_from_env() -> Dataflow:
+    try:
+        settings = ScoringSettings.from_env()
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        if settings.kafka.bootstrap_servers is None:
+            raise ConfigError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set; point it at your Kafka "
+                "(for development: run `just broker` and export the address it prints)"
+            )
+        flow = build_flow(settings)
+        metrics.serve(settings.metrics_port)
+        return flow
+    except FraudStreamError as exc:
+        print(f"flows.score: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Dataflow:
+    if name == "flow":
+        return _flow_from_env()
+    raise AttributeError(name)

@@ -1,0 +1,130 @@
+"""The scoring flow's settings: one frozen object, read once at start-up from ``FRAUD_*``.
+
+A wrong value raises :class:`~topics.errors.ConfigError` naming the variable
+and what it expects. Kafka connection and topic names come from
+:class:`~topics.settings.KafkaSettings` (``KAFKA_BOOTSTRAP_SERVERS``,
+``FRAUD_KAFKA_*``, ``FRAUD_TOPIC_*``).
+
+>>> s = ScoringSettings.from_env({"FRAUD_BATCH_MAX": "256", "FRAUD_DECLINE_THRESHOLD": "0.9"})
+>>> s.batch_max, s.decline_threshold, s.review_threshold
+(256, 0.9, None)
+>>> ScoringSettings.from_env({"FRAUD_BATCH_MAX": "lots"})
+Traceback (most recent call last):
+...
+topics.errors.ConfigError: FRAUD_BATCH_MAX='lots': expected an integer from 1 to 100000
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from topics.errors import ConfigError
+from topics.settings import ENV_PREFIX, KafkaSettings
+from topics.validation import MAX_FUTURE_MS, MAX_MESSAGE_BYTES
+
+#: Every variable this object reads, its default and its meaning (the README table).
+VARIABLES: dict[str, tuple[str, str]] = {
+    "FRAUD_MODEL_PATH": ("models/current", "ONNX model file, or a directory holding model.onnx"),
+    "FRAUD_SHADOW_MODEL_PATH": ("", "optional challenger model scored alongside (never decides)"),
+    "FRAUD_STATE_DIR": (".dev/state", "RocksDB state, one sub-directory per input partition"),
+    "FRAUD_BATCH_MAX": ("1000", "most messages read per partition poll = largest scoring batch"),
+    "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
+    "FRAUD_DECLINE_THRESHOLD": ("model's", "override the model's decline threshold (0-1)"),
+    "FRAUD_REASON_CODES": ("3", "reason codes per review/decline verdict (0-5)"),
+    "FRAUD_MAX_MESSAGE_BYTES": (str(MAX_MESSAGE_BYTES), "larger messages are dead-lettered"),
+    "FRAUD_MAX_FUTURE_MS": (str(MAX_FUTURE_MS), "event times further ahead are dead-lettered"),
+    "FRAUD_METRICS_PORT": ("9100", "Prometheus port (a 2nd process on the host: next free); 0 off"),
+    "FRAUD_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
+}
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _int(env: Mapping[str, str], name: str, low: int, high: int) -> int:
+    text = _raw(env, name) or VARIABLES[name][0]
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={text!r}: expected an integer from {low} to {high}")
+    return value
+
+
+def _probability(env: Mapping[str, str], name: str) -> float | None:
+    text = _raw(env, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={text!r}: expected a probability between 0 and 1")
+    return value
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Everything the scoring flow needs, validated."""
+
+    kafka: KafkaSettings
+    model_path: Path
+    shadow_model_path: Path | None
+    state_dir: Path
+    batch_max: int
+    review_threshold: float | None
+    decline_threshold: float | None
+    reason_codes: int
+    max_message_bytes: int
+    max_future_ms: int
+    metrics_port: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ScoringSettings:
+        """Read and validate every ``FRAUD_*`` variable of the flow."""
+        env = os.environ if env is None else env
+        unknown = sorted(
+            name
+            for name in env
+            if name.startswith(ENV_PREFIX)
+            and name not in VARIABLES
+            and not name.startswith((ENV_PREFIX + "KAFKA_", ENV_PREFIX + "TOPIC_"))
+        )
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]}; known: {', '.join(sorted(VARIABLES))}, "
+                "FRAUD_KAFKA_<librdkafka property>, FRAUD_TOPIC_<topic>"
+            )
+        review = _probability(env, "FRAUD_REVIEW_THRESHOLD")
+        decline = _probability(env, "FRAUD_DECLINE_THRESHOLD")
+        if review is not None and decline is not None and review > decline:
+            raise ConfigError(
+                f"FRAUD_REVIEW_THRESHOLD={review} is above FRAUD_DECLINE_THRESHOLD={decline}; "
+                "review must be the lower threshold"
+            )
+        level = (_raw(env, "FRAUD_LOG_LEVEL") or "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"FRAUD_LOG_LEVEL={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        shadow = _raw(env, "FRAUD_SHADOW_MODEL_PATH")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            model_path=Path(_raw(env, "FRAUD_MODEL_PATH") or VARIABLES["FRAUD_MODEL_PATH"][0]),
+            shadow_model_path=Path(shadow) if shadow else None,
+            state_dir=Path(_raw(env, "FRAUD_STATE_DIR") or VARIABLES["FRAUD_STATE_DIR"][0]),
+            batch_max=_int(env, "FRAUD_BATCH_MAX", 1, 100_000),
+            review_threshold=review,
+            decline_threshold=decline,
+            reason_codes=_int(env, "FRAUD_REASON_CODES", 0, 5),
+            max_message_bytes=_int(env, "FRAUD_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
+            max_future_ms=_int(env, "FRAUD_MAX_FUTURE_MS", 0, 365 * 24 * 3_600_000),
+            metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
+            log_level=level,
+        )

@@ -1,0 +1,214 @@
+"""Per-card behavioural state: event-time windows, distinct counters, last location.
+
+Bucket granularity (part of feature spec v1): 10 min and 1 h windows use
+1-minute buckets (10-min figures are the newest 10 buckets of the 1-h window),
+24 h uses 15-minute buckets, 7 d uses 6-hour buckets and
+30 d uses UTC-day buckets. A window of n buckets ending at bucket B holds the
+events of buckets B-n+1..B, where B is the bucket of the newest event time the
+card has seen (see :mod:`state.windows` for late events). Distinct merchants
+and countries are exact in event time (latest time per value, at most 64
+merchants / 16 countries per card). "Previous" location and country are those
+of the card's newest located / country-bearing transaction. A card idle for
+more than :data:`IDLE_EVICT_MS` starts again from empty state, in memory and on
+disk alike (so a swept card and a stale one give the same features).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import struct
+
+from state.codec import Reader, header, open_reader
+from state.windows import NO_TIME, BucketWindow, LastSeen, TopCounts
+from topics.contracts import Transaction
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+LONGEST_WINDOW_MS = 30 * DAY_MS
+#: Idle time after which a key's state is dropped: the longest window plus one bucket.
+IDLE_EVICT_MS = LONGEST_WINDOW_MS + DAY_MS
+SMALL_AMOUNT = 5.0
+TEN_MINUTE_BUCKETS = 10
+NO_HISTORY_SECONDS = 2_592_000.0
+_MIN_TRAVEL_HOURS = 1.0 / 60.0
+_EARTH_KM = 6371.0088
+_VAR_EPS = 1e-12
+
+_LOC = struct.Struct("<qqddqq")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stable_hash(text: str) -> int:
+    """Process-independent signed 64-bit hash of an id (Python's ``hash`` is salted)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def country_code(country: str) -> int:
+    """Two-letter country code as a small int (``"FR"`` -> 0x4652)."""
+    return (ord(country[0]) << 8) | ord(country[1])
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * _EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+class CardState:
+    """Everything kept per card: ``features`` reads before a transaction, ``update`` adds it."""
+
+    __slots__ = (
+        "last_time", "w1h", "w24h", "w7d", "w30d", "merchants", "countries", "home",
+        "loc_time", "lat", "lon", "ctry_time", "ctry",
+    )
+
+    def __init__(self) -> None:
+        self.last_time = NO_TIME
+        self.w1h = BucketWindow(MINUTE_MS, 60)
+        self.w24h = BucketWindow(15 * MINUTE_MS, 96)
+        self.w7d = BucketWindow(6 * HOUR_MS, 28)
+        self.w30d = BucketWindow(DAY_MS, 30)
+        self.merchants = LastSeen(64, LONGEST_WINDOW_MS)
+        self.countries = LastSeen(16, DAY_MS)
+        self.home = TopCounts(16)
+        self.loc_time = NO_TIME
+        self.lat = 0.0
+        self.lon = 0.0
+        self.ctry_time = NO_TIME
+        self.ctry = 0
+
+    def _windows(self) -> tuple[BucketWindow, ...]:
+        return (self.w1h, self.w24h, self.w7d, self.w30d)
+
+    def expire(self, t_ms: int) -> None:
+        """Forget everything if the card was idle for longer than :data:`IDLE_EVICT_MS`."""
+        if self.last_time != NO_TIME and t_ms - self.last_time > IDLE_EVICT_MS:
+            self.__init__()  # type: ignore[misc]
+
+    def features(self, txn: Transaction) -> list[float]:
+        """Card features of spec v1 (in order) as of just before ``txn``."""
+        t = txn.event_time
+        self.expire(t)
+        for w in (self.w1h, self.w24h, self.w7d, self.w30d):
+            if t // w.bucket_ms > w.bmax:
+                w.advance(t)
+        ref = t if t > self.last_time else self.last_time
+        # 10-min figures: the last 10 of the 1-h window's 1-minute buckets
+        recent = self.w1h.bmax - TEN_MINUTE_BUCKETS
+        n10m = small10m = 0.0
+        for b, entry in self.w1h.buckets.items():
+            if b > recent:
+                n10m += entry[0]
+                small10m += entry[3]
+        m1h, m24h = self.merchants.count_since2(ref - HOUR_MS, ref - DAY_MS)
+        amount = txn.amount
+        w24, w7, w30 = self.w24h, self.w7d, self.w30d
+        mean24 = w24.total / w24.count if w24.count else 0.0
+        mean7 = w7.total / w7.count if w7.count else 0.0
+        n30 = w30.count
+        mean30 = w30.total / n30 if n30 else 0.0
+        var30 = w30.total_sq / n30 - mean30 * mean30 if n30 else 0.0
+        std30 = math.sqrt(var30) if var30 > _VAR_EPS * max(1.0, mean30 * mean30) else 0.0
+        since = (
+            NO_HISTORY_SECONDS if self.last_time == NO_TIME else max(0, t - self.last_time) / 1000.0
+        )
+        m = stable_hash(txn.merchant_id)
+        new_merchant = 1.0 if self.merchants.last(m) <= ref - LONGEST_WINDOW_MS else 0.0
+        speed = 0.0
+        if txn.lat is not None and txn.lon is not None and self.loc_time != NO_TIME:
+            hours = max(abs(t - self.loc_time) / HOUR_MS, _MIN_TRAVEL_HOURS)
+            speed = haversine_km(self.lat, self.lon, txn.lat, txn.lon) / hours
+        changed = cross = 0.0
+        if txn.country is not None:
+            code = country_code(txn.country)
+            changed = 1.0 if self.ctry_time != NO_TIME and self.ctry != code else 0.0
+            home = self.home.mode()
+            cross = 1.0 if home is not None and home != code else 0.0
+        return [
+            n10m,
+            self.w1h.count,
+            w24.count,
+            w7.count,
+            n30,
+            self.w1h.total,
+            w24.total,
+            mean24,
+            mean7,
+            mean30,
+            std30,
+            amount / mean30 if n30 else 1.0,
+            (amount - mean30) / std30 if std30 else 0.0,
+            since,
+            float(m1h),
+            float(m24h),
+            float(self.countries.count_since(ref - DAY_MS)),
+            new_merchant,
+            small10m,
+            speed,
+            changed,
+            cross,
+        ]
+
+    def update(self, txn: Transaction) -> None:
+        """Add ``txn`` to the card's state."""
+        t = txn.event_time
+        self.expire(t)
+        if t > self.last_time:
+            self.last_time = t
+        amount = txn.amount
+        small = 1.0 if amount < SMALL_AMOUNT else 0.0
+        self.w1h.add(t, amount, small)
+        self.w24h.add(t, amount, small)
+        self.w7d.add(t, amount, small)
+        self.w30d.add(t, amount, small)
+        ref = self.last_time
+        self.merchants.add(stable_hash(txn.merchant_id), t, ref)
+        if txn.country is not None:
+            code = country_code(txn.country)
+            self.countries.add(code, t, ref)
+            self.home.add(code)
+            if t >= self.ctry_time:
+                self.ctry_time, self.ctry = t, code
+        if txn.lat is not None and txn.lon is not None and t >= self.loc_time:
+            self.loc_time, self.lat, self.lon = t, txn.lat, txn.lon
+
+    def encode(self) -> bytes:
+        """Versioned compact bytes of this state."""
+        out = [header(), _LOC.pack(self.last_time, self.loc_time, self.lat, self.lon,
+                                   self.ctry_time, self.ctry)]
+        for w in self._windows():
+            w.encode(out)
+        self.merchants.encode(out)
+        self.countries.encode(out)
+        self.home.encode(out)
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> CardState:
+        """Rebuild a state from :meth:`encode` bytes."""
+        reader = open_reader(buf, "card")
+        state = cls()
+        state._load(reader)
+        return state
+
+    def _load(self, reader: Reader) -> None:
+        fields = reader.unpack(_LOC)
+        self.last_time, self.loc_time = int(fields[0]), int(fields[1])  # type: ignore[call-overload]
+        self.lat, self.lon = float(fields[2]), float(fields[3])  # type: ignore[arg-type]
+        self.ctry_time, self.ctry = int(fields[4]), int(fields[5])  # type: ignore[call-overload]
+        for w in self._windows():
+            w.decode(reader)
+        self.merchants.decode(reader)
+        self.countries.decode(reader)
+        self.home.decode(reader)
+
+
+def last_time_of(buf: bytes) -> int:
+    """Newest event time stored in encoded card or merchant bytes, without a full decode."""
+    return int(struct.unpack_from("<q", buf, 1)[0])

@@ -1,0 +1,107 @@
+"""Feature spec v1: the ordered, versioned float32 input contract of training and the model.
+
+Every row that :func:`state.features.step` returns follows :data:`FEATURES` in
+order. Changing a name, order, meaning, neutral value or a window's bucket
+granularity (see :mod:`state.card`, :mod:`state.merchant`) bumps
+:data:`FEATURE_SPEC_VERSION`. Missing optional inputs give the feature's
+``neutral`` value, never NaN.
+
+>>> N_FEATURES == len(FEATURE_NAMES) and FEATURE_NAMES[0]
+'card_count_10m'
+>>> describe("card_amount_ratio_30d", 14.0)
+"amount 14x the card's 30-day average"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FEATURE_SPEC_VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One named model input: what it measures and the value used when it cannot be known."""
+
+    name: str
+    description: str
+    neutral: float = 0.0
+
+
+FEATURES: tuple[Feature, ...] = (
+    # --- per card, event time (windows end at the latest event time seen on the card) ---
+    Feature("card_count_10m", "card transactions in the last 10 min (1-min buckets)"),
+    Feature("card_count_1h", "card transactions in the last 1 h (1-min buckets)"),
+    Feature("card_count_24h", "card transactions in the last 24 h (15-min buckets)"),
+    Feature("card_count_7d", "card transactions in the last 7 d (6-h buckets)"),
+    Feature("card_count_30d", "card transactions in the last 30 d (1-day UTC buckets)"),
+    Feature("card_amount_sum_1h", "sum of card amounts in the last 1 h"),
+    Feature("card_amount_sum_24h", "sum of card amounts in the last 24 h"),
+    Feature("card_amount_mean_24h", "mean card amount over 24 h; 0 without history"),
+    Feature("card_amount_mean_7d", "mean card amount over 7 d; 0 without history"),
+    Feature("card_amount_mean_30d", "mean card amount over 30 d; 0 without history"),
+    Feature("card_amount_std_30d", "population std dev of card amounts over 30 d; 0 if < 2"),
+    Feature("card_amount_ratio_30d", "this amount / 30-d mean amount; 1 without history", 1.0),
+    Feature("card_amount_zscore_30d", "(amount - 30-d mean) / 30-d std; 0 if std is 0"),
+    Feature(
+        "card_seconds_since_prev",
+        "seconds since the card's latest earlier event time (0 if this one is late); "
+        "30 d without history",
+        2_592_000.0,
+    ),
+    Feature("card_distinct_merchants_1h", "distinct merchants of the card in the last 1 h"),
+    Feature("card_distinct_merchants_24h", "distinct merchants of the card in the last 24 h"),
+    Feature("card_distinct_countries_24h", "distinct merchant countries of the card in 24 h"),
+    Feature("card_new_merchant_30d", "1 if the card has not used this merchant in 30 d", 1.0),
+    Feature("card_small_count_10m", "card transactions with amount < 5 in the last 10 min"),
+    Feature(
+        "card_travel_speed_kmh",
+        "haversine km/h from the card's latest located transaction (time floored to 1 min); "
+        "0 without both locations",
+    ),
+    Feature("card_country_changed", "1 if country differs from the card's latest country"),
+    Feature(
+        "card_cross_border",
+        "1 if country differs from the card's most frequent country so far (its proxy home)",
+    ),
+    # --- per merchant (traffic of this input partition, see state.merchant) ---
+    Feature("merchant_count_1d", "merchant transactions in the last 1 d (1-h buckets)"),
+    Feature("merchant_count_7d", "merchant transactions in the last 7 d (6-h buckets)"),
+    Feature("merchant_count_30d", "merchant transactions in the last 30 d (1-day buckets)"),
+    Feature("merchant_fraud_rate_1d", "fraud labels known before this hour in 1 d / count_1d"),
+    Feature("merchant_fraud_rate_7d", "fraud labels known before this hour in 7 d / count_7d"),
+    Feature("merchant_fraud_rate_30d", "fraud labels known before this hour in 30 d / count"),
+    # --- context of this transaction ---
+    Feature("amount", "transaction amount in major units of its currency"),
+    Feature("log_amount", "natural log of (1 + amount)"),
+    Feature("hour_of_day", "UTC hour of the event time, 0-23"),
+    Feature("day_of_week", "UTC day of week, Monday = 0"),
+    Feature("is_weekend", "1 on UTC Saturday and Sunday"),
+    Feature("is_night", "1 between 00:00 and 05:59 UTC"),
+    Feature("channel", "0 missing, 1 pos, 2 ecom, 3 atm, 4 moto"),
+    Feature("entry_mode", "0 missing, 1 chip, 2 contactless, 3 swipe, 4 manual, 5 ecom"),
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+N_FEATURES = len(FEATURES)
+INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+_WORDS: dict[str, str] = {
+    "card_amount_ratio_30d": "amount {v:.3g}x the card's 30-day average",
+    "card_amount_zscore_30d": "amount {v:.2g} standard deviations from the card's 30-day mean",
+    "card_count_10m": "{v:.0f} card transactions in the previous 10 minutes",
+    "card_count_1h": "{v:.0f} card transactions in the previous hour",
+    "card_small_count_10m": "{v:.0f} small-amount transactions in 10 minutes (card testing?)",
+    "card_travel_speed_kmh": "travel at {v:.0f} km/h since the previous located transaction",
+    "card_new_merchant_30d": "merchant new for this card in 30 days",
+    "card_cross_border": "country differs from the card's usual country",
+    "merchant_fraud_rate_30d": "merchant fraud rate {v:.1%} over 30 days",
+}
+
+
+def describe(name: str, value: float) -> str:
+    """Analyst words for one feature value, for reason codes (generic for unlisted names)."""
+    template = _WORDS.get(name)
+    if template is None:
+        return f"{name} = {value:.4g}"
+    return template.format(v=value)

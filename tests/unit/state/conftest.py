@@ -1,0 +1,56 @@
+"""Shared event generators for the state tests."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from topics.contracts import Label, Transaction
+
+T0 = 1_700_000_000_000
+COUNTRIES = ["FR", "DE", "ES", "US", None]
+GAPS_MS = [0, 1_000, 20_000, 90_000, 600_000, 3_600_000, 6 * 3_600_000, 2 * 86_400_000]
+
+Event = Transaction | Label
+
+
+def make_events(seed: int, n: int, cards: int = 6, merchants: int = 5) -> list[Event]:
+    """A seeded stream: transactions (some late, some duplicate ids) and label events."""
+    rng = random.Random(seed)
+    t = T0
+    events: list[Event] = []
+    txns: list[Transaction] = []
+    for i in range(n):
+        t += rng.choice(GAPS_MS) + rng.randint(0, 999)
+        if txns and rng.random() < 0.2:
+            target = rng.choice(txns)
+            events.append(Label(transaction_id=target.transaction_id, card_id=target.card_id,
+                                merchant_id=target.merchant_id, is_fraud=rng.random() < 0.7,
+                                label_time=t))
+            continue
+        late = rng.choice([0, 0, 0, 30_000, 3_600_000, 3 * 86_400_000]) if rng.random() < 0.3 else 0
+        located = rng.random() < 0.7
+        txn = Transaction(
+            transaction_id=f"t{rng.randint(0, i)}",
+            card_id=f"card-{rng.randrange(cards)}",
+            merchant_id=f"m{rng.randrange(merchants)}",
+            amount=rng.choice([1.5, 4.99, 20.0, round(rng.uniform(0.01, 5000), 2)]),
+            currency="EUR",
+            event_time=max(0, t - late),
+            country=rng.choice(COUNTRIES),
+            lat=rng.uniform(-60, 60) if located else None,
+            lon=rng.uniform(-170, 170) if located else None,
+            channel=rng.choice(["pos", "ecom", None]),
+            entry_mode=rng.choice(["chip", "manual", None]),
+        )
+        txns.append(txn)
+        events.append(txn)
+    return events
+
+
+@pytest.fixture
+def events_factory() -> Callable[..., list[Event]]:
+    """The seeded stream generator."""
+    return make_events
