@@ -6,8 +6,9 @@ Two cheap steps per flagged row, both vectorised over the batch:
    model's training reference histogram (the percentile of the value);
 2. *occlusion*: each candidate is reset to its reference median and the row is
    rescored through the same ONNX model; the score drop is that feature's
-   contribution. Features whose reset lowers the score by at least
-   ``min_drop`` are kept, largest drop first.
+   contribution. The largest positive drop is always a reason; further ones
+   need a drop of at least ``min_drop``. When no single reset lowers the score
+   (the features act only together), the one reason says exactly that.
 
 So a reason is always something the serving model really reacted to, and it
 costs ``candidates`` extra ONNX rows per review/decline verdict (a few percent
@@ -24,6 +25,11 @@ from export.model import ScoringModel
 from state.spec import FEATURES, describe
 from topics.contracts import ReasonCode
 
+#: The reason given when no single feature, reset alone, lowers the score.
+COMBINED = ReasonCode(
+    feature="combined", text="several features together; no single one explains the score"
+)
+
 
 class ReasonExplainer:
     """Explain the scores of flagged rows for one model."""
@@ -32,7 +38,7 @@ class ReasonExplainer:
         self,
         model: ScoringModel,
         max_reasons: int = 3,
-        candidates: int = 6,
+        candidates: int = 8,
         min_drop: float = 0.01,
     ) -> None:
         self.model = model
@@ -80,9 +86,9 @@ class ReasonExplainer:
     ) -> list[ReasonCode]:
         order = np.argsort(-drops, kind="stable")
         codes = []
-        for k in order[: self.max_reasons]:
-            if drops[k] < self.min_drop:
+        for rank, k in enumerate(order[: self.max_reasons]):
+            if drops[k] <= 0.0 or (rank > 0 and drops[k] < self.min_drop):
                 break
             name = self.model.feature_names[cand[k]]
             codes.append(ReasonCode(feature=name, text=describe(name, float(row[cand[k]]))))
-        return codes
+        return codes or [COMBINED]

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,8 @@ from pathlib import Path
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from topics.broker import connect, dev_dir, die_with_parent
+from flows.process import FlowProcess
+from topics.broker import connect, dev_dir
 from topics.contracts import Label, Prediction, Transaction
 from topics.produce import PRODUCER_DEFAULTS
 from topics.progress import TokenBucket, format_duration
@@ -164,44 +163,22 @@ def status(t: Tally, elapsed: float, rate: float) -> str:
     )
 
 
-class FlowProcess:
-    """``python -m bytewax.run flows.score`` with recovery, as a child that dies with us."""
+def start_flow(settings: KafkaSettings, work: Path) -> FlowProcess:
+    """The scoring flow with recovery, on the demo's topics, state in ``work``."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+           "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
+           "FRAUD_STATE_DIR": str(work / "state"),
+           "FRAUD_MODEL_PATH": str(MODEL_DIR / "current")}
+    log = dev_dir() / "demo-flow.log"
+    log.unlink(missing_ok=True)
+    return FlowProcess(env, log, recovery_dir=work / "recovery")
 
-    def __init__(self, settings: KafkaSettings, work: Path) -> None:
-        self.log_path = dev_dir() / "demo-flow.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        recovery = work / "recovery"
-        recovery.mkdir()
-        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
-                       check=True, capture_output=True)
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
-               "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
-               "FRAUD_STATE_DIR": str(work / "state"),
-               "FRAUD_MODEL_PATH": str(MODEL_DIR / "current")}
-        parent = os.getpid()
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bytewax.run", "flows.score",
-                 "-r", str(recovery), "-s", "5", "-b", "0"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
-            )
 
-    def check(self) -> None:
-        """Stop the demo with the flow's log if the flow died."""
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"[demo] the flow exited ({self.proc.returncode}):\n{tail}")
-
-    def stop(self) -> None:
-        """Interrupt, then kill if it does not stop within 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _check(flow: FlowProcess) -> None:
+    try:
+        flow.check()
+    except RuntimeError as exc:
+        raise SystemExit(f"[demo] {exc}") from None
 
 
 def _invalid(n: int) -> bytes:
@@ -227,7 +204,7 @@ def produce(
             producer.flush(30)
             yield "warm-up produced; waiting for its verdicts"
             while tally.verdicts < wait_for:
-                flow.check()
+                _check(flow)
                 time.sleep(0.2)
             yield "live"
             live_phase = True
@@ -273,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
         ensure_topics(settings)
         say(f"topics {prefix}*; starting the flow (log: {dev_dir() / 'demo-flow.log'})")
-        flow = FlowProcess(settings, Path(tmp))
+        flow = start_flow(settings, Path(tmp))
         tally = Tally()
         reader = VerdictReader(settings, truth, tally)
         reader.start()
@@ -300,7 +277,7 @@ def _drive(
     last_verdicts = 0
     live_started = 0.0
     for phase in produce(settings, history, live_from, args.rate, tally, flow, warm_valid):
-        flow.check()
+        _check(flow)
         now = time.time()
         if phase == "live":
             live_started = now
@@ -313,7 +290,7 @@ def _drive(
             print(status(tally, now - start, rate), flush=True)
     deadline = time.time() + 60
     while tally.verdicts < tally.produced and time.time() < deadline:
-        flow.check()
+        _check(flow)
         time.sleep(0.2)
     live_seconds = time.time() - (live_started or start)
     lat = tally.live_latency_ms

@@ -1,0 +1,87 @@
+"""Run ``python -m bytewax.run flows.score`` as a child process (demo, tests, benchmarks).
+
+The child gets ``PR_SET_PDEATHSIG`` so it never outlives its parent, writes its
+output to a log file, and runs with recovery when a recovery directory is given
+(initialised here on first use, as the README recommends).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from topics.broker import die_with_parent
+
+
+def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
+    """Create Bytewax recovery partitions once (``python -m bytewax.recovery``)."""
+    if recovery_dir.exists() and any(recovery_dir.iterdir()):
+        return
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
+        check=True, capture_output=True,
+    )
+
+
+class FlowProcess:
+    """One Bytewax process of the scoring flow."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        recovery_dir: Path | None = None,
+        snapshot_seconds: float = 5,
+        process_id: int | None = None,
+        addresses: list[str] | None = None,
+        module: str = "flows.score",
+    ) -> None:
+        args = [sys.executable, "-m", "bytewax.run", module]
+        if recovery_dir is not None:
+            init_recovery(recovery_dir)
+            args += ["-r", str(recovery_dir), "-s", str(snapshot_seconds), "-b", "0"]
+        if addresses:
+            args += ["-i", str(process_id or 0), "-a", ";".join(addresses)]
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        parent = os.getpid()
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
+            )
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the process's output."""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def check(self) -> None:
+        """Raise with the log tail if the process has exited."""
+        if not self.alive:
+            raise RuntimeError(f"the flow exited ({self.proc.returncode}):\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """``kill -9``: no cleanup, no flush, as a crash."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Interrupt; kill if it has not stopped within ``timeout`` seconds."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()

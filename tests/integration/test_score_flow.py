@@ -1,0 +1,224 @@
+"""The real scoring flow (``python -m bytewax.run flows.score``) on the embedded broker.
+
+One simulated stream of 20,000 transactions with invalid messages mixed in is
+scored three ways: a fault-free run (checked against offline replay through the
+same ONNX file), a run killed with SIGKILL at random points and resumed from
+recovery, and a two-process cluster. All must give the same verdicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from export.model import load_model
+from flows.process import FlowProcess
+from models import tiny_history
+from state.replay import replay_matrix
+from topics.admin import ensure_topics
+from topics.broker import free_port
+from topics.contracts import DeadLetter, Label, Prediction
+from topics.produce import PRODUCER_DEFAULTS
+from topics.settings import KafkaSettings
+from training.history import History
+from training.simulate import SimConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WORLD = SimConfig(n_transactions=20_000, n_cards=500, days=30, seed=31, fraud_rate=0.02)
+INVALID_EVERY = 500
+TIMEOUT = 180
+
+
+@dataclasses.dataclass
+class Outcome:
+    verdicts: dict[str, list[Prediction]]
+    dead_letters: list[DeadLetter]
+
+    def scores(self) -> dict[str, float]:
+        return {tid: vs[0].score for tid, vs in self.verdicts.items()}
+
+    @property
+    def duplicates(self) -> int:
+        return sum(len(vs) - 1 for vs in self.verdicts.values())
+
+
+class Collector(threading.Thread):
+    """Read predictions and dead letters of one topic set as they arrive."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.stopping = settings, threading.Event()
+        self.outcome = Outcome(defaultdict(list), [])
+
+    def run(self) -> None:
+        consumer = Consumer(self.settings.client_config(
+            **{"group.id": "test", "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
+        topics = (self.settings.topic("predictions"), self.settings.topic("dead-letter"))
+        consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(8)])
+        while not self.stopping.is_set():
+            for msg in consumer.consume(1000, 0.1):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                if msg.topic() == topics[0]:
+                    p = msgspec.json.decode(value, type=Prediction)
+                    self.outcome.verdicts[p.transaction_id].append(p)
+                else:
+                    self.outcome.dead_letters.append(msgspec.json.decode(value, type=DeadLetter))
+        consumer.close()
+
+    def wait_for(self, n_verdicts: int, flows: list[FlowProcess], n_dead: int = 0) -> None:
+        deadline = time.time() + TIMEOUT
+        while (len(self.outcome.verdicts) < n_verdicts
+               or len(self.outcome.dead_letters) < n_dead):
+            for flow in flows:
+                flow.check()
+            assert time.time() < deadline, f"only {len(self.outcome.verdicts)} verdicts"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    return tiny_history(WORLD)
+
+
+def _produce(settings: KafkaSettings, history: History) -> int:
+    """The stream, keyed by card, with an invalid message every 500; returns how many."""
+    ensure_topics(settings)
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    encode = msgspec.json.encode
+    invalid = 0
+    for i, txn in enumerate(history.transactions, 1):
+        producer.produce(settings.topic("transactions"), key=txn.card_id.encode(),
+                         value=encode(txn))
+        if i % INVALID_EVERY == 0:
+            producer.produce(settings.topic("transactions"), key=txn.card_id.encode(),
+                             value=b'{"transaction_id": "broken-%d"}' % i)
+            invalid += 1
+        producer.poll(0)
+    # Labels known after the stream's end: applied (and deduplicated) by the flow, but
+    # no transaction may count them, whatever order the two topics are read in.
+    after = max(t.event_time for t in history.transactions) + 3_600_000
+    for txn in history.transactions[:200]:
+        producer.produce(settings.topic("labels"), key=txn.transaction_id.encode(),
+                         value=encode(Label(transaction_id=txn.transaction_id,
+                                            card_id=txn.card_id, merchant_id=txn.merchant_id,
+                                            is_fraud=True, label_time=after)))
+    assert producer.flush(30) == 0
+    return invalid
+
+
+def _env(settings: KafkaSettings, model_dir: Path, work: Path) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+            "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
+            "FRAUD_MODEL_PATH": str(model_dir), "FRAUD_METRICS_PORT": "0",
+            "FRAUD_LOG_LEVEL": "WARNING"}
+
+
+def _topic_set(kafka: KafkaSettings, name: str) -> KafkaSettings:
+    prefix = f"{name}-{random.randrange(1 << 30):x}."
+    return dataclasses.replace(kafka, topic_prefix=prefix, topic_overrides={})
+
+
+@pytest.fixture(scope="module")
+def fault_free(kafka: KafkaSettings, history: History, tiny_model_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    settings = _topic_set(kafka, "fault-free")
+    invalid = _produce(settings, history)
+    work = tmp_path_factory.mktemp("fault-free")
+    collector = Collector(settings)
+    collector.start()
+    flow = FlowProcess(_env(settings, tiny_model_dir, work), work / "flow.log",
+                       recovery_dir=work / "recovery")
+    try:
+        collector.wait_for(len(history), [flow], n_dead=invalid)
+    finally:
+        flow.stop()
+        collector.stopping.set()
+        collector.join()
+    return collector.outcome
+
+
+def test_one_verdict_per_transaction_equal_to_offline_scoring(
+    fault_free: Outcome, history: History, tiny_model_dir: Path
+) -> None:
+    ids = {t.transaction_id for t in history.transactions}
+    assert set(fault_free.verdicts) == ids
+    assert fault_free.duplicates == 0
+    assert len(fault_free.dead_letters) == len(history) // INVALID_EVERY
+    assert {d.error_class for d in fault_free.dead_letters} == {"missing_field"}
+
+    model = load_model(tiny_model_dir)
+    txns, X = replay_matrix(history.transactions, n_partitions=8)
+    offline = model.predict(X)
+    streamed = fault_free.scores()
+    worst = max(abs(streamed[t.transaction_id] - float(s)) for t, s in zip(txns, offline,
+                                                                           strict=True))
+    assert worst <= 1e-6
+
+
+def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
+    kafka: KafkaSettings, history: History, tiny_model_dir: Path, fault_free: Outcome,
+    tmp_path: Path, record_property: pytest.RecordProperty,
+) -> None:
+    settings = _topic_set(kafka, "recovery")
+    invalid = _produce(settings, history)
+    collector = Collector(settings)
+    collector.start()
+    env = _env(settings, tiny_model_dir, tmp_path)
+    kill_points = sorted(random.Random(7).sample(range(1_000, len(history) - 1_000), 3))
+    try:
+        for point in kill_points:
+            flow = FlowProcess(env, tmp_path / "flow.log", recovery_dir=tmp_path / "recovery",
+                               snapshot_seconds=1)
+            collector.wait_for(point, [flow])
+            flow.kill()
+        flow = FlowProcess(env, tmp_path / "flow.log", recovery_dir=tmp_path / "recovery",
+                           snapshot_seconds=1)
+        collector.wait_for(len(history), [flow], n_dead=invalid)
+        time.sleep(1)  # let re-emitted duplicates of the last epoch arrive too
+        flow.stop()
+    finally:
+        collector.stopping.set()
+        collector.join()
+    outcome = collector.outcome
+    assert set(outcome.verdicts) == set(fault_free.verdicts)  # zero missing
+    expected = fault_free.scores()
+    for tid, copies in outcome.verdicts.items():
+        assert {c.score for c in copies} == {expected[tid]}, tid  # zero score differences
+        assert len({msgspec.json.encode(c) for c in copies}) == 1  # duplicates are identical
+    record_property("kill_points", kill_points)
+    record_property("duplicates", outcome.duplicates)
+    print(f"\nkilled at {kill_points} verdicts; {outcome.duplicates} duplicate verdicts re-emitted")
+
+
+def test_two_process_cluster_gives_the_same_verdicts(
+    kafka: KafkaSettings, history: History, tiny_model_dir: Path, fault_free: Outcome,
+    tmp_path: Path,
+) -> None:
+    settings = _topic_set(kafka, "cluster")
+    invalid = _produce(settings, history)
+    collector = Collector(settings)
+    collector.start()
+    env = _env(settings, tiny_model_dir, tmp_path)
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    flows = [FlowProcess(env, tmp_path / f"flow-{i}.log", process_id=i, addresses=addresses)
+             for i in range(2)]
+    try:
+        collector.wait_for(len(history), flows, n_dead=invalid)
+    finally:
+        for flow in flows:
+            flow.stop()
+        collector.stopping.set()
+        collector.join()
+    assert collector.outcome.scores() == fault_free.scores()
+    assert collector.outcome.duplicates == 0
