@@ -77,7 +77,13 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
 
     def snapshot(self) -> int:
         # RocksDB is the source of truth; the offset is kept for operators' eyes only.
-        return -1 if self._scorer is None else self._scorer.store.last_offset
+        if self._scorer is None:
+            return -1
+        store = self._scorer.store
+        metrics.STATE_BYTES.labels(partition=str(store.partition)).set(
+            store.approximate_disk_bytes()
+        )
+        return store.last_offset
 
 
 def topic_partitions(settings: ScoringSettings) -> int:

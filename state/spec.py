@@ -14,6 +14,8 @@ granularity (see :mod:`state.card`, :mod:`state.merchant`) bumps
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 FEATURE_SPEC_VERSION = "v1"
@@ -86,22 +88,78 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
-_WORDS: dict[str, str] = {
-    "card_amount_ratio_30d": "amount {v:.3g}x the card's 30-day average",
-    "card_amount_zscore_30d": "amount {v:.2g} standard deviations from the card's 30-day mean",
-    "card_count_10m": "{v:.0f} card transactions in the previous 10 minutes",
-    "card_count_1h": "{v:.0f} card transactions in the previous hour",
-    "card_small_count_10m": "{v:.0f} small-amount transactions in 10 minutes (card testing?)",
-    "card_travel_speed_kmh": "travel at {v:.0f} km/h since the previous located transaction",
-    "card_new_merchant_30d": "merchant new for this card in 30 days",
-    "card_cross_border": "country differs from the card's usual country",
-    "merchant_fraud_rate_30d": "merchant fraud rate {v:.1%} over 30 days",
+def _count(what: str) -> Callable[[float], str]:
+    return lambda v: f"{v:.0f} {what}"
+
+
+def _flag(yes: str, no: str) -> Callable[[float], str]:
+    return lambda v: yes if v >= 0.5 else no
+
+
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_CHANNELS = ("no channel given", "card present (POS)", "online (e-commerce)", "ATM",
+             "mail/telephone order")
+_ENTRY = ("no entry mode given", "chip", "contactless", "magnetic stripe", "manually keyed",
+          "e-commerce entry")
+
+#: Analyst wording per feature, given its value (reason codes).
+_WORDS: dict[str, Callable[[float], str]] = {
+    "card_count_10m": _count("card transactions in the previous 10 minutes"),
+    "card_count_1h": _count("card transactions in the previous hour"),
+    "card_count_24h": _count("card transactions in the previous 24 hours"),
+    "card_count_7d": _count("card transactions in the previous 7 days"),
+    "card_count_30d": lambda v: (
+        "no card history in the previous 30 days" if v == 0
+        else f"{v:.0f} card transactions in the previous 30 days"
+    ),
+    "card_amount_sum_1h": lambda v: f"{v:,.2f} spent on the card in the previous hour",
+    "card_amount_sum_24h": lambda v: f"{v:,.2f} spent on the card in the previous 24 hours",
+    "card_amount_mean_24h": lambda v: f"card's 24-hour average amount {v:,.2f}",
+    "card_amount_mean_7d": lambda v: f"card's 7-day average amount {v:,.2f}",
+    "card_amount_mean_30d": lambda v: f"card's 30-day average amount {v:,.2f}",
+    "card_amount_std_30d": lambda v: f"card's 30-day amount spread {v:,.2f}",
+    "card_amount_ratio_30d": lambda v: f"amount {v:.3g}x the card's 30-day average",
+    "card_amount_zscore_30d": lambda v: (
+        f"amount {v:.2g} standard deviations from the card's 30-day mean"
+    ),
+    "card_seconds_since_prev": lambda v: (
+        f"{v:.0f} seconds after the card's previous transaction" if v < 3600
+        else f"{v / 3600:.1f} hours after the card's previous transaction"
+    ),
+    "card_distinct_merchants_1h": _count("merchants in the last hour"),
+    "card_distinct_merchants_24h": _count("merchants in the last 24 hours"),
+    "card_distinct_countries_24h": _count("countries in the last 24 hours"),
+    "card_new_merchant_30d": _flag(
+        "merchant new for this card in 30 days", "merchant used by this card before"
+    ),
+    "card_small_count_10m": _count("small-amount transactions in 10 minutes (card testing?)"),
+    "card_travel_speed_kmh": lambda v: (
+        f"travel at {v:,.0f} km/h since the previous located transaction"
+    ),
+    "card_country_changed": _flag(
+        "country changed since the card's previous transaction", "same country as before"
+    ),
+    "card_cross_border": _flag(
+        "country differs from the card's usual country", "card's usual country"
+    ),
+    "merchant_count_1d": _count("merchant transactions in the last day"),
+    "merchant_count_7d": _count("merchant transactions in the last 7 days"),
+    "merchant_count_30d": _count("merchant transactions in the last 30 days"),
+    "merchant_fraud_rate_1d": lambda v: f"merchant fraud rate {v:.1%} over 1 day",
+    "merchant_fraud_rate_7d": lambda v: f"merchant fraud rate {v:.1%} over 7 days",
+    "merchant_fraud_rate_30d": lambda v: f"merchant fraud rate {v:.1%} over 30 days",
+    "amount": lambda v: f"amount {v:,.2f}",
+    "log_amount": lambda v: f"amount {math.expm1(v):,.2f}",
+    "hour_of_day": lambda v: f"at {v:02.0f}:00-{v:02.0f}:59 UTC",
+    "day_of_week": lambda v: f"on a {_DAYS[int(v) % 7]}",
+    "is_weekend": _flag("at the weekend", "on a weekday"),
+    "is_night": _flag("at night (00:00-05:59 UTC)", "in the daytime"),
+    "channel": lambda v: _CHANNELS[int(v)] if 0 <= v < len(_CHANNELS) else f"channel {v:g}",
+    "entry_mode": lambda v: _ENTRY[int(v)] if 0 <= v < len(_ENTRY) else f"entry mode {v:g}",
 }
 
 
 def describe(name: str, value: float) -> str:
     """Analyst words for one feature value, for reason codes (generic for unlisted names)."""
-    template = _WORDS.get(name)
-    if template is None:
-        return f"{name} = {value:.4g}"
-    return template.format(v=value)
+    words = _WORDS.get(name)
+    return f"{name} = {value:.4g}" if words is None else words(value)

@@ -18,7 +18,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ONNX model, trained on a tiny simulated history and published by our code."""
-    from models import publish_tiny, train_tiny
+    from tiny_model import publish_tiny, train_tiny
 
     root = tmp_path_factory.mktemp("tiny-model")
     return publish_tiny(root / "models", train_tiny(root / "run"))

@@ -11,10 +11,10 @@ from export.model import load_model
 from export.reasons import COMBINED
 from flows.decode import Sourced
 from flows.scorer import PartitionScorer
-from models import tiny_history
 from state.partitioning import murmur2_partition
 from state.replay import replay_matrix
 from state.store import PartitionStore
+from tiny_model import tiny_history
 from topics.contracts import Label, Prediction, Transaction
 from training.history import events
 from training.simulate import SimConfig

@@ -21,8 +21,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from export.model import load_model
 from flows.process import FlowProcess
-from models import tiny_history
 from state.replay import replay_matrix
+from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.broker import free_port
 from topics.contracts import DeadLetter, Label, Prediction

@@ -25,3 +25,13 @@ def test_readme_documents_every_topic_override_variable() -> None:
 
     for logical in TOPICS:
         assert f"`{topic_env_var(logical)}`" in README
+
+
+def test_readme_documents_every_flow_setting_and_feature() -> None:
+    from flows.settings import VARIABLES
+    from state.spec import FEATURE_NAMES
+
+    for name in VARIABLES:
+        assert f"`{name}`" in README, name
+    for name in FEATURE_NAMES:
+        assert f"`{name}`" in README, name

@@ -16,8 +16,8 @@ from export.metadata import PREFIX, ModelMetadata
 from export.model import load_model
 from export.onnx import PARITY_TOLERANCE, check_parity, export_trained, main
 from export.registry import ModelRegistry
-from models import train_tiny
 from state.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
+from tiny_model import train_tiny
 from training.artifact import TrainedModel
 
 
