@@ -31,6 +31,7 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from export.metadata import Thresholds
@@ -43,7 +44,7 @@ from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from state.store import PartitionStore
 from topics.contracts import Label, Transaction
-from topics.errors import ConfigError, FraudStreamError
+from topics.errors import BrokerError, ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
 
 log = logging.getLogger("flows.score")
@@ -90,7 +91,13 @@ def topic_partitions(settings: ScoringSettings) -> int:
     """Partition count of the transactions topic; stop with a remedy if it does not exist."""
     topic = settings.kafka.topic("transactions")
     admin = AdminClient(settings.kafka.client_config())
-    metadata = admin.list_topics(topic, timeout=15)
+    try:
+        metadata = admin.list_topics(topic, timeout=15)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}; check "
+            "KAFKA_BOOTSTRAP_SERVERS and the FRAUD_KAFKA_* security settings"
+        ) from exc
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ConfigError(
@@ -100,9 +107,8 @@ def topic_partitions(settings: ScoringSettings) -> int:
     return len(found.partitions)
 
 
-def load_serving_model(settings: ScoringSettings, n_partitions: int) -> ScoringModel:
-    """The champion model, checked against the feature spec and the topic's partitioning."""
-    model = load_model(settings.model_path)
+def check_partitions(model: ScoringModel, settings: ScoringSettings, n_partitions: int) -> None:
+    """Refuse a topic whose partition count differs from the one the model's features used."""
     trained_on = model.metadata.feature_partitions
     if trained_on and trained_on != n_partitions:
         raise ConfigError(
@@ -110,18 +116,32 @@ def load_serving_model(settings: ScoringSettings, n_partitions: int) -> ScoringM
             f"but {settings.kafka.topic('transactions')!r} has {n_partitions}; retrain with "
             f"the topic's partition count (just train) or use a topic with {trained_on}"
         )
-    return model
+
+
+def serving_thresholds(settings: ScoringSettings, model: ScoringModel) -> Thresholds:
+    """The model's thresholds, with the ``FRAUD_*_THRESHOLD`` overrides (0.0 included)."""
+    review, decline = model.thresholds.review, model.thresholds.decline
+    if settings.review_threshold is not None:
+        review = settings.review_threshold
+    if settings.decline_threshold is not None:
+        decline = settings.decline_threshold
+    if review > decline:
+        raise ConfigError(
+            f"review threshold {review} would be above decline threshold {decline}; "
+            "set FRAUD_REVIEW_THRESHOLD and FRAUD_DECLINE_THRESHOLD together"
+        )
+    policy = model.thresholds.policy
+    if (review, decline) != (model.thresholds.review, model.thresholds.decline):
+        policy = f"overridden by FRAUD_*_THRESHOLD (model: {policy})"
+    return Thresholds(review=review, decline=decline, policy=policy)
 
 
 def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Dataflow:
     """The scoring dataflow for ``settings``; loads and checks the model first."""
+    model = load_model(settings.model_path)  # before any network call: fail fast
     parts = n_partitions or topic_partitions(settings)
-    model = load_serving_model(settings, parts)
-    thresholds = Thresholds(
-        review=settings.review_threshold or model.thresholds.review,
-        decline=settings.decline_threshold or model.thresholds.decline,
-        policy=model.thresholds.policy,
-    )
+    check_partitions(model, settings, parts)
+    thresholds = serving_thresholds(settings, model)
     metrics.MODEL_INFO.info(
         {"version": model.version, "feature_spec_version": model.feature_spec_version}
     )
