@@ -44,6 +44,14 @@ LATENCY_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 MODEL_INFO = Info("fraud_model", "The serving model.")
+MODEL_RELOADS = Counter(
+    "fraud_model_reloads_total", "Model files found changed: loaded, or refused (old one kept).",
+    ["role", "outcome"],
+)
+SHADOW_AGREEMENT = Counter(
+    "fraud_shadow_decisions_total", "Verdicts also scored by the shadow model, by agreement.",
+    ["agree"],
+)
 STATE_BYTES = Gauge(
     "fraud_state_disk_bytes", "Approximate RocksDB size per input partition.", ["partition"]
 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -39,6 +40,7 @@ from export.model import ScoringModel, load_model
 from flows import kafka, metrics
 from flows.decode import Sourced, decode
 from flows.scorer import PartitionScorer
+from flows.serving import ModelSource
 from flows.settings import ScoringSettings
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
@@ -136,25 +138,47 @@ def serving_thresholds(settings: ScoringSettings, model: ScoringModel) -> Thresh
     return Thresholds(review=review, decline=decline, policy=policy)
 
 
+def model_source(
+    settings: ScoringSettings, path: Path, n_partitions: int, role: str
+) -> ModelSource:
+    """A hot-reloaded model: the champion gets the threshold overrides, a shadow its own."""
+    return ModelSource(
+        path,
+        thresholds=(lambda m: serving_thresholds(settings, m)) if role == "champion"
+        else (lambda m: m.thresholds),
+        check=lambda m: check_partitions(m, settings, n_partitions),
+        max_reasons=settings.reason_codes,
+        interval=settings.model_reload_seconds,
+        role=role,
+    )
+
+
 def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Dataflow:
     """The scoring dataflow for ``settings``; loads and checks the model first."""
-    model = load_model(settings.model_path)  # before any network call: fail fast
+    load_model(settings.model_path)  # before any network call: fail fast
+    if settings.shadow_model_path is not None:
+        load_model(settings.shadow_model_path)
     parts = n_partitions or topic_partitions(settings)
-    check_partitions(model, settings, parts)
-    thresholds = serving_thresholds(settings, model)
+    champion = model_source(settings, settings.model_path, parts, "champion")
+    shadow = (
+        model_source(settings, settings.shadow_model_path, parts, "shadow")
+        if settings.shadow_model_path is not None else None
+    )
+    live = champion.current
     metrics.MODEL_INFO.info(
-        {"version": model.version, "feature_spec_version": model.feature_spec_version}
+        {"version": live.version, "feature_spec_version": live.model.feature_spec_version}
     )
     store_options = StoreOptions()
     log.info(
-        "model %s (spec %s), thresholds review=%.4f decline=%.4f, %d partitions, state in %s",
-        model.version, model.feature_spec_version, thresholds.review, thresholds.decline,
-        parts, settings.state_dir,
+        "model %s (spec %s), thresholds review=%.4f decline=%.4f, shadow %s, %d partitions, "
+        "state in %s", live.version, live.model.feature_spec_version, live.thresholds.review,
+        live.thresholds.decline, shadow.current.version if shadow else "none", parts,
+        settings.state_dir,
     )
 
     def open_scorer(partition: int) -> PartitionScorer:
         store = PartitionStore.open(settings.state_dir, partition, store_options)
-        return PartitionScorer(store, model, thresholds, max_reasons=settings.reason_codes)
+        return PartitionScorer(store, champion, shadow)
 
     flow = Dataflow("fraud-score")
     txn_msgs = kafka.read(

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from export.metadata import Thresholds
-from export.model import ScoringModel
-from export.reasons import ReasonExplainer
 from flows import metrics
 from flows.decode import Sourced
+from flows.serving import ModelSource, Serving
 from state.store import PartitionStore
 from topics.contracts import Label, Prediction, ReasonCode, Transaction
 
@@ -45,18 +43,14 @@ class PartitionScorer:
     def __init__(
         self,
         store: PartitionStore,
-        model: ScoringModel,
-        thresholds: Thresholds | None = None,
-        max_reasons: int = 3,
+        champion: ModelSource,
+        shadow: ModelSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.model = model
-        self.thresholds = thresholds or model.thresholds
-        self.explainer = ReasonExplainer(model, max_reasons=max_reasons)
+        self.champion = champion
+        self.shadow = shadow
         self.clock = clock
-        self._version = model.version
-        self._spec_version = model.feature_spec_version
 
     def apply_labels(self, labels: Sequence[Label]) -> None:
         """Apply label events to merchant state (idempotent by transaction id)."""
@@ -71,10 +65,12 @@ class PartitionScorer:
             return []
         started = time.perf_counter()
         fresh: set[int] = set()
+        live = self.champion.poll()  # one model per batch: swaps happen between batches
+        shadow = self.shadow.poll() if self.shadow is not None else None
 
         def render(positions: Sequence[int], features: np.ndarray) -> list[bytes]:
             fresh.update(positions)
-            return self._render([batch[i] for i in positions], features)
+            return self._render([batch[i] for i in positions], features, live, shadow)
 
         values = self.store.process_and_render(
             [(item.offset, item.value) for item in batch], render
@@ -89,36 +85,51 @@ class PartitionScorer:
             for i, (item, value) in enumerate(zip(batch, values, strict=True))
         ]
 
-    def _render(self, items: Sequence[Sourced[Transaction]], features: np.ndarray) -> list[bytes]:
-        scores = self.model.predict(features)
-        decisions = self.thresholds.decide(scores)
+    def _render(
+        self,
+        items: Sequence[Sourced[Transaction]],
+        features: np.ndarray,
+        live: Serving,
+        shadow: Serving | None,
+    ) -> list[bytes]:
+        scores = live.model.predict(features)
+        decisions = live.thresholds.decide(scores)
         flagged = np.flatnonzero(decisions != "approve")
         reasons: dict[int, list[ReasonCode]] = {}
         if flagged.size:
-            explained = self.explainer.explain(features[flagged], scores[flagged])
+            explained = live.explainer.explain(features[flagged], scores[flagged])
             reasons = dict(zip(flagged.tolist(), explained, strict=True))
+        shadow_scores = shadow_decisions = None
+        if shadow is not None:
+            shadow_scores = shadow.model.predict(features)
+            shadow_decisions = shadow.thresholds.decide(shadow_scores)
+            agree = int(np.count_nonzero(shadow_decisions == decisions))
+            metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
+            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(items) - agree)
         now_ms = int(self.clock() * 1000)
+        version, spec_version = live.version, live.model.feature_spec_version
         out = []
         for i, item in enumerate(items):
             txn = item.value
             decision = str(decisions[i])
-            out.append(
-                _encode(
-                    Prediction(
-                        transaction_id=txn.transaction_id,
-                        card_id=txn.card_id,
-                        event_time=txn.event_time,
-                        score=float(scores[i]),
-                        decision=decision,  # type: ignore[arg-type]
-                        model_version=self._version,
-                        feature_spec_version=self._spec_version,
-                        reasons=reasons.get(i, []),
-                        ingest_time=item.ingest_ms,
-                        scored_time=now_ms,
-                    )
-                )
+            prediction = Prediction(
+                transaction_id=txn.transaction_id,
+                card_id=txn.card_id,
+                event_time=txn.event_time,
+                score=float(scores[i]),
+                decision=decision,  # type: ignore[arg-type]
+                model_version=version,
+                feature_spec_version=spec_version,
+                reasons=reasons.get(i, []),
+                ingest_time=item.ingest_ms,
+                scored_time=now_ms,
             )
-            metrics.VERDICTS.labels(decision=decision, model_version=self._version).inc()
+            if shadow is not None and shadow_scores is not None and shadow_decisions is not None:
+                prediction.shadow_score = float(shadow_scores[i])
+                prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]
+                prediction.shadow_model_version = shadow.version
+            out.append(_encode(prediction))
+            metrics.VERDICTS.labels(decision=decision, model_version=version).inc()
             metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
         metrics.TRANSACTIONS_IN.inc(len(items))
         return out

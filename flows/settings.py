@@ -28,6 +28,8 @@ from topics.validation import MAX_FUTURE_MS, MAX_MESSAGE_BYTES
 #: Every variable this object reads, its default and its meaning (the README table).
 VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_MODEL_PATH": ("models/current", "ONNX model file, or a directory holding model.onnx"),
+    "FRAUD_SHADOW_MODEL_PATH": ("", "challenger scored alongside; never decides (unset: none)"),
+    "FRAUD_MODEL_RELOAD_SECONDS": ("5", "how often to check for a new model file; 0 disables"),
     "FRAUD_STATE_DIR": (".dev/state", "RocksDB state, one sub-directory per input partition"),
     "FRAUD_BATCH_MAX": ("1000", "most messages read per partition poll = largest scoring batch"),
     "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
@@ -75,6 +77,8 @@ class ScoringSettings:
 
     kafka: KafkaSettings
     model_path: Path
+    shadow_model_path: Path | None
+    model_reload_seconds: int
     state_dir: Path
     batch_max: int
     review_threshold: float | None
@@ -111,9 +115,12 @@ class ScoringSettings:
         level = (_raw(env, "FRAUD_LOG_LEVEL") or "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"FRAUD_LOG_LEVEL={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        shadow = _raw(env, "FRAUD_SHADOW_MODEL_PATH")
         return cls(
             kafka=KafkaSettings.from_env(env),
             model_path=Path(_raw(env, "FRAUD_MODEL_PATH") or VARIABLES["FRAUD_MODEL_PATH"][0]),
+            shadow_model_path=Path(shadow) if shadow else None,
+            model_reload_seconds=_int(env, "FRAUD_MODEL_RELOAD_SECONDS", 0, 3600),
             state_dir=Path(_raw(env, "FRAUD_STATE_DIR") or VARIABLES["FRAUD_STATE_DIR"][0]),
             batch_max=_int(env, "FRAUD_BATCH_MAX", 1, 100_000),
             review_threshold=review,

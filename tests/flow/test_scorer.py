@@ -11,6 +11,7 @@ from export.model import load_model
 from export.reasons import COMBINED
 from flows.decode import Sourced
 from flows.scorer import PartitionScorer
+from flows.serving import ModelSource
 from state.partitioning import murmur2_partition
 from state.replay import replay_matrix
 from state.store import PartitionStore
@@ -57,6 +58,12 @@ def _run(scorer: PartitionScorer, stream: list[Sourced[Transaction] | Label],
     return verdicts
 
 
+def _source(path: Path, **kwargs: object) -> ModelSource:
+    kwargs.setdefault("thresholds", lambda m: m.thresholds)
+    kwargs.setdefault("interval", 0)
+    return ModelSource(path, **kwargs)  # type: ignore[arg-type]
+
+
 def _decode(verdicts: list) -> list[Prediction]:
     return [msgspec.json.decode(v.value, type=Prediction) for v in verdicts]
 
@@ -76,7 +83,7 @@ def test_stream_verdicts_equal_offline_replay_through_the_same_onnx(
     rng = random.Random(1)
     verdicts: list[Prediction] = []
     for p, part_stream in _partitioned(stream).items():
-        scorer = PartitionScorer(PartitionStore.open(tmp_path, p), model)
+        scorer = PartitionScorer(PartitionStore.open(tmp_path, p), _source(tiny_model_dir))
         verdicts += _run(scorer, part_stream, rng)
 
     assert len(verdicts) == len(offline) == len({v.transaction_id for v in verdicts})
@@ -97,15 +104,14 @@ def test_stream_verdicts_equal_offline_replay_through_the_same_onnx(
 def test_replayed_offsets_re_emit_the_first_verdict_bytes(
     stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    model = load_model(tiny_model_dir)
     part = [e for e in _partitioned(stream)[0] if isinstance(e, Sourced)][:2_000]
     clock = iter(range(10**6))
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), model,
+    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir),
                              clock=lambda: float(next(clock)))
     first = scorer.score(part[:1_200])
     # Crash: drop every object, keep the directory; resume from an earlier offset.
     del scorer
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), model,
+    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir),
                              clock=lambda: float(next(clock)))
     again = scorer.score(part[700:])
     assert [v.value for v in again[:500]] == [v.value for v in first[700:]]
@@ -118,11 +124,92 @@ def test_threshold_override_changes_decisions_not_scores(
 ) -> None:
     from export.metadata import Thresholds
 
-    model = load_model(tiny_model_dir)
     part = [e for e in _partitioned(stream)[1] if isinstance(e, Sourced)][:500]
-    strict = PartitionScorer(PartitionStore.open(tmp_path / "a", 1), model,
-                             Thresholds(review=0.0, decline=1.0))
-    default = PartitionScorer(PartitionStore.open(tmp_path / "b", 1), model)
+    strict = PartitionScorer(
+        PartitionStore.open(tmp_path / "a", 1),
+        _source(tiny_model_dir, thresholds=lambda m: Thresholds(review=0.0, decline=1.0)),
+    )
+    default = PartitionScorer(PartitionStore.open(tmp_path / "b", 1), _source(tiny_model_dir))
     a, b = _decode(strict.score(part)), _decode(default.score(part))
     assert [x.score for x in a] == [y.score for y in b]
     assert {x.decision for x in a} == {"review"}
+
+
+def _publish(registry_dir: Path, source_dir: Path, version: str, **props: str) -> Path:
+    """Copy a published model under a new version, with metadata properties replaced."""
+    import onnx
+
+    proto = onnx.load(str(source_dir / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "fraudstream.model_version":
+            prop.value = version
+        if prop.key.removeprefix("fraudstream.") in props:
+            prop.value = props[prop.key.removeprefix("fraudstream.")]
+    target = registry_dir / version
+    target.mkdir(parents=True)
+    onnx.save(proto, str(target / "model.onnx"))
+    return target
+
+
+def _point_current(registry_dir: Path, target: Path) -> None:
+    link = registry_dir / "current"
+    tmp = registry_dir / ".current.tmp"
+    tmp.symlink_to(target)
+    tmp.replace(link)  # atomic, as `just export-onnx` does
+
+
+def test_hot_reload_swaps_between_batches_and_refuses_bad_models(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows import metrics
+
+    registry = tmp_path / "models"
+    first = _publish(registry, tiny_model_dir, "v-first")
+    _point_current(registry, first)
+    now = [0.0]
+    source = _source(registry / "current", interval=5, clock=lambda: now[0])
+    scorer = PartitionScorer(PartitionStore.open(tmp_path / "state", 2), source)
+    part = [e for e in _partitioned(stream)[2] if isinstance(e, Sourced)][:900]
+    refused = metrics.MODEL_RELOADS.labels(role="champion", outcome="refused")
+    refused_before = refused._value.get()
+
+    verdicts = _decode(scorer.score(part[:300]))
+    # A corrupt file and a model of another feature spec are refused; v-first keeps serving.
+    corrupt = registry / "v-corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.onnx").write_bytes(b"not an onnx model")
+    _point_current(registry, corrupt)
+    now[0] += 6
+    verdicts += _decode(scorer.score(part[300:400]))
+    _point_current(registry, _publish(registry, tiny_model_dir, "v-old-spec",
+                                      feature_spec_version="v0"))
+    now[0] += 6
+    verdicts += _decode(scorer.score(part[400:500]))
+    assert refused._value.get() - refused_before == 2
+    # A good model is picked up between batches, not before its interval has passed.
+    _point_current(registry, _publish(registry, tiny_model_dir, "v-second"))
+    verdicts += _decode(scorer.score(part[500:600]))
+    now[0] += 6
+    verdicts += _decode(scorer.score(part[600:]))
+
+    versions = [v.model_version for v in verdicts]
+    assert versions == ["v-first"] * 600 + ["v-second"] * 300
+    assert [v.transaction_id for v in verdicts] == [s.value.transaction_id for s in part]
+
+
+def test_shadow_rides_along_and_never_changes_the_decision(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from export.metadata import Thresholds
+
+    part = [e for e in _partitioned(stream)[3] if isinstance(e, Sourced)][:600]
+    shadow = _source(tiny_model_dir, thresholds=lambda m: Thresholds(review=0.0, decline=0.0),
+                     role="shadow")
+    with_shadow = _decode(PartitionScorer(
+        PartitionStore.open(tmp_path / "a", 3), _source(tiny_model_dir), shadow).score(part))
+    alone = _decode(PartitionScorer(
+        PartitionStore.open(tmp_path / "b", 3), _source(tiny_model_dir)).score(part))
+    assert [(v.score, v.decision) for v in with_shadow] == [(v.score, v.decision) for v in alone]
+    assert all(v.shadow_decision == "decline" and v.shadow_score == v.score for v in with_shadow)
+    assert {v.shadow_model_version for v in with_shadow} == {shadow.current.version}
+    assert all(v.shadow_score is None for v in alone)
