@@ -59,6 +59,7 @@ train DATA="data/history.parquet" *ARGS:
 export-onnx *ARGS:
     {{python}} -m export.onnx {{ARGS}}
 
-# regenerate requirements.lock from pyproject.toml (maintainers; needs uv)
+# regenerate the locks from pyproject.toml: everything (dev, CI) and runtime only (image)
 lock:
     uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet --output-file requirements.lock
+    uv pip compile pyproject.toml --python-version 3.11 --quiet --output-file requirements-runtime.lock

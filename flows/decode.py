@@ -44,10 +44,15 @@ def _ingest_ms(msg: RawMessage, fallback_ms: int) -> int:
 def classify(
     msg: RawMessage, decoder: ContractDecoder[T], now_ms: int
 ) -> Sourced[T] | SinkMessage:
-    """Decode one message into a sourced record, or the dead-letter message that replaces it."""
+    """Decode one message into a sourced record, or the dead-letter message that replaces it.
+
+    Time rules (e.g. "at most 24 h in the future") are judged against the message's
+    Kafka timestamp, not the wall clock, so a replayed message gets the same answer.
+    """
     partition = -1 if msg.partition is None else msg.partition
     offset = -1 if msg.offset is None else msg.offset
-    result = decoder.decode(msg.value, now_ms)
+    ingest_ms = _ingest_ms(msg, now_ms)
+    result = decoder.decode(msg.value, ingest_ms)
     if isinstance(result, Rejection):
         metrics.DEAD_LETTERS.labels(error_class=result.error_class).inc()
         record = dead_letter(
@@ -60,7 +65,7 @@ def classify(
             now_ms=now_ms,
         )
         return KafkaSinkMessage(key=msg.key, value=_encode(record))
-    return Sourced(result, partition, offset, _ingest_ms(msg, now_ms))
+    return Sourced(result, partition, offset, ingest_ms)
 
 
 @operator

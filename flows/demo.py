@@ -203,7 +203,8 @@ def produce(
         if not live_phase and tally.produced >= live_from:
             producer.flush(30)
             yield "warm-up produced; waiting for its verdicts"
-            while tally.verdicts < wait_for:
+            deadline = time.time() + 300
+            while tally.verdicts < wait_for and time.time() < deadline:
                 time.sleep(0.2)
                 yield "tick"
             yield "live"

@@ -15,7 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 log = logging.getLogger(__name__)
 
 TRANSACTIONS_IN = Counter(
-    "fraud_transactions_in_total", "Valid transactions decoded from the input topic."
+    "fraud_transactions_in_total",
+    "Transactions scored for the first time (replays are fraud_replayed_verdicts_total).",
 )
 VERDICTS = Counter(
     "fraud_verdicts_total", "Verdicts produced, by decision and model version.",
@@ -29,7 +30,15 @@ DEAD_LETTERS = Counter(
     "fraud_dead_letters_total", "Messages sent to the dead-letter topic, by error class.",
     ["error_class"],
 )
-LABELS = Counter("fraud_labels_total", "Label events applied to merchant state.", ["is_fraud"])
+LABELS = Counter(
+    "fraud_labels_total", "Label events received (repeats are ignored by the store).",
+    ["is_fraud"],
+)
+MISPARTITIONED = Counter(
+    "fraud_mispartitioned_transactions_total",
+    "Sampled transactions (1 in 64) not on their card's murmur2 partition: a producer "
+    "uses another partitioner, so labels miss their card's merchant state.",
+)
 BATCH_SIZE = Histogram(
     "fraud_scoring_batch_size", "Transactions per scoring batch.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),

@@ -1,6 +1,6 @@
 """Run ``python -m bytewax.run flows.score`` as a child process (demo, tests, benchmarks).
 
-The child gets ``PR_SET_PDEATHSIG`` so it never outlives its parent, writes its
+The child is started through :mod:`topics.deathsig`, so it never outlives its parent, writes its
 output to a log file, and runs with recovery when a recovery directory is given
 (initialised here on first use, as the README recommends).
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from topics.broker import die_with_parent
+from topics.deathsig import orphan_safe
 
 
 def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
@@ -37,7 +37,7 @@ class FlowProcess:
         log_path: Path,
         *,
         recovery_dir: Path | None = None,
-        snapshot_seconds: float = 5,
+        snapshot_seconds: int = 5,
         process_id: int | None = None,
         addresses: list[str] | None = None,
         module: str = "flows.score",
@@ -50,11 +50,10 @@ class FlowProcess:
             args += ["-i", str(process_id or 0), "-a", ";".join(addresses)]
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        parent = os.getpid()
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
+                orphan_safe(args), env={**os.environ, **env}, stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     @property

@@ -22,6 +22,7 @@ renaming one orphans its snapshots.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from flows.decode import Sourced, decode
 from flows.scorer import PartitionScorer
 from flows.serving import ModelSource
 from flows.settings import ScoringSettings
+from state.errors import StateError
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from state.store import PartitionStore
@@ -61,15 +63,33 @@ class PartitionEvent:
 
 
 class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
-    """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily."""
+    """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily.
 
-    def __init__(self, open_scorer: Any) -> None:
+    Its snapshot is the store's last applied offset. On resume, a store *behind*
+    that snapshot (a lost or stale state volume) would silently skip the
+    transactions in between, so the step stops instead, saying what to do.
+    """
+
+    def __init__(self, open_scorer: Any, resume_offset: int | None) -> None:
         self._open_scorer = open_scorer
+        self._resume_offset = resume_offset
         self._scorer: PartitionScorer | None = None
+
+    def _open(self, partition: int) -> PartitionScorer:
+        scorer: PartitionScorer = self._open_scorer(partition)
+        applied = scorer.store.last_offset
+        if self._resume_offset is not None and applied < self._resume_offset:
+            raise StateError(
+                f"partition {partition}: the state store has applied offsets up to {applied}, "
+                f"but Bytewax's recovery snapshot says {self._resume_offset}; the state "
+                "directory is stale or lost. Restore it, or delete both the state directory "
+                "(FRAUD_STATE_DIR) and the recovery directory to rebuild from the topic"
+            )
+        return scorer
 
     def on_batch(self, values: list[PartitionEvent]) -> tuple[list[KafkaSinkMessage], bool]:
         if self._scorer is None:
-            self._scorer = self._open_scorer(values[0].partition)
+            self._scorer = self._open(values[0].partition)
         labels = [v.item.value for v in values if isinstance(v.item.value, Label)]
         txns: list[Sourced[Transaction]] = [
             v.item for v in values if isinstance(v.item.value, Transaction)
@@ -189,11 +209,21 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
         TransactionDecoder(settings.max_message_bytes, settings.max_future_ms),
     )
     label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels")
-    labels = decode("decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes))
+    labels = decode(
+        "decode-labels", label_msgs,
+        LabelDecoder(settings.max_message_bytes, settings.max_future_ms),
+    )
     dead = op.merge("dead-letters", txns.errs, labels.errs)
     op.output("dead-letter-out", dead, kafka.sink(settings.kafka, "dead-letter"))
 
-    txn_events = op.map("tag-transactions", txns.oks, lambda s: PartitionEvent(s.partition, s))
+    def tag_transaction(s: Sourced[Transaction]) -> PartitionEvent:
+        # Labels are routed with murmur2; a producer using another partitioner splits a
+        # card's labels from its transactions. Check one transaction in 64 and count.
+        if s.offset % 64 == 0 and murmur2_partition(s.value.card_id, parts) != s.partition:
+            metrics.MISPARTITIONED.inc()
+        return PartitionEvent(s.partition, s)
+
+    txn_events = op.map("tag-transactions", txns.oks, tag_transaction)
     label_events = op.map(
         "tag-labels", labels.oks,
         lambda s: PartitionEvent(murmur2_partition(s.value.card_id, parts), s),
@@ -202,7 +232,9 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
         "key-by-partition", op.merge("events", txn_events, label_events),
         lambda e: str(e.partition),
     )
-    verdicts = op.stateful_batch("score", events, lambda _resume: _ScoreLogic(open_scorer))
+    verdicts = op.stateful_batch(
+        "score", events, lambda resume: _ScoreLogic(open_scorer, resume)
+    )
     predictions = op.key_rm("unkey", verdicts)
     op.output("predictions-out", predictions, kafka.sink(settings.kafka, "predictions"))
     return flow
@@ -227,7 +259,12 @@ def _flow_from_env() -> Dataflow:
         raise SystemExit(2) from None
 
 
+@functools.cache
+def _cached_flow() -> Dataflow:
+    return _flow_from_env()
+
+
 def __getattr__(name: str) -> Dataflow:
     if name == "flow":
-        return _flow_from_env()
+        return _cached_flow()
     raise AttributeError(name)

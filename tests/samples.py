@@ -73,5 +73,7 @@ BAD_MESSAGES = [
     BadMessage("unknown channel", raw(channel="web"), "invalid_value", "channel: invalid enum value 'web'"),
     BadMessage("bad mcc", raw(mcc="54"), "invalid_value", "mcc"),
     BadMessage("nested attribute", raw(attributes={"a": {"b": 1}}), "wrong_type", "attributes"),
+    BadMessage("deeply nested", b'{"x":' * 2000 + b"1" + b"}" * 2000, "not_json", "nested too deeply"),
+    BadMessage("event time huge", raw(event_time=10**20), "invalid_value", "event_time"),
 ]
 

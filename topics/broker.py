@@ -13,8 +13,9 @@ Kafka transactions, and joins consumer groups slowly, so our consumers
    running: it recorded its address and pid in ``.dev/broker.json``;
 3. otherwise start an :class:`EmbeddedBroker` for the command's lifetime.
 
-The broker process never outlives its parent: the child asks the kernel for
-``SIGKILL`` when the parent dies (``PR_SET_PDEATHSIG``), an ``atexit`` hook
+The broker process never outlives its parent: it is started through
+:mod:`topics.deathsig`, which asks the kernel for ``SIGKILL`` when the parent
+dies (``PR_SET_PDEATHSIG``), an ``atexit`` hook
 stops live brokers, and ``SIGTERM`` unwinds the parent like Ctrl-C does.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -39,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from topics.deathsig import orphan_safe
 from topics.errors import BrokerError
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
@@ -50,7 +51,6 @@ DEV_NOTICE = (
     "Confluent Cloud."
 )
 
-_PR_SET_PDEATHSIG = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _live: set[EmbeddedBroker] = set()
 _live_lock = threading.Lock()
@@ -118,17 +118,6 @@ def pid_alive(pid: int) -> bool:
     # Field 3, after the parenthesised command name (which may contain spaces).
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Run in the forked child before exec: SIGKILL me when my parent dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: rely on atexit and signal handling
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _stop_all_live() -> None:
@@ -225,15 +214,13 @@ class EmbeddedBroker:
             "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
-        parent = os.getpid()
         with open(self.log_file, "wb") as log:
             self._process = subprocess.Popen(
-                command,
+                orphan_safe(command),
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "NO_COLOR": "1", "RUST_BACKTRACE": "0"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
             )
         with _live_lock:

@@ -22,8 +22,11 @@ from typing import Annotated, Literal
 import msgspec
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="Opaque identifier.")]
+#: 9999-12-31T23:59:59.999Z: anything later is not a time in milliseconds.
+MAX_EPOCH_MS = 253_402_300_799_999
 EpochMs = Annotated[
-    int, msgspec.Meta(ge=0, description="UTC time in milliseconds since the Unix epoch.")
+    int,
+    msgspec.Meta(ge=0, le=MAX_EPOCH_MS, description="UTC time in ms since the Unix epoch."),
 ]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 

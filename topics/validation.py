@@ -128,7 +128,20 @@ class ContractDecoder(Generic[S]):
         self._decoder = msgspec.json.Decoder(struct)
 
     def decode(self, raw: bytes | None, now_ms: int) -> S | Rejection:
-        """Return the struct, or the first rule the message breaks."""
+        """Return the struct, or the first rule the message breaks; never raises.
+
+        ``now_ms`` is the clock the time rules are judged against. The flow passes
+        the message's Kafka timestamp, so a message gets the same answer on every
+        replay.
+        """
+        try:
+            return self._decode(raw, now_ms)
+        except RecursionError:
+            return Rejection("not_json", "JSON nested too deeply to decode")
+        except Exception as exc:  # a decoder bug must not stop the stream: dead-letter it
+            return Rejection("not_json", f"undecodable: {type(exc).__name__}: {exc}")
+
+    def _decode(self, raw: bytes | None, now_ms: int) -> S | Rejection:
         if not raw:
             return Rejection("empty", "message has no value (empty or tombstone)")
         if len(raw) > self.max_bytes:
@@ -204,19 +217,9 @@ class TransactionDecoder(ContractDecoder[Transaction]):
             return Rejection(
                 "unknown_country", f"country: {value.country!r} is not an ISO 3166-1 alpha-2 code"
             )
-        if value.event_time < MIN_EVENT_TIME_MS:
-            return Rejection(
-                "bad_event_time",
-                f"event_time: {value.event_time} is before 2000-01-01; "
-                "send milliseconds, not seconds",
-            )
-        ahead = value.event_time - now_ms
-        if ahead > self.max_future_ms:
-            return Rejection(
-                "future_event_time",
-                f"event_time: {ahead / 3_600_000:.1f} h ahead of the clock "
-                f"(limit {self.max_future_ms / 3_600_000:g} h)",
-            )
+        rejection = _time_rejection("event_time", value.event_time, now_ms, self.max_future_ms)
+        if rejection is not None:
+            return rejection
         if (value.lat is None) != (value.lon is None):
             return Rejection("invalid_value", "lat/lon: give both or neither")
         return value
@@ -225,5 +228,28 @@ class TransactionDecoder(ContractDecoder[Transaction]):
 class LabelDecoder(ContractDecoder[Label]):
     """Decoder for the ``labels`` topic."""
 
-    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = MAX_MESSAGE_BYTES, max_future_ms: int = MAX_FUTURE_MS
+    ) -> None:
         super().__init__(Label, max_bytes)
+        self.max_future_ms = max_future_ms
+
+    def check(self, value: Label, now_ms: int) -> Label | Rejection:
+        """Label time plausibility, as for transactions' event time."""
+        return _time_rejection("label_time", value.label_time, now_ms, self.max_future_ms) or value
+
+
+def _time_rejection(field: str, ms: int, now_ms: int, max_future_ms: int) -> Rejection | None:
+    """Refuse times in seconds (before 2000) and times too far ahead of ``now_ms``."""
+    if ms < MIN_EVENT_TIME_MS:
+        return Rejection(
+            "bad_event_time", f"{field}: {ms} is before 2000-01-01; send milliseconds, not seconds"
+        )
+    ahead = ms - now_ms
+    if ahead > max_future_ms:
+        return Rejection(
+            "future_event_time",
+            f"{field}: {ahead / 3_600_000:.1f} h ahead of the clock "
+            f"(limit {max_future_ms / 3_600_000:g} h)",
+        )
+    return None

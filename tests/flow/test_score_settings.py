@@ -49,3 +49,36 @@ def test_model_trained_on_another_partition_count_is_refused(tiny_model_dir: Pat
 def test_wrong_settings_name_the_variable(name: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         ScoringSettings.from_env({name: value})
+
+
+def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.score import _ScoreLogic
+    from flows.scorer import PartitionScorer
+    from flows.serving import ModelSource
+    from state.errors import StateError
+    from state.store import PartitionStore
+
+    def opener(state_dir: Path):  # type: ignore[no-untyped-def]
+        def open_scorer(partition: int) -> PartitionScorer:
+            source = ModelSource(tiny_model_dir, thresholds=lambda m: m.thresholds, interval=0)
+            return PartitionScorer(PartitionStore.open(state_dir, partition), source)
+        return open_scorer
+
+    labels_only: list = []
+    logic = _ScoreLogic(opener(tmp_path / "fresh"), resume_offset=-1)
+    assert logic.on_batch([_label_event()]) == (labels_only, False)
+    assert logic.snapshot() == -1
+    with pytest.raises(StateError, match="delete both the state directory"):
+        _ScoreLogic(opener(tmp_path / "lost"), resume_offset=41).on_batch([_label_event()])
+
+
+def _label_event():  # type: ignore[no-untyped-def]
+    from flows.decode import Sourced
+    from flows.score import PartitionEvent
+    from topics.contracts import Label
+
+    label = Label(transaction_id="t", card_id="c", merchant_id="m", is_fraud=True,
+                  label_time=1_700_000_000_000)
+    return PartitionEvent(0, Sourced(label, 0, 0, 1_700_000_000_000))

@@ -1,0 +1,49 @@
+#!/bin/sh
+# One process of the scoring flow's Bytewax cluster, with recovery. The image's command;
+# docker/compose.yaml and the k8s StatefulSet run it.
+#
+#   FLOW_PROCESS_ID           this process's index (default: the number ending the host
+#                             name, e.g. 1 for the StatefulSet pod fraud-score-1)
+#   FLOW_ADDRESSES            "host0:2101;host1:2101": every process, in process-id order
+#                             (unset: a single process)
+#   FLOW_RECOVERY_DIR         recovery partitions (default /data/recovery)
+#   FLOW_RECOVERY_PARTITIONS  how many process 0 creates, once, when its recovery
+#                             directory is empty (default 1); fixed from then on
+#   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 10)
+#
+# FLOW_*, not FRAUD_*: the flow refuses FRAUD_* variables it does not know.
+set -eu
+
+recovery_dir="${FLOW_RECOVERY_DIR:-/data/recovery}"
+partitions="${FLOW_RECOVERY_PARTITIONS:-1}"
+snapshot="${FLOW_SNAPSHOT_SECONDS:-10}"
+host="${HOSTNAME:-$(cat /proc/sys/kernel/hostname)}"
+process_id="${FLOW_PROCESS_ID:-${host##*-}}"
+
+case "$process_id" in
+    '' | *[!0-9]*)
+        echo "fraud-flow: cannot tell the process id from host name '$host'; set FLOW_PROCESS_ID" >&2
+        exit 2 ;;
+esac
+
+set -- -r "$recovery_dir" -s "$snapshot" -b 0
+if [ -n "${FLOW_ADDRESSES:-}" ]; then
+    count=$(printf '%s\n' "$FLOW_ADDRESSES" | tr ';' '\n' | grep -c .)
+    if [ "$process_id" -ge "$count" ]; then
+        echo "fraud-flow: process id $process_id but FLOW_ADDRESSES lists $count processes;" \
+            "the number of processes (StatefulSet replicas) and the address list must match" >&2
+        exit 2
+    fi
+    set -- "$@" -i "$process_id" -a "$FLOW_ADDRESSES"
+fi
+
+mkdir -p "$recovery_dir"
+# Process 0 holds the recovery partitions; the others snapshot into them over the
+# cluster's connections. Created once: the count cannot change afterwards.
+if [ "$process_id" -eq 0 ] && [ -z "$(ls -A "$recovery_dir")" ]; then
+    echo "fraud-flow: creating $partitions recovery partition(s) in $recovery_dir" >&2
+    python -m bytewax.recovery "$recovery_dir" "$partitions"
+fi
+
+echo "fraud-flow: process $process_id: python -m bytewax.run flows.score $*" >&2
+exec python -m bytewax.run flows.score "$@"

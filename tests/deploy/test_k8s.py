@@ -1,0 +1,141 @@
+"""The Kubernetes manifests: rendered by kustomize, validated offline against the API schemas.
+
+Core kinds are checked with kubernetes-validate (bundled JSON schemas, strict: unknown
+fields fail). ServiceMonitor and PrometheusRule are CRDs outside those schemas: their
+structure is checked here, and the PrometheusRule's groups must equal
+docker/prometheus/alerts.yml (which promtool checks in test_docker.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.kustomize import approximate, kubectl, render
+from deploy.queries import K8S, alert_groups
+from flows.settings import VARIABLES
+
+K8S_VERSION = "1.30.0"
+CRDS = {"ServiceMonitor", "PrometheusRule"}
+OVERLAYS = [K8S / "base", K8S / "overlays" / "dev"]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
+def rendered(request: pytest.FixtureRequest) -> tuple[Path, list[dict[str, Any]]]:
+    objs, how = render(request.param)
+    print(f"rendered {request.param.relative_to(K8S)} with {how}")
+    return request.param, objs
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, kind
+    return found[0]
+
+
+def test_core_objects_match_the_kubernetes_schemas(rendered: tuple[Path, list[Any]]) -> None:
+    import kubernetes_validate
+
+    _, objs = rendered
+    kinds = {o["kind"] for o in objs}
+    assert {"Namespace", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"} <= kinds
+    for obj in objs:
+        if obj["kind"] in CRDS:
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_secret_template_matches_the_schema() -> None:
+    import kubernetes_validate
+
+    secret = yaml.safe_load((K8S / "base" / "kafka-credentials.example.yaml").read_text())
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert set(secret["stringData"]) >= {"FRAUD_KAFKA_SASL_USERNAME", "FRAUD_KAFKA_SASL_PASSWORD"}
+
+
+def test_crds_have_the_structure_the_operator_reads(rendered: tuple[Path, list[Any]]) -> None:
+    _, objs = rendered
+    monitor, rule = by_kind(objs, "ServiceMonitor"), by_kind(objs, "PrometheusRule")
+    assert monitor["apiVersion"] == rule["apiVersion"] == "monitoring.coreos.com/v1"
+    service = next(o for o in objs if o["kind"] == "Service"
+                   and o["metadata"]["name"] == "fraud-score-metrics")
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert "metrics" in ports
+    assert rule["spec"]["groups"] == alert_groups()
+
+
+def test_statefulset_replicas_match_the_cluster_addresses(
+    rendered: tuple[Path, list[Any]]
+) -> None:
+    _, objs = rendered
+    sts, config = by_kind(objs, "StatefulSet"), by_kind(objs, "ConfigMap")
+    headless = sts["spec"]["serviceName"]
+    name, replicas = sts["metadata"]["name"], sts["spec"]["replicas"]
+    addresses = config["data"]["FLOW_ADDRESSES"].split(";")
+    assert addresses == [f"{name}-{i}.{headless}:2101" for i in range(replicas)]
+    assert 1 <= replicas <= 8  # the transactions partitions
+    service = next(o for o in objs if o["metadata"]["name"] == headless)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    pod = sts["spec"]["template"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_pod_runs_the_entrypoint_non_root_with_probes_limits_and_volume(
+    rendered: tuple[Path, list[Any]]
+) -> None:
+    _, objs = rendered
+    sts = by_kind(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["fraud-flow"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert {"requests", "limits"} <= set(container["resources"])
+    claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == "/data" and "data" in claims
+    pdb = by_kind(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+
+
+def test_configmap_sets_only_settings_the_flow_knows(rendered: tuple[Path, list[Any]]) -> None:
+    _, objs = rendered
+    data = by_kind(objs, "ConfigMap")["data"]
+    for name in data:
+        if name.startswith("FRAUD_") and not name.startswith(("FRAUD_KAFKA_", "FRAUD_TOPIC_")):
+            assert name in VARIABLES, name
+    assert data["FRAUD_STATE_DIR"].startswith("/data/")
+    assert data["FLOW_RECOVERY_DIR"].startswith("/data/")
+    from flows.settings import ScoringSettings
+
+    ScoringSettings.from_env({k: v for k, v in data.items() if not k.startswith("FLOW_")})
+
+
+def test_dev_overlay_changes_namespace_image_and_settings() -> None:
+    base, _ = render(K8S / "base")
+    dev, _ = render(K8S / "overlays" / "dev")
+    assert {o["metadata"].get("namespace") for o in dev if o["kind"] != "Namespace"} == {
+        "fraudstream-dev"}
+    sts = by_kind(dev, "StatefulSet")
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "fraudstream:dev"
+    assert by_kind(dev, "ConfigMap")["data"]["FRAUD_LOG_LEVEL"] == "DEBUG"
+    assert len(dev) == len(base)
+
+
+@pytest.mark.skipif(kubectl() is None, reason="kubectl not on PATH: nothing to compare with")
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda p: p.name)
+def test_the_approximation_renders_what_kustomize_renders(directory: Path) -> None:
+    def key(o: dict[str, Any]) -> tuple[str, str]:
+        return o["kind"], o["metadata"]["name"]
+
+    real, _ = render(directory)
+    assert sorted(approximate(directory), key=key) == sorted(real, key=key)
