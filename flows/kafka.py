@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
-from confluent_kafka import OFFSET_BEGINNING
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 
+from topics.errors import BrokerError
 from topics.settings import KafkaSettings
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
@@ -54,8 +56,63 @@ def read(
     return cast(Stream[RawMessage], messages)
 
 
-def sink(settings: KafkaSettings, logical: str, **producer_config: str) -> KafkaSink:
-    """Write to one registry topic (at-least-once: a resumed epoch is produced again)."""
-    brokers, options = _brokers_and_options(settings)
-    options.update({"linger.ms": "5", "compression.type": "lz4", **producer_config})
-    return KafkaSink(brokers, settings.topic(logical), add_config=options)
+#: Producer defaults for the flow's outputs (``FRAUD_KAFKA_*`` overrides them).
+SINK_DEFAULTS = {"linger.ms": "1", "compression.type": "lz4"}
+
+
+class _CheckedPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, bytes]]):
+    """Produce a batch, wait for its acknowledgements, and fail loudly if any was lost."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._failures: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def write_batch(self, items: list[KafkaSinkMessage[bytes | None, bytes]]) -> None:
+        produce = self._producer.produce
+        for msg in items:
+            while True:
+                try:
+                    produce(self._topic, msg.value, msg.key, on_delivery=self._on_delivery)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.05)
+        # Acknowledged before the batch counts as written, as Bytewax's own sink does, so
+        # an epoch is never committed ahead of its outputs (at-least-once).
+        self._producer.flush()
+        if self._failures:
+            first, count = self._failures[0], len(self._failures)
+            raise BrokerError(
+                f"{count} records were not delivered to {self._topic!r} (first: {first}); "
+                "the flow stops so that recovery produces them again"
+            )
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class CheckedSink(DynamicSink[KafkaSinkMessage[bytes | None, bytes]]):
+    """Bytewax's ``KafkaSink``, except that an unacknowledged record stops the flow.
+
+    Bytewax's sink ignores delivery reports, so a record that failed after its
+    retries would vanish; here the flow stops and recovery produces it again.
+    """
+
+    def __init__(self, settings: KafkaSettings, logical: str) -> None:
+        self._config = {**settings.client_config(**SINK_DEFAULTS)}
+        self._topic = settings.topic(logical)
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> _CheckedPartition:
+        """One producer per worker."""
+        return _CheckedPartition(Producer(self._config), self._topic)
+
+
+def sink(settings: KafkaSettings, logical: str) -> CheckedSink:
+    """The sink for one registry topic."""
+    return CheckedSink(settings, logical)

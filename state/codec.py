@@ -7,7 +7,7 @@ import struct
 from state.errors import StateFormatError
 
 #: Leading byte of every encoded key state; bump when the layout changes.
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
 
 _HEADER = struct.Struct("<B")
 

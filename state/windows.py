@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from itertools import chain as _chain
 
 from state.codec import Reader
 
@@ -28,14 +29,12 @@ NO_TIME = -(1 << 62)
 """Sentinel for "nothing seen yet" (bucket indices and epoch-ms times)."""
 
 _WIN_EMPTY = struct.Struct("<qH")
-_WIN_TOTALS = struct.Struct("<qH4d")
-_BUCKET = struct.Struct("<H4d")
 
 
 @functools.cache
 def _win_full(k: int) -> struct.Struct:
     """Encoder of a window holding ``k`` buckets (k is at most a window's bucket count)."""
-    return struct.Struct("<qH4d" + "H4d" * k)
+    return struct.Struct(f"<qH4d{k}q{4 * k}d")
 
 _SEEN_HEAD = struct.Struct("<H")
 
@@ -109,18 +108,17 @@ class BucketWindow:
         self.count, self.total, self.total_sq, self.small = count, total, total_sq, small
 
     def encode(self, out: list[bytes]) -> None:
-        """Append this window's bytes to ``out``: end bucket, then (offset, 4 sums) per bucket."""
+        """Append this window's bytes to ``out``: end bucket, sums, bucket indices, bucket sums.
+
+        Buckets keep their insertion order (the order :meth:`_refold` sums them in).
+        """
         buckets = self.buckets
         k = len(buckets)
         if not k:  # empty window: its sums are exactly 0.0
             out.append(_WIN_EMPTY.pack(self.bmax, 0))
             return
-        bmax = self.bmax
-        fields: list[float] = [bmax, k, self.count, self.total, self.total_sq, self.small]
-        for b, entry in buckets.items():
-            fields.append(bmax - b)
-            fields += entry
-        out.append(_win_full(k).pack(*fields))
+        out.append(_win_full(k).pack(self.bmax, k, self.count, self.total, self.total_sq,
+                                     self.small, *buckets, *_chain.from_iterable(buckets.values())))
 
     def decode(self, reader: Reader) -> None:
         """Load this window's state from ``reader`` (the inverse of :meth:`encode`)."""
@@ -133,14 +131,14 @@ class BucketWindow:
             self.bmin = -NO_TIME
             self.count = self.total = self.total_sq = self.small = 0.0
             return
-        _, _, self.count, self.total, self.total_sq, self.small = _WIN_TOTALS.unpack_from(buf, pos)
-        pos += _WIN_TOTALS.size
-        end = pos + k * _BUCKET.size
-        self.buckets = {
-            bmax - r: [c, s, q, m] for r, c, s, q, m in _BUCKET.iter_unpack(buf[pos:end])
-        }
-        reader.pos = end
-        self.bmin = min(self.buckets)
+        fmt = _win_full(k)
+        vals = fmt.unpack_from(buf, pos)
+        _, _, self.count, self.total, self.total_sq, self.small = vals[:6]
+        it = iter(vals[6 + k:])
+        rows = map(list, zip(it, it, it, it, strict=True))
+        self.buckets = buckets = dict(zip(vals[6:6 + k], rows, strict=True))
+        reader.pos = pos + fmt.size
+        self.bmin = min(buckets)
 
 
 class LastSeen:
@@ -201,7 +199,7 @@ class LastSeen:
         (k,) = reader.unpack(_SEEN_HEAD)
         assert isinstance(k, int)
         vals = reader.unpack_fmt(f"<{k}q{k}q") if k else ()
-        self.seen = {int(vals[i]): int(vals[k + i]) for i in range(k)}  # type: ignore[call-overload]
+        self.seen = dict(zip(vals[:k], vals[k:], strict=True))  # type: ignore[arg-type]
 
 
 class TopCounts:
@@ -248,5 +246,5 @@ class TopCounts:
         (k,) = reader.unpack(_SEEN_HEAD)
         assert isinstance(k, int)
         vals = reader.unpack_fmt(f"<{k}q{k}I") if k else ()
-        self.counts = {int(vals[i]): int(vals[k + i]) for i in range(k)}  # type: ignore[call-overload]
+        self.counts = dict(zip(vals[:k], vals[k:], strict=True))  # type: ignore[arg-type]
         self.best = self._argmax()
