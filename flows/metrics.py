@@ -26,6 +26,10 @@ REPLAYED = Counter(
     "fraud_replayed_verdicts_total",
     "Verdicts re-emitted from the state store for offsets replayed after a recovery.",
 )
+REPLAY_SKIPPED = Counter(
+    "fraud_replay_skipped_total",
+    "Replayed offsets with no stored verdict (dead-lettered before, or past output retention).",
+)
 DEAD_LETTERS = Counter(
     "fraud_dead_letters_total", "Messages sent to the dead-letter topic, by error class.",
     ["error_class"],

@@ -12,6 +12,7 @@ bytes unchanged: same score, same decision, same model version, same times.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from state.store import PartitionStore
 from topics.contracts import Label, Prediction, ReasonCode, Transaction
 
 _encode = msgspec.json.Encoder().encode
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,23 @@ class PartitionScorer:
         )
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        replays = len(batch) - len(fresh)
-        if replays:
-            metrics.REPLAYED.inc(replays)
-        return [
+        verdicts = [
             Verdict(item.value.transaction_id.encode(), value, i not in fresh)
             for i, (item, value) in enumerate(zip(batch, values, strict=True))
+            if value is not None
         ]
+        if len(verdicts) < len(batch):
+            skipped = len(batch) - len(verdicts)
+            metrics.REPLAY_SKIPPED.inc(skipped)
+            log.warning(
+                "partition %d: %d replayed offsets have no stored verdict (dead-lettered "
+                "the first time, or older than the store's output retention); skipped",
+                self.store.partition, skipped,
+            )
+        replays = len(verdicts) - len(fresh)
+        if replays:
+            metrics.REPLAYED.inc(replays)
+        return verdicts
 
     def _render(
         self,

@@ -114,12 +114,26 @@ class PartitionStore:
         vector stored the first time and change nothing.
         """
         outputs = self.process_and_render(items, _vector_bytes)
-        return np.frombuffer(b"".join(outputs), dtype=np.float32).reshape(len(items), N_FEATURES)
+        for (offset, _), output in zip(items, outputs, strict=True):
+            if output is None:
+                raise ReplayGapError(
+                    f"partition {self.partition}: offset {offset} is at or below the last "
+                    f"applied offset but no vector is kept for it (output_retention="
+                    f"{self._options.output_retention}); raise StoreOptions.output_retention "
+                    "or rebuild the state directory from history"
+                )
+        vectors = cast(list[bytes], outputs)
+        return np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(len(items), N_FEATURES)
 
     def process_and_render(
         self, items: Sequence[tuple[int, Transaction]], render: Render
-    ) -> list[bytes]:
+    ) -> list[bytes | None]:
         """Like :meth:`process_batch`, but store and return ``render``'s bytes per offset.
+
+        ``None`` for an offset at or below the last applied one with nothing stored:
+        it was never applied (its message was dead-lettered the first time) or its
+        output is older than ``output_retention`` (a restart that re-reads the topic
+        from the beginning). Either way its verdict, if any, was published back then.
 
         The stream renders each verdict here, so the verdict is committed in the same
         WriteBatch as the state it was computed from, and a replayed offset gets the
@@ -130,8 +144,8 @@ class PartitionStore:
 
     def _process_batch(
         self, items: Sequence[tuple[int, Transaction]], render: Render
-    ) -> list[bytes]:
-        out: list[bytes] = [b""] * len(items)
+    ) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(items)
         fresh: list[tuple[int, int, Transaction]] = []
         replayed: list[tuple[int, int]] = []
         hi = self._last
@@ -275,15 +289,8 @@ class PartitionStore:
             cache.update(loaded)
         return found
 
-    def _stored_output(self, offset: int) -> bytes:
-        raw = self._db.get(keys.offset_key(offset))
-        if raw is None:
-            raise ReplayGapError(
-                f"partition {self.partition}: offset {offset} was applied but its output is no "
-                f"longer kept (output_retention={self._options.output_retention}); raise "
-                "StoreOptions.output_retention or rebuild the state directory from history"
-            )
-        return cast(bytes, raw)
+    def _stored_output(self, offset: int) -> bytes | None:
+        return cast(bytes | None, self._db.get(keys.offset_key(offset)))
 
     def _prune_outputs(self, batch: rocksdict.WriteBatch, hi: int) -> None:
         keep_from = hi - self._options.output_retention + 1

@@ -213,3 +213,17 @@ def test_shadow_rides_along_and_never_changes_the_decision(
     assert all(v.shadow_decision == "decline" and v.shadow_score == v.score for v in with_shadow)
     assert {v.shadow_model_version for v in with_shadow} == {shadow.current.version}
     assert all(v.shadow_score is None for v in alone)
+
+
+def test_replayed_offsets_without_a_stored_verdict_are_skipped_not_fatal(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    part = [e for e in _partitioned(stream)[0] if isinstance(e, Sourced)][:50]
+    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir))
+    # Offset 3 was dead-lettered the first time: the store never saw it.
+    first = scorer.score([s for s in part if s.offset != 3])
+    assert len(first) == 49
+    # A restart without recovery replays everything, offset 3 included (now "valid").
+    again = scorer.score(part)
+    assert [v.value for v in again] == [v.value for v in first]
+    assert all(v.replayed for v in again)
