@@ -59,6 +59,10 @@ train DATA="data/history.parquet" *ARGS:
 export-onnx *ARGS:
     {{python}} -m export.onnx {{ARGS}}
 
+# benchmark on the embedded broker: bench/results.json + bench/RESULTS.md (--quick: ~3 min)
+bench *ARGS:
+    {{python}} bench/run.py {{ARGS}}
+
 # regenerate the locks from pyproject.toml: everything (dev, CI) and runtime only (image)
 lock:
     uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet --output-file requirements.lock

@@ -103,7 +103,7 @@ class CheckedSink(DynamicSink[KafkaSinkMessage[bytes | None, bytes]]):
     """
 
     def __init__(self, settings: KafkaSettings, logical: str) -> None:
-        self._config = {**settings.client_config(**SINK_DEFAULTS)}
+        self._config = {**SINK_DEFAULTS, **settings.client_config()}
         self._topic = settings.topic(logical)
 
     def build(

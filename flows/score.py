@@ -99,7 +99,8 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
         return [KafkaSinkMessage(v.key, v.value) for v in verdicts], False
 
     def snapshot(self) -> int:
-        # RocksDB is the source of truth; the offset is kept for operators' eyes only.
+        # RocksDB holds the state; Bytewax keeps this offset so a resume can check that
+        # the store is not behind it (see _open).
         if self._scorer is None:
             return -1
         store = self._scorer.store

@@ -1,8 +1,9 @@
 """Score one input partition's transactions: features, ONNX, decision, reasons, verdict bytes.
 
 Plain Python over a :class:`~state.store.PartitionStore` and a
-:class:`~export.model.ScoringModel`, so it is tested without Kafka; the
-Bytewax step in :mod:`flows.score` only feeds it batches.
+:class:`~flows.serving.ModelSource` (the hot-reloaded model, plus an optional
+shadow), so it is tested without Kafka; the Bytewax step in :mod:`flows.score`
+only feeds it batches.
 
 Each transaction is scored with its features as of just before it, then applied
 to state, in one RocksDB ``WriteBatch`` together with its encoded verdict and the

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from topics.errors import BrokerError, FraudStreamError
+from topics.cli import run_cli
+from topics.errors import BrokerError
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
+
+    def body() -> None:
         with connect(create_topics=False) as settings:
             if args.list:
                 found = topic_partitions(settings)
@@ -198,15 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]  # fmt: skip
             print(f"broker: {settings.bootstrap_servers}")
             print(format_table(rows, ["logical", "topic", "wanted", "partitions", "status"]))
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except FraudStreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from topics.cli import run_cli
 from topics.contracts import Transaction
 from topics.errors import BrokerError, FraudStreamError, InputError
 from topics.progress import Progress, TokenBucket
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate is not None and args.rate <= 0:
         print("error: --rate must be positive", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> None:
         source: Iterable[Transaction]
         if args.file is not None:
             source = _limited(read_transactions(args.file, args.format), args.count)
@@ -339,13 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             f"in {elapsed:.2f} s ({n / max(elapsed, 1e-9):,.0f} msg/s)",
             file=sys.stderr,
         )
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (FraudStreamError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(body, (FraudStreamError, ValueError))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from topics.cli import run_cli
 from topics.contracts import DeadLetter, DriftSnapshot, Label, Prediction, Transaction
-from topics.errors import BrokerError, FraudStreamError
+from topics.errors import BrokerError
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout if args.timeout is not None else (
         None if follow else DEFAULT_IDLE_TIMEOUT
     )  # fmt: skip
-    try:
+
+    def body() -> None:
         with connect() as settings:
             topic = resolve_topic(settings, args.topic)
             logical = logical_name(settings, topic)
@@ -289,16 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 if follow:
                     out.flush()
             out.flush()
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head`: the reader has gone
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except FraudStreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""What every command-line tool does with Ctrl-C, a closed pipe and a typed error."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from topics.errors import FraudStreamError
+
+
+def run_cli(
+    body: Callable[[], None],
+    errors: tuple[type[Exception], ...] = (FraudStreamError,),
+) -> int:
+    """Run a command's body; return its exit code (0 ok, 1 error, 130 interrupted)."""
+    try:
+        body()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
