@@ -455,6 +455,9 @@ def memory(cards: int, txns_per_card: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- report
 
 
+ALL_PARTS = ("throughput", "latency", "components", "memory")
+
+
 def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
@@ -464,7 +467,9 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Benchmark results", "",
         f"`python bench/run.py{' --quick' if cfg['quick'] else ''}` on {m['date']}, "
-        f"{cfg['elapsed_s']:.0f} s.", "",
+        f"{cfg['elapsed_s']:.0f} s."
+        + "".join(f" Re-measured with `--only {part}` on {date}."
+                  for part, date in res.get("remeasured", {}).items()), "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_mib']:,} MiB; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ". Embedded Tansu broker "
         "on the same 2 cores (broker, flow and bench client share them).", "",
@@ -558,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "current",
                         help="ONNX model (default models/current; a tiny one is trained if "
                              "missing)")
-    parser.add_argument("--only", default="throughput,latency,components,memory",
-                        help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default=",".join(ALL_PARTS),
+                        help="comma-separated parts to run (default: all); a partial run "
+                             "updates the previous results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "bench",
                         help="directory for results.json and RESULTS.md (default bench/)")
     args = parser.parse_args(argv)
@@ -572,7 +578,15 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only.split(","))
     os.chdir(ROOT)  # the flow processes import bench.passthrough / flows.score from here
     started = time.time()
-    res: dict[str, Any] = {"machine": machine()}
+    # A partial run (--only) updates the previous results instead of replacing them.
+    previous = args.out / "results.json"
+    partial = parts != set(ALL_PARTS) and previous.exists()
+    res: dict[str, Any] = json.loads(previous.read_text()) if partial else {}
+    if partial:
+        date = machine()["date"]
+        res.setdefault("remeasured", {}).update({part: date for part in sorted(parts)})
+    else:
+        res["machine"] = machine()
     with tempfile.TemporaryDirectory(prefix="fraud-bench-") as tmp:
         work = Path(tmp)
         model = ensure_model(args.model, work)
@@ -605,10 +619,13 @@ def main(argv: list[str] | None = None) -> int:
             for size, per_card in ([(100_000, 1)] if quick else [(100_000, 2), (1_000_000, 1)]):
                 say(f"memory with {size:,} cards")
                 res["memory"][str(size)] = memory(size, per_card)
-    res["config"] = {"quick": quick, "runs": runs, "transactions": n, "cards": cards,
-                     "rates": rates, "latency_seconds": seconds,
-                     "component_runs": 3 if quick else 5, "model": str(args.model),
-                     "elapsed_s": time.time() - started}
+    config = {"quick": quick, "runs": runs, "transactions": n, "cards": cards,
+              "rates": rates, "latency_seconds": seconds,
+              "component_runs": 3 if quick else 5, "model": str(args.model),
+              "elapsed_s": time.time() - started}
+    if partial:  # keep the full run's settings and duration
+        config = {k: v for k, v in config.items() if k not in ("elapsed_s", "model")}
+    res["config"] = {**res.get("config", {}), **config}
     res["targets"] = targets(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import tempfile
 import time
@@ -63,12 +62,16 @@ def transactions(
 
 
 def rss_mib() -> tuple[float, float]:
-    """Current and peak resident set size in MiB."""
-    current = 0.0
+    """Current and peak resident set size of this process in MiB (VmRSS, VmHWM).
+
+    Not ``ru_maxrss``: on Linux it survives fork and exec, so a child started by a
+    large parent (bench/run.py) would report the parent's peak.
+    """
+    status = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            current = int(line.split()[1]) / 1024
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            status[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return status.get("VmRSS", 0.0), status.get("VmHWM", 0.0)
 
 
 def bench_replay(n: int, cards: int) -> dict[str, float]:
