@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m flows.demo", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="live transactions per second offered (default 2000)")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="live transactions per second offered (default 1000: what one "
+                             "2-core machine sustains with broker, flow and demo on it)")
     parser.add_argument("--duration", type=float, default=30.0,
                         help="seconds of live traffic after the warm-up (default 30)")
     parser.add_argument("--transactions", type=int, default=200_000,
