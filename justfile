@@ -2,6 +2,8 @@
 set dotenv-load := false
 
 python := "python"
+# the labelled history `just train` reads (override: just train DATA=path)
+DATA := "data/history.parquet"
 
 # list the recipes
 default:
@@ -51,9 +53,16 @@ tail TOPIC *ARGS:
 simulate *ARGS:
     {{python}} -m training.simulate {{ARGS}}
 
-# train the ensemble on a labelled history: just train DATA=path/to/history.parquet
-train DATA="data/history.parquet" *ARGS:
-    {{python}} -m training.train --data {{DATA}} {{ARGS}}
+# train the ensemble on a labelled history: just train DATA=path/to/history.parquet [options]
+[positional-arguments]
+train *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    data="{{DATA}}"; rest=()
+    for arg in "$@"; do
+        case "$arg" in DATA=*) data="${arg#DATA=}" ;; *) rest+=("$arg") ;; esac
+    done
+    exec {{python}} -m training.train --data "$data" "${rest[@]}"
 
 # export the trained ensemble to ONNX and publish it under models/
 export-onnx *ARGS:

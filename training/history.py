@@ -130,6 +130,11 @@ def _read(path: str | Path | IO[bytes], fmt: str | None) -> tuple[dict[str, list
     if not isinstance(source, str):
         source = "<stream>"
     kind = fmt or ("csv" if str(source).lower().endswith((".csv", ".csv.gz")) else "parquet")
+    if isinstance(path, str | Path) and not Path(path).is_file():
+        raise HistoryError(source, [
+            "no such file; simulate one with `just simulate` or point DATA at your history "
+            "(Parquet or CSV, format in training/history.py)"
+        ])
     if kind == "csv":
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
