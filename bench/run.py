@@ -59,7 +59,11 @@ from flows.process import FlowProcess  # noqa: E402
 from topics.admin import ensure_topics  # noqa: E402
 from topics.broker import EmbeddedBroker  # noqa: E402
 from topics.contracts import Transaction  # noqa: E402
-from topics.produce import PRODUCER_DEFAULTS, produce_transactions  # noqa: E402
+from topics.produce import (  # noqa: E402
+    PRODUCER_DEFAULTS,
+    produce_transactions,
+    produce_waiting,
+)
 from topics.settings import KafkaSettings  # noqa: E402
 from training.simulate import SimConfig, simulated_history  # noqa: E402
 
@@ -275,12 +279,7 @@ def paced_produce(producer: Producer, topic: str, values: list[tuple[bytes, byte
             if delay > 0:
                 time.sleep(delay)
             producer.poll(0)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, value, key)
     producer.flush(60)
     return len(values) / (time.perf_counter() - start)
 

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from flows.process import FlowProcess
 from topics.broker import connect, dev_dir
 from topics.contracts import Label, Prediction, Transaction
-from topics.produce import PRODUCER_DEFAULTS
+from topics.produce import PRODUCER_DEFAULTS, produce_waiting
 from topics.progress import TokenBucket, format_duration
 from topics.settings import ConfigValue, KafkaSettings
 from training.history import History, events
@@ -213,12 +213,7 @@ def produce(
             bucket = TokenBucket(rate, burst=max(1.0, rate / 50))
         if bucket is not None:
             bucket.wait()
-        while True:
-            try:
-                producer.produce(txn_topic, key=event.card_id.encode(), value=_encode(event))
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, txn_topic, _encode(event), event.card_id.encode())
         tally.produced += 1
         if tally.produced % INVALID_EVERY == 0:
             producer.produce(txn_topic, key=event.card_id.encode(), value=_invalid(tally.produced))

@@ -11,6 +11,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 
 from topics.errors import BrokerError
+from topics.produce import produce_waiting
 from topics.settings import KafkaSettings
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
@@ -73,14 +74,8 @@ class _CheckedPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, by
             self._failures.append(str(err))
 
     def write_batch(self, items: list[KafkaSinkMessage[bytes | None, bytes]]) -> None:
-        produce = self._producer.produce
         for msg in items:
-            while True:
-                try:
-                    produce(self._topic, msg.value, msg.key, on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.05)
+            produce_waiting(self._producer, self._topic, msg.value, msg.key, self._on_delivery)
         # Acknowledged before the batch counts as written, as Bytewax's own sink does, so
         # an epoch is never committed ahead of its outputs (at-least-once).
         self._producer.flush()

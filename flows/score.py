@@ -33,8 +33,6 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from export.metadata import Thresholds
 from export.model import ScoringModel, load_model
@@ -47,8 +45,9 @@ from state.errors import StateError
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from state.store import PartitionStore
+from topics.admin import topic_partitions
 from topics.contracts import Label, Transaction
-from topics.errors import BrokerError, ConfigError, FraudStreamError
+from topics.errors import ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
 
 log = logging.getLogger("flows.score")
@@ -110,24 +109,16 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
         return store.last_offset
 
 
-def topic_partitions(settings: ScoringSettings) -> int:
+def transaction_partitions(settings: ScoringSettings) -> int:
     """Partition count of the transactions topic; stop with a remedy if it does not exist."""
     topic = settings.kafka.topic("transactions")
-    admin = AdminClient(settings.kafka.client_config())
-    try:
-        metadata = admin.list_topics(topic, timeout=15)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}; check "
-            "KAFKA_BOOTSTRAP_SERVERS and the FRAUD_KAFKA_* security settings"
-        ) from exc
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
+    found = topic_partitions(settings.kafka).get(topic, 0)
+    if not found:
         raise ConfigError(
             f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
             "create the topics with `just topics` (python -m topics.admin)"
         )
-    return len(found.partitions)
+    return found
 
 
 def check_partitions(model: ScoringModel, settings: ScoringSettings, n_partitions: int) -> None:
@@ -179,7 +170,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     load_model(settings.model_path)  # before any network call: fail fast
     if settings.shadow_model_path is not None:
         load_model(settings.shadow_model_path)
-    parts = n_partitions or topic_partitions(settings)
+    parts = n_partitions or transaction_partitions(settings)
     champion = model_source(settings, settings.model_path, parts, "champion")
     shadow = (
         model_source(settings, settings.shadow_model_path, parts, "shadow")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaError, Producer
 
 from topics.cli import run_cli
 from topics.contracts import Transaction
@@ -47,6 +48,22 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 FORMATS = ("jsonl", "csv", "parquet")
 
 
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
+) -> None:
+    """Produce one record; while the local queue is full, serve delivery reports and retry."""
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def produce_transactions(
     settings: KafkaSettings,
     topic: str,
@@ -63,8 +80,6 @@ def produce_transactions(
     ``rate`` caps messages per second (token bucket); None is as fast as possible.
     Raises :class:`BrokerError` if any message is not acknowledged.
     """
-    from confluent_kafka import KafkaError, Producer
-
     producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS), **(config or {})})
     failures: list[KafkaError] = []
     delivered = 0
@@ -84,7 +99,6 @@ def produce_transactions(
             )
 
     encode = msgspec.json.Encoder().encode
-    produce = producer.produce
     bar = Progress(f"produce {topic}", total, enabled=progress)
     bucket = TokenBucket(rate) if rate else None
     chunk = max(1, int(rate / 200)) if rate else 1000
@@ -93,13 +107,7 @@ def produce_transactions(
         for txn in transactions:
             if bucket is not None and sent % chunk == 0:
                 bucket.wait(chunk)
-            value, key = encode(txn), txn.card_id.encode()
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: serve delivery reports, retry
-                    producer.poll(0.05)
+            produce_waiting(producer, topic, encode(txn), txn.card_id.encode(), on_delivery)
             sent += 1
             if sent % chunk == 0:
                 producer.poll(0)
