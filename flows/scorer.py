@@ -142,7 +142,8 @@ class PartitionScorer:
                 prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]
                 prediction.shadow_model_version = shadow.version
             out.append(_encode(prediction))
-            metrics.VERDICTS.labels(decision=decision, model_version=version).inc()
             metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
+        for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
+            metrics.VERDICTS.labels(decision=str(decision), model_version=version).inc(int(count))
         metrics.TRANSACTIONS_IN.inc(len(items))
         return out
