@@ -57,7 +57,7 @@ def ensure_model() -> None:
     if (MODEL_DIR / "current").exists():
         say(f"serving {(MODEL_DIR / 'current').resolve().name} from models/current")
         return
-    say("no models/current: simulating a history, training and exporting a model (~2 min)")
+    say("no models/current: simulating a history, training and exporting a model (about a minute)")
     from export.onnx import main as export_main
     from training.simulate import main as simulate_main
     from training.train import main as train_main
