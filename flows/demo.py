@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from flows.process import FlowProcess
 from topics.broker import connect, dev_dir
-from topics.contracts import Label, Prediction, Transaction
+from topics.contracts import DriftSnapshot, Label, Prediction, Transaction
 from topics.produce import PRODUCER_DEFAULTS, produce_waiting
 from topics.progress import TokenBucket, format_duration
 from topics.settings import ConfigValue, KafkaSettings
@@ -44,6 +45,7 @@ TRAIN_DATA = Path("data/history.parquet")
 #: One simulated world shape for the demo's training history and its stream.
 WORLD = SimConfig(n_transactions=300_000, n_cards=6_000, days=90, seed=7)
 INVALID_EVERY = 997  # one malformed message per this many transactions
+SAMPLE_DIR = Path(".dev/samples/demo")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -164,11 +166,19 @@ def status(t: Tally, elapsed: float, rate: float) -> str:
 
 
 def start_flow(settings: KafkaSettings, work: Path) -> FlowProcess:
-    """The scoring flow with recovery, on the demo's topics, state in ``work``."""
+    """The scoring flow with recovery, on the demo's topics, state in ``work``.
+
+    Drift windows are one simulated day (the stream runs through weeks of event
+    time in minutes); the vector sample for ``just drift-report`` goes to
+    :data:`SAMPLE_DIR`, emptied first.
+    """
+    shutil.rmtree(SAMPLE_DIR, ignore_errors=True)
     env = {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
            "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
            "FRAUD_STATE_DIR": str(work / "state"),
-           "FRAUD_MODEL_PATH": str(MODEL_DIR / "current")}
+           "FRAUD_MODEL_PATH": str(MODEL_DIR / "current"),
+           "FRAUD_DRIFT_WINDOW_SECONDS": "86400", "FRAUD_DRIFT_FLUSH_SECONDS": "10",
+           "FRAUD_SAMPLE_DIR": str(SAMPLE_DIR)}
     log = dev_dir() / "demo-flow.log"
     log.unlink(missing_ok=True)
     return FlowProcess(env, log, recovery_dir=work / "recovery")
@@ -307,10 +317,48 @@ def _drive(
               f"(produce -> verdict consumed, {len(lat):,} live verdicts)")
         print(f"live throughput         {len(lat) / max(live_seconds, 1e-9):,.0f} verdicts/s "
               f"offered {args.rate:,.0f}/s")
+    for line in drift_summary(settings):
+        print(line)
     ok = tally.verdicts == tally.produced and tally.dead_letters == tally.invalid_sent
     print("result                  " + ("OK: every transaction has exactly one verdict"
                                          if ok else "INCOMPLETE: see the counts above"))
     return 0 if ok else 1
+
+
+def read_drift(settings: KafkaSettings, quiet_seconds: float = 2.0) -> list[DriftSnapshot]:
+    """Every snapshot on the ``drift`` topic so far."""
+    options: dict[str, ConfigValue] = {"group.id": "demo-drift", "enable.auto.commit": False}
+    consumer = Consumer(settings.client_config(**options))
+    consumer.assign([TopicPartition(settings.topic("drift"), 0, 0)])
+    snaps: list[DriftSnapshot] = []
+    quiet_until = time.time() + quiet_seconds
+    while time.time() < quiet_until:
+        for msg in consumer.consume(500, 0.2):
+            value = msg.value()
+            if msg.error() is None and value is not None:
+                snaps.append(msgspec.json.decode(value, type=DriftSnapshot))
+                quiet_until = time.time() + quiet_seconds
+    consumer.close()
+    return snaps
+
+
+def drift_summary(settings: KafkaSettings) -> list[str]:
+    """Summary lines of the drift snapshots: windows, alerts, label feedback."""
+    snaps = read_drift(settings)
+    if not snaps:
+        return ["drift snapshots        none yet (a window closes a simulated day after it)"]
+    alerted = Counter(a for s in snaps for a in s.alerts)
+    lines = [f"drift snapshots         {len(snaps)} daily windows on "
+             f"{settings.topic('drift')}; PSI alerts: "
+             + (", ".join(f"{k} in {v}" for k, v in alerted.most_common(4)) or "none")]
+    caught = sum(s.labels.fraud_declined + s.labels.fraud_reviewed for s in snaps if s.labels)
+    missed = sum(s.labels.fraud_approved for s in snaps if s.labels)
+    if caught + missed:
+        lines.append(f"label feedback          {caught} labelled frauds flagged, {missed} missed "
+                     f"({caught / (caught + missed):.0%} recall, from the labels topic); "
+                     "precision needs legit labels too")
+    lines.append(f"drift report            just drift-report (sample in {SAMPLE_DIR})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
+from topics.contracts import DriftSnapshot
+
 log = logging.getLogger(__name__)
 
 TRANSACTIONS_IN = Counter(
@@ -65,6 +67,48 @@ SHADOW_AGREEMENT = Counter(
     "fraud_shadow_decisions_total", "Verdicts also scored by the shadow model, by agreement.",
     ["agree"],
 )
+LABEL_FEEDBACK = Counter(
+    "fraud_label_feedback_total",
+    "Labels joined with the verdict they judge, by model version, decision and truth.",
+    ["model_version", "decision", "truth"],
+)
+LABELS_UNKNOWN = Counter(
+    "fraud_labels_unknown_total",
+    "Labels whose transaction has no stored verdict (never scored here, or past "
+    "FRAUD_VERDICT_HORIZON_DAYS).",
+)
+DRIFT_LATE = Counter(
+    "fraud_drift_late_total",
+    "Rows, labels or partition partials that arrived after their drift window was closed.",
+)
+DRIFT_SNAPSHOTS = Counter(
+    "fraud_drift_snapshots_total", "Drift snapshots published, by completeness.", ["complete"]
+)
+DRIFT_FEATURE_PSI = Gauge(
+    "fraud_drift_feature_psi", "PSI of each feature in the latest drift window.", ["feature"]
+)
+DRIFT_SCORE_PSI = Gauge("fraud_drift_score_psi", "PSI of the score in the latest drift window.")
+DRIFT_ALERTS = Gauge(
+    "fraud_drift_alerts", "Features (and the score) above the PSI threshold in the latest window."
+)
+DRIFT_WINDOW_END = Gauge(
+    "fraud_drift_window_end_seconds", "Event-time end of the latest published drift window."
+)
+FEEDBACK_PRECISION = Gauge(
+    "fraud_label_precision", "Precision from the labels of the latest window.",
+    ["model_version", "threshold"],
+)
+FEEDBACK_RECALL = Gauge(
+    "fraud_label_recall", "Recall from the labels of the latest window.",
+    ["model_version", "threshold"],
+)
+SHADOW_AGREEMENT_RATIO = Gauge(
+    "fraud_shadow_agreement_ratio", "Share of equal decisions, shadow vs champion, latest window."
+)
+SHADOW_CORRELATION = Gauge(
+    "fraud_shadow_score_correlation",
+    "Pearson correlation of shadow and champion scores, latest window."
+)
 STATE_BYTES = Gauge(
     "fraud_state_disk_bytes", "Approximate RocksDB size per input partition.", ["partition"]
 )
@@ -86,3 +130,28 @@ def serve(port: int, attempts: int = 16) -> int | None:
         return candidate
     log.warning("metrics endpoint not started: ports %d-%d are busy", port, port + attempts - 1)
     return None
+
+
+def observe_snapshot(snap: DriftSnapshot) -> None:
+    """Export a published drift snapshot as the gauges above."""
+    DRIFT_SNAPSHOTS.labels(complete=str(snap.complete).lower()).inc()
+    if snap.count and snap.score_psi is not None:
+        for feature, value in snap.feature_psi.items():
+            DRIFT_FEATURE_PSI.labels(feature=feature).set(value)
+        DRIFT_SCORE_PSI.set(snap.score_psi)
+        DRIFT_ALERTS.set(len(snap.alerts))
+        DRIFT_WINDOW_END.set(snap.window_end / 1000)
+    fb = snap.labels
+    if fb is not None:
+        for threshold, precision, recall in (
+            ("review", fb.precision_flagged, fb.recall_flagged),
+            ("decline", fb.precision_decline, fb.recall_decline),
+        ):
+            if precision is not None:
+                FEEDBACK_PRECISION.labels(snap.model_version, threshold).set(precision)
+            if recall is not None:
+                FEEDBACK_RECALL.labels(snap.model_version, threshold).set(recall)
+    if snap.shadow is not None and snap.shadow.agreement is not None:
+        SHADOW_AGREEMENT_RATIO.set(snap.shadow.agreement)
+        if snap.shadow.score_correlation is not None:
+            SHADOW_CORRELATION.set(snap.shadow.score_correlation)

@@ -9,6 +9,9 @@
                             ▼
         score: RocksDB card + merchant state, micro-batched ONNX,
                decision, reason codes (one step per partition) ─▶ predictions
+               label feedback, drift counts, vector sample (Parquet)
+                            ▼ closed event-time windows, per partition
+        drift: merge all partitions, PSI vs the model's reference ─▶ drift
 
 Recommended run (see README, "Running the flow"): initialise recovery
 partitions once with ``python -m bytewax.recovery <dir> <n>``, then
@@ -22,35 +25,42 @@ renaming one orphans its snapshots.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
+import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
 from export.metadata import Thresholds
 from export.model import ScoringModel, load_model
 from flows import kafka, metrics
 from flows.decode import Sourced, decode
+from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
+from flows.samples import SampleWriter
 from flows.scorer import PartitionScorer
 from flows.serving import ModelSource
-from flows.settings import ScoringSettings
+from flows.settings import DriftSettings, ScoringSettings
 from state.errors import StateError
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from state.store import PartitionStore
 from topics.admin import topic_partitions
-from topics.contracts import Label, Transaction
+from topics.contracts import DriftSnapshot, Label, Transaction
 from topics.errors import ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
 
 log = logging.getLogger("flows.score")
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ class PartitionEvent:
     item: Sourced[Transaction] | Sourced[Label]
 
 
-class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
+class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage | DriftPartial, int]):
     """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily.
 
     Its snapshot is the store's last applied offset. On resume, a store *behind*
@@ -86,7 +96,9 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
             )
         return scorer
 
-    def on_batch(self, values: list[PartitionEvent]) -> tuple[list[KafkaSinkMessage], bool]:
+    def on_batch(
+        self, values: list[PartitionEvent]
+    ) -> tuple[list[KafkaSinkMessage | DriftPartial], bool]:
         if self._scorer is None:
             self._scorer = self._open(values[0].partition)
         labels = [v.item.value for v in values if isinstance(v.item.value, Label)]
@@ -95,7 +107,13 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
         ]
         self._scorer.apply_labels(labels)
         verdicts = self._scorer.score(txns)
-        return [KafkaSinkMessage(v.key, v.value) for v in verdicts], False
+        out: list[KafkaSinkMessage | DriftPartial] = [
+            KafkaSinkMessage(v.key, v.value) for v in verdicts
+        ]
+        partial = self._scorer.drift.close() if self._scorer.drift is not None else None
+        if partial is not None:
+            out.append(partial)
+        return out, False
 
     def snapshot(self) -> int:
         # RocksDB holds the state; Bytewax keeps this offset so a resume can check that
@@ -107,6 +125,58 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage, int]):
             store.approximate_disk_bytes()
         )
         return store.last_offset
+
+
+class _DriftLogic(StatefulBatchLogic[DriftPartial, DriftSnapshot, DriftAggregator]):
+    """Bytewax adapter of the one :class:`DriftAggregator` (all partitions' partials)."""
+
+    def __init__(self, aggregator: DriftAggregator) -> None:
+        self._agg = aggregator
+
+    def _publish(self, snapshots: list[DriftSnapshot]) -> tuple[list[DriftSnapshot], bool]:
+        for snap in snapshots:
+            metrics.observe_snapshot(snap)
+            if snap.alerts:
+                log.warning(
+                    "drift: model %s, window %d..%d (%d transactions): PSI above %.2f for %s",
+                    snap.model_version, snap.window_start, snap.window_end, snap.count,
+                    snap.psi_threshold, ", ".join(snap.alerts),
+                )
+        return snapshots, False
+
+    def on_batch(self, values: list[DriftPartial]) -> tuple[list[DriftSnapshot], bool]:
+        late = self._agg.late_partials
+        out = [snap for partial in values for snap in self._agg.add(partial, time.time())]
+        metrics.DRIFT_LATE.inc(self._agg.late_partials - late)
+        return self._publish(out)
+
+    def on_notify(self) -> tuple[list[DriftSnapshot], bool]:
+        return self._publish(self._agg.flush(time.time()))
+
+    def notify_at(self) -> datetime | None:
+        due = self._agg.due()
+        return datetime.fromtimestamp(due, tz=UTC) if due is not None else None
+
+    def snapshot(self) -> DriftAggregator:
+        return self._agg
+
+
+def drift_aggregator(
+    settings: DriftSettings, n_partitions: int, resumed: DriftAggregator | None
+) -> DriftAggregator:
+    """A fresh aggregator, or the resumed one when its window and partitions still apply."""
+    fresh = DriftAggregator(
+        n_partitions, settings.window_ms, settings.psi_threshold, settings.min_count,
+        settings.flush_seconds, settings.ignore,
+    )
+    if resumed is None or (resumed.window_ms, resumed.n_partitions) != (
+        fresh.window_ms, fresh.n_partitions
+    ):
+        return fresh
+    return dataclasses.replace(
+        resumed, psi_threshold=fresh.psi_threshold, min_count=fresh.min_count,
+        flush_seconds=fresh.flush_seconds, ignore=fresh.ignore,
+    )
 
 
 def transaction_partitions(settings: ScoringSettings) -> int:
@@ -180,7 +250,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     metrics.MODEL_INFO.info(
         {"version": live.version, "feature_spec_version": live.model.feature_spec_version}
     )
-    store_options = StoreOptions()
+    drift = settings.drift
+    store_options = StoreOptions(verdict_horizon_ms=drift.verdict_horizon_ms)
     log.info(
         "model %s (spec %s), thresholds review=%.4f decline=%.4f, shadow %s, %d partitions, "
         "state in %s", live.version, live.model.feature_spec_version, live.thresholds.review,
@@ -190,7 +261,14 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
 
     def open_scorer(partition: int) -> PartitionScorer:
         store = PartitionStore.open(settings.state_dir, partition, store_options)
-        return PartitionScorer(store, champion, shadow)
+        samples = (
+            SampleWriter(drift.sample_dir, partition, drift.sample_rate)
+            if drift.sample_rate > 0 else None
+        )
+        return PartitionScorer(
+            store, champion, shadow,
+            drift=PartitionDrift(partition, drift.window_ms, drift.grace_ms), samples=samples,
+        )
 
     flow = Dataflow("fraud-score")
     txn_msgs = kafka.read(
@@ -227,8 +305,21 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     verdicts = op.stateful_batch(
         "score", events, lambda resume: _ScoreLogic(open_scorer, resume)
     )
-    predictions = op.key_rm("unkey", verdicts)
+    scored = op.branch(
+        "split-drift", op.key_rm("unkey", verdicts),
+        lambda x: isinstance(x, KafkaSinkMessage),
+    )
+    predictions = cast(Stream[KafkaSinkMessage], scored.trues)
     op.output("predictions-out", predictions, kafka.sink(settings.kafka, "predictions"))
+    partials = op.key_on("key-drift", cast(Stream[DriftPartial], scored.falses), lambda _: "all")
+    snapshots = op.stateful_batch(
+        "drift", partials, lambda resumed: _DriftLogic(drift_aggregator(drift, parts, resumed))
+    )
+    drift_msgs = op.map(
+        "encode-drift", op.key_rm("unkey-drift", snapshots),
+        lambda s: KafkaSinkMessage(f"{s.window_start}/{s.model_version}".encode(), _encode(s)),
+    )
+    op.output("drift-out", drift_msgs, kafka.sink(settings.kafka, "drift"))
     return flow
 
 

@@ -23,8 +23,11 @@ import numpy as np
 
 from flows import metrics
 from flows.decode import Sourced
+from flows.drift import PartitionDrift
+from flows.samples import SampleWriter
 from flows.serving import ModelSource, Serving
-from state.store import PartitionStore
+from state.store import PartitionStore, Rendered
+from state.verdicts import VerdictRecord
 from topics.contracts import Label, Prediction, ReasonCode, Transaction
 
 _encode = msgspec.json.Encoder().encode
@@ -49,18 +52,35 @@ class PartitionScorer:
         champion: ModelSource,
         shadow: ModelSource | None = None,
         clock: Callable[[], float] = time.time,
+        drift: PartitionDrift | None = None,
+        samples: SampleWriter | None = None,
     ) -> None:
         self.store = store
         self.champion = champion
         self.shadow = shadow
         self.clock = clock
+        self.drift = drift
+        self.samples = samples
 
     def apply_labels(self, labels: Sequence[Label]) -> None:
-        """Apply label events to merchant state (idempotent by transaction id)."""
-        if labels:
-            self.store.apply_labels(labels)
-            for label in labels:
-                metrics.LABELS.labels(is_fraud=str(label.is_fraud).lower()).inc()
+        """Apply labels to merchant state (idempotent by transaction id); feed back the new ones.
+
+        Each new label is joined with its stored verdict for the label-feedback
+        metrics and the drift windows.
+        """
+        if not labels:
+            return
+        for label in labels:
+            metrics.LABELS.labels(is_fraud=str(label.is_fraud).lower()).inc()
+        live = self.champion.current.version
+        for label, verdict in self.store.apply_labels(labels):
+            truth = "fraud" if label.is_fraud else "legit"
+            if verdict is None:
+                metrics.LABELS_UNKNOWN.inc()
+            else:
+                metrics.LABEL_FEEDBACK.labels(verdict.model_version, verdict.decision, truth).inc()
+            if self.drift is not None:
+                self.drift.add_label(label.label_time, label.is_fraud, verdict, live)
 
     def score(self, batch: Sequence[Sourced[Transaction]]) -> list[Verdict]:
         """Verdicts for ``batch`` (one partition, offset order), fresh or re-emitted."""
@@ -71,7 +91,7 @@ class PartitionScorer:
         live = self.champion.poll()  # one model per batch: swaps happen between batches
         shadow = self.shadow.poll() if self.shadow is not None else None
 
-        def render(positions: Sequence[int], features: np.ndarray) -> list[bytes]:
+        def render(positions: Sequence[int], features: np.ndarray) -> Rendered:
             fresh.update(positions)
             return self._render([batch[i] for i in positions], features, live, shadow)
 
@@ -104,7 +124,7 @@ class PartitionScorer:
         features: np.ndarray,
         live: Serving,
         shadow: Serving | None,
-    ) -> list[bytes]:
+    ) -> Rendered:
         scores = live.model.predict(features)
         decisions = live.thresholds.decide(scores)
         flagged = np.flatnonzero(decisions != "approve")
@@ -119,17 +139,21 @@ class PartitionScorer:
             agree = int(np.count_nonzero(shadow_decisions == decisions))
             metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
             metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(items) - agree)
+        self._observe(items, features, scores, decisions, live, shadow, shadow_scores,
+                      shadow_decisions)
         now_ms = int(self.clock() * 1000)
         version, spec_version = live.version, live.model.feature_spec_version
-        out = []
+        shadow_version = shadow.version if shadow is not None else None
+        out, records = [], []
         for i, item in enumerate(items):
             txn = item.value
             decision = str(decisions[i])
+            score = float(scores[i])
             prediction = Prediction(
                 transaction_id=txn.transaction_id,
                 card_id=txn.card_id,
                 event_time=txn.event_time,
-                score=float(scores[i]),
+                score=score,
                 decision=decision,  # type: ignore[arg-type]
                 model_version=version,
                 feature_spec_version=spec_version,
@@ -137,13 +161,42 @@ class PartitionScorer:
                 ingest_time=item.ingest_ms,
                 scored_time=now_ms,
             )
-            if shadow is not None and shadow_scores is not None and shadow_decisions is not None:
+            shadow_decision = None
+            if shadow_scores is not None and shadow_decisions is not None:
+                shadow_decision = str(shadow_decisions[i])
                 prediction.shadow_score = float(shadow_scores[i])
-                prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]
-                prediction.shadow_model_version = shadow.version
+                prediction.shadow_decision = shadow_decision  # type: ignore[assignment]
+                prediction.shadow_model_version = shadow_version
             out.append(_encode(prediction))
+            records.append(VerdictRecord(
+                txn.event_time, score, decision, version, shadow_decision, shadow_version
+            ))
             metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
         for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
             metrics.VERDICTS.labels(decision=str(decision), model_version=version).inc(int(count))
         metrics.TRANSACTIONS_IN.inc(len(items))
-        return out
+        return Rendered(out, records)
+
+    def _observe(
+        self, items: Sequence[Sourced[Transaction]], features: np.ndarray, scores: np.ndarray,
+        decisions: np.ndarray, live: Serving, shadow: Serving | None,
+        shadow_scores: np.ndarray | None, shadow_decisions: np.ndarray | None,
+    ) -> None:
+        """Feed the drift windows and the vector sample (cheap, vectorised)."""
+        if self.drift is None and self.samples is None:
+            return
+        event_times = np.fromiter((s.value.event_time for s in items), np.int64, len(items))
+        if self.drift is not None:
+            pair = None
+            if shadow is not None and shadow_scores is not None and shadow_decisions is not None:
+                pair = (shadow.version, shadow_scores, shadow_decisions)
+            late = self.drift.add_scored(
+                live.model.metadata, event_times, features, scores, decisions, pair
+            )
+            if late:
+                metrics.DRIFT_LATE.inc(late)
+        if self.samples is not None:
+            self.samples.offer(
+                [s.offset for s in items], [s.value.transaction_id for s in items],
+                event_times, features, scores, decisions, live.version,
+            )

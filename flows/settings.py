@@ -21,9 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from state.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from topics.errors import ConfigError
 from topics.settings import ENV_PREFIX, KafkaSettings
 from topics.validation import MAX_FUTURE_MS, MAX_MESSAGE_BYTES
+
+#: Calendar features: a short window always differs from the all-hours reference.
+SEASONAL_FEATURES = ("hour_of_day", "day_of_week", "is_weekend", "is_night")
 
 #: Every variable this object reads, its default and its meaning (the README table).
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -37,6 +41,18 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_REASON_CODES": ("3", "reason codes per review/decline verdict (0-5)"),
     "FRAUD_MAX_MESSAGE_BYTES": (str(MAX_MESSAGE_BYTES), "larger messages are dead-lettered"),
     "FRAUD_MAX_FUTURE_MS": (str(MAX_FUTURE_MS), "event times further ahead are dead-lettered"),
+    "FRAUD_DRIFT_WINDOW_SECONDS": ("300", "event-time window of a drift snapshot"),
+    "FRAUD_DRIFT_GRACE_SECONDS": ("60", "event-time lateness a partition waits before closing one"),
+    "FRAUD_DRIFT_FLUSH_SECONDS": ("60", "publish a window without idle partitions after this"),
+    "FRAUD_DRIFT_PSI_THRESHOLD": ("0.2", "a feature (or the score) above this PSI raises an alert"),
+    "FRAUD_DRIFT_MIN_COUNT": ("100", "no PSI alerts in a window with fewer transactions"),
+    "FRAUD_DRIFT_IGNORE": (
+        ",".join(SEASONAL_FEATURES),
+        "features (or score) whose PSI is reported but never alerts (default: calendar ones)",
+    ),
+    "FRAUD_VERDICT_HORIZON_DAYS": ("35", "verdicts kept by id for label feedback; 0: off"),
+    "FRAUD_SAMPLE_DIR": (".dev/samples", "Parquet sample of scored vectors (just drift-report)"),
+    "FRAUD_SAMPLE_RATE": ("0.02", "share of transactions sampled there (by id); 0 disables"),
     "FRAUD_METRICS_PORT": ("9100", "Prometheus port (a 2nd process on the host: next free); 0 off"),
     "FRAUD_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
 }
@@ -71,6 +87,59 @@ def _probability(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _float(env: Mapping[str, str], name: str, low: float, high: float) -> float:
+    text = _raw(env, name) or VARIABLES[name][0]
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={text!r}: expected a number from {low} to {high}")
+    return value
+
+
+def _features(env: Mapping[str, str], name: str) -> frozenset[str]:
+    text = env.get(name, VARIABLES[name][0])
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - {*FEATURE_NAMES, "score"})
+    if unknown:
+        raise ConfigError(
+            f"{name}: unknown feature {unknown[0]!r}; features are listed in the README "
+            f"(spec {FEATURE_SPEC_VERSION}), e.g. {', '.join(FEATURE_NAMES[:3])}"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Drift snapshots, label feedback and the sample for ``just drift-report``."""
+
+    window_ms: int
+    grace_ms: int
+    flush_seconds: int
+    psi_threshold: float
+    min_count: int
+    ignore: frozenset[str]
+    verdict_horizon_ms: int
+    sample_dir: Path
+    sample_rate: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DriftSettings:
+        """Read and validate the ``FRAUD_DRIFT_*``, verdict and sample variables."""
+        return cls(
+            window_ms=_int(env, "FRAUD_DRIFT_WINDOW_SECONDS", 1, 7 * 86_400) * 1000,
+            grace_ms=_int(env, "FRAUD_DRIFT_GRACE_SECONDS", 0, 86_400) * 1000,
+            flush_seconds=_int(env, "FRAUD_DRIFT_FLUSH_SECONDS", 1, 86_400),
+            psi_threshold=_float(env, "FRAUD_DRIFT_PSI_THRESHOLD", 0.0, 100.0),
+            min_count=_int(env, "FRAUD_DRIFT_MIN_COUNT", 0, 10**9),
+            ignore=_features(env, "FRAUD_DRIFT_IGNORE"),
+            verdict_horizon_ms=_int(env, "FRAUD_VERDICT_HORIZON_DAYS", 0, 3650) * 86_400_000,
+            sample_dir=Path(_raw(env, "FRAUD_SAMPLE_DIR") or VARIABLES["FRAUD_SAMPLE_DIR"][0]),
+            sample_rate=_float(env, "FRAUD_SAMPLE_RATE", 0.0, 1.0),
+        )
+
+
 @dataclass(frozen=True)
 class ScoringSettings:
     """Everything the scoring flow needs, validated."""
@@ -88,6 +157,7 @@ class ScoringSettings:
     max_future_ms: int
     metrics_port: int
     log_level: str
+    drift: DriftSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ScoringSettings:
@@ -130,4 +200,5 @@ class ScoringSettings:
             max_future_ms=_int(env, "FRAUD_MAX_FUTURE_MS", 0, 365 * 24 * 3_600_000),
             metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
             log_level=level,
+            drift=DriftSettings.from_env(env),
         )

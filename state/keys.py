@@ -7,6 +7,8 @@ integer (so offsets and times sort numerically):
 * ``m<merchant_id>`` -> encoded :class:`~state.merchant.MerchantState`
 * ``o<offset:u64>`` -> float32 feature vector emitted for that input offset
 * ``l<transaction_id>`` -> label_time (u64) of the first label applied for it
+* ``v<event day:u32><transaction_id>`` -> :class:`~state.verdicts.VerdictRecord`
+  (day-bucketed so expiry is one ``delete_range`` per day)
 * ``~meta/<name>`` -> store metadata (last applied offset, versions)
 
 >>> offset_key(258)
@@ -18,11 +20,14 @@ from __future__ import annotations
 import struct
 
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+DAY_MS = 86_400_000
 
 CARD = b"c"
 MERCHANT = b"m"
 OUTPUT = b"o"
 LABEL = b"l"
+VERDICT = b"v"
 META = b"~meta/"
 
 LAST_OFFSET_KEY = META + b"last_offset"
@@ -47,6 +52,16 @@ def offset_key(offset: int) -> bytes:
 def label_key(transaction_id: str) -> bytes:
     """Key marking a label as applied."""
     return LABEL + transaction_id.encode()
+
+
+def verdict_key(event_day: int, transaction_id: str) -> bytes:
+    """Key of the verdict given to a transaction whose event time falls on ``event_day``."""
+    return VERDICT + _U32.pack(event_day) + transaction_id.encode()
+
+
+def verdict_day_key(event_day: int) -> bytes:
+    """First verdict key of ``event_day`` (for range deletes)."""
+    return VERDICT + _U32.pack(event_day)
 
 
 def prefix_end(prefix: bytes) -> bytes:

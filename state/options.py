@@ -30,6 +30,9 @@ class StoreOptions:
     output_retention: int = 200_000
     #: Applied-label markers older than this (label time) are swept.
     label_horizon_ms: int = 62 * 24 * 3_600_000
+    #: Verdicts kept by transaction id for joining late labels (by event time; 0: none).
+    #: About 60 bytes per transaction before compression.
+    verdict_horizon_ms: int = 35 * 24 * 3_600_000
     #: Lateness tolerated by :meth:`~state.store.PartitionStore.sweep` before deleting idle keys.
     sweep_grace_ms: int = 24 * 3_600_000
     #: fsync every write batch (survives power loss, not only process crashes).

@@ -9,7 +9,9 @@ offset in ONE ``WriteBatch``. After a crash the flow may replay offsets it had
 already applied; those do not touch state and return the stored vector of the
 first pass. Vectors are kept for ``StoreOptions.output_retention`` offsets.
 Labels are idempotent by transaction id (first label wins; markers swept after
-``label_horizon_ms``).
+``label_horizon_ms``). Each verdict can also be indexed by transaction id
+(:class:`~state.verdicts.VerdictRecord`, kept ``verdict_horizon_ms`` by event
+time, expired by whole days), so a label returns the verdict it judges.
 
 Memory: card states live on disk and are decoded per batch (one multi-get);
 decoded merchant states (few, hot) are also kept in a bounded write-through
@@ -26,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, NamedTuple, Self, TypeVar, cast
 
 import numpy as np
 import rocksdict
@@ -39,17 +41,34 @@ from state.features import gc_paused, step
 from state.merchant import MerchantState
 from state.options import StoreOptions
 from state.spec import FEATURE_SPEC_VERSION, N_FEATURES
+from state.verdicts import VerdictRecord
 from topics.contracts import Label, Transaction
 
 _S = TypeVar("_S", CardState, MerchantState)
 
-#: ``render(positions, features)``: the bytes to store and return for the fresh items at
-#: ``positions`` (indices into the batch), given their float32 feature rows.
-Render = Callable[[Sequence[int], np.ndarray], Sequence[bytes]]
+class Rendered(NamedTuple):
+    """What ``render`` gives for the fresh items of a batch, in their order."""
+
+    outputs: Sequence[bytes]
+    """Stored per offset and returned (a replay returns the same bytes)."""
+    verdicts: Sequence[VerdictRecord] = ()
+    """Indexed by transaction id for :meth:`PartitionStore.apply_labels` (empty: none)."""
 
 
-def _vector_bytes(_positions: Sequence[int], features: np.ndarray) -> list[bytes]:
-    return [row.tobytes() for row in features]
+#: ``render(positions, features)``: what to store for the fresh items at ``positions``
+#: (indices into the batch), given their float32 feature rows.
+Render = Callable[[Sequence[int], np.ndarray], Rendered]
+
+
+class LabelJoin(NamedTuple):
+    """A label applied for the first time, with the verdict its transaction got (None: unknown)."""
+
+    label: Label
+    verdict: VerdictRecord | None
+
+
+def _vector_bytes(_positions: Sequence[int], features: np.ndarray) -> Rendered:
+    return Rendered([row.tobytes() for row in features])
 _FORMAT = f"state{STATE_FORMAT_VERSION}/features-{FEATURE_SPEC_VERSION}".encode()
 
 
@@ -69,6 +88,7 @@ class PartitionStore:
         raw = db.get(keys.LAST_OFFSET_KEY)
         self._last = keys.unpack_u64(raw) - 1 if raw is not None else -1
         self._pruned_to = 0
+        self._verdicts_expired_to = 0  # first event day still kept
         # decoded merchant states, write-through: merchants are few and hot, cards many and cold
         self._merchants: dict[bytes, MerchantState] = {}
 
@@ -169,10 +189,11 @@ class PartitionStore:
             ]
             matrix = np.array(rows, dtype=np.float32)
             rendered = render([i for i, _, _ in fresh], matrix)
-            for (i, offset, _), value in zip(fresh, rendered, strict=True):
+            for (i, offset, _), value in zip(fresh, rendered.outputs, strict=True):
                 out[i] = value
                 pending[offset] = value
                 batch.put(keys.offset_key(offset), value)
+            self._index_verdicts(batch, [t for _, _, t in fresh], rendered.verdicts)
             for key, card in cards.items():
                 batch.put(key, card.encode())
             for key, merchant in merchants.items():
@@ -190,20 +211,27 @@ class PartitionStore:
         """Apply one label event (idempotent by transaction id)."""
         self.apply_labels([label])
 
-    def apply_labels(self, labels: Iterable[Label]) -> None:
-        """Apply label events in order, in one WriteBatch; repeats are ignored."""
-        with self._cache_guard():
-            self._apply_labels(labels)
+    def apply_labels(self, labels: Iterable[Label]) -> list[LabelJoin]:
+        """Apply label events in order, in one WriteBatch; repeats are ignored.
 
-    def _apply_labels(self, labels: Iterable[Label]) -> None:
+        Returns the labels applied for the first time, each joined with the
+        verdict stored for its transaction (None when unknown or past the
+        verdict horizon).
+        """
+        with self._cache_guard():
+            return self._apply_labels(labels)
+
+    def _apply_labels(self, labels: Iterable[Label]) -> list[LabelJoin]:
         batch = rocksdict.WriteBatch(raw_mode=True)
         merchants: dict[bytes, MerchantState] = {}
         seen: set[bytes] = set()
+        applied: list[Label] = []
         for label in labels:
             lkey = keys.label_key(label.transaction_id)
             if lkey in seen or self._db.get(lkey) is not None:
                 continue
             seen.add(lkey)
+            applied.append(label)
             batch.put(lkey, keys.pack_u64(label.label_time))
             if label.is_fraud:
                 mkey = keys.merchant_key(label.merchant_id)
@@ -214,6 +242,44 @@ class PartitionStore:
             batch.put(key, merchant.encode())
         if seen:
             self._write(batch)
+        return self._join_verdicts(applied)
+
+    def _index_verdicts(
+        self, batch: rocksdict.WriteBatch, txns: list[Transaction],
+        verdicts: Sequence[VerdictRecord],
+    ) -> None:
+        """Put each verdict under its transaction id and expire days past the horizon."""
+        horizon = self._options.verdict_horizon_ms
+        if not horizon or not verdicts:
+            return
+        for txn, record in zip(txns, verdicts, strict=True):
+            batch.put(keys.verdict_key(txn.event_time // keys.DAY_MS, txn.transaction_id),
+                      record.encode())
+        keep_from = (max(t.event_time for t in txns) - horizon) // keys.DAY_MS
+        if keep_from > self._verdicts_expired_to:
+            batch.delete_range(keys.verdict_day_key(self._verdicts_expired_to),
+                               keys.verdict_day_key(keep_from))
+            self._verdicts_expired_to = keep_from
+
+    def _join_verdicts(self, labels: list[Label]) -> list[LabelJoin]:
+        """Look each label's verdict up in the days its transaction can fall on (one multi-get)."""
+        horizon = self._options.verdict_horizon_ms
+        if not horizon or not labels:
+            return [LabelJoin(label, None) for label in labels]
+        spans = []
+        lookup: list[Any] = []
+        for label in labels:
+            last = label.label_time // keys.DAY_MS + 1  # a day of clock skew
+            first = (label.label_time - horizon) // keys.DAY_MS
+            days = range(max(first, self._verdicts_expired_to), last + 1)
+            spans.append((len(lookup), len(lookup) + len(days)))
+            lookup.extend(keys.verdict_key(d, label.transaction_id) for d in days)
+        found = cast(list[bytes | None], self._db.get(lookup)) if lookup else []
+        joins = []
+        for label, (lo, hi) in zip(labels, spans, strict=True):
+            raw = next((v for v in found[lo:hi] if v is not None), None)
+            joins.append(LabelJoin(label, VerdictRecord.decode(raw) if raw is not None else None))
+        return joins
 
     def sweep(self, now_ms: int) -> int:
         """Delete keys idle since before ``now_ms`` (event time) and old label markers.

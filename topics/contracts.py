@@ -127,17 +127,63 @@ class Label(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     WIRE_TIME_FIELDS = ("label_time",)
 
 
+class LabelFeedback(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """Labels that arrived in a window, joined with the verdicts they judge (one model version).
+
+    ``flagged`` means review or decline. A precision or recall is absent when its
+    denominator is zero.
+    """
+
+    fraud_declined: int = 0
+    fraud_reviewed: int = 0
+    fraud_approved: int = 0
+    legit_declined: int = 0
+    legit_reviewed: int = 0
+    legit_approved: int = 0
+    precision_flagged: Probability | None = None
+    recall_flagged: Probability | None = None
+    precision_decline: Probability | None = None
+    recall_decline: Probability | None = None
+
+
+class ShadowSummary(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """How the shadow challenger compared with the champion over a window."""
+
+    model_version: str
+    count: Annotated[int, msgspec.Meta(ge=0, description="Transactions scored by both.")]
+    agreement: Probability | None = None
+    score_correlation: Annotated[
+        float | None, msgspec.Meta(description="Pearson, champion vs shadow scores.")
+    ] = None
+    labels: LabelFeedback | None = None
+
+
 class DriftSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """Data-drift statistics for one event-time window, published to ``drift``."""
+    """Drift, decisions and label feedback of one model version over one event-time window.
+
+    Published to ``drift`` (key: ``<window_start>/<model_version>``) once every
+    input partition has passed the window's end (``complete``), or after a flush
+    timeout with the partitions that had (``partitions``). PSI compares the
+    window with the reference histograms in the model's metadata; it is absent
+    for a window with labels but no transactions scored by that version.
+    """
 
     window_start: EpochMs
     window_end: EpochMs
     model_version: str
-    count: Annotated[int, msgspec.Meta(ge=0)]
-    feature_psi: dict[str, float]
-    score_psi: float
-    decision_rates: dict[str, float]
+    count: Annotated[int, msgspec.Meta(ge=0, description="Transactions scored.")]
+    feature_psi: dict[str, float] = {}
+    score_psi: float | None = None
+    decision_rates: dict[str, float] = {}
     alerts: list[str] = []
+    psi_threshold: float = 0.2
+    partitions: int = 0
+    complete: bool = True
+    labels: LabelFeedback | None = None
+    labels_unknown: Annotated[
+        int, msgspec.Meta(ge=0, description="Labels whose transaction has no stored verdict.")
+    ] = 0
+    shadow: ShadowSummary | None = None
     schema_version: int = 1
 
     SCHEMA_VERSION = 1

@@ -145,6 +145,10 @@ def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _preview(raw: bytes | None, width: int = 60) -> str:
     if raw is None:
         return "null"
@@ -195,7 +199,7 @@ def summarize(logical: str | None, value: bytes | None) -> str:
         top = sorted(obj.feature_psi.items(), key=lambda kv: -kv[1])[:3]
         return (
             f"{iso_ms(obj.window_start)}..{iso_ms(obj.window_end)} model={obj.model_version} "
-            f"n={obj.count} score_psi={obj.score_psi:.3f} "
+            f"n={obj.count} score_psi={_fmt(obj.score_psi)} "
             f"top_psi={','.join(f'{k}={v:.3f}' for k, v in top) or '-'} "
             f"alerts={','.join(obj.alerts) or '-'}"
         )

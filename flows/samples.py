@@ -1,0 +1,145 @@
+"""A small, deterministic sample of scored feature vectors, as Parquet, for ``just drift-report``.
+
+One :class:`SampleWriter` per input partition keeps the transactions whose id
+hashes below ``rate`` (CRC-32 of the UTF-8 id, so a replay samples the same
+rows) and writes them, with their score, decision and model version, to
+``<directory>/partition=<p>/<first offset>-<last offset>.parquet`` once
+``flush_rows`` rows are buffered or ``flush_seconds`` have passed since the
+first one. Files are written to a temporary name and renamed, so a reader
+never sees half a file. Flush boundaries depend on batch timing, so a replayed
+range may land in a second, overlapping file: readers deduplicate by
+transaction id (:mod:`training.drift_report` does).
+
+Sampling is best-effort observability: a write that fails is logged, its rows
+are dropped (counted in ``dropped_rows``) and scoring goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from state.spec import FEATURE_NAMES, N_FEATURES
+
+log = logging.getLogger(__name__)
+
+#: A sample file's columns: identity, verdict, then the feature spec's columns in order.
+SCHEMA = pa.schema(
+    [("transaction_id", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
+     ("event_time", pa.int64()), ("model_version", pa.string()), ("score", pa.float32()),
+     ("decision", pa.string())]
+    + [(name, pa.float32()) for name in FEATURE_NAMES]
+)
+
+
+def sampled(transaction_ids: Sequence[str], rate: float) -> np.ndarray:
+    """Boolean mask: which ids fall in the sample (CRC-32 of the id < ``rate`` * 2**32)."""
+    if rate >= 1.0:
+        return np.ones(len(transaction_ids), dtype=bool)
+    hashes = np.fromiter(map(zlib.crc32, map(str.encode, transaction_ids)), np.uint32,
+                         len(transaction_ids))
+    return hashes < np.uint64(rate * 2**32)
+
+
+class SampleWriter:
+    """Buffer one partition's sampled verdict rows and write them as Parquet files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        partition: int,
+        rate: float,
+        flush_rows: int = 2000,
+        flush_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample rate {rate} is not between 0 and 1")
+        self.directory = Path(directory) / f"partition={partition}"
+        self.partition = partition
+        self.rate = rate
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self.dropped_rows = 0
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._rows = 0
+        self._since: float | None = None
+
+    def offer(
+        self,
+        offsets: Sequence[int] | np.ndarray,
+        transaction_ids: Sequence[str],
+        event_times: Sequence[int] | np.ndarray,
+        features: np.ndarray,
+        scores: np.ndarray,
+        decisions: np.ndarray,
+        model_version: str,
+    ) -> None:
+        """Keep the batch's sampled rows; flush if the buffer is full or old enough."""
+        if self.rate <= 0.0:
+            return
+        if features.ndim != 2 or features.shape[1] != N_FEATURES:
+            raise ValueError(f"expected features [n, {N_FEATURES}], got {features.shape}")
+        keep = np.flatnonzero(sampled(transaction_ids, self.rate))
+        if keep.size:
+            ids = [transaction_ids[i] for i in keep.tolist()]
+            self._chunks.append({
+                "transaction_id": np.array(ids, dtype=object),
+                "offset": np.asarray(offsets, dtype=np.int64)[keep],
+                "event_time": np.asarray(event_times, dtype=np.int64)[keep],
+                "model_version": np.full(keep.size, model_version, dtype=object),
+                "score": np.asarray(scores, dtype=np.float32)[keep],
+                "decision": np.asarray(decisions, dtype=object)[keep],
+                "features": np.asarray(features, dtype=np.float32)[keep],
+            })
+            self._rows += int(keep.size)
+            if self._since is None:
+                self._since = self.clock()
+        if self._rows >= self.flush_rows or (
+            self._since is not None and self.clock() - self._since >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows now (one file); no-op when empty."""
+        if not self._rows:
+            return
+        chunks, rows = self._chunks, self._rows
+        self._chunks, self._rows, self._since = [], 0, None
+        cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        name = f"{int(cols['offset'].min()):020d}-{int(cols['offset'].max()):020d}"
+        path = self.directory / f"{name}.parquet"
+        tmp = self.directory / f".{name}.{os.getpid()}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            pq.write_table(self._table(cols), tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.dropped_rows += rows
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("sample rows dropped: cannot write %s: %s", path, exc)
+
+    def _table(self, cols: dict[str, np.ndarray]) -> pa.Table:
+        features = cols["features"]
+        n = features.shape[0]
+        arrays = [
+            pa.array(cols["transaction_id"], pa.string()),
+            pa.array(np.full(n, self.partition, dtype=np.int32)),
+            *(pa.array(cols[k]) for k in ("offset", "event_time")),
+            pa.array(cols["model_version"], pa.string()),
+            pa.array(cols["score"]),
+            pa.array(cols["decision"], pa.string()),
+            *(pa.array(features[:, j]) for j in range(N_FEATURES)),
+        ]
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)

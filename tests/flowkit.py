@@ -1,0 +1,156 @@
+"""Running the real scoring flow on the embedded broker: topic sets, environment, collectors.
+
+Shared by the integration tests that start ``python -m bytewax.run flows.score``
+through :class:`~flows.process.FlowProcess`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from flows.process import FlowProcess
+from topics.contracts import DeadLetter, Prediction, Transaction
+from topics.settings import KafkaSettings
+
+TIMEOUT = 180
+PARTITIONS = 8
+#: Test consumers assign partitions themselves (group joins are slow on the embedded broker).
+CONSUMER: dict[str, str | int | bool] = {"group.id": "test", "enable.auto.commit": False}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Everything a run published: verdicts by transaction id (all copies), dead letters."""
+
+    verdicts: dict[str, list[Prediction]]
+    dead_letters: list[DeadLetter]
+
+    def scores(self) -> dict[str, float]:
+        """The (first) score of each transaction."""
+        return {tid: vs[0].score for tid, vs in self.verdicts.items()}
+
+    @property
+    def duplicates(self) -> int:
+        """Verdicts published more than once."""
+        return sum(len(vs) - 1 for vs in self.verdicts.values())
+
+
+def wait_until(
+    done: Callable[[], bool], flows: Sequence[FlowProcess], what: str,
+    timeout: float = TIMEOUT, tick: Callable[[], None] = lambda: None,
+) -> None:
+    """Call ``tick`` until ``done()``; fail if a flow exits or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while not done():
+        for flow in flows:
+            flow.check()
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        tick()
+        time.sleep(0.05)
+
+
+class Collector(threading.Thread):
+    """Read predictions and dead letters of one topic set as they arrive."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.stopping = settings, threading.Event()
+        self.outcome = Outcome(defaultdict(list), [])
+        self.versions: set[str] = set()  # model versions seen so far (safe to read meanwhile)
+
+    def run(self) -> None:
+        consumer = Consumer(self.settings.client_config(**CONSUMER, **{"fetch.wait.max.ms": 10}))
+        topics = (self.settings.topic("predictions"), self.settings.topic("dead-letter"))
+        consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(PARTITIONS)])
+        while not self.stopping.is_set():
+            for msg in consumer.consume(1000, 0.1):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                if msg.topic() == topics[0]:
+                    p = msgspec.json.decode(value, type=Prediction)
+                    self.outcome.verdicts[p.transaction_id].append(p)
+                    self.versions.add(p.model_version)
+                else:
+                    self.outcome.dead_letters.append(msgspec.json.decode(value, type=DeadLetter))
+        consumer.close()
+
+    def wait_for(self, n_verdicts: int, flows: Sequence[FlowProcess], n_dead: int = 0) -> None:
+        """Block until ``n_verdicts`` distinct verdicts and ``n_dead`` dead letters arrived."""
+        wait_until(
+            lambda: (len(self.outcome.verdicts) >= n_verdicts
+                     and len(self.outcome.dead_letters) >= n_dead),
+            flows, f"{n_verdicts} verdicts (have {len(self.outcome.verdicts)})",
+        )
+
+    def stop(self) -> Outcome:
+        """Stop reading; return what was read."""
+        self.stopping.set()
+        self.join()
+        return self.outcome
+
+
+def topic_set(kafka: KafkaSettings, name: str) -> KafkaSettings:
+    """Settings for a fresh set of registry topics named after ``name`` (not yet created)."""
+    prefix = f"{name}-{random.randrange(1 << 30):x}."
+    return dataclasses.replace(kafka, topic_prefix=prefix, topic_overrides={})
+
+
+def flow_env(settings: KafkaSettings, model_path: Path, work: Path,
+             **extra: str) -> dict[str, str]:
+    """The flow's ``FRAUD_*`` environment for one topic set; ``extra`` adds or overrides."""
+    return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+            "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
+            "FRAUD_MODEL_PATH": str(model_path), "FRAUD_METRICS_PORT": "0",
+            "FRAUD_LOG_LEVEL": "WARNING", **extra}
+
+
+def input_positions(settings: KafkaSettings, count: int) -> dict[str, tuple[int, int]]:
+    """``(partition, offset)`` of the ``count`` transactions on the set's ``transactions`` topic.
+
+    Counted, not read up to the high watermark: the embedded broker reports watermarks that
+    are not record offsets.
+    """
+    topic = settings.topic("transactions")
+    consumer = Consumer(settings.client_config(**CONSUMER))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    positions: dict[str, tuple[int, int]] = {}
+
+    def read() -> None:
+        for m in consumer.consume(1000, 0.1):
+            if m.error() is None:
+                txn = msgspec.json.decode(m.value(), type=Transaction)
+                positions[txn.transaction_id] = (m.partition(), m.offset())
+
+    wait_until(lambda: len(positions) >= count, [], f"{count} transactions on {topic}",
+               timeout=30, tick=read)
+    consumer.close()
+    return positions
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """The flow's Prometheus samples, keyed by ``(name, labels)``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(value for (n, have), value in samples.items()
+               if n == name and set(labels.items()) <= have)

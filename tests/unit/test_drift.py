@@ -1,0 +1,119 @@
+"""Drift counting per partition and the cross-partition aggregator (pure, no Kafka)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.metadata import ModelMetadata, Thresholds, histogram
+from flows.drift import DriftAggregator, PartitionDrift, Reference, feedback, psi
+from state.verdicts import VerdictRecord
+
+W = 60_000  # one-minute windows
+RNG = np.random.default_rng(7)
+REF_A = RNG.normal(0.0, 1.0, 20_000).astype(np.float32)
+REF_B = RNG.exponential(1.0, 20_000).astype(np.float32)
+REF_S = RNG.beta(1, 20, 20_000).astype(np.float32)
+META = ModelMetadata(
+    model_version="v1", feature_spec_version="v1", feature_names=("a", "b"),
+    thresholds=Thresholds(review=0.2, decline=0.5),
+    feature_histograms={"a": histogram(REF_A), "b": histogram(REF_B)},
+    score_histogram=histogram(REF_S),
+)
+
+
+def batch(n: int, t0: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Event times in [t0, t0 + W), features like the reference (a shifted by ``shift``)."""
+    times = np.sort(RNG.integers(t0, t0 + W, n)).astype(np.int64)
+    feats = np.column_stack([RNG.normal(shift, 1.0, n), RNG.exponential(1.0, n)])
+    scores = RNG.beta(1, 20, n).astype(np.float32)
+    return times, feats.astype(np.float32), scores
+
+
+def test_psi_is_small_for_the_same_distribution_and_large_after_a_shift() -> None:
+    ref = Reference.of(META)
+    same = np.bincount(ref.feature_bins(batch(5_000, 0)[1]).ravel(), minlength=ref.n_bins)
+    moved = np.bincount(ref.feature_bins(batch(5_000, 0, shift=1.5)[1]).ravel(),
+                        minlength=ref.n_bins)
+    assert max(ref.feature_psi(same).values()) < 0.05
+    shifted = ref.feature_psi(moved)
+    assert shifted["a"] > 1.0 and shifted["b"] < 0.05
+    assert psi(np.zeros(3), np.full(3, 1 / 3)) == 0.0
+
+
+def test_windows_merge_across_partitions_and_alert_only_after_the_shift() -> None:
+    agg = DriftAggregator(2, W, psi_threshold=0.2, min_count=100, flush_seconds=60)
+    parts = [PartitionDrift(p, W, grace_ms=0) for p in range(2)]
+    snaps = []
+    for minute in range(6):
+        for part in parts:
+            times, feats, scores = batch(400, minute * W, shift=2.0 if minute >= 3 else 0.0)
+            decisions = META.thresholds.decide(scores)
+            part.add_scored(META, times, feats, scores, decisions)
+            partial = part.close()
+            if partial is not None:
+                snaps += agg.add(partial, now=0.0)
+    # window k is complete once both partitions have seen minute k + 1
+    assert [s.window_start // W for s in snaps] == [0, 1, 2, 3, 4]
+    assert all(s.complete and s.partitions == 2 and s.count == 800 for s in snaps)
+    assert [s.alerts for s in snaps] == [[], [], [], ["a"], ["a"]]
+    assert all(abs(sum(s.decision_rates.values()) - 1) < 1e-9 for s in snaps)
+
+
+def test_an_idle_partition_delays_a_window_until_the_flush_timeout() -> None:
+    agg = DriftAggregator(3, W, psi_threshold=0.2, min_count=100, flush_seconds=30)
+    part = PartitionDrift(0, W, grace_ms=0)
+    for minute in range(2):
+        times, feats, scores = batch(200, minute * W)
+        part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
+    partial = part.close()
+    assert partial is not None
+    assert agg.add(partial, now=100.0) == []
+    assert agg.due() == 130.0
+    assert agg.flush(now=129.0) == []
+    (snap,) = agg.flush(now=130.0)
+    assert (snap.complete, snap.partitions, snap.count) == (False, 1, 200)
+    # the idle partition's late counts for that window are counted, not merged
+    late = PartitionDrift(1, W, grace_ms=0)
+    times, feats, scores = batch(10, 0)
+    late.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
+    late.add_scored(META, times + 2 * W, feats, scores, META.thresholds.decide(scores))
+    late_partial = late.close()
+    assert late_partial is not None
+    agg.add(late_partial, now=131.0)
+    assert agg.late_partials == 1
+
+
+def test_labels_give_precision_and_recall_per_model_version() -> None:
+    part = PartitionDrift(0, W, grace_ms=0)
+    truth_and_decision = [  # (is_fraud, decision) x count
+        (True, "decline", 3), (True, "review", 1), (True, "approve", 2),
+        (False, "decline", 1), (False, "review", 3), (False, "approve", 10),
+    ]
+    for fraud, decision, n in truth_and_decision:
+        for _ in range(n):
+            record = VerdictRecord(0, 0.5, decision, "v1", "approve", "v2")
+            part.add_label(10_000, fraud, record, live_version="v1")
+    part.add_label(20_000, True, None, live_version="v1")
+    part.add_label(2 * W, False, None, live_version="v1")  # closes window 0
+    partial = part.close()
+    assert partial is not None
+    agg = DriftAggregator(1, W, psi_threshold=0.2, min_count=100, flush_seconds=30)
+    (snap,) = agg.add(partial, now=0.0)
+    fb = snap.labels
+    assert fb is not None and snap.count == 0 and snap.score_psi is None
+    assert (fb.fraud_declined, fb.fraud_reviewed, fb.fraud_approved) == (3, 1, 2)
+    assert fb.precision_flagged == pytest.approx(4 / 8)
+    assert fb.recall_flagged == pytest.approx(4 / 6)
+    assert fb.precision_decline == pytest.approx(3 / 4)
+    assert fb.recall_decline == pytest.approx(3 / 6)
+    assert snap.labels_unknown == 1
+    shadow = snap.shadow  # the shadow approved everything: it would have missed all fraud
+    assert shadow is not None and shadow.labels is not None and shadow.agreement is None
+    assert (shadow.model_version, shadow.labels.fraud_approved, shadow.labels.recall_flagged) == (
+        "v2", 6, 0.0)
+    assert feedback(np.zeros((3, 2), dtype=np.int64)) is None
+    part.add_label(0, True, None, live_version="v1")  # its window has closed: the next open one
+    part.add_label(5 * W, False, None, live_version="v1")
+    late = part.close()
+    assert late is not None and late.windows[(2, "v1")].labels_unknown == 2
