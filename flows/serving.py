@@ -99,7 +99,8 @@ class ModelSource:
             self._fingerprint = found
             old = self.current.version
             try:
-                self.current = self._serve(load_model(self.path))
+                # The file fingerprinted, not the path again: ``current`` may have moved since.
+                self.current = self._serve(load_model(Path(found[0])))
             except FraudStreamError as exc:
                 log.error("%s model at %s refused, still serving %s: %s",
                           self.role, self.path, old, exc)

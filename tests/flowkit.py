@@ -112,6 +112,7 @@ def flow_env(settings: KafkaSettings, model_path: Path, work: Path,
     """The flow's ``FRAUD_*`` environment for one topic set; ``extra`` adds or overrides."""
     return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
             "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
+            "FRAUD_SAMPLE_DIR": str(work / "samples"),
             "FRAUD_MODEL_PATH": str(model_path), "FRAUD_METRICS_PORT": "0",
             "FRAUD_LOG_LEVEL": "WARNING", **extra}
 

@@ -202,6 +202,8 @@ def summarize(logical: str | None, value: bytes | None) -> str:
             f"n={obj.count} score_psi={_fmt(obj.score_psi)} "
             f"top_psi={','.join(f'{k}={v:.3f}' for k, v in top) or '-'} "
             f"alerts={','.join(obj.alerts) or '-'}"
+            + (f" labels: precision={_fmt(obj.labels.precision_flagged)} "
+               f"recall={_fmt(obj.labels.recall_flagged)}" if obj.labels else "")
         )
     if isinstance(obj, DeadLetter):
         raw = base64.b64decode(obj.value_b64) if obj.value_b64 is not None else None

@@ -8,24 +8,22 @@ recovery, and a two-process cluster. All must give the same verdicts.
 
 from __future__ import annotations
 
-import dataclasses
 import random
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from export.model import load_model
+from flowkit import Collector, Outcome, flow_env, topic_set
 from flows.process import FlowProcess
 from state.replay import replay_matrix
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.broker import free_port
-from topics.contracts import DeadLetter, Label, Prediction
+from topics.contracts import Label
 from topics.produce import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.history import History
@@ -35,55 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORLD = SimConfig(n_transactions=20_000, n_cards=500, days=30, seed=31, fraud_rate=0.02)
 INVALID_EVERY = 500
-TIMEOUT = 180
-
-
-@dataclasses.dataclass
-class Outcome:
-    verdicts: dict[str, list[Prediction]]
-    dead_letters: list[DeadLetter]
-
-    def scores(self) -> dict[str, float]:
-        return {tid: vs[0].score for tid, vs in self.verdicts.items()}
-
-    @property
-    def duplicates(self) -> int:
-        return sum(len(vs) - 1 for vs in self.verdicts.values())
-
-
-class Collector(threading.Thread):
-    """Read predictions and dead letters of one topic set as they arrive."""
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.stopping = settings, threading.Event()
-        self.outcome = Outcome(defaultdict(list), [])
-
-    def run(self) -> None:
-        consumer = Consumer(self.settings.client_config(
-            **{"group.id": "test", "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
-        topics = (self.settings.topic("predictions"), self.settings.topic("dead-letter"))
-        consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(8)])
-        while not self.stopping.is_set():
-            for msg in consumer.consume(1000, 0.1):
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                if msg.topic() == topics[0]:
-                    p = msgspec.json.decode(value, type=Prediction)
-                    self.outcome.verdicts[p.transaction_id].append(p)
-                else:
-                    self.outcome.dead_letters.append(msgspec.json.decode(value, type=DeadLetter))
-        consumer.close()
-
-    def wait_for(self, n_verdicts: int, flows: list[FlowProcess], n_dead: int = 0) -> None:
-        deadline = time.time() + TIMEOUT
-        while (len(self.outcome.verdicts) < n_verdicts
-               or len(self.outcome.dead_letters) < n_dead):
-            for flow in flows:
-                flow.check()
-            assert time.time() < deadline, f"only {len(self.outcome.verdicts)} verdicts"
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -117,34 +66,21 @@ def _produce(settings: KafkaSettings, history: History) -> int:
     return invalid
 
 
-def _env(settings: KafkaSettings, model_dir: Path, work: Path) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
-            "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
-            "FRAUD_MODEL_PATH": str(model_dir), "FRAUD_METRICS_PORT": "0",
-            "FRAUD_LOG_LEVEL": "WARNING"}
-
-
-def _topic_set(kafka: KafkaSettings, name: str) -> KafkaSettings:
-    prefix = f"{name}-{random.randrange(1 << 30):x}."
-    return dataclasses.replace(kafka, topic_prefix=prefix, topic_overrides={})
-
-
 @pytest.fixture(scope="module")
 def fault_free(kafka: KafkaSettings, history: History, tiny_model_dir: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    settings = _topic_set(kafka, "fault-free")
+    settings = topic_set(kafka, "fault-free")
     invalid = _produce(settings, history)
     work = tmp_path_factory.mktemp("fault-free")
     collector = Collector(settings)
     collector.start()
-    flow = FlowProcess(_env(settings, tiny_model_dir, work), work / "flow.log",
+    flow = FlowProcess(flow_env(settings, tiny_model_dir, work), work / "flow.log",
                        recovery_dir=work / "recovery")
     try:
         collector.wait_for(len(history), [flow], n_dead=invalid)
     finally:
         flow.stop()
-        collector.stopping.set()
-        collector.join()
+        collector.stop()
     return collector.outcome
 
 
@@ -170,11 +106,11 @@ def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
     kafka: KafkaSettings, history: History, tiny_model_dir: Path, fault_free: Outcome,
     tmp_path: Path, record_property: pytest.RecordProperty,
 ) -> None:
-    settings = _topic_set(kafka, "recovery")
+    settings = topic_set(kafka, "recovery")
     invalid = _produce(settings, history)
     collector = Collector(settings)
     collector.start()
-    env = _env(settings, tiny_model_dir, tmp_path)
+    env = flow_env(settings, tiny_model_dir, tmp_path)
     kill_points = sorted(random.Random(7).sample(range(1_000, len(history) - 1_000), 3))
     killed_at = []
     try:
@@ -191,8 +127,7 @@ def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
         time.sleep(1)  # let re-emitted duplicates of the last epoch arrive too
         flow.stop()
     finally:
-        collector.stopping.set()
-        collector.join()
+        collector.stop()
     outcome = collector.outcome
     assert set(outcome.verdicts) == set(fault_free.verdicts)  # zero missing
     expected = fault_free.scores()
@@ -209,11 +144,11 @@ def test_two_process_cluster_gives_the_same_verdicts(
     kafka: KafkaSettings, history: History, tiny_model_dir: Path, fault_free: Outcome,
     tmp_path: Path,
 ) -> None:
-    settings = _topic_set(kafka, "cluster")
+    settings = topic_set(kafka, "cluster")
     invalid = _produce(settings, history)
     collector = Collector(settings)
     collector.start()
-    env = _env(settings, tiny_model_dir, tmp_path)
+    env = flow_env(settings, tiny_model_dir, tmp_path)
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     flows = [FlowProcess(env, tmp_path / f"flow-{i}.log", process_id=i, addresses=addresses)
              for i in range(2)]
@@ -222,7 +157,6 @@ def test_two_process_cluster_gives_the_same_verdicts(
     finally:
         for flow in flows:
             flow.stop()
-        collector.stopping.set()
-        collector.join()
+        collector.stop()
     assert collector.outcome.scores() == fault_free.scores()
     assert collector.outcome.duplicates == 0

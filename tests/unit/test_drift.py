@@ -117,3 +117,22 @@ def test_labels_give_precision_and_recall_per_model_version() -> None:
     part.add_label(5 * W, False, None, live_version="v1")
     late = part.close()
     assert late is not None and late.windows[(2, "v1")].labels_unknown == 2
+
+
+def test_tail_prints_a_snapshot_on_one_line() -> None:
+    import msgspec
+
+    from topics.tail import summarize
+
+    agg = DriftAggregator(1, W, psi_threshold=0.2, min_count=10, flush_seconds=30)
+    part = PartitionDrift(0, W, grace_ms=0)
+    times, feats, scores = batch(300, 0, shift=3.0)
+    part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
+    part.add_label(W // 2, True, VerdictRecord(0, 0.9, "decline", "v1"), live_version="v1")
+    part.add_label(2 * W, True, None, live_version="v1")
+    partial = part.close()
+    assert partial is not None
+    (snap,) = agg.add(partial, now=0.0)
+    line = summarize("drift", msgspec.json.encode(snap))
+    assert "model=v1 n=300" in line and "alerts=a" in line
+    assert "precision=1.000 recall=1.000" in line
