@@ -68,6 +68,10 @@ train *ARGS:
 export-onnx *ARGS:
     {{python}} -m export.onnx {{ARGS}}
 
+# Evidently drift report (HTML): the model's training reference vs the flow's scored samples
+drift-report *ARGS:
+    {{python}} -m training.drift_report {{ARGS}}
+
 # benchmark on the embedded broker: bench/results.json + bench/RESULTS.md (--quick: ~3 min)
 bench *ARGS:
     {{python}} bench/run.py {{ARGS}}

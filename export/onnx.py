@@ -7,7 +7,9 @@ ensemble (XGBoost + RandomForest) into a single graph with a float32 input
 off, opsets pinned), writes the model metadata into ``metadata_props``, checks
 that ONNX and native scores agree within :data:`PARITY_TOLERANCE` and that
 decisions agree at the thresholds, and publishes ``models/<version>/`` with the
-model card and evaluation report. ``models/current`` then points at it.
+model card, the evaluation report and ``reference.parquet`` (the scored training
+reference rows that ``just drift-report`` compares the stream with).
+``models/current`` then points at it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pyarrow as pa
 
 from export.errors import ExportError, ParityError
 from export.metadata import INPUT_NAME, PROBA_OUTPUT, ModelMetadata, Thresholds, histogram
@@ -177,6 +180,29 @@ def export_trained(trained: Any, model_version: str | None = None) -> tuple[byte
     return data, report
 
 
+def reference_table(trained: Any, model_bytes: bytes) -> pa.Table:
+    """The training reference rows for ``just drift-report``: features, score, decision, label.
+
+    Rows are ``trained.reference_features`` (a sample of training rows; the PSI histograms
+    come from the same rows), scored by the exported ONNX model itself, so reference and
+    stream scores come from one code path. Being training rows, their scores are in-sample:
+    somewhat more confident than on unseen traffic. ``is_fraud`` (the eventual label) is
+    present when the artifact has ``reference_labels``.
+    """
+    from export.model import ScoringModel
+
+    scorer = ScoringModel.from_bytes(model_bytes, source="<export>", expected_feature_spec=None)
+    ref = np.ascontiguousarray(trained.reference_features, dtype=np.float32)
+    scores = scorer.predict(ref)
+    columns: dict[str, Any] = {name: ref[:, i] for i, name in enumerate(trained.feature_names)}
+    columns["score"] = scores
+    columns["decision"] = pa.array(scorer.decide(scores).tolist(), pa.string())
+    labels = getattr(trained, "reference_labels", None)
+    if labels is not None:
+        columns["is_fraud"] = np.asarray(labels, dtype=bool)
+    return pa.table(columns)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: export the training artifact and publish it as a new registry version."""
     from export.registry import ModelRegistry
@@ -212,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{parity.max_abs_diff:.2e}, decisions identical", flush=True)
         model_dir = args.model if args.model.is_dir() else args.model.parent
         target = registry.publish(version, data, report_dir=model_dir, parity=parity,
-                                  make_current=not args.no_current)
+                                  make_current=not args.no_current,
+                                  reference=reference_table(trained, data))
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
 """The model registry on disk: immutable ``models/<version>/`` and a ``models/current`` symlink.
 
-A version directory holds ``model.onnx``, ``MODEL_CARD.md`` and the evaluation
-report (``report.md``, ``metrics.json``, PNG plots). It is assembled in a
-temporary directory and renamed into place, so readers never see half a
-version; files are made read-only and an existing version is never overwritten.
-``current`` is swapped atomically (``os.replace`` of a fresh symlink).
+A version directory holds ``model.onnx``, ``MODEL_CARD.md``, the evaluation
+report (``report.md``, ``metrics.json``, PNG plots) and ``reference.parquet`` (the
+scored training reference rows that ``just drift-report`` compares the stream
+with). It is assembled in a temporary directory and renamed into place, so
+readers never see half a version; files are made read-only and an existing
+version is never overwritten. ``current`` is swapped atomically (``os.replace``
+of a fresh symlink).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import shutil
 import stat
 from pathlib import Path
 
+import pyarrow as pa
+
 from export.errors import RegistryError
 from export.metadata import ModelMetadata
 from export.model import MODEL_FILE
 from export.onnx import ParityReport
 
 CURRENT = "current"
+REFERENCE_FILE = "reference.parquet"
 REPORT_FILES = ("report.md", "metrics.json")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -69,8 +74,9 @@ class ModelRegistry:
         report_dir: Path | None = None,
         parity: ParityReport | None = None,
         make_current: bool = True,
+        reference: pa.Table | None = None,
     ) -> Path:
-        """Write a new version (ONNX, model card, report) and optionally make it current."""
+        """Write a new version (ONNX, model card, report, reference rows); optionally current."""
         self.check_new(version)
         import onnx
 
@@ -91,6 +97,10 @@ class ModelRegistry:
         tmp.mkdir()
         (tmp / MODEL_FILE).write_bytes(onnx_bytes)
         (tmp / "MODEL_CARD.md").write_text(model_card(meta, parity))
+        if reference is not None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(reference, tmp / REFERENCE_FILE)
         if report_dir is not None and report_dir.is_dir():
             for src in report_dir.iterdir():
                 if src.name in REPORT_FILES or src.suffix == ".png":
@@ -168,6 +178,8 @@ def model_card(meta: ModelMetadata, parity: ParityReport | None = None) -> str:
         "- Trained on labels known at the training cut-off; late-arriving fraud labels were "
         "counted as legitimate so far (see report.md).",
         "- Per-feature and score reference histograms are embedded for drift (PSI) monitoring.",
+        f"- `{REFERENCE_FILE}` (when present) holds the reference rows, scored by this model, "
+        "for `just drift-report`.",
         "",
         "## Features",
         "",

@@ -46,6 +46,8 @@ TRAIN_DATA = Path("data/history.parquet")
 WORLD = SimConfig(n_transactions=300_000, n_cards=6_000, days=90, seed=7)
 INVALID_EVERY = 997  # one malformed message per this many transactions
 SAMPLE_DIR = Path(".dev/samples/demo")
+#: The demo world's ground truth, for ``just drift-report --labels``.
+TRUTH_FILE = Path(".dev/demo-labels.parquet")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -165,6 +167,18 @@ def status(t: Tally, elapsed: float, rate: float) -> str:
     )
 
 
+def write_truth(history: History) -> None:
+    """The world's ``transaction_id`` and ``is_fraud`` as Parquet (outside the sample dir)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    TRUTH_FILE.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "transaction_id": [t.transaction_id for t in history.transactions],
+        "is_fraud": history.is_fraud,
+    }), TRUTH_FILE)
+
+
 def start_flow(settings: KafkaSettings, work: Path) -> FlowProcess:
     """The scoring flow with recovery, on the demo's topics, state in ``work``.
 
@@ -246,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"simulating an unseen world: {world.n_transactions:,} transactions, "
         f"{world.n_cards:,} cards, {world.days} days (seed {world.seed})")
     history = simulated_history(world)
+    write_truth(history)
     truth = {t.transaction_id: s is not None for t, s in zip(
         history.transactions, history.scenario, strict=True)}
     live_from = max(0, len(history) - live_count)
@@ -357,7 +372,8 @@ def drift_summary(settings: KafkaSettings) -> list[str]:
         lines.append(f"label feedback          {caught} labelled frauds flagged, {missed} missed "
                      f"({caught / (caught + missed):.0%} recall, from the labels topic); "
                      "precision needs legit labels too")
-    lines.append(f"drift report            just drift-report (sample in {SAMPLE_DIR})")
+    lines.append(f"drift report            just drift-report --labels {TRUTH_FILE} "
+                 f"(sample in {SAMPLE_DIR})")
     return lines
 
 

@@ -10,8 +10,12 @@ never sees half a file. Flush boundaries depend on batch timing, so a replayed
 range may land in a second, overlapping file: readers deduplicate by
 transaction id (:mod:`training.drift_report` does).
 
-Sampling is best-effort observability: a write that fails is logged, its rows
-are dropped (counted in ``dropped_rows``) and scoring goes on.
+Rows still buffered when the writer is dropped or the process exits (the flow
+stops on SIGINT) are written by a finaliser; a hard kill loses at most one
+buffer. Sampling is best-effort observability: a write that fails is logged,
+its rows are dropped (counted in ``dropped_rows``) and scoring goes on. Cost in
+the scoring step: one CRC-32 per transaction (about 0.3 µs) and numpy slicing
+per batch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,72 +55,27 @@ def sampled(transaction_ids: Sequence[str], rate: float) -> np.ndarray:
     return hashes < np.uint64(rate * 2**32)
 
 
-class SampleWriter:
-    """Buffer one partition's sampled verdict rows and write them as Parquet files."""
+class _Buffer:
+    """One partition's sampled rows waiting for a file.
 
-    def __init__(
-        self,
-        directory: Path,
-        partition: int,
-        rate: float,
-        flush_rows: int = 2000,
-        flush_seconds: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"sample rate {rate} is not between 0 and 1")
-        self.directory = Path(directory) / f"partition={partition}"
+    Kept apart from the writer so that a finaliser can write them when the writer is
+    dropped or the interpreter exits.
+    """
+
+    def __init__(self, directory: Path, partition: int) -> None:
+        self.directory = directory
         self.partition = partition
-        self.rate = rate
-        self.flush_rows = flush_rows
-        self.flush_seconds = flush_seconds
-        self.clock = clock
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.rows = 0
+        self.since: float | None = None
         self.dropped_rows = 0
-        self._chunks: list[dict[str, np.ndarray]] = []
-        self._rows = 0
-        self._since: float | None = None
 
-    def offer(
-        self,
-        offsets: Sequence[int] | np.ndarray,
-        transaction_ids: Sequence[str],
-        event_times: Sequence[int] | np.ndarray,
-        features: np.ndarray,
-        scores: np.ndarray,
-        decisions: np.ndarray,
-        model_version: str,
-    ) -> None:
-        """Keep the batch's sampled rows; flush if the buffer is full or old enough."""
-        if self.rate <= 0.0:
+    def write(self) -> None:
+        """Write the buffered rows as one file; no-op when empty."""
+        if not self.rows:
             return
-        if features.ndim != 2 or features.shape[1] != N_FEATURES:
-            raise ValueError(f"expected features [n, {N_FEATURES}], got {features.shape}")
-        keep = np.flatnonzero(sampled(transaction_ids, self.rate))
-        if keep.size:
-            ids = [transaction_ids[i] for i in keep.tolist()]
-            self._chunks.append({
-                "transaction_id": np.array(ids, dtype=object),
-                "offset": np.asarray(offsets, dtype=np.int64)[keep],
-                "event_time": np.asarray(event_times, dtype=np.int64)[keep],
-                "model_version": np.full(keep.size, model_version, dtype=object),
-                "score": np.asarray(scores, dtype=np.float32)[keep],
-                "decision": np.asarray(decisions, dtype=object)[keep],
-                "features": np.asarray(features, dtype=np.float32)[keep],
-            })
-            self._rows += int(keep.size)
-            if self._since is None:
-                self._since = self.clock()
-        if self._rows >= self.flush_rows or (
-            self._since is not None and self.clock() - self._since >= self.flush_seconds
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered rows now (one file); no-op when empty."""
-        if not self._rows:
-            return
-        chunks, rows = self._chunks, self._rows
-        self._chunks, self._rows, self._since = [], 0, None
+        chunks, rows = self.chunks, self.rows
+        self.chunks, self.rows, self.since = [], 0, None
         cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         name = f"{int(cols['offset'].min()):020d}-{int(cols['offset'].max()):020d}"
         path = self.directory / f"{name}.parquet"
@@ -132,10 +92,9 @@ class SampleWriter:
 
     def _table(self, cols: dict[str, np.ndarray]) -> pa.Table:
         features = cols["features"]
-        n = features.shape[0]
         arrays = [
             pa.array(cols["transaction_id"], pa.string()),
-            pa.array(np.full(n, self.partition, dtype=np.int32)),
+            pa.array(np.full(features.shape[0], self.partition, dtype=np.int32)),
             *(pa.array(cols[k]) for k in ("offset", "event_time")),
             pa.array(cols["model_version"], pa.string()),
             pa.array(cols["score"]),
@@ -143,3 +102,74 @@ class SampleWriter:
             *(pa.array(features[:, j]) for j in range(N_FEATURES)),
         ]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+class SampleWriter:
+    """Buffer one partition's sampled verdict rows and write them as Parquet files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        partition: int,
+        rate: float,
+        flush_rows: int = 2000,
+        flush_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample rate {rate} is not between 0 and 1")
+        self.rate = rate
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self._buffer = _Buffer(Path(directory) / f"partition={partition}", partition)
+        if rate > 0.0:
+            # pyarrow imports pandas on its first conversion, which fails once the interpreter
+            # is shutting down: convert once now, so the finaliser can write at exit
+            pa.array([], pa.string())
+            weakref.finalize(self, self._buffer.write)
+
+    @property
+    def dropped_rows(self) -> int:
+        """Sampled rows lost to failed writes."""
+        return self._buffer.dropped_rows
+
+    def offer(
+        self,
+        offsets: Sequence[int] | np.ndarray,
+        transaction_ids: Sequence[str],
+        event_times: Sequence[int] | np.ndarray,
+        features: np.ndarray,
+        scores: np.ndarray,
+        decisions: np.ndarray,
+        model_version: str,
+    ) -> None:
+        """Keep the batch's sampled rows; flush if the buffer is full or old enough."""
+        if self.rate <= 0.0:
+            return
+        if features.ndim != 2 or features.shape[1] != N_FEATURES:
+            raise ValueError(f"expected features [n, {N_FEATURES}], got {features.shape}")
+        buf = self._buffer
+        keep = np.flatnonzero(sampled(transaction_ids, self.rate))
+        if keep.size:
+            ids = [transaction_ids[i] for i in keep.tolist()]
+            buf.chunks.append({
+                "transaction_id": np.array(ids, dtype=object),
+                "offset": np.asarray(offsets, dtype=np.int64)[keep],
+                "event_time": np.asarray(event_times, dtype=np.int64)[keep],
+                "model_version": np.full(keep.size, model_version, dtype=object),
+                "score": np.asarray(scores, dtype=np.float32)[keep],
+                "decision": np.asarray(decisions, dtype=object)[keep],
+                "features": np.asarray(features, dtype=np.float32)[keep],
+            })
+            buf.rows += int(keep.size)
+            if buf.since is None:
+                buf.since = self.clock()
+        if buf.rows >= self.flush_rows or (
+            buf.since is not None and self.clock() - buf.since >= self.flush_seconds
+        ):
+            buf.write()
+
+    def flush(self) -> None:
+        """Write the buffered rows now (one file); no-op when empty."""
+        self._buffer.write()

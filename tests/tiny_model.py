@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.onnx import export_trained
+from export.onnx import export_trained, reference_table
 from export.registry import ModelRegistry
 from training.artifact import TrainedModel
 from training.features import feature_spec, point_in_time_features
@@ -36,7 +36,8 @@ def train_tiny(out: Path, history: History | None = None) -> TrainedModel:
 
 
 def publish_tiny(models_dir: Path, trained: TrainedModel) -> Path:
-    """Export ``trained`` to ONNX (parity-checked) and publish it; return the version dir."""
+    """Export ``trained`` to ONNX (parity-checked), publish it with its reference rows."""
     data, parity = export_trained(trained)
     registry = ModelRegistry(models_dir)
-    return registry.publish(trained.model_version, data, parity=parity, make_current=True)
+    return registry.publish(trained.model_version, data, parity=parity, make_current=True,
+                            reference=reference_table(trained, data))

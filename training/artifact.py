@@ -31,6 +31,9 @@ class TrainedModel:
     holdout_features: np.ndarray  # float32 rows never trained on (export parity check)
     model_version: str
     params: dict[str, Any] = field(default_factory=dict)
+    # eventual is_fraud of the reference_features rows; None in artifacts older than the field
+    # (a plain default, so their pickles load with it as a class attribute)
+    reference_labels: np.ndarray | None = None
 
     def save(self, out_dir: Path) -> Path:
         """Write ``model.pkl`` into ``out_dir``; return its path."""

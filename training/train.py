@@ -308,7 +308,7 @@ def train_on_features(
         ensemble=ensemble, feature_spec_version=version, feature_names=tuple(names),
         thresholds=thresholds, metrics=metrics, reference_features=X[ref],
         reference_scores=val_scores.astype(np.float32), holdout_features=X[hold],
-        model_version=model_version, params=metrics["config"],
+        model_version=model_version, params=metrics["config"], reference_labels=y_true[ref],
     )
     trained.save(out_dir)
     write_report(trained, out_dir, X_test=X[te], y_test=y_true[te])
