@@ -70,7 +70,8 @@ def load_reference(model_dir: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DriftReportError(
             f"{model_dir} has no {REFERENCE_FILE} (exported before drift reports existed); "
-            "re-export with `just export-onnx` (after `just train` if runs/train is gone)"
+            "publish it again under a new version: `just export-onnx --version <new>` (after "
+            "`just train` if runs/train is gone), or `just train` then `just export-onnx`"
         )
     return pq.read_table(path).to_pandas()
 
