@@ -18,11 +18,11 @@ import time
 
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
 from flows import kafka
 from flows.decode import Sourced, decode
+from flows.kafka import SinkRecord
 from topics.contracts import Prediction, Transaction
 from topics.settings import KafkaSettings
 from topics.validation import TransactionDecoder
@@ -30,7 +30,7 @@ from topics.validation import TransactionDecoder
 _encode = msgspec.json.Encoder().encode
 
 
-def _verdicts(batch: list[Sourced[Transaction]]) -> list[KafkaSinkMessage[bytes, bytes]]:
+def _verdicts(batch: list[Sourced[Transaction]]) -> list[SinkRecord]:
     now_ms = int(time.time() * 1000)
     out = []
     for item in batch:
@@ -40,7 +40,7 @@ def _verdicts(batch: list[Sourced[Transaction]]) -> list[KafkaSinkMessage[bytes,
             score=0.0123, decision="approve", model_version="v1-20261122T231245",
             feature_spec_version="v1", ingest_time=item.ingest_ms, scored_time=now_ms,
         ))
-        out.append(KafkaSinkMessage(txn.transaction_id.encode(), verdict))
+        out.append(SinkRecord(txn.transaction_id.encode(), verdict))
     return out
 
 

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Stream, operator
 
 from flows import metrics
-from flows.kafka import RawMessage
+from flows.kafka import RawMessage, SinkRecord
 from topics.deadletter import dead_letter
 from topics.validation import ContractDecoder, Rejection
 
 T = TypeVar("T", bound=msgspec.Struct)
-SinkMessage = KafkaSinkMessage[bytes | None, bytes]
 
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True, slots=True)
-class Sourced(Generic[T]):
+class Sourced(NamedTuple, Generic[T]):
     """A decoded record and where it came from (partition and offset make replays idempotent)."""
 
     value: T
@@ -43,7 +39,7 @@ def _ingest_ms(msg: RawMessage, fallback_ms: int) -> int:
 
 def classify(
     msg: RawMessage, decoder: ContractDecoder[T], now_ms: int
-) -> Sourced[T] | SinkMessage:
+) -> Sourced[T] | SinkRecord:
     """Decode one message into a sourced record, or the dead-letter message that replaces it.
 
     Time rules (e.g. "at most 24 h in the future") are judged against the message's
@@ -64,7 +60,7 @@ def classify(
             rejection=result,
             now_ms=now_ms,
         )
-        return KafkaSinkMessage(key=msg.key, value=_encode(record))
+        return SinkRecord(msg.key, _encode(record))
     return Sourced(result, partition, offset, ingest_ms)
 
 
@@ -74,10 +70,10 @@ def decode(
     up: Stream[RawMessage],
     decoder: ContractDecoder[T],
     clock: Callable[[], float] = time.time,
-) -> KafkaOpOut[Sourced[T], SinkMessage]:
+) -> KafkaOpOut[Sourced[T], SinkRecord]:
     """Split raw messages into decoded records and dead-letter messages; never raises."""
 
-    def classify_batch(batch: list[RawMessage]) -> list[Sourced[T] | SinkMessage]:
+    def classify_batch(batch: list[RawMessage]) -> list[Sourced[T] | SinkRecord]:
         now_ms = int(clock() * 1000)
         return [classify(msg, decoder, now_ms) for msg in batch]
 

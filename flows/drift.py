@@ -96,12 +96,14 @@ class Reference:
         return out
 
     def feature_psi(self, counts: np.ndarray) -> dict[str, float]:
-        """PSI per feature from flat bin ``counts``."""
-        bounds = [*self.offsets.tolist(), self.n_bins]
-        return {
-            name: psi(counts[lo:hi], self.expected[lo:hi])
-            for name, lo, hi in zip(self.names, bounds[:-1], bounds[1:], strict=True)
-        }
+        """PSI per feature from flat bin ``counts`` (every feature counts each row once)."""
+        total = counts[: self.offsets[1] if len(self.offsets) > 1 else None].sum()
+        if not total:
+            return dict.fromkeys(self.names, 0.0)
+        actual = np.maximum(counts / total, PSI_FLOOR)
+        ref = np.maximum(self.expected, PSI_FLOOR)
+        terms = (actual - ref) * np.log(actual / ref)
+        return dict(zip(self.names, np.add.reduceat(terms, self.offsets).tolist(), strict=True))
 
 
 def _label_matrix() -> np.ndarray:
@@ -286,11 +288,13 @@ class PartitionDrift:
         bins = ref.feature_bins(features)
         codes = decision_codes(decisions)
         late = 0
-        indexes = np.unique(windows).tolist()
-        for index in indexes:
-            rows = windows == index if len(indexes) > 1 else slice(None)
+        if windows[0] == windows[-1] and (len(windows) < 3 or np.all(windows == windows[0])):
+            groups = [(int(windows[0]), slice(None))]  # the usual case: one window per batch
+        else:
+            groups = [(int(w), windows == w) for w in np.unique(windows).tolist()]
+        for index, rows in groups:
             if self._late(index):
-                late += int(np.count_nonzero(windows == index))
+                late += int(np.count_nonzero(windows[rows] == index))
                 continue
             counts = self._window((index, metadata.model_version))
             counts.add_scored(ref, bins[rows], scores[rows], codes[rows])

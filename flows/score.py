@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
@@ -46,6 +45,7 @@ from export.model import ScoringModel, load_model
 from flows import kafka, metrics
 from flows.decode import Sourced, decode
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
+from flows.kafka import SinkRecord
 from flows.samples import SampleWriter
 from flows.scorer import PartitionScorer
 from flows.serving import ModelSource
@@ -63,15 +63,14 @@ log = logging.getLogger("flows.score")
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionEvent:
+class PartitionEvent(NamedTuple):
     """A transaction or a label, tagged with the input partition whose state it belongs to."""
 
     partition: int
     item: Sourced[Transaction] | Sourced[Label]
 
 
-class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage | DriftPartial, int]):
+class _ScoreLogic(StatefulBatchLogic[PartitionEvent, SinkRecord | DriftPartial, int]):
     """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily.
 
     Its snapshot is the store's last applied offset. On resume, a store *behind*
@@ -98,7 +97,7 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage | DriftPar
 
     def on_batch(
         self, values: list[PartitionEvent]
-    ) -> tuple[list[KafkaSinkMessage | DriftPartial], bool]:
+    ) -> tuple[list[SinkRecord | DriftPartial], bool]:
         if self._scorer is None:
             self._scorer = self._open(values[0].partition)
         labels = [v.item.value for v in values if isinstance(v.item.value, Label)]
@@ -107,9 +106,7 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, KafkaSinkMessage | DriftPar
         ]
         self._scorer.apply_labels(labels)
         verdicts = self._scorer.score(txns)
-        out: list[KafkaSinkMessage | DriftPartial] = [
-            KafkaSinkMessage(v.key, v.value) for v in verdicts
-        ]
+        out: list[SinkRecord | DriftPartial] = list(verdicts)
         partial = self._scorer.drift.close() if self._scorer.drift is not None else None
         if partial is not None:
             out.append(partial)
@@ -307,9 +304,9 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     )
     scored = op.branch(
         "split-drift", op.key_rm("unkey", verdicts),
-        lambda x: isinstance(x, KafkaSinkMessage),
+        lambda x: not isinstance(x, DriftPartial),
     )
-    predictions = cast(Stream[KafkaSinkMessage], scored.trues)
+    predictions = cast(Stream[SinkRecord], scored.trues)
     op.output("predictions-out", predictions, kafka.sink(settings.kafka, "predictions"))
     partials = op.key_on("key-drift", cast(Stream[DriftPartial], scored.falses), lambda _: "all")
     snapshots = op.stateful_batch(
@@ -317,10 +314,22 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     )
     drift_msgs = op.map(
         "encode-drift", op.key_rm("unkey-drift", snapshots),
-        lambda s: KafkaSinkMessage(f"{s.window_start}/{s.model_version}".encode(), _encode(s)),
+        lambda s: SinkRecord(f"{s.window_start}/{s.model_version}".encode(), _encode(s)),
     )
     op.output("drift-out", drift_msgs, kafka.sink(settings.kafka, "drift"))
     return flow
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the hot path: the scoring path makes no reference cycles.
+
+    Everything loaded at start-up (model, modules) moves to the permanent
+    generation, and young collections run per 50,000 allocations, not 700:
+    with the defaults a collection ran after almost every batch (6.5% of the
+    flow's time in a py-spy profile).
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _flow_from_env() -> Dataflow:
@@ -336,6 +345,7 @@ def _flow_from_env() -> Dataflow:
             )
         flow = build_flow(settings)
         metrics.serve(settings.metrics_port)
+        _tune_gc()
         return flow
     except FraudStreamError as exc:
         print(f"flows.score: cannot start: {exc}", file=sys.stderr)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from flows import metrics
 from flows.decode import Sourced
 from flows.drift import PartitionDrift
+from flows.kafka import SinkRecord
 from flows.samples import SampleWriter
 from flows.serving import ModelSource, Serving
 from state.store import PartitionStore, Rendered
@@ -32,15 +32,6 @@ from topics.contracts import Label, Prediction, ReasonCode, Transaction
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One encoded prediction, ready for the ``predictions`` topic (key: transaction id)."""
-
-    key: bytes
-    value: bytes
-    replayed: bool
 
 
 class PartitionScorer:
@@ -82,7 +73,7 @@ class PartitionScorer:
             if self.drift is not None:
                 self.drift.add_label(label.label_time, label.is_fraud, verdict, live)
 
-    def score(self, batch: Sequence[Sourced[Transaction]]) -> list[Verdict]:
+    def score(self, batch: Sequence[Sourced[Transaction]]) -> list[SinkRecord]:
         """Verdicts for ``batch`` (one partition, offset order), fresh or re-emitted."""
         if not batch:
             return []
@@ -101,8 +92,8 @@ class PartitionScorer:
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         verdicts = [
-            Verdict(item.value.transaction_id.encode(), value, i not in fresh)
-            for i, (item, value) in enumerate(zip(batch, values, strict=True))
+            SinkRecord(item.value.transaction_id.encode(), value)
+            for item, value in zip(batch, values, strict=True)
             if value is not None
         ]
         if len(verdicts) < len(batch):

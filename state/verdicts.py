@@ -8,7 +8,7 @@ True
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DECISIONS = ("approve", "review", "decline")
 _CODE = {d: i for i, d in enumerate(DECISIONS)}
@@ -16,8 +16,7 @@ _NONE = 255
 _HEAD = struct.Struct("<qfBB")
 
 
-@dataclass(frozen=True, slots=True)
-class VerdictRecord:
+class VerdictRecord(NamedTuple):
     """What a label needs from a verdict: when, score, decisions and the versions behind them."""
 
     event_time: int

@@ -6,6 +6,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from export.model import load_model
 from export.reasons import COMBINED
@@ -113,9 +114,10 @@ def test_replayed_offsets_re_emit_the_first_verdict_bytes(
     del scorer
     scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir),
                              clock=lambda: float(next(clock)))
+    replayed = REGISTRY.get_sample_value("fraud_replayed_verdicts_total") or 0.0
     again = scorer.score(part[700:])
     assert [v.value for v in again[:500]] == [v.value for v in first[700:]]
-    assert all(v.replayed for v in again[:500]) and not any(v.replayed for v in again[500:])
+    assert REGISTRY.get_sample_value("fraud_replayed_verdicts_total") == replayed + 500
     assert len(part) > 1_300 and len({v.key for v in first + again}) == len(part)
 
 
@@ -224,6 +226,7 @@ def test_replayed_offsets_without_a_stored_verdict_are_skipped_not_fatal(
     first = scorer.score([s for s in part if s.offset != 3])
     assert len(first) == 49
     # A restart without recovery replays everything, offset 3 included (now "valid").
+    skipped = REGISTRY.get_sample_value("fraud_replay_skipped_total") or 0.0
     again = scorer.score(part)
     assert [v.value for v in again] == [v.value for v in first]
-    assert all(v.replayed for v in again)
+    assert REGISTRY.get_sample_value("fraud_replay_skipped_total") == skipped + 1
