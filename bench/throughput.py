@@ -1,0 +1,65 @@
+"""Throughput of the pass-through flow (pipe limit) and the scoring flow on one pre-loaded topic.
+
+Every run reads the same pre-loaded transactions topic from the beginning with a
+fresh output topic set, state directory and recovery directory. Rate = (verdicts
+- 1) / span between the Kafka record timestamps of the first and last verdict,
+so start-up (imports, model load, metadata) is excluded. The flow's CPU time per
+transaction is kept too: it is less sensitive to a busy machine than the rate.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from bench.harness import Collector, Env, say
+
+FLOWS = (("passthrough", "bench.passthrough"), ("score", "flows.score"))
+
+
+def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, float]:
+    """One flow process over the pre-loaded topic, stopped as soon as all verdicts arrived."""
+    settings = env.topic_set(module.split(".")[-1], transactions=shared)
+    collector = Collector(settings, settings.topic("predictions"), "count")
+    collector.start()
+    started = time.time()
+    flow = env.start(module, settings)
+    cpu = env.cpu(flow)
+    try:
+        # Stops at n verdicts; a 30 s stall is reported with the count that did arrive.
+        collector.wait_for(n, 900, flow, stall=30)
+        if collector.count < 0.95 * n:
+            raise RuntimeError(f"{module}: only {collector.count}/{n} verdicts")
+        used = cpu.take()
+    finally:
+        flow.stop()
+        collector.stop()
+    span = max(1, collector.last_ts - collector.first_ts) / 1000
+    return {"tx_per_s": (collector.count - 1) / span,
+            "startup_s": collector.first_local - started,
+            "flow_cpu_us_per_tx": used["flow"] / n * 1e6,
+            "broker_cpu_us_per_tx": used["broker"] / n * 1e6,
+            "verdicts": collector.count}
+
+
+def throughput(env: Env, shared: str, n: int, runs: int) -> dict[str, Any]:
+    """Median of ``runs`` runs per flow, interleaved so drift in the machine hits both alike."""
+    per: dict[str, list[dict[str, float]]] = {name: [] for name, _ in FLOWS}
+    for r in range(runs):
+        for name, module in FLOWS:
+            start = time.monotonic()
+            res = throughput_once(env, module, shared, n)
+            say(f"throughput {r + 1}/{runs} {name}: {res['tx_per_s']:,.0f} tx/s, flow CPU "
+                f"{res['flow_cpu_us_per_tx']:.1f} us/tx, start-up {res['startup_s']:.1f} s, "
+                f"{time.monotonic() - start:.0f} s")
+            per[name].append(res)
+    out: dict[str, Any] = {}
+    for name, results in per.items():
+        out[name] = {key: statistics.median(x[key] for x in results)
+                     for key in ("tx_per_s", "startup_s", "flow_cpu_us_per_tx",
+                                 "broker_cpu_us_per_tx")}
+        out[name]["runs"] = [round(x["tx_per_s"]) for x in results]
+    out["ratio"] = out["score"]["tx_per_s"] / out["passthrough"]["tx_per_s"]
+    out["transactions"] = n
+    return out
