@@ -130,16 +130,20 @@ class WindowCounts:
         self, reference: Reference, bins: np.ndarray, scores: np.ndarray, codes: np.ndarray
     ) -> None:
         """Count scored rows: flat feature ``bins`` [n, F], ``scores``, decision ``codes``."""
-        if self.reference is None:
-            self.reference = reference
-            self.feature_bins = np.zeros(reference.n_bins, dtype=np.int64)
-            self.score_bins = np.zeros(len(reference.score_expected), dtype=np.int64)
-        assert self.feature_bins is not None and self.score_bins is not None
+        self.feature_bins, self.score_bins = self._histograms(reference)
         self.count += len(scores)
         self.feature_bins += np.bincount(bins.ravel(), minlength=reference.n_bins)
         score_idx = np.searchsorted(reference.score_edges, scores, side="right")
         self.score_bins += np.bincount(score_idx, minlength=len(self.score_bins))
         self.decisions += np.bincount(codes, minlength=3)
+
+    def _histograms(self, reference: Reference) -> tuple[np.ndarray, np.ndarray]:
+        """The feature and score bin counts, created empty on first use."""
+        if self.reference is None or self.feature_bins is None or self.score_bins is None:
+            self.reference = reference
+            self.feature_bins = np.zeros(reference.n_bins, dtype=np.int64)
+            self.score_bins = np.zeros(len(reference.score_expected), dtype=np.int64)
+        return self.feature_bins, self.score_bins
 
     def add_shadow(
         self, version: str, scores: np.ndarray, shadow_scores: np.ndarray, agree: np.ndarray
@@ -152,14 +156,10 @@ class WindowCounts:
     def merge(self, other: WindowCounts) -> None:
         """Add ``other`` (same window and version) into this one."""
         if other.reference is not None:
-            if self.reference is None:
-                self.reference = other.reference
-                self.feature_bins = np.zeros(other.reference.n_bins, dtype=np.int64)
-                self.score_bins = np.zeros(len(other.reference.score_expected), dtype=np.int64)
-            assert self.feature_bins is not None and self.score_bins is not None
             assert other.feature_bins is not None and other.score_bins is not None
-            self.feature_bins += other.feature_bins
-            self.score_bins += other.score_bins
+            features, score = self._histograms(other.reference)
+            features += other.feature_bins
+            score += other.score_bins
         self.count += other.count
         self.decisions += other.decisions
         self.labels += other.labels
