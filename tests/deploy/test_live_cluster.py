@@ -3,8 +3,9 @@
 Runs what compose and the StatefulSet run, minus the container: two processes with
 their own data directories, recovery partitions created by process 0 only, metrics
 on their own ports. Checks that both serve ``/metrics``, that every metric the
-Grafana dashboard and the alert rules query is really exported, that verdicts come
-out, and that the cluster resumes from recovery after a restart.
+Grafana dashboard and the alert rules query is really exported (labels and a later
+wave of transactions make drift windows with label feedback close), that verdicts
+come out, and that the cluster resumes from recovery after a restart.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import Producer
 
 from deploy.queries import ROOT, alert_rules, dashboard_queries, metric_names
 from topics.admin import ensure_topics
 from topics.broker import EmbeddedBroker, free_port
+from topics.contracts import Label, Transaction
 from topics.produce import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from topics.synthetic import synthetic_transactions
@@ -89,6 +92,10 @@ def start_cluster(settings: KafkaSettings, model_dir: Path, work: Path) -> Clust
             "FRAUD_STATE_DIR": str(data / "state"),
             "FRAUD_METRICS_PORT": str(ports[i]),
             "FRAUD_LOG_LEVEL": "WARNING",
+            "FRAUD_SAMPLE_DIR": str(data / "samples"),
+            # short drift windows, and every labelled verdict flagged: precision exists
+            "FRAUD_DRIFT_WINDOW_SECONDS": "5", "FRAUD_DRIFT_GRACE_SECONDS": "0",
+            "FRAUD_DRIFT_FLUSH_SECONDS": "2", "FRAUD_REVIEW_THRESHOLD": "0",
             "FLOW_PROCESS_ID": str(i),
             "FLOW_ADDRESSES": addresses,
             "FLOW_RECOVERY_DIR": str(data / "recovery"),
@@ -123,31 +130,49 @@ def topics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         yield settings
 
 
-def produce(settings: KafkaSettings, seed: int) -> None:
+def produce(
+    settings: KafkaSettings, seed: int, count: int = N_TRANSACTIONS, start_ms: int | None = None
+) -> list[Transaction]:
+    """``count`` synthetic transactions and one invalid message."""
     producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
     topic = settings.topic("transactions")
-    import msgspec
-
-    for txn in synthetic_transactions(N_TRANSACTIONS, seed=seed, cards=100):
+    txns = list(synthetic_transactions(count, seed=seed, cards=100, start_ms=start_ms))
+    for txn in txns:
         producer.produce(topic, key=txn.card_id.encode(), value=msgspec.json.encode(txn))
     producer.produce(topic, key=b"card-x", value=b'{"transaction_id": "broken"}')
     assert producer.flush(30) == 0
+    return txns
 
 
-def wait_for(cluster: Cluster, verdicts: int, needed: set[str]) -> list[str]:
-    """Scrape both processes until they report ``verdicts`` in all and export ``needed``."""
+def produce_labels(settings: KafkaSettings, txns: list[Transaction], at_ms: int) -> None:
+    """A label for every transaction, every other one fraud, all known at ``at_ms``."""
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    for i, txn in enumerate(txns):
+        label = Label(transaction_id=txn.transaction_id, card_id=txn.card_id,
+                      merchant_id=txn.merchant_id, is_fraud=i % 2 == 0, label_time=at_ms)
+        producer.produce(settings.topic("labels"), key=txn.transaction_id.encode(),
+                         value=msgspec.json.encode(label))
+    assert producer.flush(30) == 0
+
+
+def wait_for(
+    cluster: Cluster, verdicts: int, needed: set[str], counter: str = "fraud_verdicts_total"
+) -> list[str]:
+    """Scrape both processes until ``counter`` reaches ``verdicts`` and ``needed`` are exported."""
     deadline = time.time() + TIMEOUT
+    found: set[str] = set()
     while True:
         cluster.check()
         texts = [cluster.scrape(i) for i in range(2)]
         if all(texts):
             scraped = [t for t in texts if t]
-            total = sum(sample_value(t, "fraud_verdicts_total") for t in scraped)
+            total = sum(sample_value(t, counter) for t in scraped)
             found = set().union(*(exported(t) for t in scraped))
             if total >= verdicts and needed <= found:
                 return scraped
         assert time.time() < deadline, (
-            f"no {verdicts} verdicts and {sorted(needed)} within {TIMEOUT}s\n{cluster.log_tail()}")
+            f"no {verdicts} {counter} and {sorted(needed - found)} within {TIMEOUT}s\n"
+            f"{cluster.log_tail()}")
         time.sleep(0.5)
 
 
@@ -157,12 +182,17 @@ def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
     queried = {m for q in dashboard_queries() for m in metric_names(q)}
     queried |= {m for rule in alert_rules() for m in metric_names(rule["expr"])}
     queried.discard("up")  # Prometheus's own series for every target
-    produce(topics, seed=1)
+    txns = produce(topics, seed=1)
     cluster = start_cluster(topics, tiny_model_dir, tmp_path)
     try:
-        texts = wait_for(cluster, N_TRANSACTIONS, queried)
+        wait_for(cluster, N_TRANSACTIONS, set())
+        end = max(t.event_time for t in txns)
+        produce_labels(topics, txns, at_ms=end)
+        wait_for(cluster, N_TRANSACTIONS, set(), counter="fraud_labels_total")
+        produce(topics, seed=3, count=200, start_ms=end + 60_000)  # closes the drift windows
+        texts = wait_for(cluster, N_TRANSACTIONS + 200, queried)
         assert all("fraud_model_info{" in t for t in texts)  # both processes serve metrics
-        assert sum(sample_value(t, "fraud_dead_letters_total") for t in texts) == 1
+        assert sum(sample_value(t, "fraud_dead_letters_total") for t in texts) == 2
     finally:
         cluster.stop()
     # Process 0 created the recovery partition; process 1 has none of its own.
