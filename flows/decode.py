@@ -12,7 +12,7 @@ from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Stream, operator
 
 from flows import metrics
-from flows.kafka import RawMessage, SinkRecord
+from flows.kafka import RawRecord, SinkRecord
 from topics.deadletter import dead_letter
 from topics.validation import ContractDecoder, Rejection
 
@@ -31,28 +31,21 @@ class Sourced(NamedTuple, Generic[T]):
     """Kafka record timestamp: when the message reached the broker."""
 
 
-def _ingest_ms(msg: RawMessage, fallback_ms: int) -> int:
-    if msg.timestamp is None or msg.timestamp[1] <= 0:
-        return fallback_ms
-    return msg.timestamp[1]
-
-
 def classify(
-    msg: RawMessage, decoder: ContractDecoder[T], now_ms: int
+    msg: RawRecord, decoder: ContractDecoder[T], now_ms: int
 ) -> Sourced[T] | SinkRecord:
     """Decode one message into a sourced record, or the dead-letter message that replaces it.
 
     Time rules (e.g. "at most 24 h in the future") are judged against the message's
     Kafka timestamp, not the wall clock, so a replayed message gets the same answer.
     """
-    partition = -1 if msg.partition is None else msg.partition
-    offset = -1 if msg.offset is None else msg.offset
-    ingest_ms = _ingest_ms(msg, now_ms)
+    partition, offset = msg.partition, msg.offset
+    ingest_ms = msg.timestamp_ms if msg.timestamp_ms > 0 else now_ms
     result = decoder.decode(msg.value, ingest_ms)
     if isinstance(result, Rejection):
         metrics.DEAD_LETTERS.labels(error_class=result.error_class).inc()
         record = dead_letter(
-            source_topic=msg.topic or "?",
+            source_topic=msg.topic,
             partition=partition,
             offset=offset,
             key=msg.key,
@@ -67,13 +60,13 @@ def classify(
 @operator
 def decode(
     step_id: str,
-    up: Stream[RawMessage],
+    up: Stream[RawRecord],
     decoder: ContractDecoder[T],
     clock: Callable[[], float] = time.time,
 ) -> KafkaOpOut[Sourced[T], SinkRecord]:
     """Split raw messages into decoded records and dead-letter messages; never raises."""
 
-    def classify_batch(batch: list[RawMessage]) -> list[Sourced[T] | SinkRecord]:
+    def classify_batch(batch: list[RawRecord]) -> list[Sourced[T] | SinkRecord]:
         now_ms = int(clock() * 1000)
         return [classify(msg, decoder, now_ms) for msg in batch]
 

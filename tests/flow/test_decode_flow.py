@@ -1,10 +1,10 @@
 import bytewax.operators as op
 import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.decode import Sourced, decode
+from flows.kafka import RawRecord, SinkRecord
 from samples import BAD_MESSAGES, NOW_MS, raw
 from topics.contracts import DeadLetter, Transaction
 from topics.deadletter import raw_key, raw_value
@@ -21,12 +21,11 @@ def test_bad_messages_become_one_dead_letter_each_and_valid_ones_pass() -> None:
         messages.append((good, None))
         messages.append((bad.value, bad))
     source = [
-        KafkaSourceMessage(key=b"k%d" % n, value=value, topic="tx", partition=n % 3, offset=n,
-                           timestamp=(1, NOW_MS + n))
+        RawRecord(b"k%d" % n, value, "tx", n % 3, n, NOW_MS + n)
         for n, (value, _) in enumerate(messages)
     ]
     oks: list[Sourced[Transaction]] = []
-    errs: list[KafkaSinkMessage] = []
+    errs: list[SinkRecord] = []
     flow = Dataflow("decode-test")
     out = decode("decode", op.input("in", flow, TestingSource(source, batch_size=7)),
                  TransactionDecoder(), clock=lambda: NOW_MS / 1000)
