@@ -32,17 +32,20 @@ from state.verdicts import DECISIONS, VerdictRecord
 from topics.contracts import DriftSnapshot, LabelFeedback, ShadowSummary
 
 PSI_FLOOR = 1e-4
+_NEVER = -(1 << 62)
 _DECISION_INDEX = {d: i for i, d in enumerate(DECISIONS)}
 
 
 def psi(counts: np.ndarray, expected: np.ndarray) -> float:
     """Population stability index of observed ``counts`` against ``expected`` proportions."""
     total = counts.sum()
-    if not total:
-        return 0.0
-    actual = np.maximum(counts / total, PSI_FLOOR)
-    ref = np.maximum(expected, PSI_FLOOR)
-    return float(np.sum((actual - ref) * np.log(actual / ref)))
+    return float(_psi_terms(counts / total, expected).sum()) if total else 0.0
+
+
+def _psi_terms(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per-bin PSI terms of observed and reference proportions (floored)."""
+    a, e = np.maximum(actual, PSI_FLOOR), np.maximum(expected, PSI_FLOOR)
+    return (a - e) * np.log(a / e)
 
 
 def decision_codes(decisions: np.ndarray) -> np.ndarray:
@@ -100,9 +103,7 @@ class Reference:
         total = counts[: self.offsets[1] if len(self.offsets) > 1 else None].sum()
         if not total:
             return dict.fromkeys(self.names, 0.0)
-        actual = np.maximum(counts / total, PSI_FLOOR)
-        ref = np.maximum(self.expected, PSI_FLOOR)
-        terms = (actual - ref) * np.log(actual / ref)
+        terms = _psi_terms(counts / total, self.expected)
         return dict(zip(self.names, np.add.reduceat(terms, self.offsets).tolist(), strict=True))
 
 
@@ -257,8 +258,8 @@ class PartitionDrift:
         self.window_ms = window_ms
         self.grace_ms = grace_ms
         self._open: dict[WindowKey, WindowCounts] = {}
-        self._max_time = -(1 << 62)
-        self._closed_before = -(1 << 62)
+        self._max_time = _NEVER
+        self._closed_before = _NEVER
         self._references: dict[str, Reference] = {}
 
     def reference(self, metadata: ModelMetadata) -> Reference:
@@ -312,10 +313,9 @@ class PartitionDrift:
 
         A label goes to the window of its ``label_time``, or to the oldest open
         one if that has closed here: labels run days behind the transactions, and
-        none is dropped.
+        none is dropped. Only transactions move the windows' clock.
         """
         index = max(label_time // self.window_ms, self._closed_before)
-        self._max_time = max(self._max_time, label_time)
         if verdict is None:
             self._window((index, live_version)).labels_unknown += 1
             return
@@ -325,9 +325,21 @@ class PartitionDrift:
             counts.shadow_version = counts.shadow_version or verdict.shadow_model_version
             counts.shadow_labels[_DECISION_INDEX[verdict.shadow_decision], int(is_fraud)] += 1
 
-    def close(self) -> DriftPartial | None:
-        """The windows that ended before event time minus grace, once per window boundary."""
+    @property
+    def has_open_windows(self) -> bool:
+        """Whether counts are waiting for their window to close here."""
+        return bool(self._open)
+
+    def close(self, idle: bool = False) -> DriftPartial | None:
+        """The windows that ended before event time minus grace, once per window boundary.
+
+        ``idle``: the partition has gone quiet; close every open window now.
+        """
+        if self._max_time == _NEVER:
+            return None
         closed_before = (self._max_time - self.grace_ms) // self.window_ms
+        if idle and self._open:
+            closed_before = max(closed_before, max(index for index, _ in self._open) + 1)
         if closed_before <= self._closed_before:
             return None
         self._closed_before = closed_before
@@ -356,12 +368,12 @@ class DriftAggregator:
     ignore: frozenset[str] = frozenset()
     pending: dict[int, _Pending] = field(default_factory=dict)
     closed_before: dict[int, int] = field(default_factory=dict)
-    emitted_before: int = -(1 << 62)
+    emitted_before: int = _NEVER
     late_partials: int = 0
 
     def add(self, partial: DriftPartial, now: float) -> list[DriftSnapshot]:
         """Merge one partial; return the snapshots it completes."""
-        seen = self.closed_before.get(partial.partition, -(1 << 62))
+        seen = self.closed_before.get(partial.partition, _NEVER)
         self.closed_before[partial.partition] = max(seen, partial.closed_before)
         for (index, version), counts in partial.windows.items():
             if index < self.emitted_before and index not in self.pending:
@@ -387,7 +399,7 @@ class DriftAggregator:
     def _emit(self, now: float) -> list[DriftSnapshot]:
         everyone = (
             min(self.closed_before.values())
-            if len(self.closed_before) >= self.n_partitions else -(1 << 62)
+            if len(self.closed_before) >= self.n_partitions else _NEVER
         )
         out: list[DriftSnapshot] = []
         for index in sorted(self.pending):

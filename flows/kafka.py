@@ -53,7 +53,13 @@ class SinkRecord(NamedTuple):
 #: Consumer defaults (``FRAUD_KAFKA_*`` overrides them). A short fetch wait keeps latency
 #: low on brokers that hold a fetch for its whole wait (the embedded one does); the
 #: statistics feed the ``bytewax_kafka_consumer_lag`` gauge.
-SOURCE_DEFAULTS = {"fetch.wait.max.ms": "10", "statistics.interval.ms": "5000"}
+SOURCE_DEFAULTS = {
+    "fetch.wait.max.ms": "10",
+    "statistics.interval.ms": "5000",
+    # a resume offset already deleted by retention restarts at the oldest record kept,
+    # not at the end (librdkafka's default would skip everything still retained)
+    "auto.offset.reset": "earliest",
+}
 
 
 class _SourcePartition(StatefulSourcePartition[RawRecord, int]):

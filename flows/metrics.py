@@ -79,7 +79,7 @@ LABELS_UNKNOWN = Counter(
 )
 DRIFT_LATE = Counter(
     "fraud_drift_late_total",
-    "Rows, labels or partition partials that arrived after their drift window was closed.",
+    "Rows or partition partials that arrived after their drift window was handed on.",
 )
 DRIFT_SNAPSHOTS = Counter(
     "fraud_drift_snapshots_total", "Drift snapshots published, by completeness.", ["complete"]

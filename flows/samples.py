@@ -1,14 +1,16 @@
 """A small, deterministic sample of scored feature vectors, as Parquet, for ``just drift-report``.
 
 One :class:`SampleWriter` per input partition keeps the transactions whose id
-hashes below ``rate`` (CRC-32 of the UTF-8 id, so a replay samples the same
-rows) and writes them, with their score, decision and model version, to
+hashes below ``rate`` (CRC-32 of the UTF-8 id: which rows are sampled does
+not depend on timing or process) and writes them, with their score, decision and model version, to
 ``<directory>/partition=<p>/<first offset>-<last offset>.parquet`` once
 ``flush_rows`` rows are buffered or ``flush_seconds`` have passed since the
 first one. Files are written to a temporary name and renamed, so a reader
-never sees half a file. Flush boundaries depend on batch timing, so a replayed
-range may land in a second, overlapping file: readers deduplicate by
-transaction id (:mod:`training.drift_report` does).
+never sees half a file. Replayed offsets re-emit stored verdicts and are not
+offered again; a state rebuild from the topic re-samples the same ids, maybe in
+overlapping files, so readers deduplicate by transaction id
+(:mod:`training.drift_report` does). One directory per deployment: files are
+named by partition and offsets, not by topic.
 
 Rows still buffered when the writer is dropped or the process exits (the flow
 stops on SIGINT) are written by a finaliser; a hard kill loses at most one

@@ -25,6 +25,7 @@ renaming one orphans its snapshots.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import gc
@@ -76,12 +77,18 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, SinkRecord | DriftPartial, 
     Its snapshot is the store's last applied offset. On resume, a store *behind*
     that snapshot (a lost or stale state volume) would silently skip the
     transactions in between, so the step stops instead, saying what to do.
+
+    A partition idle for ``idle_seconds`` hands its open drift windows on, so the
+    end of a stream (or a quiet partition) does not hold them back forever; rows
+    for those windows that come later are counted as late.
     """
 
-    def __init__(self, open_scorer: Any, resume_offset: int | None) -> None:
+    def __init__(self, open_scorer: Any, resume_offset: int | None, idle_seconds: float) -> None:
         self._open_scorer = open_scorer
         self._resume_offset = resume_offset
+        self._idle_seconds = idle_seconds
         self._scorer: PartitionScorer | None = None
+        self._last_batch = time.time()
 
     def _open(self, partition: int) -> PartitionScorer:
         scorer: PartitionScorer = self._open_scorer(partition)
@@ -104,13 +111,26 @@ class _ScoreLogic(StatefulBatchLogic[PartitionEvent, SinkRecord | DriftPartial, 
         txns: list[Sourced[Transaction]] = [
             v.item for v in values if isinstance(v.item.value, Transaction)
         ]
+        self._last_batch = time.time()
         self._scorer.apply_labels(labels)
         verdicts = self._scorer.score(txns)
+        self._scorer.join_labels()
         out: list[SinkRecord | DriftPartial] = list(verdicts)
         partial = self._scorer.drift.close() if self._scorer.drift is not None else None
         if partial is not None:
             out.append(partial)
         return out, False
+
+    def notify_at(self) -> datetime | None:
+        drift = self._scorer.drift if self._scorer is not None else None
+        if drift is None or not drift.has_open_windows:
+            return None
+        return datetime.fromtimestamp(self._last_batch + self._idle_seconds, tz=UTC)
+
+    def on_notify(self) -> tuple[list[SinkRecord | DriftPartial], bool]:
+        drift = self._scorer.drift if self._scorer is not None else None
+        partial = drift.close(idle=True) if drift is not None else None
+        return ([partial] if partial is not None else []), False
 
     def snapshot(self) -> int:
         # RocksDB holds the state; Bytewax keeps this offset so a resume can check that
@@ -155,7 +175,7 @@ class _DriftLogic(StatefulBatchLogic[DriftPartial, DriftSnapshot, DriftAggregato
         return datetime.fromtimestamp(due, tz=UTC) if due is not None else None
 
     def snapshot(self) -> DriftAggregator:
-        return self._agg
+        return copy.deepcopy(self._agg)  # Bytewax pickles it later: hand over a frozen copy
 
 
 def drift_aggregator(
@@ -300,7 +320,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
         lambda e: str(e.partition),
     )
     verdicts = op.stateful_batch(
-        "score", events, lambda resume: _ScoreLogic(open_scorer, resume)
+        "score", events, lambda resume: _ScoreLogic(open_scorer, resume, drift.flush_seconds)
     )
     scored = op.branch(
         "split-drift", op.key_rm("unkey", verdicts),

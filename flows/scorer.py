@@ -13,6 +13,8 @@ bytes unchanged: same score, same decision, same model version, same times.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +33,8 @@ from state.verdicts import VerdictRecord
 from topics.contracts import Label, Prediction, ReasonCode, Transaction
 
 _encode = msgspec.json.Encoder().encode
+#: Labels queued for their verdict per partition; beyond it the oldest are joined early.
+MAX_UNJOINED = 100_000
 log = logging.getLogger(__name__)
 
 
@@ -52,19 +56,34 @@ class PartitionScorer:
         self.clock = clock
         self.drift = drift
         self.samples = samples
+        self._unjoined: list[tuple[int, int, Label]] = []  # heap by label time
+        self._seq = itertools.count()
+        self._event_time = -(1 << 62)  # newest transaction event time seen
 
     def apply_labels(self, labels: Sequence[Label]) -> None:
-        """Apply labels to merchant state (idempotent by transaction id); feed back the new ones.
-
-        Each new label is joined with its stored verdict for the label-feedback
-        metrics and the drift windows.
-        """
+        """Apply labels to merchant state (idempotent by id); queue new ones for feedback."""
         if not labels:
             return
         for label in labels:
             metrics.LABELS.labels(is_fraud=str(label.is_fraud).lower()).inc()
+        for label in self.store.apply_labels(labels):
+            heapq.heappush(self._unjoined, (label.label_time, next(self._seq), label))
+
+    def join_labels(self) -> None:
+        """Feed back queued labels whose time this partition's transactions have reached.
+
+        Waiting until then lets a label read ahead of its transaction (a backlog,
+        or the same batch) still find the verdict; one still without a verdict is
+        unknown. Beyond :data:`MAX_UNJOINED` queued labels the oldest are joined early.
+        """
+        due: list[Label] = []
+        queue = self._unjoined
+        while queue and (queue[0][0] <= self._event_time or len(queue) > MAX_UNJOINED):
+            due.append(heapq.heappop(queue)[2])
+        if not due:
+            return
         live = self.champion.current.version
-        for label, verdict in self.store.apply_labels(labels):
+        for label, verdict in zip(due, self.store.verdicts(due), strict=True):
             truth = "fraud" if label.is_fraud else "legit"
             if verdict is None:
                 metrics.LABELS_UNKNOWN.inc()
@@ -77,6 +96,7 @@ class PartitionScorer:
         """Verdicts for ``batch`` (one partition, offset order), fresh or re-emitted."""
         if not batch:
             return []
+        self._event_time = max(self._event_time, max(s.value.event_time for s in batch))
         started = time.perf_counter()
         fresh: set[int] = set()
         live = self.champion.poll()  # one model per batch: swaps happen between batches

@@ -11,7 +11,7 @@ first pass. Vectors are kept for ``StoreOptions.output_retention`` offsets.
 Labels are idempotent by transaction id (first label wins; markers swept after
 ``label_horizon_ms``). Each verdict can also be indexed by transaction id
 (:class:`~state.verdicts.VerdictRecord`, kept ``verdict_horizon_ms`` by event
-time, expired by whole days), so a label returns the verdict it judges.
+time, expired by whole days), so a label finds the verdict it judges.
 
 Memory: card states live on disk and are decoded per batch (one multi-get);
 decoded merchant states (few, hot) are also kept in a bounded write-through
@@ -58,13 +58,6 @@ class Rendered(NamedTuple):
 #: ``render(positions, features)``: what to store for the fresh items at ``positions``
 #: (indices into the batch), given their float32 feature rows.
 Render = Callable[[Sequence[int], np.ndarray], Rendered]
-
-
-class LabelJoin(NamedTuple):
-    """A label applied for the first time, with the verdict its transaction got (None: unknown)."""
-
-    label: Label
-    verdict: VerdictRecord | None
 
 
 def _vector_bytes(_positions: Sequence[int], features: np.ndarray) -> Rendered:
@@ -211,17 +204,12 @@ class PartitionStore:
         """Apply one label event (idempotent by transaction id)."""
         self.apply_labels([label])
 
-    def apply_labels(self, labels: Iterable[Label]) -> list[LabelJoin]:
-        """Apply label events in order, in one WriteBatch; repeats are ignored.
-
-        Returns the labels applied for the first time, each joined with the
-        verdict stored for its transaction (None when unknown or past the
-        verdict horizon).
-        """
+    def apply_labels(self, labels: Iterable[Label]) -> list[Label]:
+        """Apply label events in order, in one WriteBatch; return the new ones (not repeats)."""
         with self._cache_guard():
             return self._apply_labels(labels)
 
-    def _apply_labels(self, labels: Iterable[Label]) -> list[LabelJoin]:
+    def _apply_labels(self, labels: Iterable[Label]) -> list[Label]:
         batch = rocksdict.WriteBatch(raw_mode=True)
         merchants: dict[bytes, MerchantState] = {}
         seen: set[bytes] = set()
@@ -242,7 +230,7 @@ class PartitionStore:
             batch.put(key, merchant.encode())
         if seen:
             self._write(batch)
-        return self._join_verdicts(applied)
+        return applied
 
     def _index_verdicts(
         self, batch: rocksdict.WriteBatch, txns: list[Transaction],
@@ -261,11 +249,15 @@ class PartitionStore:
                                keys.verdict_day_key(keep_from))
             self._verdicts_expired_to = keep_from
 
-    def _join_verdicts(self, labels: list[Label]) -> list[LabelJoin]:
-        """Look each label's verdict up in the days its transaction can fall on (one multi-get)."""
+    def verdicts(self, labels: Sequence[Label]) -> list[VerdictRecord | None]:
+        """The verdict each label's transaction got, in one multi-get (None: unknown).
+
+        Unknown: not scored here (yet), or past the verdict horizon. Only the days
+        the transaction can fall on (the horizon before ``label_time``) are read.
+        """
         horizon = self._options.verdict_horizon_ms
         if not horizon or not labels:
-            return [LabelJoin(label, None) for label in labels]
+            return [None] * len(labels)
         spans = []
         lookup: list[Any] = []
         for label in labels:
@@ -275,11 +267,11 @@ class PartitionStore:
             spans.append((len(lookup), len(lookup) + len(days)))
             lookup.extend(keys.verdict_key(d, label.transaction_id) for d in days)
         found = cast(list[bytes | None], self._db.get(lookup)) if lookup else []
-        joins = []
-        for label, (lo, hi) in zip(labels, spans, strict=True):
+        out: list[VerdictRecord | None] = []
+        for lo, hi in spans:
             raw = next((v for v in found[lo:hi] if v is not None), None)
-            joins.append(LabelJoin(label, VerdictRecord.decode(raw) if raw is not None else None))
-        return joins
+            out.append(VerdictRecord.decode(raw) if raw is not None else None)
+        return out
 
     def sweep(self, now_ms: int) -> int:
         """Delete keys idle since before ``now_ms`` (event time) and old label markers.

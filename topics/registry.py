@@ -61,7 +61,7 @@ TOPICS: MappingProxyType[str, TopicSpec] = MappingProxyType(
             TopicSpec(
                 "drift",
                 DriftSnapshot,
-                key="model_version",
+                key="<window_start>/<model_version>",
                 partitions=1,
                 config=_config(retention_ms=str(30 * DAY_MS)),
                 description="Per-window data-drift snapshots.",

@@ -67,11 +67,12 @@ def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(
         return open_scorer
 
     labels_only: list = []
-    logic = _ScoreLogic(opener(tmp_path / "fresh"), resume_offset=-1)
+    logic = _ScoreLogic(opener(tmp_path / "fresh"), resume_offset=-1, idle_seconds=60)
     assert logic.on_batch([_label_event()]) == (labels_only, False)
     assert logic.snapshot() == -1
     with pytest.raises(StateError, match="delete both the state directory"):
-        _ScoreLogic(opener(tmp_path / "lost"), resume_offset=41).on_batch([_label_event()])
+        lost = _ScoreLogic(opener(tmp_path / "lost"), resume_offset=41, idle_seconds=60)
+        lost.on_batch([_label_event()])
 
 
 def _label_event():  # type: ignore[no-untyped-def]

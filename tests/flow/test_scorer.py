@@ -230,3 +230,33 @@ def test_replayed_offsets_without_a_stored_verdict_are_skipped_not_fatal(
     again = scorer.score(part)
     assert [v.value for v in again] == [v.value for v in first]
     assert REGISTRY.get_sample_value("fraud_replay_skipped_total") == skipped + 1
+
+
+def test_a_label_read_before_its_verdict_still_joins_it(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    part = [e for e in _partitioned(stream)[1] if isinstance(e, Sourced)][:300]
+    scorer = PartitionScorer(PartitionStore.open(tmp_path, 1), _source(tiny_model_dir))
+    version = scorer.champion.current.version
+
+    def feedback() -> float:
+        return sum(REGISTRY.get_sample_value("fraud_label_feedback_total", {
+            "model_version": version, "decision": d, "truth": "fraud"}) or 0.0
+            for d in ("approve", "review", "decline"))
+
+    def label(s: Sourced[Transaction]) -> Label:
+        txn = s.value
+        return Label(transaction_id=txn.transaction_id, card_id=txn.card_id,
+                     merchant_id=txn.merchant_id, is_fraud=True, label_time=txn.event_time)
+
+    joined, unknown = feedback(), REGISTRY.get_sample_value("fraud_labels_unknown_total") or 0
+    # labels for the last 100 transactions arrive first (a backlog on the transactions topic)
+    scorer.apply_labels([label(s) for s in part[200:]])
+    scorer.join_labels()
+    scorer.score(part[:200])
+    scorer.join_labels()
+    assert feedback() == joined  # their transactions' time has not come: still waiting
+    scorer.score(part[200:])
+    scorer.join_labels()
+    assert feedback() == joined + 100
+    assert REGISTRY.get_sample_value("fraud_labels_unknown_total") == unknown

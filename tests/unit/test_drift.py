@@ -95,11 +95,14 @@ def test_labels_give_precision_and_recall_per_model_version() -> None:
             record = VerdictRecord(0, 0.5, decision, "v1", "approve", "v2")
             part.add_label(10_000, fraud, record, live_version="v1")
     part.add_label(20_000, True, None, live_version="v1")
-    part.add_label(2 * W, False, None, live_version="v1")  # closes window 0
+    part.add_label(3 * W, False, None, live_version="v1")  # labels do not move the clock
+    assert part.close() is None
+    times, feats, scores = batch(1, 2 * W)
+    part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))  # closes 0 and 1
     partial = part.close()
     assert partial is not None
     agg = DriftAggregator(1, W, psi_threshold=0.2, min_count=100, flush_seconds=30)
-    (snap,) = agg.add(partial, now=0.0)
+    (snap,) = agg.add(partial, now=0.0)  # window 1 is empty: no snapshot
     fb = snap.labels
     assert fb is not None and snap.count == 0 and snap.score_psi is None
     assert (fb.fraud_declined, fb.fraud_reviewed, fb.fraud_approved) == (3, 1, 2)
@@ -114,9 +117,9 @@ def test_labels_give_precision_and_recall_per_model_version() -> None:
         "v2", 6, 0.0)
     assert feedback(np.zeros((3, 2), dtype=np.int64)) is None
     part.add_label(0, True, None, live_version="v1")  # its window has closed: the next open one
-    part.add_label(5 * W, False, None, live_version="v1")
-    late = part.close()
-    assert late is not None and late.windows[(2, "v1")].labels_unknown == 2
+    part.add_scored(META, times + W, feats, scores, META.thresholds.decide(scores))
+    late = part.close()  # closes window 2 (the late label), not 3 (the label at 3 W)
+    assert late is not None and late.windows[(2, "v1")].labels_unknown == 1
 
 
 def test_tail_prints_a_snapshot_on_one_line() -> None:
@@ -129,10 +132,25 @@ def test_tail_prints_a_snapshot_on_one_line() -> None:
     times, feats, scores = batch(300, 0, shift=3.0)
     part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
     part.add_label(W // 2, True, VerdictRecord(0, 0.9, "decline", "v1"), live_version="v1")
-    part.add_label(2 * W, True, None, live_version="v1")
+    part.add_scored(META, times[:1] + 2 * W, feats[:1], scores[:1],
+                    META.thresholds.decide(scores[:1]))
     partial = part.close()
     assert partial is not None
     (snap,) = agg.add(partial, now=0.0)
     line = summarize("drift", msgspec.json.encode(snap))
     assert "model=v1 n=300" in line and "alerts=a" in line
     assert "precision=1.000 recall=1.000" in line
+
+
+def test_an_idle_partition_hands_its_open_windows_on() -> None:
+    part = PartitionDrift(0, W, grace_ms=0)
+    times, feats, scores = batch(50, 3 * W)
+    part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
+    assert part.close() is not None  # windows before 3 close, the open one stays
+    assert part.has_open_windows
+    idle = part.close(idle=True)
+    assert idle is not None and list(idle.windows) == [(3, "v1")] and idle.closed_before == 4
+    assert not part.has_open_windows
+    # a row for the handed-on window now counts as late
+    assert part.add_scored(META, times[:2], feats[:2], scores[:2],
+                           META.thresholds.decide(scores[:2])) == 2

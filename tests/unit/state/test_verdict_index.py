@@ -42,23 +42,23 @@ def score(store: PartitionStore, start: int, txns: list[Transaction]) -> None:
 def test_label_returns_the_verdict_it_judges(tmp_path: Path) -> None:
     store = PartitionStore.open(tmp_path, 0)
     score(store, 0, [txn(0, T0), txn(1, T0 + 2 * DAY), txn(2, T0 + 9 * DAY)])
-    joins = store.apply_labels(
-        [label(1, T0 + 20 * DAY), label(2, T0 + 10 * DAY, fraud=False), label(9, T0 + 10 * DAY)]
-    )
-    assert [(j.label.transaction_id, j.verdict) for j in joins] == [
-        ("t1", VerdictRecord(T0 + 2 * DAY, np.float32(0.01).item(), "decline", "v1")),
-        ("t2", VerdictRecord(T0 + 9 * DAY, np.float32(0.02).item(), "approve", "v1")),
-        ("t9", None),  # never scored here: unknown, not an error
+    labels = [label(1, T0 + 20 * DAY), label(2, T0 + 10 * DAY, fraud=False),
+              label(9, T0 + 10 * DAY)]
+    assert store.apply_labels(labels) == labels
+    assert store.verdicts(labels) == [
+        VerdictRecord(T0 + 2 * DAY, np.float32(0.01).item(), "decline", "v1"),
+        VerdictRecord(T0 + 9 * DAY, np.float32(0.02).item(), "approve", "v1"),
+        None,  # never scored here: unknown, not an error
     ]
-    assert store.apply_labels([label(1, T0 + 21 * DAY)]) == []  # a repeat joins nothing
+    assert store.apply_labels([label(1, T0 + 21 * DAY)]) == []  # a repeat is not new
 
 
 def test_verdicts_expire_after_the_horizon(tmp_path: Path) -> None:
     store = PartitionStore.open(tmp_path, 0, StoreOptions(verdict_horizon_ms=5 * DAY))
     score(store, 0, [txn(0, T0)])
     score(store, 1, [txn(1, T0 + 7 * DAY)])  # moves the horizon past t0's day
-    joins = store.apply_labels([label(0, T0 + 1 * DAY), label(1, T0 + 8 * DAY)])
-    assert [j.verdict is not None for j in joins] == [False, True]
+    found = store.verdicts([label(0, T0 + 1 * DAY), label(1, T0 + 8 * DAY)])
+    assert [v is not None for v in found] == [False, True]
 
 
 def test_index_survives_a_reopen_and_can_be_disabled(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_index_survives_a_reopen_and_can_be_disabled(tmp_path: Path) -> None:
     score(store, 0, [txn(0, T0)])
     store.close()
     reopened = PartitionStore.open(tmp_path / "on", 0)
-    assert reopened.apply_labels([label(0, T0 + DAY)])[0].verdict is not None
+    assert reopened.verdicts([label(0, T0 + DAY)])[0] is not None
     off = PartitionStore.open(tmp_path / "off", 0, StoreOptions(verdict_horizon_ms=0))
     score(off, 0, [txn(0, T0)])
-    assert off.apply_labels([label(0, T0 + DAY)])[0].verdict is None
+    assert off.verdicts([label(0, T0 + DAY)]) == [None]
