@@ -126,7 +126,7 @@ def test_errors_name_the_fix(
     old.mkdir()
     (old / "model.onnx").write_bytes((tiny_model_dir / "model.onnx").read_bytes())
     assert main(["--model", str(old), "--samples", str(tmp_path)]) == 2
-    assert "re-export with `just export-onnx`" in capsys.readouterr().err
+    assert "just export-onnx --version <new>" in capsys.readouterr().err
 
     frame = pq.read_table(tiny_model_dir / "reference.parquet").slice(0, 5).to_pandas()
     frame.insert(0, "transaction_id", [f"t{i}" for i in range(5)])
