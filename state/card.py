@@ -20,7 +20,7 @@ import hashlib
 import math
 import struct
 
-from state.codec import Reader, header, open_reader
+from state.codec import Layout, Part
 from state.windows import NO_TIME, BucketWindow, LastSeen, TopCounts
 from topics.contracts import Transaction
 
@@ -36,8 +36,6 @@ NO_HISTORY_SECONDS = 2_592_000.0
 _MIN_TRAVEL_HOURS = 1.0 / 60.0
 _EARTH_KM = 6371.0088
 _VAR_EPS = 1e-12
-
-_LOC = struct.Struct("<qqddqq")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -83,8 +81,9 @@ class CardState:
         self.ctry_time = NO_TIME
         self.ctry = 0
 
-    def _windows(self) -> tuple[BucketWindow, ...]:
-        return (self.w1h, self.w24h, self.w7d, self.w30d)
+    def _parts(self) -> tuple[Part, ...]:
+        return (self.w1h, self.w24h, self.w7d, self.w30d, self.merchants, self.countries,
+                self.home)
 
     def expire(self, t_ms: int) -> None:
         """Forget everything if the card was idle for longer than :data:`IDLE_EVICT_MS`."""
@@ -95,29 +94,26 @@ class CardState:
         """Card features of spec v1 (in order) as of just before ``txn``."""
         t = txn.event_time
         self.expire(t)
-        for w in (self.w1h, self.w24h, self.w7d, self.w30d):
+        w1, w24, w7, w30 = self.w1h, self.w24h, self.w7d, self.w30d
+        for w in (w1, w24, w7, w30):
             if t // w.bucket_ms > w.bmax:
                 w.advance(t)
-        ref = t if t > self.last_time else self.last_time
+        last = self.last_time
+        ref = t if t > last else last
         # 10-min figures: the last 10 of the 1-h window's 1-minute buckets
-        recent = self.w1h.bmax - TEN_MINUTE_BUCKETS
-        n10m = small10m = 0.0
-        for b, entry in self.w1h.buckets.items():
-            if b > recent:
-                n10m += entry[0]
-                small10m += entry[3]
+        n10m, small10m = w1.since(w1.bmax - TEN_MINUTE_BUCKETS)
+        n1h, sum1h = w1.count, w1.total
+        n24, sum24 = w24.count, w24.total
+        n7, sum7 = w7.count, w7.total
+        n30, sum30, sq30 = w30.count, w30.total, w30.total_sq
         m1h, m24h = self.merchants.count_since2(ref - HOUR_MS, ref - DAY_MS)
         amount = txn.amount
-        w24, w7, w30 = self.w24h, self.w7d, self.w30d
-        mean24 = w24.total / w24.count if w24.count else 0.0
-        mean7 = w7.total / w7.count if w7.count else 0.0
-        n30 = w30.count
-        mean30 = w30.total / n30 if n30 else 0.0
-        var30 = w30.total_sq / n30 - mean30 * mean30 if n30 else 0.0
+        mean24 = sum24 / n24 if n24 else 0.0
+        mean7 = sum7 / n7 if n7 else 0.0
+        mean30 = sum30 / n30 if n30 else 0.0
+        var30 = sq30 / n30 - mean30 * mean30 if n30 else 0.0
         std30 = math.sqrt(var30) if var30 > _VAR_EPS * max(1.0, mean30 * mean30) else 0.0
-        since = (
-            NO_HISTORY_SECONDS if self.last_time == NO_TIME else max(0, t - self.last_time) / 1000.0
-        )
+        since = NO_HISTORY_SECONDS if last == NO_TIME else max(0, t - last) / 1000.0
         m = stable_hash(txn.merchant_id)
         new_merchant = 1.0 if self.merchants.last(m) <= ref - LONGEST_WINDOW_MS else 0.0
         speed = 0.0
@@ -132,12 +128,12 @@ class CardState:
             cross = 1.0 if home is not None and home != code else 0.0
         return [
             n10m,
-            self.w1h.count,
-            w24.count,
-            w7.count,
+            n1h,
+            n24,
+            n7,
             n30,
-            self.w1h.total,
-            w24.total,
+            sum1h,
+            sum24,
             mean24,
             mean7,
             mean30,
@@ -179,34 +175,22 @@ class CardState:
             self.loc_time, self.lat, self.lon = t, txn.lat, txn.lon
 
     def encode(self) -> bytes:
-        """Versioned compact bytes of this state."""
-        out = [header(), _LOC.pack(self.last_time, self.loc_time, self.lat, self.lon,
-                                   self.ctry_time, self.ctry)]
-        for w in self._windows():
-            w.encode(out)
-        self.merchants.encode(out)
-        self.countries.encode(out)
-        self.home.encode(out)
-        return b"".join(out)
+        """Versioned compact bytes of this state (see :mod:`state.codec`)."""
+        scalars = (self.last_time, self.loc_time, self.lat, self.lon, self.ctry_time, self.ctry)
+        return _LAYOUT.encode(scalars, self._parts())
 
     @classmethod
     def decode(cls, buf: bytes) -> CardState:
         """Rebuild a state from :meth:`encode` bytes."""
-        reader = open_reader(buf, "card")
+        values = _LAYOUT.decode_head(buf)
         state = cls()
-        state._load(reader)
+        (state.last_time, state.loc_time, state.lat, state.lon, state.ctry_time,
+         state.ctry) = values[1:7]
+        _LAYOUT.load(state._parts(), values, 7, buf)
         return state
 
-    def _load(self, reader: Reader) -> None:
-        fields = reader.unpack(_LOC)
-        self.last_time, self.loc_time = int(fields[0]), int(fields[1])  # type: ignore[call-overload]
-        self.lat, self.lon = float(fields[2]), float(fields[3])  # type: ignore[arg-type]
-        self.ctry_time, self.ctry = int(fields[4]), int(fields[5])  # type: ignore[call-overload]
-        for w in self._windows():
-            w.decode(reader)
-        self.merchants.decode(reader)
-        self.countries.decode(reader)
-        self.home.decode(reader)
+
+_LAYOUT = Layout("card", "qqddqq", CardState()._parts())
 
 
 def last_time_of(buf: bytes) -> int:

@@ -21,16 +21,55 @@ partition's slice of traffic; :func:`state.replay.replay` takes the same
 
 from __future__ import annotations
 
-import struct
+from array import array
 
 from state.card import DAY_MS, HOUR_MS, IDLE_EVICT_MS
-from state.codec import Reader, header, open_reader
-from state.windows import NO_TIME, BucketWindow
+from state.codec import Head, Layout, Part, load_pairs, pairs_array
+from state.windows import NO_TIME, CountWindow
 from topics.contracts import Transaction
 
 _FRAUD_HOURS = (24, 7 * 24, 30 * 24)
 _MAX_HOURS = _FRAUD_HOURS[-1]
-_HEAD = struct.Struct("<qqH")
+
+
+class FraudHours(dict[int, int]):
+    """Fraud labels per UTC label hour (hour -> count)."""
+
+    __slots__ = ()
+
+    head_codes = "H"
+
+    def head(self) -> tuple[int, ...]:
+        """Fixed encoding field: the number of hours."""
+        return (len(self),)
+
+    def body(self) -> array:
+        """Hours, then counts."""
+        return pairs_array(self)
+
+    def load(self, head: Head, i: int, body: memoryview, pos: int) -> tuple[int, int]:
+        """Restore from ``head[i]`` and the pairs at ``body[pos:]`` (see :mod:`state.codec`)."""
+        pairs, pos = load_pairs(body, pos, head[i])
+        self.update(pairs)
+        return i + 1, pos
+
+    def drop_until(self, cutoff: int) -> None:
+        """Forget the hours at or before ``cutoff``."""
+        for h in [h for h in self if h <= cutoff]:
+            del self[h]
+
+    def totals(self, before: int, after: tuple[int, ...]) -> tuple[int, int, int]:
+        """Labels in hours before ``before`` and after each of ``after`` (1 d, 7 d, 30 d)."""
+        lo1, lo7, lo30 = after
+        f1 = f7 = f30 = 0
+        for k, v in self.items():
+            if lo30 < k < before:
+                f30 += v
+                if k > lo7:
+                    f7 += v
+                    if k > lo1:
+                        f1 += v
+        return f1, f7, f30
 
 
 class MerchantState:
@@ -41,10 +80,13 @@ class MerchantState:
     def __init__(self) -> None:
         self.last_time = NO_TIME
         self.hmax = NO_TIME
-        self.w1d = BucketWindow(HOUR_MS, 24)
-        self.w7d = BucketWindow(6 * HOUR_MS, 28)
-        self.w30d = BucketWindow(DAY_MS, 30)
-        self.fraud: dict[int, int] = {}
+        self.w1d = CountWindow(HOUR_MS, 24)
+        self.w7d = CountWindow(6 * HOUR_MS, 28)
+        self.w30d = CountWindow(DAY_MS, 30)
+        self.fraud = FraudHours()
+
+    def _parts(self) -> tuple[Part, ...]:
+        return (self.w1d, self.w7d, self.w30d, self.fraud)
 
     def _expire(self, t_ms: int) -> None:
         if self.last_time != NO_TIME and t_ms - self.last_time > IDLE_EVICT_MS:
@@ -56,9 +98,7 @@ class MerchantState:
         h = t_ms // HOUR_MS
         if h > self.hmax:
             self.hmax = h
-            cutoff = h - _MAX_HOURS
-            if any(k <= cutoff for k in self.fraud):
-                self.fraud = {k: v for k, v in self.fraud.items() if k > cutoff}
+            self.fraud.drop_until(h - _MAX_HOURS)
 
     def features(self, txn: Transaction) -> list[float]:
         """Merchant features of spec v1 (in order) as of just before ``txn``."""
@@ -73,14 +113,7 @@ class MerchantState:
         if self.fraud:
             h = t // HOUR_MS
             ref = h if h > self.hmax else self.hmax
-            lo1, lo7, lo30 = (ref - n for n in _FRAUD_HOURS)
-            for k, v in self.fraud.items():
-                if k < h and k > lo30:
-                    f30 += v
-                    if k > lo7:
-                        f7 += v
-                        if k > lo1:
-                            f1 += v
+            f1, f7, f30 = self.fraud.totals(h, tuple(ref - n for n in _FRAUD_HOURS))
         return [
             c1,
             c7,
@@ -96,7 +129,7 @@ class MerchantState:
         self._expire(t)
         self._touch(t)
         for w in (self.w1d, self.w7d, self.w30d):
-            w.add(t, txn.amount, 0.0)
+            w.add(t)
 
     def add_fraud(self, label_time: int) -> None:
         """Count one fraud label known from ``label_time`` on (callers deduplicate labels)."""
@@ -107,31 +140,17 @@ class MerchantState:
             self.fraud[h] = self.fraud.get(h, 0) + 1
 
     def encode(self) -> bytes:
-        """Versioned compact bytes of this state."""
-        k = len(self.fraud)
-        out = [header(), _HEAD.pack(self.last_time, self.hmax, k)]
-        if k:
-            out.append(struct.pack(f"<{k}H{k}I", *(self.hmax - h for h in self.fraud),
-                                   *self.fraud.values()))
-        for w in (self.w1d, self.w7d, self.w30d):
-            w.encode(out)
-        return b"".join(out)
+        """Versioned compact bytes of this state (see :mod:`state.codec`)."""
+        return _LAYOUT.encode((self.last_time, self.hmax), self._parts())
 
     @classmethod
     def decode(cls, buf: bytes) -> MerchantState:
         """Rebuild a state from :meth:`encode` bytes."""
-        reader = open_reader(buf, "merchant")
+        values = _LAYOUT.decode_head(buf)
         state = cls()
-        state._load(reader)
+        state.last_time, state.hmax = values[1:3]
+        _LAYOUT.load(state._parts(), values, 3, buf)
         return state
 
-    def _load(self, reader: Reader) -> None:
-        last_time, hmax, k = reader.unpack(_HEAD)
-        self.last_time, self.hmax = int(last_time), int(hmax)  # type: ignore[call-overload]
-        assert isinstance(k, int)
-        if k:
-            vals = reader.unpack_fmt(f"<{k}H{k}I")
-            self.fraud = {self.hmax - int(vals[i]): int(vals[k + i])  # type: ignore[call-overload]
-                          for i in range(k)}
-        for w in (self.w1d, self.w7d, self.w30d):
-            w.decode(reader)
+
+_LAYOUT = Layout("merchant", "qq", MerchantState()._parts())

@@ -11,49 +11,73 @@ Time always comes from the events. Out-of-order handling, shared by every class:
   order) whenever buckets expire, so the same event sequence gives bit-identical
   floats whether the state stayed in memory or went through ``encode``/``decode``.
 
+Storage: a window keeps its buckets as one flat float64 array of records in
+insertion order; every aggregate encodes as a few fixed ``head`` fields (packed
+into its owner's one head struct) plus one ``body`` array, so a window's
+encode and decode are memory copies (see :mod:`state.codec`).
+
 >>> w = BucketWindow(bucket_ms=60_000, n_buckets=10)
->>> w.add(0, 3.0, 1.0); w.add(30_000, 2.0, 1.0); w.advance(600_000)
->>> (w.count, w.total)
+>>> w.add(0, 3.0, 1.0); w.add(30_000, 2.0, 1.0); (w.count, w.total)
+(2.0, 5.0)
+>>> w.advance(600_000); (w.count, w.total)
 (0.0, 0.0)
 """
 
 from __future__ import annotations
 
-import functools
-import struct
-from itertools import chain as _chain
+from array import array
+from functools import reduce
+from operator import add
 
-from state.codec import Reader
+from state.codec import Head, load_array, load_pairs, pairs_array
 
 NO_TIME = -(1 << 62)
 """Sentinel for "nothing seen yet" (bucket indices and epoch-ms times)."""
 
-_WIN_EMPTY = struct.Struct("<qH")
 
+class CountWindow:
+    """Sliding window of ``n_buckets`` time buckets counting events.
 
-@functools.cache
-def _win_full(k: int) -> struct.Struct:
-    """Encoder of a window holding ``k`` buckets (k is at most a window's bucket count)."""
-    return struct.Struct(f"<qH4d{k}q{4 * k}d")
+    ``data`` holds one record per non-empty bucket, ``[bucket, count]`` (bucket
+    indices are exact in float64), in insertion order.
+    """
 
-_SEEN_HEAD = struct.Struct("<H")
+    __slots__ = ("bucket_ms", "n", "bmax", "data", "count")
 
-
-class BucketWindow:
-    """Sliding window of ``n_buckets`` buckets: count, sum, sum of squares, small count."""
-
-    __slots__ = ("bucket_ms", "n", "bmax", "bmin", "buckets", "count", "total", "total_sq", "small")
+    STRIDE = 2
+    _ZERO = array("d", [0.0])  # the values of a new record
+    head_codes = "qHd"
 
     def __init__(self, bucket_ms: int, n_buckets: int) -> None:
         self.bucket_ms = bucket_ms
         self.n = n_buckets
         self.bmax = NO_TIME
-        self.bmin = -NO_TIME
-        self.buckets: dict[int, list[float]] = {}
+        self.data = array("d")
+        self._clear()
+    def _clear(self) -> None:
         self.count = 0.0
-        self.total = 0.0
-        self.total_sq = 0.0
-        self.small = 0.0
+
+    def _refold(self) -> None:
+        self.count = reduce(add, self.data[1 :: self.STRIDE], 0.0)
+
+    def head(self) -> tuple[int | float, ...]:
+        """Fixed encoding fields: end bucket, bucket count, window sums."""
+        return (self.bmax, len(self.data) // self.STRIDE, self.count)
+
+    def body(self) -> array:
+        """The bucket records."""
+        return self.data
+
+    def load(self, head: Head, i: int, body: memoryview, pos: int) -> tuple[int, int]:
+        """Restore from ``head[i:]`` and the records at ``body[pos:]`` (see :mod:`state.codec`)."""
+        self.bmax = head[i]
+        self.data, pos = load_array("d", body, pos, head[i + 1] * self.STRIDE)
+        n = len(self.head_codes)
+        self._load_sums(head[i + 2 : i + n])
+        return i + n, pos
+
+    def _load_sums(self, sums: Head) -> None:
+        (self.count,) = sums
 
     def advance(self, t_ms: int) -> None:
         """Move the window end to ``t_ms``'s bucket if that is later; drop expired buckets."""
@@ -61,84 +85,107 @@ class BucketWindow:
         if b <= self.bmax:
             return
         cutoff = b - self.n
-        if self.bmax <= cutoff:  # everything expired: the common case for a quiet key
-            self.bmax = b
-            if self.buckets:
-                self.buckets = {}
-                self.bmin = -NO_TIME
-                self.count = self.total = self.total_sq = self.small = 0.0
-            return
+        everything = self.bmax <= cutoff
         self.bmax = b
-        if self.bmin <= cutoff:
-            kept = {k: v for k, v in self.buckets.items() if k > cutoff}
-            self.buckets = kept
-            self.bmin = min(kept) if kept else -NO_TIME
-            self._refold()
+        data = self.data
+        if not data:
+            return
+        if everything:  # the common case for a quiet key
+            self.data = array("d")
+            self._clear()
+            return
+        s = self.STRIDE
+        if min(data[::s]) > cutoff:
+            return
+        i = 0  # expired buckets are usually the oldest records: drop that prefix
+        while i < len(data) and data[i] <= cutoff:
+            i += s
+        del data[:i]
+        if data and min(data[::s]) <= cutoff:  # late records further in
+            data[:] = array("d", [x for i in range(0, len(data), s) if data[i] > cutoff
+                                  for x in data[i : i + s]])
+        self._refold()
 
-    def add(self, t_ms: int, amount: float, small: float) -> None:
-        """Add one event (advancing first); an event older than the window is ignored."""
+    def _record(self, t_ms: int) -> int:
+        """Index of the record of ``t_ms``'s bucket (appended, zero, if new); -1 if too old."""
         b = t_ms // self.bucket_ms
         if b > self.bmax:
             self.advance(t_ms)
         elif b <= self.bmax - self.n:
+            return -1
+        data, s = self.data, self.STRIDE
+        i = len(data) - s  # the newest bucket is the usual target
+        if i >= 0 and data[i] == b:
+            return i
+        starts = data[::s]
+        if b in starts:
+            return starts.index(b) * s
+        data.append(b)
+        data += self._ZERO
+        return i + s
+
+    def add(self, t_ms: int) -> None:
+        """Count one event (advancing first); an event older than the window is ignored."""
+        i = self._record(t_ms)
+        if i >= 0:
+            self.data[i + 1] += 1.0
+            self.count += 1.0
+
+
+class BucketWindow(CountWindow):
+    """:class:`CountWindow` that also sums amounts, squared amounts and "small" flags.
+
+    Records are ``[bucket, count, total, total_sq, small]``.
+    """
+
+    __slots__ = ("total", "total_sq", "small")
+
+    STRIDE = 5
+    _ZERO = array("d", [0.0] * 4)
+    head_codes = "qHdddd"
+
+    def _clear(self) -> None:
+        self.count = self.total = self.total_sq = self.small = 0.0
+
+    def _refold(self) -> None:
+        data = self.data
+        self.count, self.total, self.total_sq, self.small = (
+            reduce(add, data[j::5], 0.0) for j in range(1, 5)
+        )
+
+    def head(self) -> tuple[int | float, ...]:
+        """Fixed encoding fields: end bucket, bucket count, window sums."""
+        return (self.bmax, len(self.data) // 5, self.count, self.total, self.total_sq,
+                self.small)
+
+    def _load_sums(self, sums: Head) -> None:
+        self.count, self.total, self.total_sq, self.small = sums
+
+    def add(self, t_ms: int, amount: float, small: float) -> None:  # type: ignore[override]
+        """Add one event (advancing first); an event older than the window is ignored."""
+        i = self._record(t_ms)
+        if i < 0:
             return
         sq = amount * amount
-        entry = self.buckets.get(b)
-        if entry is None:
-            self.buckets[b] = [1.0, amount, sq, small]
-            if b < self.bmin:
-                self.bmin = b
-        else:
-            entry[0] += 1.0
-            entry[1] += amount
-            entry[2] += sq
-            entry[3] += small
+        data = self.data
+        data[i + 1] += 1.0
+        data[i + 2] += amount
+        data[i + 3] += sq
+        data[i + 4] += small
         self.count += 1.0
         self.total += amount
         self.total_sq += sq
         self.small += small
 
-    def _refold(self) -> None:
-        count = total = total_sq = small = 0.0
-        for c, s, q, m in self.buckets.values():
-            count += c
-            total += s
-            total_sq += q
-            small += m
-        self.count, self.total, self.total_sq, self.small = count, total, total_sq, small
-
-    def encode(self, out: list[bytes]) -> None:
-        """Append this window's bytes to ``out``: end bucket, sums, bucket indices, bucket sums.
-
-        Buckets keep their insertion order (the order :meth:`_refold` sums them in).
-        """
-        buckets = self.buckets
-        k = len(buckets)
-        if not k:  # empty window: its sums are exactly 0.0
-            out.append(_WIN_EMPTY.pack(self.bmax, 0))
-            return
-        out.append(_win_full(k).pack(self.bmax, k, self.count, self.total, self.total_sq,
-                                     self.small, *buckets, *_chain.from_iterable(buckets.values())))
-
-    def decode(self, reader: Reader) -> None:
-        """Load this window's state from ``reader`` (the inverse of :meth:`encode`)."""
-        buf, pos = reader.buf, reader.pos
-        bmax, k = _WIN_EMPTY.unpack_from(buf, pos)
-        self.bmax = bmax
-        if not k:
-            reader.pos = pos + _WIN_EMPTY.size
-            self.buckets = {}
-            self.bmin = -NO_TIME
-            self.count = self.total = self.total_sq = self.small = 0.0
-            return
-        fmt = _win_full(k)
-        vals = fmt.unpack_from(buf, pos)
-        _, _, self.count, self.total, self.total_sq, self.small = vals[:6]
-        it = iter(vals[6 + k:])
-        rows = map(list, zip(it, it, it, it, strict=True))
-        self.buckets = buckets = dict(zip(vals[6:6 + k], rows, strict=True))
-        reader.pos = pos + fmt.size
-        self.bmin = min(buckets)
+    def since(self, bucket: int) -> tuple[float, float]:
+        """Count and small count over the buckets after ``bucket``."""
+        data = self.data
+        count = small = 0.0
+        for i in range(0, len(data), 5):
+            if data[i] > bucket:
+                count += data[i + 1]
+                small += data[i + 4]
+        return count, small
 
 
 class LastSeen:
@@ -152,10 +199,25 @@ class LastSeen:
 
     __slots__ = ("cap", "horizon_ms", "seen")
 
+    head_codes = "H"
+
     def __init__(self, cap: int, horizon_ms: int) -> None:
         self.cap = cap
         self.horizon_ms = horizon_ms
         self.seen: dict[int, int] = {}
+
+    def head(self) -> tuple[int, ...]:
+        """Fixed encoding field: the number of values."""
+        return (len(self.seen),)
+
+    def body(self) -> array:
+        """Value and time pairs."""
+        return pairs_array(self.seen)
+
+    def load(self, head: Head, i: int, body: memoryview, pos: int) -> tuple[int, int]:
+        """Restore from ``head[i]`` and the pairs at ``body[pos:]`` (see :mod:`state.codec`)."""
+        self.seen, pos = load_pairs(body, pos, head[i])
+        return i + 1, pos
 
     def count_since(self, since_ms: int) -> int:
         """Number of values whose latest time is after ``since_ms``."""
@@ -187,30 +249,32 @@ class LastSeen:
                 del kept[min(kept, key=lambda v: (kept[v], v))]
             self.seen = kept
 
-    def encode(self, out: list[bytes]) -> None:
-        """Append this map's bytes to ``out``."""
-        k = len(self.seen)
-        out.append(_SEEN_HEAD.pack(k))
-        if k:
-            out.append(struct.pack(f"<{k}q{k}q", *self.seen, *self.seen.values()))
-
-    def decode(self, reader: Reader) -> None:
-        """Load this map from ``reader``."""
-        (k,) = reader.unpack(_SEEN_HEAD)
-        assert isinstance(k, int)
-        vals = reader.unpack_fmt(f"<{k}q{k}q") if k else ()
-        self.seen = dict(zip(vals[:k], vals[k:], strict=True))  # type: ignore[arg-type]
-
 
 class TopCounts:
     """Bounded value -> count map with a mode; when full, the rarest value (then smallest) goes."""
 
     __slots__ = ("cap", "counts", "best")
 
+    head_codes = "Hq"
+
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.counts: dict[int, int] = {}
         self.best: int | None = None
+
+    def head(self) -> tuple[int, ...]:
+        """Fixed encoding fields: the number of values and the mode (0 when empty)."""
+        return (len(self.counts), 0 if self.best is None else self.best)
+
+    def body(self) -> array:
+        """Value and count pairs."""
+        return pairs_array(self.counts)
+
+    def load(self, head: Head, i: int, body: memoryview, pos: int) -> tuple[int, int]:
+        """Restore from ``head[i:i+2]`` and the pairs at ``body[pos:]`` (see :mod:`state.codec`)."""
+        self.counts, pos = load_pairs(body, pos, head[i])
+        self.best = head[i + 1] if self.counts else None
+        return i + 2, pos
 
     def mode(self) -> int | None:
         """The most frequent value (ties: the smallest), or None when empty."""
@@ -233,18 +297,3 @@ class TopCounts:
         best = self.best
         if best is None or (counts[value], -value) > (counts.get(best, 0), -best):
             self.best = value
-
-    def encode(self, out: list[bytes]) -> None:
-        """Append this map's bytes to ``out``."""
-        k = len(self.counts)
-        out.append(_SEEN_HEAD.pack(k))
-        if k:
-            out.append(struct.pack(f"<{k}q{k}I", *self.counts, *self.counts.values()))
-
-    def decode(self, reader: Reader) -> None:
-        """Load this map from ``reader``."""
-        (k,) = reader.unpack(_SEEN_HEAD)
-        assert isinstance(k, int)
-        vals = reader.unpack_fmt(f"<{k}q{k}I") if k else ()
-        self.counts = dict(zip(vals[:k], vals[k:], strict=True))  # type: ignore[arg-type]
-        self.best = self._argmax()
