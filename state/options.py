@@ -24,8 +24,9 @@ class StoreOptions:
     bottommost_compression: str = "zstd"
     bloom_bits_per_key: int = 10
     max_open_files: int = 256
-    #: Decoded merchant states kept in memory (write-through) per partition store.
-    merchant_cache: int = 10_000
+    #: Decoded merchant states kept in memory (write-through, least recently used evicted)
+    #: per partition store.
+    merchant_cache: int = 20_000
     #: Offsets whose emitted vectors are kept for replay (per partition).
     output_retention: int = 200_000
     #: Applied-label markers older than this (label time) are swept.

@@ -25,6 +25,7 @@ as replay), and :meth:`PartitionStore.sweep` deletes such keys from disk.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -336,15 +337,19 @@ class PartitionStore:
             raise
 
     def _load_merchants(self, key_list: list[bytes]) -> dict[bytes, MerchantState]:
+        """Merchant states from the cache (least recently used ones evicted) or the disk."""
         cache = self._merchants
-        found = {key: cache[key] for key in key_list if key in cache}
+        found = {key: cache.pop(key) for key in key_list if key in cache}
+        cache.update(found)  # re-inserted: most recently used last
         missing = [key for key in key_list if key not in found]
         if missing:
             loaded = self._load(missing, MerchantState)
             found.update(loaded)
-            if len(cache) + len(loaded) > self._options.merchant_cache:
-                cache.clear()
             cache.update(loaded)
+            excess = len(cache) - self._options.merchant_cache
+            if excess > 0:
+                for key in list(itertools.islice(cache, excess)):
+                    del cache[key]
         return found
 
     def _stored_output(self, offset: int) -> bytes | None:
