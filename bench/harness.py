@@ -206,6 +206,11 @@ class Env:
         env = {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
                "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
                "FRAUD_STATE_DIR": str(run / "state"), "FRAUD_MODEL_PATH": str(self.model),
+               "FRAUD_SAMPLE_DIR": str(run / "samples"),
+               # The bench streams weeks of event time in a minute: with the default
+               # 5-minute windows the flow would publish a drift snapshot per ~60
+               # transactions, a load no live stream has. One day per window here.
+               "FRAUD_DRIFT_WINDOW_SECONDS": "86400",
                "FRAUD_METRICS_PORT": "0", "FRAUD_LOG_LEVEL": "WARNING"}
         for logical, name in settings.topic_overrides.items():
             env[f"FRAUD_TOPIC_{logical.upper().replace('-', '_')}"] = name

@@ -116,10 +116,12 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
     """Every partition of one topic, from the beginning or the resumed offset."""
 
     def __init__(
-        self, settings: KafkaSettings, topic: str, *, tail: bool, batch_size: int
+        self, settings: KafkaSettings, topic: str, *, tail: bool, batch_size: int,
+        config: dict[str, str] | None = None,
     ) -> None:
         self._settings, self._topic = settings, topic
         self._tail, self._batch_size = tail, batch_size
+        self._config = config or {}
 
     def list_parts(self) -> list[str]:
         """Bytewax's partition names: ``<index>-<topic>``."""
@@ -135,6 +137,7 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
         index, topic = for_part.split("-", 1)
         config: dict[str, Any] = {
             **SOURCE_DEFAULTS,
+            **self._config,
             "group.id": "BYTEWAX_IGNORED",  # offsets live in Bytewax's recovery store
             "enable.auto.commit": False,
             "enable.partition.eof": not self._tail,
@@ -145,20 +148,24 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
 
 
 def source(
-    settings: KafkaSettings, logical: str, *, tail: bool = True, batch_size: int = 1000
+    settings: KafkaSettings, logical: str, *, tail: bool = True, batch_size: int = 1000,
+    config: dict[str, str] | None = None,
 ) -> LeanKafkaSource:
     """Read one registry topic from the beginning; offsets live in Bytewax's recovery store.
 
-    A consumer error stops the flow (it resumes from its last snapshot), so only
-    records reach the stream.
+    ``config`` overrides :data:`SOURCE_DEFAULTS` for this topic (``FRAUD_KAFKA_*``
+    still wins). A consumer error stops the flow (it resumes from its last
+    snapshot), so only records reach the stream.
     """
-    return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size)
+    return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size,
+                           config=config)
 
 
 def read(
-    step_id: str, flow: Dataflow, settings: KafkaSettings, logical: str, **options: int | bool
+    step_id: str, flow: Dataflow, settings: KafkaSettings, logical: str,
+    **options: int | bool | dict[str, str],
 ) -> Stream[RawRecord]:
-    """Input step over one registry topic."""
+    """Input step over one registry topic (``options``: see :func:`source`)."""
     return op.input(step_id, flow, source(settings, logical, **options))  # type: ignore[arg-type]
 
 

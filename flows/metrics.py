@@ -8,6 +8,7 @@ fed from librdkafka statistics.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
@@ -132,12 +133,17 @@ def serve(port: int, attempts: int = 16) -> int | None:
     return None
 
 
+@functools.cache
+def _feature_gauge(feature: str) -> Gauge:
+    return DRIFT_FEATURE_PSI.labels(feature=feature)
+
+
 def observe_snapshot(snap: DriftSnapshot) -> None:
     """Export a published drift snapshot as the gauges above."""
     DRIFT_SNAPSHOTS.labels(complete=str(snap.complete).lower()).inc()
     if snap.count and snap.score_psi is not None:
         for feature, value in snap.feature_psi.items():
-            DRIFT_FEATURE_PSI.labels(feature=feature).set(value)
+            _feature_gauge(feature).set(value)
         DRIFT_SCORE_PSI.set(snap.score_psi)
         DRIFT_ALERTS.set(len(snap.alerts))
         DRIFT_WINDOW_END.set(snap.window_end / 1000)

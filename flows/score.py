@@ -295,7 +295,9 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
         "decode-transactions", txn_msgs,
         TransactionDecoder(settings.max_message_bytes, settings.max_future_ms),
     )
-    label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels")
+    # Labels are days late anyway: a long fetch wait keeps 8 idle consumers cheap.
+    label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels",
+                            config={"fetch.wait.max.ms": "200"})
     labels = decode(
         "decode-labels", label_msgs,
         LabelDecoder(settings.max_message_bytes, settings.max_future_ms),
