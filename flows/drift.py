@@ -24,14 +24,18 @@ proportions floored at :data:`PSI_FLOOR`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from export.metadata import ModelMetadata
+from flows import metrics
 from state.verdicts import DECISIONS, VerdictRecord
 from topics.contracts import DriftSnapshot, LabelFeedback, ShadowSummary
 
 PSI_FLOOR = 1e-4
+#: Scored rows buffered per partition before they are counted (see PartitionDrift.add_scored).
+BUFFER_ROWS = 256
 _NEVER = -(1 << 62)
 _DECISION_INDEX = {d: i for i, d in enumerate(DECISIONS)}
 
@@ -261,6 +265,9 @@ class PartitionDrift:
         self._max_time = _NEVER
         self._closed_before = _NEVER
         self._references: dict[str, Reference] = {}
+        self._buffer: list[tuple[Any, ...]] = []
+        self._buffered = 0
+        self.late_rows = 0
 
     def reference(self, metadata: ModelMetadata) -> Reference:
         """The flattened reference of a model (built once per version)."""
@@ -282,8 +289,44 @@ class PartitionDrift:
         self, metadata: ModelMetadata, event_times: np.ndarray, features: np.ndarray,
         scores: np.ndarray, decisions: np.ndarray,
         shadow: tuple[str, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Count a scored batch; ``shadow`` is (version, scores, decisions).
+
+        Batches are buffered up to :data:`BUFFER_ROWS` rows and counted together:
+        counting costs about 100 µs per call whatever its size, and under light
+        load a batch is one or two transactions.
+        """
+        key = (metadata.model_version, shadow[0] if shadow is not None else None)
+        if self._buffer and self._buffer[0][0] != key:
+            self._count()
+        self._buffer.append((key, metadata, event_times, features, scores, decisions, shadow))
+        self._buffered += len(scores)
+        self._max_time = max(self._max_time, int(event_times.max()))
+        if self._buffered >= BUFFER_ROWS:
+            self._count()
+
+    def _count(self) -> None:
+        """Count the buffered batches (one model version, one shadow or none)."""
+        if not self._buffer:
+            return
+        batches, self._buffer, self._buffered = self._buffer, [], 0
+        metadata, shadow = batches[0][1], batches[0][6]
+        parts = list(zip(*(b[2:6] for b in batches), strict=True))
+        event_times, features, scores, decisions = (np.concatenate(p) for p in parts)
+        if shadow is not None:
+            shadow = (shadow[0], np.concatenate([b[6][1] for b in batches if b[6]]),
+                      np.concatenate([b[6][2] for b in batches if b[6]]))
+        late = self._count_rows(metadata, event_times, features, scores, decisions, shadow)
+        if late:
+            self.late_rows += late
+            metrics.DRIFT_LATE.inc(late)
+
+    def _count_rows(
+        self, metadata: ModelMetadata, event_times: np.ndarray, features: np.ndarray,
+        scores: np.ndarray, decisions: np.ndarray,
+        shadow: tuple[str, np.ndarray, np.ndarray] | None,
     ) -> int:
-        """Count a scored batch; ``shadow`` is (version, scores, decisions). Returns late rows."""
+        """Add rows to their windows; return the rows whose window has closed here."""
         ref = self.reference(metadata)
         windows = event_times // self.window_ms
         bins = ref.feature_bins(features)
@@ -303,7 +346,6 @@ class PartitionDrift:
                 version, s_scores, s_decisions = shadow
                 counts.add_shadow(version, scores[rows], s_scores[rows],
                                   s_decisions[rows] == decisions[rows])
-        self._max_time = max(self._max_time, int(event_times.max()))
         return late
 
     def add_label(
@@ -328,7 +370,7 @@ class PartitionDrift:
     @property
     def has_open_windows(self) -> bool:
         """Whether counts are waiting for their window to close here."""
-        return bool(self._open)
+        return bool(self._open or self._buffer)
 
     def close(self, idle: bool = False) -> DriftPartial | None:
         """The windows that ended before event time minus grace, once per window boundary.
@@ -338,6 +380,8 @@ class PartitionDrift:
         if self._max_time == _NEVER:
             return None
         closed_before = (self._max_time - self.grace_ms) // self.window_ms
+        if closed_before > self._closed_before or idle:
+            self._count()
         if idle and self._open:
             closed_before = max(closed_before, max(index for index, _ in self._open) + 1)
         if closed_before <= self._closed_before:

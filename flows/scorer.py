@@ -201,11 +201,9 @@ class PartitionScorer:
             pair = None
             if shadow is not None and shadow_scores is not None and shadow_decisions is not None:
                 pair = (shadow.version, shadow_scores, shadow_decisions)
-            late = self.drift.add_scored(
+            self.drift.add_scored(
                 live.model.metadata, event_times, features, scores, decisions, pair
             )
-            if late:
-                metrics.DRIFT_LATE.inc(late)
         if self.samples is not None:
             self.samples.offer(
                 [s.offset for s in items], [s.value.transaction_id for s in items],
