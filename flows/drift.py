@@ -377,8 +377,8 @@ class PartitionDrift:
 
         ``idle``: the partition has gone quiet; close every open window now.
         """
-        if self._max_time == _NEVER:
-            return None
+        if self._max_time == _NEVER and not (idle and self.has_open_windows):
+            return None  # no transaction yet: the clock has not started
         closed_before = (self._max_time - self.grace_ms) // self.window_ms
         if closed_before > self._closed_before or idle:
             self._count()

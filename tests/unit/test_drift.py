@@ -154,3 +154,12 @@ def test_an_idle_partition_hands_its_open_windows_on() -> None:
     # rows for the handed-on window now count as late (when the buffer is counted)
     part.add_scored(META, times[:2], feats[:2], scores[:2], META.thresholds.decide(scores[:2]))
     assert part.close(idle=True) is None and part.late_rows == 2
+
+
+def test_idle_close_of_a_partition_with_labels_only_empties_it() -> None:
+    part = PartitionDrift(0, W, grace_ms=0)
+    part.add_label(5 * W, True, None, live_version="v1")  # no transaction: no clock yet
+    assert part.close() is None and part.has_open_windows
+    idle = part.close(idle=True)
+    assert idle is not None and idle.windows[(5, "v1")].labels_unknown == 1
+    assert not part.has_open_windows  # so notify_at stops asking
