@@ -37,6 +37,7 @@ from topics.contracts import DriftSnapshot, Label, Prediction, Transaction
 from topics.produce import PRODUCER_DEFAULTS, produce_waiting
 from topics.progress import TokenBucket, format_duration
 from topics.settings import ConfigValue, KafkaSettings
+from topics.tail import read_topic
 from training.history import History, events
 from training.simulate import SimConfig, simulated_history
 
@@ -342,19 +343,8 @@ def _drive(
 
 def read_drift(settings: KafkaSettings, quiet_seconds: float = 2.0) -> list[DriftSnapshot]:
     """Every snapshot on the ``drift`` topic so far."""
-    options: dict[str, ConfigValue] = {"group.id": "demo-drift", "enable.auto.commit": False}
-    consumer = Consumer(settings.client_config(**options))
-    consumer.assign([TopicPartition(settings.topic("drift"), 0, 0)])
-    snaps: list[DriftSnapshot] = []
-    quiet_until = time.time() + quiet_seconds
-    while time.time() < quiet_until:
-        for msg in consumer.consume(500, 0.2):
-            value = msg.value()
-            if msg.error() is None and value is not None:
-                snaps.append(msgspec.json.decode(value, type=DriftSnapshot))
-                quiet_until = time.time() + quiet_seconds
-    consumer.close()
-    return snaps
+    records = read_topic(settings, settings.topic("drift"), timeout=quiet_seconds)
+    return [msgspec.json.decode(r.value, type=DriftSnapshot) for r in records if r.value]
 
 
 def drift_summary(settings: KafkaSettings) -> list[str]:

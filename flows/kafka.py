@@ -25,7 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from topics.admin import topic_partitions
+from topics.admin import partition_count
 from topics.errors import BrokerError
 from topics.produce import produce_waiting
 from topics.settings import KafkaSettings
@@ -125,10 +125,7 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
 
     def list_parts(self) -> list[str]:
         """Bytewax's partition names: ``<index>-<topic>``."""
-        count = topic_partitions(self._settings).get(self._topic, 0)
-        if not count:
-            raise BrokerError(f"topic {self._topic!r} does not exist; create the topics with "
-                              "`just topics` (python -m topics.admin)")
+        count = partition_count(self._settings, self._topic)
         return [f"{i}-{self._topic}" for i in range(count)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None

@@ -55,7 +55,7 @@ from state.errors import StateError
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from state.store import PartitionStore
-from topics.admin import topic_partitions
+from topics.admin import partition_count
 from topics.contracts import DriftSnapshot, Label, Transaction
 from topics.errors import ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
@@ -196,18 +196,6 @@ def drift_aggregator(
     )
 
 
-def transaction_partitions(settings: ScoringSettings) -> int:
-    """Partition count of the transactions topic; stop with a remedy if it does not exist."""
-    topic = settings.kafka.topic("transactions")
-    found = topic_partitions(settings.kafka).get(topic, 0)
-    if not found:
-        raise ConfigError(
-            f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
-            "create the topics with `just topics` (python -m topics.admin)"
-        )
-    return found
-
-
 def check_partitions(model: ScoringModel, settings: ScoringSettings, n_partitions: int) -> None:
     """Refuse a topic whose partition count differs from the one the model's features used."""
     trained_on = model.metadata.feature_partitions
@@ -257,7 +245,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     load_model(settings.model_path)  # before any network call: fail fast
     if settings.shadow_model_path is not None:
         load_model(settings.shadow_model_path)
-    parts = n_partitions or transaction_partitions(settings)
+    parts = n_partitions or partition_count(settings.kafka, settings.kafka.topic("transactions"))
     champion = model_source(settings, settings.model_path, parts, "champion")
     shadow = (
         model_source(settings, settings.shadow_model_path, parts, "shadow")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from topics.cli import run_cli
-from topics.errors import BrokerError
+from topics.errors import BrokerError, ConfigError
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
@@ -69,6 +69,17 @@ def topic_partitions(settings: KafkaSettings, timeout: float = 10.0) -> dict[str
             f"check {BOOTSTRAP_ENV} and that the broker is running"
         ) from exc
     return {name: len(meta.partitions) for name, meta in metadata.topics.items()}
+
+
+def partition_count(settings: KafkaSettings, topic: str) -> int:
+    """Partitions of ``topic`` (a real name); stop with a remedy if it does not exist."""
+    found = topic_partitions(settings).get(topic, 0)
+    if not found:
+        raise ConfigError(
+            f"topic {topic!r} does not exist on {settings.bootstrap_servers}; "
+            "create the topics with `just topics` (python -m topics.admin)"
+        )
+    return found
 
 
 def ensure_topic_states(
