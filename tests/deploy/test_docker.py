@@ -113,7 +113,7 @@ def test_rules_structure_without_promtool() -> None:
             assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule["alert"])
             assert rule["expr"].count("(") == rule["expr"].count(")")
             assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s"))
-            assert rule["labels"]["severity"] in {"warning", "critical"}
+            assert rule["labels"]["severity"] in {"info", "warning", "critical"}
 
 
 def test_grafana_provisioning_points_at_the_dashboard() -> None:
