@@ -1,6 +1,6 @@
 """Per-card behavioural state: event-time windows, distinct counters, last location.
 
-Bucket granularity (part of feature spec v1): 10 min and 1 h windows use
+Bucket granularity (part of the feature spec): 10 min and 1 h windows use
 1-minute buckets (10-min figures are the newest 10 buckets of the 1-h window),
 24 h uses 15-minute buckets, 7 d uses 6-hour buckets and
 30 d uses UTC-day buckets. A window of n buckets ending at bucket B holds the
@@ -11,6 +11,11 @@ merchants / 16 countries per card). "Previous" location and country are those
 of the card's newest located / country-bearing transaction. A card idle for
 more than :data:`IDLE_EVICT_MS` starts again from empty state, in memory and on
 disk alike (so a swept card and a stale one give the same features).
+
+Amounts are reference-currency amounts (:class:`~state.features.TxnInput`), so a
+card paying in several currencies has one consistent history. Zero-value
+authorisations count in every window like any transaction; they are also counted
+on their own over 24 h (15-minute buckets), the card-testing signal.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import functools
 import hashlib
 import math
 import struct
+from typing import TYPE_CHECKING
 
 from state.codec import Layout, Part
-from state.windows import NO_TIME, BucketWindow, LastSeen, TopCounts
-from topics.contracts import Transaction
+from state.windows import NO_TIME, BucketWindow, CountWindow, LastSeen, TopCounts
+
+if TYPE_CHECKING:
+    from state.features import TxnInput
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -63,7 +71,7 @@ class CardState:
 
     __slots__ = (
         "last_time", "w1h", "w24h", "w7d", "w30d", "merchants", "countries", "home",
-        "loc_time", "lat", "lon", "ctry_time", "ctry",
+        "loc_time", "lat", "lon", "ctry_time", "ctry", "zero24h",
     )
 
     def __init__(self) -> None:
@@ -80,22 +88,23 @@ class CardState:
         self.lon = 0.0
         self.ctry_time = NO_TIME
         self.ctry = 0
+        self.zero24h = CountWindow(15 * MINUTE_MS, 96)
 
     def _parts(self) -> tuple[Part, ...]:
         return (self.w1h, self.w24h, self.w7d, self.w30d, self.merchants, self.countries,
-                self.home)
+                self.home, self.zero24h)
 
     def expire(self, t_ms: int) -> None:
         """Forget everything if the card was idle for longer than :data:`IDLE_EVICT_MS`."""
         if self.last_time != NO_TIME and t_ms - self.last_time > IDLE_EVICT_MS:
             self.__init__()  # type: ignore[misc]
 
-    def features(self, txn: Transaction) -> list[float]:
-        """Card features of spec v1 (in order) as of just before ``txn``."""
+    def features(self, txn: TxnInput) -> list[float]:
+        """Card features of the spec (in order) as of just before ``txn``."""
         t = txn.event_time
         self.expire(t)
-        w1, w24, w7, w30 = self.w1h, self.w24h, self.w7d, self.w30d
-        for w in (w1, w24, w7, w30):
+        w1, w24, w7, w30, z24 = self.w1h, self.w24h, self.w7d, self.w30d, self.zero24h
+        for w in (w1, w24, w7, w30, z24):
             if t // w.bucket_ms > w.bmax:
                 w.advance(t)
         last = self.last_time
@@ -138,7 +147,7 @@ class CardState:
             mean7,
             mean30,
             std30,
-            amount / mean30 if n30 else 1.0,
+            amount / mean30 if mean30 > 0.0 else (1.0 + amount if n30 else 1.0),
             (amount - mean30) / std30 if std30 else 0.0,
             since,
             float(m1h),
@@ -149,9 +158,10 @@ class CardState:
             speed,
             changed,
             cross,
+            z24.count,
         ]
 
-    def update(self, txn: Transaction) -> None:
+    def update(self, txn: TxnInput) -> None:
         """Add ``txn`` to the card's state."""
         t = txn.event_time
         self.expire(t)
@@ -163,6 +173,8 @@ class CardState:
         self.w24h.add(t, amount, small)
         self.w7d.add(t, amount, small)
         self.w30d.add(t, amount, small)
+        if amount == 0.0:
+            self.zero24h.add(t)
         ref = self.last_time
         self.merchants.add(stable_hash(txn.merchant_id), t, ref)
         if txn.country is not None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from state.errors import StateFormatError
 
 #: Leading byte of every encoded key state; bump when the layout changes.
-STATE_FORMAT_VERSION = 3
+STATE_FORMAT_VERSION = 4
 
 Head = tuple[Any, ...]
 """Unpacked head values (ints and floats, as the struct codes say)."""

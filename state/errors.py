@@ -17,3 +17,11 @@ class ReplayGapError(StateError):
 
 class StoreIOError(StateError):
     """RocksDB could not open or write a partition's state directory."""
+
+
+class StateIdentityError(StateError):
+    """A state store belongs to another topic (or shard, or role) than the one asked for."""
+
+
+class StaleStateError(StateError):
+    """A state store is behind the recovery snapshot the flow resumed from."""

@@ -1,15 +1,23 @@
-"""The one feature path: read a transaction's spec-v1 row, then apply it to the state.
+"""The one feature path: read a transaction's spec row, then apply it to the state.
 
-Both :mod:`state.replay` (training) and :mod:`state.store` (streaming) call
-:func:`step`, so the rows agree bit for bit for the same history.
+Both :mod:`state.replay` (training) and the stream's stores
+(:mod:`state.card_store`, :mod:`state.merchant_store`) call these functions, so
+the rows agree bit for bit for the same history in the same order.
+
+A row has three groups (:data:`CARD_COLUMNS`, :data:`MERCHANT_COLUMNS`,
+:data:`CONTEXT_COLUMNS`): the card stage computes the first, the merchant stage
+the second and third. Features read a :class:`TxnInput`, not the wire
+contract: the amount is already in the reference currency and the event time is
+the one the stream uses (see :func:`txn_input`).
 """
 
 from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from state.card import DAY_MS, HOUR_MS, CardState
 from state.merchant import MerchantState
@@ -20,6 +28,32 @@ CHANNEL_CODES: dict[str | None, float] = {None: 0.0, "pos": 1.0, "ecom": 2.0, "a
                                           "moto": 4.0}
 ENTRY_MODE_CODES: dict[str | None, float] = {None: 0.0, "chip": 1.0, "contactless": 2.0,
                                              "swipe": 3.0, "manual": 4.0, "ecom": 5.0}
+
+#: ``amount_of(txn)``: the transaction's amount in the reference currency.
+AmountFn = Callable[[Transaction], float]
+
+
+class TxnInput(NamedTuple):
+    """What the features read from one transaction."""
+
+    event_time: int
+    """Epoch ms the windows use (the stream may clamp a time far ahead of its record)."""
+    amount: float
+    """Amount in the reference currency, major units (0 for a zero-value authorisation)."""
+    merchant_id: str
+    country: str | None
+    lat: float | None
+    lon: float | None
+    channel: str | None
+    entry_mode: str | None
+
+
+def txn_input(txn: Transaction, amount: float, event_time: int | None = None) -> TxnInput:
+    """The feature input of ``txn`` with its reference ``amount`` (and effective event time)."""
+    return TxnInput(
+        txn.event_time if event_time is None else event_time, amount, txn.merchant_id,
+        txn.country, txn.lat, txn.lon, txn.channel, txn.entry_mode,
+    )
 
 
 @contextmanager
@@ -38,8 +72,8 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def context_features(txn: Transaction) -> list[float]:
-    """Features of the transaction alone (spec v1 context group, in order)."""
+def context_features(txn: TxnInput) -> list[float]:
+    """Features of the transaction alone (the spec's context group, in order)."""
     t = txn.event_time
     hour = (t // HOUR_MS) % 24
     dow = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
@@ -55,27 +89,19 @@ def context_features(txn: Transaction) -> list[float]:
     ]
 
 
-def card_step(card: CardState, txn: Transaction) -> list[float]:
+def card_step(card: CardState, txn: TxnInput) -> list[float]:
     """The card group of ``txn``'s row as of just before it; then apply ``txn`` to the card."""
     row = card.features(txn)
     card.update(txn)
     return row
 
 
-def merchant_step(merchant: MerchantState, txn: Transaction) -> list[float]:
-    """The merchant group of ``txn``'s row as of just before it; then count ``txn``."""
+def merchant_step(merchant: MerchantState, txn: TxnInput) -> list[float]:
+    """The merchant and context groups of ``txn``'s row as of just before it; then count it."""
     row = merchant.features(txn)
     merchant.update(txn)
+    row += context_features(txn)
     return row
-
-
-def step(card: CardState, merchant: MerchantState, txn: Transaction) -> list[float]:
-    """Return ``txn``'s full row as of just before it, then apply ``txn`` to both states.
-
-    Card and merchant states are independent, so the groups may also be computed
-    separately (:mod:`state.replay` does, card by card) with identical results.
-    """
-    return card_step(card, txn) + merchant_step(merchant, txn) + context_features(txn)
 
 
 def _group_width(prefix: str) -> int:
@@ -86,7 +112,9 @@ def _group_width(prefix: str) -> int:
     return width
 
 
-#: Column slices of the three groups in a spec-v1 row: card, merchant, context.
+#: Column slices of the three groups in a spec row: card, merchant, context.
 CARD_COLUMNS = slice(0, _group_width("card_"))
 MERCHANT_COLUMNS = slice(CARD_COLUMNS.stop, CARD_COLUMNS.stop + _group_width("merchant_"))
 CONTEXT_COLUMNS = slice(MERCHANT_COLUMNS.stop, N_FEATURES)
+#: Width of the merchant stage's part of a row (merchant and context groups).
+MERCHANT_STAGE_WIDTH = N_FEATURES - CARD_COLUMNS.stop

@@ -1,18 +1,32 @@
-r"""RocksDB key encoding for one partition store: the only place that knows key layout.
+r"""RocksDB key encoding of the state stores: the only place that knows key layout.
 
-Keys are a one-byte prefix followed by a UTF-8 id or a big-endian unsigned
-integer (so offsets and times sort numerically):
+Keys are a one-byte prefix followed by a UTF-8 id or big-endian unsigned
+integers (so days and sequence numbers sort numerically).
+
+Card store (:mod:`state.card_store`), one per card shard:
 
 * ``c<card_id>`` -> encoded :class:`~state.card.CardState`
-* ``m<merchant_id>`` -> encoded :class:`~state.merchant.MerchantState`
-* ``o<offset:u64>`` -> float32 feature vector emitted for that input offset
-* ``l<transaction_id>`` -> label_time (u64) of the first label applied for it
-* ``v<event day:u32><transaction_id>`` -> :class:`~state.verdicts.VerdictRecord`
-  (day-bucketed so expiry is one ``delete_range`` per day)
-* ``~meta/<name>`` -> store metadata (last applied offset, versions)
+* ``s<transaction_id>`` -> :class:`~state.records.Seen` (the transaction was applied)
 
->>> offset_key(258)
-b'o\x00\x00\x00\x00\x00\x00\x01\x02'
+Merchant store (:mod:`state.merchant_store`), one per merchant shard:
+
+* ``m<merchant_id>`` -> encoded :class:`~state.merchant.MerchantState`
+* ``v<transaction_id>`` -> :class:`~state.records.Verdict` (its verdict bytes and more)
+* ``r<seq:u64>`` -> :class:`~state.records.Recent` (features of a recent verdict, for
+  recounting drift after a crash)
+* ``l<transaction_id>`` -> :class:`~state.records.LabelMark` (the first label applied)
+* ``p<transaction_id>`` -> a label waiting for its transaction (JSON of the contract)
+
+Both:
+
+* ``x<expiry day:u32><prefix><id>`` -> empty: delete ``<prefix><id>`` once the
+  store's event time reaches that UTC day (one range per day)
+* ``~meta/<name>`` -> store metadata (format, identity, sequence number)
+
+>>> seq_key(258)
+b'r\x00\x00\x00\x00\x00\x00\x01\x02'
+>>> expiry_key(20_000, SEEN, "t1")
+b'x\x00\x00N st1'
 """
 
 from __future__ import annotations
@@ -24,14 +38,19 @@ _U32 = struct.Struct(">I")
 DAY_MS = 86_400_000
 
 CARD = b"c"
+SEEN = b"s"
 MERCHANT = b"m"
-OUTPUT = b"o"
-LABEL = b"l"
 VERDICT = b"v"
+RECENT = b"r"
+LABEL = b"l"
+PENDING = b"p"
+EXPIRY = b"x"
 META = b"~meta/"
 
-LAST_OFFSET_KEY = META + b"last_offset"
 FORMAT_KEY = META + b"format"
+IDENTITY_KEY = META + b"identity"
+SEQ_KEY = META + b"seq"
+EXPIRED_KEY = META + b"expired_day"
 
 
 def card_key(card_id: str) -> bytes:
@@ -44,29 +63,29 @@ def merchant_key(merchant_id: str) -> bytes:
     return MERCHANT + merchant_id.encode()
 
 
-def offset_key(offset: int) -> bytes:
-    """Key of the output stored for an input offset."""
-    return OUTPUT + _U64.pack(offset)
+def txn_key(prefix: bytes, transaction_id: str) -> bytes:
+    """Key of a per-transaction record (``SEEN``, ``VERDICT``, ``LABEL`` or ``PENDING``)."""
+    return prefix + transaction_id.encode()
 
 
-def label_key(transaction_id: str) -> bytes:
-    """Key marking a label as applied."""
-    return LABEL + transaction_id.encode()
+def seq_key(seq: int) -> bytes:
+    """Key of the recent record written at sequence number ``seq``."""
+    return RECENT + _U64.pack(seq)
 
 
-def verdict_key(event_day: int, transaction_id: str) -> bytes:
-    """Key of the verdict given to a transaction whose event time falls on ``event_day``."""
-    return VERDICT + _U32.pack(event_day) + transaction_id.encode()
+def expiry_key(day: int, prefix: bytes, transaction_id: str) -> bytes:
+    """Index entry that deletes ``txn_key(prefix, transaction_id)`` on UTC ``day``."""
+    return EXPIRY + _U32.pack(day) + prefix + transaction_id.encode()
 
 
-def verdict_day_key(event_day: int) -> bytes:
-    """First verdict key of ``event_day`` (for range deletes)."""
-    return VERDICT + _U32.pack(event_day)
+def expiry_day_key(day: int) -> bytes:
+    """First index key of UTC ``day`` (for scans and range deletes)."""
+    return EXPIRY + _U32.pack(day)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """Smallest key after every key starting with the one-byte ``prefix``."""
-    return bytes([prefix[0] + 1])
+def expired_target(index_key: bytes) -> bytes:
+    """The key an expiry index entry deletes."""
+    return index_key[1 + _U32.size:]
 
 
 def pack_u64(value: int) -> bytes:

@@ -1,50 +1,84 @@
-"""Per-merchant state: transaction counts and fraud labels in event-time windows.
+"""Per-merchant state over all traffic: transaction counts and fraud labels in event time.
 
-Windows (part of feature spec v1): 1 d at 1-hour buckets, 7 d at 6-hour buckets,
-30 d at UTC-day buckets, ending at the merchant's newest transaction time.
+One :class:`MerchantState` sees every transaction of its merchant, whichever
+card partition it came from: the flow keys its merchant stage by merchant, and
+the offline replay runs each merchant's events in stream order.
 
-Fraud labels count at their ``label_time`` (when the fraud became known), never
-at the time of the transaction they label, and only from the *next* UTC hour
-on: a transaction at time t counts fraud labels whose label hour is before t's
-hour and inside the window. So no label later than t can leak into t's
-features, and the same history replayed gives the same rates. Rates are fraud
-labels / transactions of the window (0 without transactions), capped at 1.
+**Anchored, closed windows.** Records from different card partitions reach a
+merchant in an order that depends on how fast each partition is read, so its
+features must not depend on that order. Every merchant feature of a transaction
+in bucket ``b`` therefore counts only buckets that ended one bucket before ``b``
+began: ``merchant_count_1d`` counts the 24 whole hours ``b-25 .. b-2`` (hour
+buckets), ``merchant_count_7d`` 28 six-hour buckets, ``merchant_count_30d`` 30
+UTC days, each ending two buckets before the transaction's own. Nothing a
+transaction reads can still change unless a partition lags more than one bucket
+(one hour for the 1-day window) behind another, so a live stream, a paced one and
+a backlog give the same merchant features, and so does the offline replay in
+event-time order. Windows are anchored at the transaction's own time, never at
+the merchant's newest, so a late transaction reads what it would have read on
+time, up to :data:`LATENESS` buckets late.
 
-Partitioning: a merchant's transactions arrive in every card partition.
-Each :class:`~state.store.PartitionStore` keeps merchant state for the
-transactions of its own input partition, and the flow must route each label to
-the partition that owns ``label.card_id`` (the same partitioner as the
-transactions topic). Merchant features are therefore computed over the
-partition's slice of traffic; :func:`state.replay.replay` takes the same
-``n_partitions`` / partitioner so training sees exactly what the stream sees.
+**Labels never move a clock** and are counted by when they became known: a
+fraud label is kept under its UTC label hour, and, once its transaction's UTC day
+is known, under that day too. A transaction counts labels whose label hour ended
+one hour before its own hour began, so a label read ahead of the stream (a
+backlog, a replay, a catch-up after an outage) waits, in effect, for its time.
+
+Two kinds of rate (spec v2):
+
+* ``merchant_fraud_rate_{1d,7d,30d}``: fraud labels whose label hour falls in the
+  24, 168 or 720 hours ending two hours before this one, over the matching
+  transaction count (capped at 1; 0 without transactions);
+* ``merchant_risk_aligned_{1d,7d,30d}``: frauds among the merchant's transactions
+  of the 1, 7 or 30 UTC days that ended :data:`~state.spec.LABEL_DELAY_DAYS` days
+  before this transaction's day, counting labels known by then (label hour two
+  hours before this one), over those days' transaction count. By then most of
+  those days' fraud has been reported, so this reads a merchant's true fraud
+  rate rather than the labels that happened to arrive lately (delay-aligned
+  features, after Le Borgne et al., "Reproducible Machine Learning for Credit
+  Card Fraud Detection - Practical Handbook", 2022, ch. 3 and 5: the feedback
+  delay shifts what a detector can know).
 """
 
 from __future__ import annotations
 
 from array import array
+from typing import TYPE_CHECKING
 
-from state.card import DAY_MS, HOUR_MS, IDLE_EVICT_MS
+from state.card import DAY_MS, HOUR_MS
 from state.codec import Head, Layout, Part, load_pairs, pairs_array
+from state.spec import LABEL_DELAY_DAYS
 from state.windows import NO_TIME, CountWindow
-from topics.contracts import Transaction
 
+if TYPE_CHECKING:
+    from state.features import TxnInput
+
+#: Buckets a transaction may arrive behind the merchant's newest and still read
+#: exactly what it would have read on time.
+LATENESS = 2
+_GAP = 2  # a window ends this many buckets before the transaction's own (b - 2)
+_COUNT_WINDOWS = ((HOUR_MS, 24), (6 * HOUR_MS, 28), (DAY_MS, 30))
 _FRAUD_HOURS = (24, 7 * 24, 30 * 24)
-_MAX_HOURS = _FRAUD_HOURS[-1]
+_ALIGNED_DAYS = (1, 7, 30)
+#: Daily buckets kept: the label delay plus the longest aligned window, the gap and lateness.
+_DAY_BUCKETS = LABEL_DELAY_DAYS + _ALIGNED_DAYS[-1] + _GAP + LATENESS
+_HOUR_KEEP = _FRAUD_HOURS[-1] + _GAP + LATENESS * 24
+_HOUR_BITS = 21  # label hours since 1970 stay below 2**21 until the 2200s
 
 
-class FraudHours(dict[int, int]):
-    """Fraud labels per UTC label hour (hour -> count)."""
+class Counts(dict[int, int]):
+    """A bounded int -> count map stored as one flat int64 body (see :mod:`state.codec`)."""
 
     __slots__ = ()
 
     head_codes = "H"
 
     def head(self) -> tuple[int, ...]:
-        """Fixed encoding field: the number of hours."""
+        """Fixed encoding field: the number of entries."""
         return (len(self),)
 
     def body(self) -> array:
-        """Hours, then counts."""
+        """Keys, then counts."""
         return pairs_array(self)
 
     def load(self, head: Head, i: int, body: memoryview, pos: int) -> tuple[int, int]:
@@ -53,67 +87,77 @@ class FraudHours(dict[int, int]):
         self.update(pairs)
         return i + 1, pos
 
-    def drop_until(self, cutoff: int) -> None:
-        """Forget the hours at or before ``cutoff``."""
-        for h in [h for h in self if h <= cutoff]:
-            del self[h]
+    def drop_below(self, cutoff: int) -> None:
+        """Forget the keys at or below ``cutoff``."""
+        for k in [k for k in self if k <= cutoff]:
+            del self[k]
 
-    def totals(self, before: int, after: tuple[int, ...]) -> tuple[int, int, int]:
-        """Labels in hours before ``before`` and after each of ``after`` (1 d, 7 d, 30 d)."""
-        lo1, lo7, lo30 = after
-        f1 = f7 = f30 = 0
-        for k, v in self.items():
-            if lo30 < k < before:
-                f30 += v
-                if k > lo7:
-                    f7 += v
-                    if k > lo1:
-                        f1 += v
-        return f1, f7, f30
+    def bump(self, key: int) -> None:
+        """Count one more under ``key``."""
+        self[key] = self.get(key, 0) + 1
+
+
+def _aligned_key(txn_day: int, label_hour: int) -> int:
+    return (txn_day << _HOUR_BITS) | label_hour
 
 
 class MerchantState:
     """Counts and fraud labels of one merchant; ``features`` before a txn, ``update`` after."""
 
-    __slots__ = ("last_time", "hmax", "w1d", "w7d", "w30d", "fraud")
+    __slots__ = ("hmax", "hours", "quarters", "days", "fraud", "aligned")
 
     def __init__(self) -> None:
-        self.last_time = NO_TIME
         self.hmax = NO_TIME
-        self.w1d = CountWindow(HOUR_MS, 24)
-        self.w7d = CountWindow(6 * HOUR_MS, 28)
-        self.w30d = CountWindow(DAY_MS, 30)
-        self.fraud = FraudHours()
+        """Hour of the newest transaction (retention only: no feature reads it)."""
+        (h, nh), (q, nq), (d, nd) = _COUNT_WINDOWS
+        self.hours = CountWindow(h, nh + _GAP + LATENESS)
+        self.quarters = CountWindow(q, nq + _GAP + LATENESS)
+        self.days = CountWindow(d, _DAY_BUCKETS)
+        self.fraud = Counts()
+        """Fraud labels per UTC label hour."""
+        self.aligned = Counts()
+        """Fraud labels per (UTC day of the transaction, UTC label hour), packed in one int."""
 
     def _parts(self) -> tuple[Part, ...]:
-        return (self.w1d, self.w7d, self.w30d, self.fraud)
+        return (self.hours, self.quarters, self.days, self.fraud, self.aligned)
 
-    def _expire(self, t_ms: int) -> None:
-        if self.last_time != NO_TIME and t_ms - self.last_time > IDLE_EVICT_MS:
-            self.__init__()  # type: ignore[misc]
-
-    def _touch(self, t_ms: int) -> None:
-        if t_ms > self.last_time:
-            self.last_time = t_ms
-        h = t_ms // HOUR_MS
-        if h > self.hmax:
-            self.hmax = h
-            self.fraud.drop_until(h - _MAX_HOURS)
-
-    def features(self, txn: Transaction) -> list[float]:
-        """Merchant features of spec v1 (in order) as of just before ``txn``."""
+    def features(self, txn: TxnInput) -> list[float]:
+        """Merchant features of the spec (in order) as of the buckets before ``txn``'s."""
         t = txn.event_time
-        self._expire(t)
-        w1, w7, w30 = self.w1d, self.w7d, self.w30d
-        for w in (w1, w7, w30):
-            if t // w.bucket_ms > w.bmax:
-                w.advance(t)
-        c1, c7, c30 = w1.count, w7.count, w30.count
+        counts = []
+        for w, (size, n) in zip((self.hours, self.quarters, self.days), _COUNT_WINDOWS,
+                                strict=True):
+            b = t // size
+            counts.append(w.counts_between([b - _GAP - n], b - _GAP)[0])
+        c1, c7, c30 = counts
+        h = t // HOUR_MS
+        known = h - _GAP  # the newest label hour this transaction may count
         f1 = f7 = f30 = 0
         if self.fraud:
-            h = t // HOUR_MS
-            ref = h if h > self.hmax else self.hmax
-            f1, f7, f30 = self.fraud.totals(h, tuple(ref - n for n in _FRAUD_HOURS))
+            lo1, lo7, lo30 = (known - n for n in _FRAUD_HOURS)
+            for k, v in self.fraud.items():
+                if lo30 < k <= known:
+                    f30 += v
+                    if k > lo7:
+                        f7 += v
+                        if k > lo1:
+                            f1 += v
+        aligned = [0.0, 0.0, 0.0]
+        if self.aligned:
+            end = t // DAY_MS - LABEL_DELAY_DAYS  # newest day of the aligned windows
+            starts = [end - n for n in _ALIGNED_DAYS]  # exclusive lower bounds
+            frauds = [0, 0, 0]
+            mask = (1 << _HOUR_BITS) - 1
+            for key, v in self.aligned.items():
+                day = key >> _HOUR_BITS
+                if starts[2] < day <= end and key & mask <= known:
+                    for j in range(3):
+                        if day > starts[j]:
+                            frauds[j] += v
+            if any(frauds):
+                totals = self.days.counts_between(starts, end)
+                aligned = [min(1.0, f / c) if c else 0.0
+                           for f, c in zip(frauds, totals, strict=True)]
         return [
             c1,
             c7,
@@ -121,36 +165,52 @@ class MerchantState:
             min(1.0, f1 / c1) if c1 else 0.0,
             min(1.0, f7 / c7) if c7 else 0.0,
             min(1.0, f30 / c30) if c30 else 0.0,
+            *aligned,
         ]
 
-    def update(self, txn: Transaction) -> None:
-        """Count ``txn``."""
+    def update(self, txn: TxnInput) -> None:
+        """Count ``txn`` (and drop what no window of a newer transaction can reach)."""
         t = txn.event_time
-        self._expire(t)
-        self._touch(t)
-        for w in (self.w1d, self.w7d, self.w30d):
+        for w in (self.hours, self.quarters, self.days):
             w.add(t)
+        h = t // HOUR_MS
+        if h > self.hmax:
+            self.hmax = h
+            self.fraud.drop_below(h - _HOUR_KEEP)
+            self.aligned.drop_below(
+                _aligned_key(h // 24 - _DAY_BUCKETS, (1 << _HOUR_BITS) - 1))
 
     def add_fraud(self, label_time: int) -> None:
         """Count one fraud label known from ``label_time`` on (callers deduplicate labels)."""
-        self._expire(label_time)
-        self._touch(label_time)
         h = label_time // HOUR_MS
-        if h > self.hmax - _MAX_HOURS:
-            self.fraud[h] = self.fraud.get(h, 0) + 1
+        if self.hmax == NO_TIME or h > self.hmax - _HOUR_KEEP:
+            self.fraud.bump(h)
+
+    def add_aligned_fraud(self, txn_time: int, label_time: int) -> None:
+        """Count one fraud label under its transaction's UTC day (callers deduplicate)."""
+        day = txn_time // DAY_MS
+        if self.hmax == NO_TIME or day > self.hmax // 24 - _DAY_BUCKETS:
+            self.aligned.bump(_aligned_key(day, label_time // HOUR_MS))
 
     def encode(self) -> bytes:
         """Versioned compact bytes of this state (see :mod:`state.codec`)."""
-        return _LAYOUT.encode((self.last_time, self.hmax), self._parts())
+        return _LAYOUT.encode((self.hmax,), self._parts())
 
     @classmethod
     def decode(cls, buf: bytes) -> MerchantState:
         """Rebuild a state from :meth:`encode` bytes."""
         values = _LAYOUT.decode_head(buf)
         state = cls()
-        state.last_time, state.hmax = values[1:3]
-        _LAYOUT.load(state._parts(), values, 3, buf)
+        state.hmax = values[1]
+        _LAYOUT.load(state._parts(), values, 2, buf)
         return state
 
 
-_LAYOUT = Layout("merchant", "qq", MerchantState()._parts())
+def last_time_of(buf: bytes) -> int:
+    """Hour of the newest transaction in encoded merchant bytes, in ms (for sweeps)."""
+    import struct
+
+    return int(struct.unpack_from("<q", buf, 1)[0]) * HOUR_MS
+
+
+_LAYOUT = Layout("merchant", "q", MerchantState()._parts())

@@ -1,10 +1,18 @@
-"""Feature spec v1: the ordered, versioned float32 input contract of training and the model.
+"""Feature spec v2: the ordered, versioned float32 input contract of training and the model.
 
-Every row that :func:`state.features.step` returns follows :data:`FEATURES` in
-order. Changing a name, order, meaning, neutral value or a window's bucket
+Every row the feature path returns (:mod:`state.features`) follows :data:`FEATURES`
+in order. Changing a name, order, meaning, neutral value or a window's bucket
 granularity (see :mod:`state.card`, :mod:`state.merchant`) bumps
 :data:`FEATURE_SPEC_VERSION`. Missing optional inputs give the feature's
 ``neutral`` value, never NaN.
+
+v2 against v1: every amount is in the model's **reference currency** (default
+EUR; the cardholder billing amount when the message carries one, see
+:func:`topics.currency.reference_amount`), amount 0 (a zero-value authorisation)
+is a transaction like any other, merchant state covers all traffic (not one
+input partition's share), labels never move a window's clock, and four features
+are new: ``card_zero_count_24h`` and the delay-aligned merchant risk over 1, 7
+and 30 days.
 
 >>> N_FEATURES == len(FEATURE_NAMES) and FEATURE_NAMES[0]
 'card_count_10m'
@@ -18,7 +26,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-FEATURE_SPEC_VERSION = "v1"
+FEATURE_SPEC_VERSION = "v2"
+#: Days after which most fraud of a day's transactions is known (chargeback delay); the
+#: delay-aligned merchant risk looks at windows that ended this long ago.
+LABEL_DELAY_DAYS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +54,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("card_amount_mean_7d", "mean card amount over 7 d; 0 without history"),
     Feature("card_amount_mean_30d", "mean card amount over 30 d; 0 without history"),
     Feature("card_amount_std_30d", "population std dev of card amounts over 30 d; 0 if < 2"),
-    Feature("card_amount_ratio_30d", "this amount / 30-d mean amount; 1 without history", 1.0),
+    Feature(
+        "card_amount_ratio_30d",
+        "this amount / 30-d mean amount; 1 without history; 1 + amount when the history "
+        "holds only zero-value authorisations",
+        1.0,
+    ),
     Feature("card_amount_zscore_30d", "(amount - 30-d mean) / 30-d std; 0 if std is 0"),
     Feature(
         "card_seconds_since_prev",
@@ -55,7 +71,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("card_distinct_merchants_24h", "distinct merchants of the card in the last 24 h"),
     Feature("card_distinct_countries_24h", "distinct merchant countries of the card in 24 h"),
     Feature("card_new_merchant_30d", "1 if the card has not used this merchant in 30 d", 1.0),
-    Feature("card_small_count_10m", "card transactions with amount < 5 in the last 10 min"),
+    Feature(
+        "card_small_count_10m",
+        "card transactions with a reference amount < 5 (zero included) in the last 10 min",
+    ),
     Feature(
         "card_travel_speed_kmh",
         "haversine km/h from the card's latest located transaction (time floored to 1 min); "
@@ -66,15 +85,32 @@ FEATURES: tuple[Feature, ...] = (
         "card_cross_border",
         "1 if country differs from the card's most frequent country so far (its proxy home)",
     ),
-    # --- per merchant (traffic of this input partition, see state.merchant) ---
+    Feature(
+        "card_zero_count_24h",
+        "zero-value authorisations (account verifications) of the card in the last 24 h",
+    ),
+    # --- per merchant, over all traffic (see state.merchant) ---
     Feature("merchant_count_1d", "merchant transactions in the last 1 d (1-h buckets)"),
     Feature("merchant_count_7d", "merchant transactions in the last 7 d (6-h buckets)"),
     Feature("merchant_count_30d", "merchant transactions in the last 30 d (1-day buckets)"),
     Feature("merchant_fraud_rate_1d", "fraud labels known before this hour in 1 d / count_1d"),
     Feature("merchant_fraud_rate_7d", "fraud labels known before this hour in 7 d / count_7d"),
     Feature("merchant_fraud_rate_30d", "fraud labels known before this hour in 30 d / count"),
+    Feature(
+        "merchant_risk_aligned_1d",
+        "share of the merchant's transactions of the UTC day 7 days ago whose fraud label is "
+        "known before this hour",
+    ),
+    Feature(
+        "merchant_risk_aligned_7d",
+        "the same share over the 7 UTC days that ended 7 days ago",
+    ),
+    Feature(
+        "merchant_risk_aligned_30d",
+        "the same share over the 30 UTC days that ended 7 days ago",
+    ),
     # --- context of this transaction ---
-    Feature("amount", "transaction amount in major units of its currency"),
+    Feature("amount", "transaction amount in the reference currency (major units)"),
     Feature("log_amount", "natural log of (1 + amount)"),
     Feature("hour_of_day", "UTC hour of the event time, 0-23"),
     Feature("day_of_week", "UTC day of week, Monday = 0"),
@@ -96,6 +132,8 @@ def _flag(yes: str, no: str) -> Callable[[float], str]:
     return lambda v: yes if v >= 0.5 else no
 
 
+#: Stands for the reference currency in the words below (:func:`describe` fills it in).
+REF = "¤"
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _CHANNELS = ("no channel given", "card present (POS)", "online (e-commerce)", "ATM",
              "mail/telephone order")
@@ -112,12 +150,12 @@ _WORDS: dict[str, Callable[[float], str]] = {
         "no card history in the previous 30 days" if v == 0
         else f"{v:.0f} card transactions in the previous 30 days"
     ),
-    "card_amount_sum_1h": lambda v: f"{v:,.2f} spent on the card in the previous hour",
-    "card_amount_sum_24h": lambda v: f"{v:,.2f} spent on the card in the previous 24 hours",
-    "card_amount_mean_24h": lambda v: f"card's 24-hour average amount {v:,.2f}",
-    "card_amount_mean_7d": lambda v: f"card's 7-day average amount {v:,.2f}",
-    "card_amount_mean_30d": lambda v: f"card's 30-day average amount {v:,.2f}",
-    "card_amount_std_30d": lambda v: f"card's 30-day amount spread {v:,.2f}",
+    "card_amount_sum_1h": lambda v: f"{v:,.2f} {REF} spent on the card in the previous hour",
+    "card_amount_sum_24h": lambda v: f"{v:,.2f} {REF} spent on the card in the previous 24 hours",
+    "card_amount_mean_24h": lambda v: f"card's 24-hour average amount {v:,.2f} {REF}",
+    "card_amount_mean_7d": lambda v: f"card's 7-day average amount {v:,.2f} {REF}",
+    "card_amount_mean_30d": lambda v: f"card's 30-day average amount {v:,.2f} {REF}",
+    "card_amount_std_30d": lambda v: f"card's 30-day amount spread {v:,.2f} {REF}",
     "card_amount_ratio_30d": lambda v: f"amount {v:.3g}x the card's 30-day average",
     "card_amount_zscore_30d": lambda v: (
         f"amount {v:.2g} standard deviations from the card's 30-day mean"
@@ -133,6 +171,7 @@ _WORDS: dict[str, Callable[[float], str]] = {
         "merchant new for this card in 30 days", "merchant used by this card before"
     ),
     "card_small_count_10m": _count("small-amount transactions in 10 minutes (card testing?)"),
+    "card_zero_count_24h": _count("zero-value authorisations in 24 hours (card testing?)"),
     "card_travel_speed_kmh": lambda v: (
         f"travel at {v:,.0f} km/h since the previous located transaction"
     ),
@@ -148,8 +187,17 @@ _WORDS: dict[str, Callable[[float], str]] = {
     "merchant_fraud_rate_1d": lambda v: f"merchant fraud rate {v:.1%} over 1 day",
     "merchant_fraud_rate_7d": lambda v: f"merchant fraud rate {v:.1%} over 7 days",
     "merchant_fraud_rate_30d": lambda v: f"merchant fraud rate {v:.1%} over 30 days",
-    "amount": lambda v: f"amount {v:,.2f}",
-    "log_amount": lambda v: f"amount {math.expm1(v):,.2f}",
+    "merchant_risk_aligned_1d": lambda v: (
+        f"{v:.1%} of the merchant's transactions a week ago turned out fraudulent"
+    ),
+    "merchant_risk_aligned_7d": lambda v: (
+        f"{v:.1%} of the merchant's transactions in the week before last were fraudulent"
+    ),
+    "merchant_risk_aligned_30d": lambda v: (
+        f"{v:.1%} of the merchant's transactions in the month before last week were fraudulent"
+    ),
+    "amount": lambda v: f"amount {v:,.2f} {REF}",
+    "log_amount": lambda v: f"amount {math.expm1(v):,.2f} {REF}",
     "hour_of_day": lambda v: f"at {v:02.0f}:00-{v:02.0f}:59 UTC",
     "day_of_week": lambda v: f"on a {_DAYS[int(v) % 7]}",
     "is_weekend": _flag("at the weekend", "on a weekday"),
@@ -159,7 +207,15 @@ _WORDS: dict[str, Callable[[float], str]] = {
 }
 
 
-def describe(name: str, value: float) -> str:
-    """Analyst words for one feature value, for reason codes (generic for unlisted names)."""
+def describe(name: str, value: float, currency: str = "EUR") -> str:
+    """Analyst words for one feature value, for reason codes (generic for unlisted names).
+
+    ``currency`` is the model's reference currency: amounts are named in it, so a
+    purchase in another currency is never described as an amount spike.
+
+    >>> describe("card_amount_sum_1h", 120.0, "EUR")
+    '120.00 EUR spent on the card in the previous hour'
+    """
     words = _WORDS.get(name)
-    return f"{name} = {value:.4g}" if words is None else words(value)
+    text = f"{name} = {value:.4g}" if words is None else words(value)
+    return text.replace(REF, currency)

@@ -131,6 +131,19 @@ class CountWindow:
             self.data[i + 1] += 1.0
             self.count += 1.0
 
+    def counts_between(self, after: list[int], upto: int) -> list[float]:
+        """Events in buckets ``a < bucket <= upto``, for each ``a`` in ``after``."""
+        data, s = self.data, self.STRIDE
+        out = [0.0] * len(after)
+        for i in range(0, len(data), s):
+            b = data[i]
+            if b <= upto:
+                c = data[i + 1]
+                for j, a in enumerate(after):
+                    if b > a:
+                        out[j] += c
+        return out
+
 
 class BucketWindow(CountWindow):
     """:class:`CountWindow` that also sums amounts, squared amounts and "small" flags.

@@ -10,6 +10,7 @@ streaming flow.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,38 +29,54 @@ def feature_spec() -> tuple[str, tuple[str, ...]]:
     return str(FEATURE_SPEC_VERSION), tuple(FEATURE_NAMES)
 
 
+def feature_context(reference_currency: str = "EUR") -> dict[str, Any]:
+    """What besides the feature spec a model's features depend on, recorded in its metadata.
+
+    A JSON-ready dict: the feature spec version, the reference currency every amount
+    feature is in, and the rate table that converts to it (version and rates). The
+    flow computes amounts with the champion's context and refuses a model whose
+    context differs from the one the running state was built with.
+    """
+    from state.spec import FEATURE_SPEC_VERSION
+    from topics.currency import default_rates
+
+    rates = default_rates(reference_currency)
+    return {
+        "feature_spec_version": str(FEATURE_SPEC_VERSION),
+        "reference_currency": rates.reference,
+        "rate_table": rates.to_dict(),
+    }
+
+
 def point_in_time_features(
     history: History,
     progress: Callable[[int], None] | None = None,
     every: int = 100_000,
-    n_partitions: int | None = None,
+    reference_currency: str = "EUR",
 ) -> np.ndarray:
     """Float32 ``[len(history), F]`` matrix, row ``i`` for ``history.transactions[i]``.
 
-    Merchant state is per input partition in the stream, so the replay uses the
-    ``transactions`` topic's partition count unless ``n_partitions`` is given.
+    Amount features are in ``reference_currency`` (the code's rate table). Merchant
+    features are over all traffic, as the stream's merchant stage computes them.
+    Raises :class:`FeatureReplayError` if the history repeats a transaction id (load
+    it with :func:`training.history.load_history`, which de-duplicates).
     """
-    from state.replay import replay
-    from topics.registry import TOPICS
+    from state.replay import ReplayStats, reference_amounts, replay_matrix
 
-    parts = n_partitions or TOPICS["transactions"].partitions
-
-    _, names = feature_spec()
+    stats = ReplayStats()
+    txns, matrix = replay_matrix(events(history), amount_of=reference_amounts(reference_currency),
+                                 stats=stats)
     n = len(history)
-    out = np.empty((n, len(names)), dtype=np.float32)
-    index = {t.transaction_id: i for i, t in enumerate(history.transactions)}
-    filled = np.zeros(n, dtype=bool)
-    for done, (txn, vec) in enumerate(replay(events(history), n_partitions=parts), 1):
-        i = index.get(txn.transaction_id)
-        if i is None:
-            raise FeatureReplayError(f"replay yielded unknown transaction {txn.transaction_id!r}")
-        out[i] = vec
-        filled[i] = True
-        if progress is not None and done % every == 0:
-            progress(done)
-    if not filled.all():
-        missing = history.transactions[int(np.flatnonzero(~filled)[0])].transaction_id
+    if stats.repeats or stats.conflicts or len(txns) != n:
         raise FeatureReplayError(
-            f"replay returned {int(filled.sum())} of {n} vectors (first missing: {missing!r})"
+            f"replay returned {len(txns)} rows for {n} transactions ({stats.repeats} repeated "
+            f"and {stats.conflicts} conflicting ids); de-duplicate the history first "
+            "(training.history.load_history does)"
         )
+    if progress is not None:
+        progress(n)
+    index = {t.transaction_id: i for i, t in enumerate(history.transactions)}
+    order = np.fromiter((index[t.transaction_id] for t in txns), np.int64, n)
+    out = np.empty_like(matrix)
+    out[order] = matrix
     return out

@@ -1,4 +1,4 @@
-"""Every feature against a brute-force reference over the full event list (spec v1 semantics)."""
+"""Every feature against a brute-force reference over the full event list (spec v2 semantics)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from state.card import IDLE_EVICT_MS, haversine_km
 from state.replay import replay
-from state.spec import FEATURE_NAMES, FEATURES, INDEX, N_FEATURES
+from state.spec import FEATURE_NAMES, FEATURES, INDEX, LABEL_DELAY_DAYS, N_FEATURES
 from topics.contracts import Label, Transaction
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -53,7 +53,9 @@ def card_reference(hist: list[Transaction], txn: Transaction) -> dict[str, float
         out[f"card_amount_mean_{k}"] = sum(e.amount for e in es) / len(es) if es else 0.0
     amounts = [e.amount for e in win["30d"]]
     out["card_amount_std_30d"] = float(np.std(amounts)) if amounts else 0.0
-    out["card_amount_ratio_30d"] = txn.amount / float(np.mean(amounts)) if amounts else 1.0
+    mean = float(np.mean(amounts)) if amounts else 0.0
+    out["card_amount_ratio_30d"] = (
+        txn.amount / mean if mean > 0 else 1.0 + txn.amount if amounts else 1.0)
     out["card_seconds_since_prev"] = (
         max(0, t - max(e.event_time for e in hist)) / 1000 if hist else 2_592_000.0
     )
@@ -78,21 +80,43 @@ def card_reference(hist: list[Transaction], txn: Transaction) -> dict[str, float
     out["card_country_changed"] = float(
         txn.country is not None and prev_c is not None and prev_c.country != txn.country)
     out["card_cross_border"] = float(txn.country is not None and home not in (None, txn.country))
+    out["card_zero_count_24h"] = sum(1 for e in win["24h"] if e.amount == 0)
     return out
 
 
 def merchant_reference(
-    txns: list[Transaction], frauds: list[int], txn: Transaction
+    txns: list[Transaction], frauds: list[int], aligned: list[tuple[int, int]],
+    txn: Transaction,
 ) -> dict[str, float]:
+    """Merchant features from the merchant's processed ``txns`` (any order), its fraud
+    label times and (transaction time, label time) pairs, as the spec defines them."""
     t, h = txn.event_time, txn.event_time // HOUR
-    ref_t = max([t] + [e.event_time for e in txns])
-    ref_h = max([h] + [e.event_time // HOUR for e in txns] + [f // HOUR for f in frauds])
+    newest_h = max([e.event_time // HOUR for e in txns], default=None)
     out: dict[str, float] = {}
-    for k, bw in MERCHANT_WINDOWS.items():
-        c = sum(1 for e in txns if in_window(e.event_time, ref_t, *bw))
-        f = sum(1 for lt in frauds if ref_h - FRAUD_HOURS[k] < lt // HOUR < h)
-        out[f"merchant_count_{k}"] = c
-        out[f"merchant_fraud_rate_{k}"] = min(1.0, f / c) if c else 0.0
+    counts = {}
+    for k, (size, n) in MERCHANT_WINDOWS.items():
+        keep = 41 if size == DAY else n + 4  # window, gap, lateness (days: the aligned span)
+        newest = max([e.event_time // size for e in txns], default=None)
+        b = t // size
+        counts[k] = sum(1 for e in txns if b - n - 2 < e.event_time // size <= b - 2
+                        and (newest is None or e.event_time // size > newest - keep))
+        out[f"merchant_count_{k}"] = counts[k]
+    known = h - 2
+    for k, hours in FRAUD_HOURS.items():
+        f = sum(1 for lt in frauds if known - hours < lt // HOUR <= known
+                and (newest_h is None or lt // HOUR > newest_h - 770))
+        out[f"merchant_fraud_rate_{k}"] = min(1.0, f / counts[k]) if counts[k] else 0.0
+    end = t // DAY - LABEL_DELAY_DAYS
+    newest_d = newest_h // 24 if newest_h is not None else None
+    for k, days in (("1d", 1), ("7d", 7), ("30d", 30)):
+        def kept(day: int) -> bool:
+            return newest_d is None or day > newest_d - 41
+
+        c = sum(1 for e in txns if end - days < e.event_time // DAY <= end
+                and kept(e.event_time // DAY))
+        f = sum(1 for tt, lt in aligned if end - days < tt // DAY <= end and lt // HOUR <= known
+                and kept(tt // DAY))
+        out[f"merchant_risk_aligned_{k}"] = min(1.0, f / c) if c and f else 0.0
     return out
 
 
@@ -113,28 +137,30 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
     card_hist: dict[str, list[Transaction]] = {}
     m_txns: dict[str, list[Transaction]] = {}
     m_frauds: dict[str, list[int]] = {}
-    labelled: set[str] = set()
+    fraud_labels: list[tuple[str, str, int]] = []  # (merchant, txn id, label time)
+    labelled: dict[str, int] = {}
+    seen: dict[str, Transaction] = {}
 
-    def m_reset(m: str, t: int) -> None:
-        times = [e.event_time for e in m_txns.get(m, [])] + m_frauds.get(m, [])
-        if times and t - max(times) > IDLE_EVICT_MS:
-            m_txns[m], m_frauds[m] = [], []
+    def aligned(m: str) -> list[tuple[int, int]]:
+        return [(seen[tid].event_time, lt) for mm, tid, lt in fraud_labels
+                if mm == m and tid in seen and seen[tid].merchant_id == m]
 
     out = []
     for e in events:
         if isinstance(e, Label):
-            if e.transaction_id not in labelled:
-                labelled.add(e.transaction_id)
+            first = labelled.get(e.transaction_id)
+            if first is None or e.label_time - first >= 62 * DAY:
+                labelled[e.transaction_id] = e.label_time
                 if e.is_fraud:
-                    m_reset(e.merchant_id, e.label_time)
                     m_frauds.setdefault(e.merchant_id, []).append(e.label_time)
+                    fraud_labels.append((e.merchant_id, e.transaction_id, e.label_time))
             continue
         hist = card_hist.setdefault(e.card_id, [])
         if hist and e.event_time - max(x.event_time for x in hist) > IDLE_EVICT_MS:
             hist.clear()
-        m_reset(e.merchant_id, e.event_time)
         exp = card_reference(hist, e)
-        exp |= merchant_reference(m_txns.get(e.merchant_id, []), m_frauds.get(e.merchant_id, []), e)
+        exp |= merchant_reference(m_txns.get(e.merchant_id, []), m_frauds.get(e.merchant_id, []),
+                                  aligned(e.merchant_id), e)
         exp |= context_reference(e)
         amounts = [x.amount for x in hist if in_window(x.event_time, max(
             [e.event_time] + [y.event_time for y in hist]), DAY, 30)]
@@ -144,11 +170,16 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
         out.append((exp, std))
         hist.append(e)
         m_txns.setdefault(e.merchant_id, []).append(e)
+        seen[e.transaction_id] = e
     return out
 
 
+def eur(txn: Transaction) -> float:
+    return txn.amount
+
+
 def check(events: list[Transaction | Label]) -> None:
-    got = [vec for _, vec in replay(events)]
+    got = [vec for _, vec in replay(events, amount_of=eur)]
     expected = reference(events)
     assert len(got) == len(expected)
     for vec, (exp, std) in zip(got, expected, strict=True):
@@ -168,25 +199,30 @@ GAPS = st.sampled_from([0, 999, 30_000, 61_000, 600_000, 3_600_000, 6 * HOUR, 2 
 
 @st.composite
 def event_lists(draw: st.DrawFn) -> list[Transaction | Label]:
+    """Transactions (unique ids, some late) with labels anywhere: before or after their txn."""
     n = draw(st.integers(1, 40))
     t = T0
     events: list[Transaction | Label] = []
     txns: list[Transaction] = []
     for i in range(n):
         t += draw(GAPS) + draw(st.integers(0, 120_000))
-        if txns and draw(st.integers(0, 4)) == 0:
-            target = draw(st.sampled_from(txns))
-            events.append(Label(transaction_id=target.transaction_id, card_id=target.card_id,
-                                merchant_id=target.merchant_id, is_fraud=draw(st.booleans()),
-                                label_time=t))
+        if i and draw(st.integers(0, 4)) == 0:
+            ahead = draw(st.integers(0, 3))  # a label may be read before its transaction
+            target_id = f"t{draw(st.integers(0, i + ahead))}"
+            merchant = draw(st.sampled_from(["m1", "m2", "m3"]))
+            match = [x for x in txns if x.transaction_id == target_id]
+            if match:
+                merchant = match[0].merchant_id
+            events.append(Label(transaction_id=target_id, card_id="a", merchant_id=merchant,
+                                is_fraud=draw(st.booleans()), label_time=t))
             continue
         late = draw(st.sampled_from([0, 0, 0, 40_000, 2 * HOUR, 3 * DAY]))
         located = draw(st.booleans())
         txn = Transaction(
-            transaction_id=f"t{draw(st.integers(0, i))}",  # duplicate ids on purpose
+            transaction_id=f"t{i}",
             card_id=draw(st.sampled_from(["a", "b"])),
             merchant_id=draw(st.sampled_from(["m1", "m2", "m3"])),
-            amount=draw(st.sampled_from([1.0, 4.5, 20.0, 20.0, 350.25, 9_999.0])),
+            amount=draw(st.sampled_from([0.0, 1.0, 4.5, 20.0, 20.0, 350.25, 9_999.0])),
             currency="EUR",
             event_time=t - late,
             country=draw(st.sampled_from(["FR", "DE", "US", None])),
@@ -215,7 +251,7 @@ def test_seeded_long_stream_matches_brute_force(events_factory) -> None:  # type
     st.lists(
         st.tuples(
             st.integers(0, 40 * DAY),
-            st.floats(0.01, 10_000_000.0),
+            st.one_of(st.just(0.0), st.floats(0.01, 10_000_000.0)),
             st.one_of(st.none(), st.tuples(st.floats(-90, 90), st.floats(-180, 180))),
         ),
         min_size=1, max_size=30,
@@ -228,7 +264,7 @@ def test_never_nan_or_inf(rows: list[tuple[int, float, tuple[float, float] | Non
                     lon=loc[1] if loc else None, country="FR" if i % 2 else None)
         for i, (dt, amount, loc) in enumerate(rows)
     ]
-    for _, vec in replay(events):
+    for _, vec in replay(events, amount_of=eur):
         assert np.isfinite(vec).all()
 
 
@@ -237,7 +273,7 @@ def test_spec_is_consistent() -> None:
     assert all(f.description and math.isfinite(f.neutral) for f in FEATURES)
     txn = Transaction(transaction_id="t", card_id="c", merchant_id="m", amount=10.0,
                       currency="EUR", event_time=T0)
-    ((_, vec),) = list(replay([txn]))
+    ((_, vec),) = list(replay([txn], amount_of=eur))
     # a first transaction with no optional fields shows every history feature's neutral value
     for f in FEATURES:
         if f.name.startswith(("card_", "merchant_")):

@@ -1,0 +1,246 @@
+"""One RocksDB of the state: format and identity checks, sequence number, expiry, writes.
+
+The card and merchant stores (:mod:`state.card_store`, :mod:`state.merchant_store`)
+are built on this. Everything a store writes for one batch goes into one
+``WriteBatch`` together with the new sequence number, so a crash leaves either all
+of a batch or none of it.
+
+**Identity.** A store records what it belongs to (:class:`StoreIdentity`: its role,
+shard, shard count, and the input topic with the broker's topic id, which changes
+when a topic is deleted and re-created). Opening it for anything else raises
+:class:`~state.errors.StateIdentityError` naming both and the remedy: a state
+directory reused for another topic must never answer for it.
+
+**Expiry.** Per-transaction records are indexed under the UTC day they expire
+(``x<day><key>``); :meth:`StateDB.sweep` deletes due entries a bounded number per
+batch, so a day's expiry is spread over many batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self, cast
+
+import rocksdict
+
+from state import keys
+from state.codec import STATE_FORMAT_VERSION
+from state.errors import StateFormatError, StateIdentityError, StoreIOError
+from state.options import StoreOptions
+from state.spec import FEATURE_SPEC_VERSION
+
+DAY_MS = keys.DAY_MS
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """What a store belongs to; stored in it and checked whenever it is opened."""
+
+    role: str
+    """``cards`` or ``merchants``."""
+    shard: int
+    shards: int
+    topic: str
+    """The ``transactions`` topic whose records built the state."""
+    topic_id: str = ""
+    """The broker's id of that topic ('' where the broker reports none)."""
+
+    def describe(self) -> str:
+        """Human-readable form for messages."""
+        tid = f" (topic id {self.topic_id})" if self.topic_id else ""
+        return f"{self.role} shard {self.shard} of {self.shards} for topic {self.topic!r}{tid}"
+
+
+def _format(role: str) -> bytes:
+    return f"state{STATE_FORMAT_VERSION}/{role}/features-{FEATURE_SPEC_VERSION}".encode()
+
+
+class StateDB:
+    """A RocksDB opened for one store, with its identity checked."""
+
+    def __init__(self, db: rocksdict.Rdict, path: Path, identity: StoreIdentity,
+                 options: StoreOptions) -> None:
+        self.db = db
+        self.path = path
+        self.identity = identity
+        self.options = options
+        self._write_opts = options.write_options()
+        raw = db.get(keys.SEQ_KEY)
+        self.seq = keys.unpack_u64(raw) if raw is not None else 0
+        """Changes applied so far (monotonic; part of every batch)."""
+        raw = db.get(keys.EXPIRED_KEY)
+        self._expired_day = keys.unpack_u64(raw) if raw is not None else 0
+        self._sweep_from: bytes | None = None
+        self._pruned_to = 0
+        self.today = 0
+        """Newest UTC event day this process applied."""
+        self._safe = (self.seq, 0)  # (seq, today) at the last recovery snapshot
+
+    @classmethod
+    def open(cls, path: Path, identity: StoreIdentity,
+             options: StoreOptions | None = None) -> Self:
+        """Open (creating if needed) the store at ``path`` for ``identity``.
+
+        Raises :class:`StoreIOError` (cannot open), :class:`StateFormatError`
+        (another code version wrote it) or :class:`StateIdentityError` (it belongs
+        to another topic, shard or role).
+        """
+        options = options or StoreOptions()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            db = rocksdict.Rdict(str(path), options.rocksdb())
+        except Exception as exc:
+            raise StoreIOError(
+                f"cannot open RocksDB at {path}: {exc}; check that no other process uses "
+                "this state directory and that it is writable"
+            ) from exc
+        try:
+            _check(db, path, identity)
+        except Exception:
+            db.close()
+            raise
+        return cls(db, path, identity, options)
+
+    # --- reads -------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        """One value, or None."""
+        return cast(bytes | None, self.db.get(key))
+
+    def get_many(self, key_list: Sequence[bytes]) -> list[bytes | None]:
+        """Values of ``key_list`` in one multi-get (None where absent)."""
+        if not key_list:
+            return []
+        return cast(list[bytes | None], self.db.get(list(key_list)))
+
+    # --- writes ------------------------------------------------------------------------
+    def batch(self) -> rocksdict.WriteBatch:
+        """A new write batch."""
+        return rocksdict.WriteBatch(raw_mode=True)
+
+    def next_seq(self) -> int:
+        """The sequence number of the next change (committed by :meth:`commit`)."""
+        self.seq += 1
+        return self.seq
+
+    def expire_on(self, batch: rocksdict.WriteBatch, day: int, prefix: bytes,
+                  transaction_id: str) -> None:
+        """Delete ``prefix + transaction_id`` once the store's event time reaches UTC ``day``."""
+        batch.put(keys.expiry_key(max(day, self._expired_day), prefix, transaction_id), b"")
+
+    def checkpoint(self) -> int:
+        """Note that Bytewax is taking a recovery snapshot now; return the sequence number.
+
+        Expiry and pruning never touch what a replay from this snapshot may need:
+        the sweep's clock stops at the day of the last snapshot, and rows written
+        after it are kept.
+        """
+        self._safe = (self.seq, self.today)
+        return self.seq
+
+    def sweep(self, batch: rocksdict.WriteBatch, count: bytes = keys.PENDING) -> int:
+        """Delete up to ``expiry_step`` records due before the last snapshot's UTC day.
+
+        Returns how many of the deleted records were still present under the
+        ``count`` prefix (labels that waited in vain for their transaction).
+        """
+        today = self._safe[1]
+        if today <= self._expired_day:
+            return 0
+        start = self._sweep_from or keys.expiry_day_key(self._expired_day)
+        stop = keys.expiry_day_key(today)
+        counted = 0
+        for done, key in enumerate(self.db.keys(from_key=start), 1):
+            if not isinstance(key, bytes) or key >= stop:
+                break
+            target = keys.expired_target(key)
+            if target[:1] == count and self.db.get(target) is not None:
+                counted += 1
+            batch.delete(target)
+            batch.delete(key)
+            if done >= self.options.expiry_step:
+                self._sweep_from = key + b"\x00"
+                return counted
+        self._expired_day = today
+        self._sweep_from = None
+        batch.put(keys.EXPIRED_KEY, keys.pack_u64(today))
+        return counted
+
+    def prune_recent(self, batch: rocksdict.WriteBatch) -> None:
+        """Drop ``r<seq>`` rows older than the last ``recent_rows`` changes (range deletes)."""
+        keep_from = min(self.seq - self.options.recent_rows + 1, self._safe[0] + 1)
+        if keep_from - self._pruned_to > self.options.recent_rows // 4:
+            batch.delete_range(keys.seq_key(self._pruned_to), keys.seq_key(keep_from))
+            self._pruned_to = keep_from
+
+    def commit(self, batch: rocksdict.WriteBatch) -> None:
+        """Write ``batch`` with the current sequence number, atomically."""
+        batch.put(keys.SEQ_KEY, keys.pack_u64(self.seq))
+        try:
+            self.db.write(batch, self._write_opts)
+        except Exception as exc:
+            raise StoreIOError(
+                f"{self.identity.describe()}: RocksDB write failed at {self.path}: {exc}; the "
+                "batch was not applied; free disk space or fix the volume, then restart (the "
+                "flow resumes from its last snapshot)"
+            ) from exc
+
+    def rollback_seq(self, seq: int) -> None:
+        """Forget sequence numbers handed out for a batch that was not committed."""
+        self.seq = seq
+
+    # --- upkeep ------------------------------------------------------------------------
+    def approximate_disk_bytes(self) -> int:
+        """Live SST plus memtable size, as RocksDB estimates it."""
+        sst = self.db.property_int_value("rocksdb.total-sst-files-size") or 0
+        mem = self.db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        return int(sst + mem)
+
+    def flush(self) -> None:
+        """Flush memtables to SST files (for measurements; not needed for durability)."""
+        self.db.flush()
+
+    def compact(self) -> None:
+        """Compact the whole database (drops overwritten and deleted versions)."""
+        self.db.compact_range(None, None)
+
+    def close(self) -> None:
+        """Close the database; the store is unusable afterwards."""
+        self.db.close()
+
+
+def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity) -> None:
+    """Stamp a new store; refuse one written by other code or for something else."""
+    expected = _format(identity.role)
+    found = db.get(keys.FORMAT_KEY)
+    stored = db.get(keys.IDENTITY_KEY)
+    if found is None:
+        first = db.iter()
+        first.seek_to_first()
+        if first.valid():
+            raise StateFormatError(
+                f"{path} holds data but no format stamp (written by an older fraudstream): "
+                "delete the state directory and the recovery directory, then restart"
+            )
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(keys.FORMAT_KEY, expected)
+        batch.put(keys.IDENTITY_KEY, json.dumps(asdict(identity), sort_keys=True).encode())
+        db.write(batch)
+        return
+    if found != expected:
+        raise StateFormatError(
+            f"{path} holds {found.decode(errors='replace')}, this code writes "
+            f"{expected.decode()}: delete the state directory and the recovery directory "
+            "(FRAUD_STATE_DIR and -r), then restart to rebuild from the topic"
+        )
+    have = StoreIdentity(**cast(dict[str, Any], json.loads(stored))) if stored else None
+    if have != identity:
+        what = have.describe() if have is not None else "nothing recorded"
+        raise StateIdentityError(
+            f"{path} belongs to {what}, not to {identity.describe()}: a state directory "
+            "serves one topic set (a re-created topic gets a new id). Point FRAUD_STATE_DIR "
+            "at this topic set's own state, or delete this one together with the recovery "
+            "directory to rebuild from the topic"
+        )

@@ -1,0 +1,244 @@
+"""Card and merchant stores on real RocksDB: parity with offline replay, crashes, repeats."""
+
+from __future__ import annotations
+
+import gc
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from state import card_store as cs
+from state import merchant_store as ms
+from state.card_store import CardIn, CardStore
+from state.db import StoreIdentity
+from state.errors import StateFormatError, StateIdentityError
+from state.features import txn_input
+from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
+from state.options import DAY_MS, StoreOptions
+from state.records import body_digest
+from state.replay import ReplayStats, replay_matrix
+from topics.contracts import Label, Transaction
+
+Event = Transaction | Label
+Factory = Callable[..., list[Event]]
+CARDS = StoreIdentity("cards", 0, 1, "transactions", "id-1")
+MERCHANTS = StoreIdentity("merchants", 0, 1, "transactions", "id-1")
+
+
+def eur(txn: Transaction) -> float:
+    return txn.amount
+
+
+def vector_bytes(_positions: Sequence[int], matrix: np.ndarray) -> list[bytes]:
+    return [row.tobytes() for row in matrix]
+
+
+class Pipeline:
+    """The flow's two stages over two stores, fed batch by batch (as Bytewax would)."""
+
+    def __init__(self, root: Path, options: StoreOptions | None = None) -> None:
+        self.cards = CardStore.open(root, CARDS, options)
+        self.merchants = MerchantStore.open(root, MERCHANTS, options)
+        self.outputs: dict[str, list[bytes]] = {}
+        self.kinds: list[int] = []
+        self.joins: list[LabelJoin] = []
+
+    def feed(self, batch: list[tuple[int, Event]], crash_between: bool = False) -> None:
+        labels = [e for _, e in batch if isinstance(e, Label)]
+        txns = [(o, e) for o, e in batch if isinstance(e, Transaction)]
+        self.joins += self.merchants.apply_labels(labels)
+        items = [CardIn(t, txn_input(t, t.amount), body_digest(t), 0, o) for o, t in txns]
+        card_out = self.cards.process(items)
+        if crash_between:
+            return
+        m_items = [
+            MerchantIn(it.txn, it.features, it.body, it.partition, it.offset, out.row)
+            for it, out in zip(items, card_out, strict=True) if out.kind != cs.CONFLICT
+        ]
+        outs, joins = self.merchants.process(m_items, vector_bytes)
+        self.joins += joins
+        for it, out in zip(m_items, outs, strict=True):
+            self.kinds.append(out.kind)
+            if out.output is not None:
+                self.outputs.setdefault(it.txn.transaction_id, []).append(out.output)
+
+    def checkpoint(self) -> tuple[int, int]:
+        return self.cards.checkpoint(), self.merchants.checkpoint()
+
+    def close(self) -> None:
+        self.cards.close()
+        self.merchants.close()
+
+
+def numbered(events: list[Event]) -> list[tuple[int, Event]]:
+    return list(enumerate(events))
+
+
+def batches(items: list[tuple[int, Event]], rng: random.Random) -> list[list[tuple[int, Event]]]:
+    out, i = [], 0
+    while i < len(items):
+        j = min(len(items), i + rng.randint(1, 9))
+        out.append(items[i:j])
+        i = j
+    return out
+
+
+def contents(root: Path) -> dict[bytes, bytes]:
+    """Card and merchant states (what a crash must not change)."""
+    p = Pipeline(root)
+    found = {k: v for k, v in [*p.cards.db.db.items(), *p.merchants.db.db.items()]
+             if k[:1] in (b"c", b"m")}
+    p.close()
+    return found
+
+
+def test_stream_and_offline_replay_are_bit_identical(
+    tmp_path: Path, events_factory: Factory
+) -> None:
+    events = events_factory(11, 600, cards=9, merchants=4)
+    pipe = Pipeline(tmp_path)
+    for batch in batches(numbered(events), random.Random(2)):
+        pipe.feed(batch)
+    pipe.close()
+    txns, matrix = replay_matrix(events, amount_of=eur)
+    assert len(txns) == len(pipe.outputs)
+    for txn, row in zip(txns, matrix, strict=True):
+        assert pipe.outputs[txn.transaction_id] == [row.tobytes()], txn.transaction_id
+
+
+def test_crash_between_or_inside_stages_changes_no_output_and_no_state(
+    tmp_path: Path, events_factory: Factory
+) -> None:
+    items = numbered(events_factory(3, 300, cards=5, merchants=3))
+    rng = random.Random(0)
+    plan = batches(items, rng)
+    clean = Pipeline(tmp_path / "clean")
+    for batch in plan:
+        clean.checkpoint()
+        clean.feed(batch)
+    clean.close()
+    clean_contents = contents(tmp_path / "clean")
+    for trial in range(12):
+        root = tmp_path / f"crash{trial}"
+        cut = rng.randint(1, len(plan))
+        snap = rng.randint(0, cut - 1)  # the last recovery snapshot: before batch `snap`
+        pipe = Pipeline(root)
+        seqs = (0, 0)
+        for k, batch in enumerate(plan[:cut]):
+            if k <= snap:
+                seqs = pipe.checkpoint()
+            pipe.feed(batch, crash_between=k == cut - 1 and trial % 2 == 0)
+        got = pipe.outputs
+        del pipe  # crash: no close, no flush; only the WAL survives
+        gc.collect()
+        pipe = Pipeline(root)
+        assert pipe.cards.seq >= seqs[0] and pipe.merchants.seq >= seqs[1]
+        pipe.merchants.resume(seqs[1])
+        pipe.outputs = {t: list(v) for t, v in got.items()}
+        for batch in plan[snap:]:
+            pipe.checkpoint()
+            pipe.feed(batch)
+        pipe.close()
+        for tid, outs in clean.outputs.items():
+            assert set(pipe.outputs[tid]) == set(outs), (trial, tid)
+        assert ms.REPLAY in pipe.kinds or snap == cut - 1 or trial % 2 == 0
+        assert contents(root) == clean_contents, trial
+
+
+def test_redelivery_re_emits_the_first_bytes_and_changes_nothing(tmp_path: Path) -> None:
+    t0 = 1_800_000_000_000
+    txns = [Transaction(transaction_id=f"t{i}", card_id="c", merchant_id="m", amount=1.0,
+                        currency="EUR", event_time=t0 + i * 60_000) for i in range(4)]
+    pipe = Pipeline(tmp_path)
+    pipe.feed(list(enumerate(txns[:2])))
+    before = contents_of(pipe)
+    pipe.feed([(10, txns[1]), (11, txns[0])])  # re-delivered at new offsets
+    assert contents_of(pipe) == before
+    assert pipe.kinds[2:] == [ms.REPEAT, ms.REPEAT]
+    pipe.feed([(12, txns[2]), (13, txns[2])])  # an immediate re-delivery in one batch
+    assert pipe.kinds[4:] == [ms.FRESH, ms.REPEAT]
+    assert len(set(pipe.outputs["t2"])) == 1
+    # the third transaction sees two before it, not four
+    row = np.frombuffer(pipe.outputs["t2"][0], dtype=np.float32)
+    from state.spec import INDEX
+    assert row[INDEX["card_count_10m"]] == 2.0
+    pipe.close()
+
+
+def test_same_id_with_another_body_is_a_conflict_naming_the_first(tmp_path: Path) -> None:
+    t0 = 1_800_000_000_000
+    a = Transaction(transaction_id="t1", card_id="c", merchant_id="m", amount=1.0,
+                    currency="EUR", event_time=t0)
+    b = Transaction(transaction_id="t1", card_id="c", merchant_id="m", amount=2.0,
+                    currency="EUR", event_time=t0)
+    store = CardStore.open(tmp_path, CARDS)
+    (first,) = store.process([CardIn(a, txn_input(a, 1.0), body_digest(a), 3, 40)])
+    (again,) = store.process([CardIn(b, txn_input(b, 2.0), body_digest(b), 5, 77)])
+    assert first.kind == cs.FRESH and again.kind == cs.CONFLICT
+    assert again.first is not None and (again.first.partition, again.first.offset) == (3, 40)
+    store.close()
+
+
+def test_a_label_read_before_its_transaction_waits_and_joins(tmp_path: Path) -> None:
+    t0 = 1_800_000_000_000
+    txn = Transaction(transaction_id="t1", card_id="c", merchant_id="m", amount=5.0,
+                      currency="EUR", event_time=t0)
+    label = Label(transaction_id="t1", card_id="c", merchant_id="m", is_fraud=True,
+                  label_time=t0 + DAY_MS)
+    pipe = Pipeline(tmp_path)
+    pipe.feed([(0, label)])
+    assert pipe.joins == [LabelJoin(label, None)]  # not scored yet: waits
+    pipe.feed([(1, txn)])
+    assert len(pipe.joins) == 2 and pipe.joins[1].verdict is not None
+    pipe.feed([(2, label)])  # the same label again: first label wins, nothing new
+    assert len(pipe.joins) == 2
+    pipe.close()
+
+
+def test_ids_are_forgotten_after_the_horizon(tmp_path: Path) -> None:
+    opts = StoreOptions(txn_horizon_ms=2 * DAY_MS, expiry_step=3)
+    t0 = 1_800_000_000_000
+    txns = [Transaction(transaction_id=f"t{i}", card_id="c", merchant_id="m", amount=1.0,
+                        currency="EUR", event_time=t0 + i * DAY_MS // 2) for i in range(12)]
+    pipe = Pipeline(tmp_path, opts)
+    for i, t in enumerate(txns):
+        pipe.checkpoint()
+        pipe.feed([(i, t)])
+    pipe.checkpoint()
+    pipe.feed([(99, txns[0])])  # 5.5 days later: the first id has expired, so it is new
+    assert pipe.kinds[-1] == ms.FRESH
+    pipe.feed([(100, txns[-1])])  # the newest is still remembered
+    assert pipe.kinds[-1] == ms.REPEAT
+    pipe.close()
+
+
+def test_identity_and_format_are_checked(tmp_path: Path) -> None:
+    CardStore.open(tmp_path, CARDS).close()
+    other = StoreIdentity("cards", 0, 1, "transactions", "id-2")  # topic re-created
+    with pytest.raises(StateIdentityError, match="id-1"):
+        CardStore.open(tmp_path, other)
+    import rocksdict
+
+    db = rocksdict.Rdict(str(tmp_path / "cards" / "0"), StoreOptions().rocksdb())
+    db.put(b"~meta/format", b"state3/features-v1")
+    db.close()
+    with pytest.raises(StateFormatError, match="delete the state directory"):
+        CardStore.open(tmp_path, CARDS)
+
+
+def test_replay_counts_repeats_and_conflicts(events_factory: Factory) -> None:
+    events = events_factory(4, 50)
+    txns = [e for e in events if isinstance(e, Transaction)]
+    dup = txns[3]
+    conflict = Transaction(**{**{f: getattr(dup, f) for f in dup.__struct_fields__},
+                              "amount": dup.amount + 1})
+    stats = ReplayStats()
+    got, _ = replay_matrix([*events, dup, conflict], amount_of=eur, stats=stats)
+    assert len(got) == len(txns) and (stats.repeats, stats.conflicts) == (1, 1)
+
+
+def contents_of(pipe: Pipeline) -> dict[bytes, bytes]:
+    return {**dict(pipe.cards.db.db.items()), **dict(pipe.merchants.db.db.items())}
