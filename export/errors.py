@@ -26,3 +26,15 @@ class ModelLoadError(FraudStreamError):
 
 class FeatureSpecMismatch(ModelLoadError):
     """The model was trained on another feature-spec version than the running code computes."""
+
+
+class ModelProbeError(ModelLoadError):
+    """The ONNX graph disagrees with its metadata, or its probe prediction is wrong."""
+
+
+class GateError(ExportError):
+    """Validation gates cannot be evaluated (bad configuration, unreadable champion)."""
+
+
+class LifecycleError(RegistryError):
+    """A promotion, rollback or shadow change is not allowed in the registry's current state."""

@@ -102,7 +102,15 @@ class ModelMetadata:
     opsets: dict[str, int] = field(default_factory=dict)
     created_at: str = ""
     feature_partitions: int = 0
-    """Input partitions merchant features were replayed with (0: unknown); see state.merchant."""
+    """Legacy (metadata of older models): input partitions merchant features were replayed
+    with, 0 = unknown. Read from old files, never written: features no longer depend on it."""
+    feature_context: dict[str, Any] = field(default_factory=dict)
+    """What besides the spec the features depend on (reference currency, rate-table version),
+    JSON-ready; copied from ``TrainedModel.feature_context`` ({} for older artifacts)."""
+    probe_rows: tuple[tuple[float, ...], ...] = ()
+    """A few float32 feature rows (held-out transactions) the loader scores before serving."""
+    probe_scores: tuple[float, ...] = ()
+    """The fraud probabilities the exported graph gave ``probe_rows`` (float32 values)."""
 
     def to_props(self) -> dict[str, str]:
         """Flatten to ONNX ``metadata_props`` (string to string)."""
@@ -121,8 +129,11 @@ class ModelMetadata:
             "members": self.members,
             "opsets": self.opsets,
             "created_at": self.created_at,
-            "feature_partitions": self.feature_partitions,
+            "feature_context": self.feature_context,
         }
+        if self.probe_rows:
+            values["probe_rows"] = [[_json_float(v) for v in row] for row in self.probe_rows]
+            values["probe_scores"] = [_json_float(v) for v in self.probe_scores]
         return {
             PREFIX + k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
             for k, v in values.items()
@@ -147,4 +158,30 @@ class ModelMetadata:
             opsets={k: int(v) for k, v in j("opsets").items()},
             created_at=props.get(PREFIX + "created_at", ""),
             feature_partitions=int(props.get(PREFIX + "feature_partitions", "0")),
+            feature_context=dict(j("feature_context")) if PREFIX + "feature_context" in props
+            else {},
+            probe_rows=tuple(tuple(float(v) for v in row) for row in j("probe_rows"))
+            if PREFIX + "probe_rows" in props else (),
+            probe_scores=tuple(float(v) for v in j("probe_scores"))
+            if PREFIX + "probe_scores" in props else (),
         )
+
+    def median_row(self) -> np.ndarray:
+        """Float32 ``[1, F]`` row of each feature's reference-histogram median bin edge.
+
+        The probe for models exported before probe rows existed; a feature without a
+        histogram (or whose median is in the first bin) gets 0.
+        """
+        row = []
+        for name in self.feature_names:
+            hist = self.feature_histograms.get(name, {"edges": [], "proportions": [1.0]})
+            cum = np.cumsum(np.asarray(hist["proportions"], dtype=np.float64))
+            k = int(np.searchsorted(cum, 0.5))
+            row.append(float(hist["edges"][k - 1]) if 0 < k <= len(hist["edges"]) else 0.0)
+        return np.asarray([row], dtype=np.float32)
+
+
+def _json_float(v: float) -> float | str:
+    """A float as JSON can hold it: finite values exactly (``repr``), else ``"nan"``/``"inf"``."""
+    f = float(v)
+    return f if np.isfinite(f) else str(f)

@@ -1,8 +1,12 @@
 """Load a published ONNX model for scoring: the one entry point the streaming flow uses.
 
 ``load_model`` accepts the ``.onnx`` file, a version directory or ``models/current``,
-checks the embedded metadata against the running feature spec, and returns a
-:class:`ScoringModel` with one onnxruntime session (1 intra-op thread).
+checks the embedded metadata against the running feature spec, **probes** the model
+(:mod:`export.probe`: graph input/output shapes against the metadata, then a prediction
+on the probe rows stored at export) and returns a :class:`ScoringModel` with one
+onnxruntime session (1 intra-op thread). A model that fails any check raises a
+:class:`~export.errors.ModelLoadError` subclass, so the flow refuses it at start-up and
+keeps the old one on a hot reload.
 """
 
 from __future__ import annotations
@@ -46,8 +50,14 @@ class ScoringModel:
         data: bytes,
         source: str = "<bytes>",
         expected_feature_spec: tuple[str, tuple[str, ...]] | None = None,
+        probe: bool = True,
     ) -> ScoringModel:
-        """Build from serialized ONNX; ``expected_feature_spec`` is ``(version, names)``."""
+        """Build from serialized ONNX; ``expected_feature_spec`` is ``(version, names)``.
+
+        ``probe`` runs :func:`export.probe.probe_session` (raises
+        :class:`~export.errors.ModelProbeError`); export turns it off while the probe
+        rows are being chosen.
+        """
         import onnx
         import onnxruntime as ort
 
@@ -82,6 +92,10 @@ class ScoringModel:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(f"{source}: onnxruntime cannot load it ({exc}); {REMEDY}") from exc
+        if probe:
+            from export.probe import probe_session
+
+            probe_session(session, metadata, source)
         return cls(session, metadata, source)
 
     @property
@@ -134,7 +148,9 @@ def load_model(
 
     ``expected_feature_spec`` is ``(version, names)``; by default it is taken from
     ``state.spec``; ``None`` skips the check (tools that only inspect a file).
-    Raises :class:`ModelLoadError` (missing/corrupt) or :class:`FeatureSpecMismatch`.
+    Raises :class:`ModelLoadError` (missing/corrupt), :class:`FeatureSpecMismatch` or
+    :class:`~export.errors.ModelProbeError` (graph shapes or probe predictions disagree
+    with the metadata).
     """
     file = resolve_model_file(Path(path))
     if not file.is_file():

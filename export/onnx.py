@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ import pyarrow as pa
 
 from export.errors import ExportError, ParityError
 from export.metadata import INPUT_NAME, PROBA_OUTPUT, ModelMetadata, Thresholds, histogram
+from export.parity import PARITY_TOLERANCE, ParityReport
+
+__all__ = ["PARITY_TOLERANCE", "ParityReport", "check_parity", "export_trained", "main"]
 
 #: Pinned opsets: default domain and ai.onnx.ml (TreeEnsemble* operators).
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
-#: Largest accepted |native - onnx| probability difference.
-PARITY_TOLERANCE = 1e-5
 
 _registered = False
 
@@ -101,15 +101,6 @@ def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
     return {imp.domain: int(imp.version) for imp in model.opset_import}
 
 
-@dataclass(frozen=True, slots=True)
-class ParityReport:
-    """Outcome of a parity check."""
-
-    rows: int
-    max_abs_diff: float
-    decision_mismatches: int
-
-
 def check_parity(
     model_bytes: bytes,
     native_scores: np.ndarray,
@@ -142,10 +133,18 @@ def check_parity(
     return report
 
 
+#: Probe rows stored in the metadata (held-out rows across the score range).
+PROBE_ROWS = 8
+
+
 def build_metadata(
     trained: Any, model_version: str, opsets: dict[str, int], bins: int = 10
 ) -> ModelMetadata:
-    """Metadata for a :class:`training.artifact.TrainedModel`: histograms, metrics, thresholds."""
+    """Metadata for a :class:`training.artifact.TrainedModel`: histograms, metrics, thresholds.
+
+    ``feature_context`` is read with a default of ``{}``, so artifacts pickled before the
+    field existed still export. Probe rows are added by :func:`export_trained`.
+    """
     ref = np.asarray(trained.reference_features, dtype=np.float32)
     names = tuple(trained.feature_names)
     weights = np.asarray(trained.ensemble.weights, dtype=float)
@@ -163,19 +162,48 @@ def build_metadata(
         members=members,
         opsets=opsets,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        feature_partitions=int(trained.params.get("feature_partitions", 0)),
+        feature_context=dict(getattr(trained, "feature_context", None) or {}),
     )
 
 
+def choose_probe_rows(features: np.ndarray, scores: np.ndarray, k: int = PROBE_ROWS) -> np.ndarray:
+    """Indices of ``k`` rows spread over the score range (lowest, highest, quantiles between).
+
+    Spreading them exercises both ends of the trees, so a graph that scores every row
+    alike (a wrong input order, a truncated ensemble) cannot match the stored scores.
+    """
+    if features.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(scores, kind="stable")
+    picks = np.unique(np.round(np.linspace(0, order.size - 1, min(k, order.size))).astype(int))
+    return np.sort(order[picks])
+
+
+def with_probes(model: onnx.ModelProto, metadata: ModelMetadata, rows: np.ndarray) -> bytes:
+    """Serialized ``model`` whose metadata holds ``rows`` and the graph's own scores of them."""
+    from dataclasses import replace
+
+    from export.model import ScoringModel
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    set_metadata(model, metadata)
+    draft = ScoringModel.from_bytes(model.SerializeToString(), "<export>", None, probe=False)
+    scores = draft.predict(rows) if rows.shape[0] else np.zeros(0, np.float32)
+    final = replace(metadata, probe_rows=tuple(tuple(float(v) for v in r) for r in rows),
+                    probe_scores=tuple(float(s) for s in scores))
+    set_metadata(model, final)
+    return model.SerializeToString()
+
+
 def export_trained(trained: Any, model_version: str | None = None) -> tuple[bytes, ParityReport]:
-    """Convert a ``TrainedModel``, embed metadata, check parity; return the ONNX bytes."""
+    """Convert a ``TrainedModel``, embed metadata and probe rows, check parity; return bytes."""
     version = model_version or trained.model_version
     names = tuple(trained.feature_names)
     model = to_onnx(trained.ensemble, len(names))
-    set_metadata(model, build_metadata(trained, version, opsets_of(model)))
-    data = model.SerializeToString()
+    metadata = build_metadata(trained, version, opsets_of(model))
     holdout = np.ascontiguousarray(trained.holdout_features, dtype=np.float32)
     native = trained.ensemble.predict_proba(holdout)[:, 1]
+    data = with_probes(model, metadata, holdout[choose_probe_rows(holdout, native)])
     report = check_parity(data, native, holdout, trained.thresholds)
     return data, report
 
@@ -204,12 +232,22 @@ def reference_table(trained: Any, model_bytes: bytes) -> pa.Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: export the training artifact and publish it as a new registry version."""
-    from export.registry import ModelRegistry
+    """CLI: export the training artifact, gate it and publish it as a new registry version.
+
+    Exit codes: 0 published (and current unless ``--no-current``), 1 export or registry
+    error, 2 bad input, 3 published as **rejected** by a gate (``models/current`` unchanged).
+    """
+    from export.errors import GateError
+    from export.gates import GateConfig
+    from export.mlflow_sync import MlflowSync
+    from export.release import release
     from training.artifact import TrainedModel
 
     parser = argparse.ArgumentParser(
-        prog="python -m export.onnx", description=(__doc__ or "").split("\n")[0]
+        prog="python -m export.onnx", description=(__doc__ or "").split("\n")[0],
+        epilog="Gates: see `python -m export.cli gates --help` and export/gates.py. With "
+               "MLFLOW_TRACKING_URI set, the version is also registered in MLflow. Exit codes: "
+               "0 published, 1 error, 2 bad input, 3 rejected by a gate.",
     )
     parser.add_argument("--model", type=Path, default=Path("runs/train"),
                         help="training output directory or model.pkl (default: runs/train)")
@@ -218,32 +256,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", default=None,
                         help="model version (default: the one training chose)")
     parser.add_argument("--no-current", action="store_true",
-                        help="publish without pointing models/current at it")
+                        help="publish as a candidate without pointing models/current at it")
+    parser.add_argument("--gates", type=Path, default=None, metavar="FILE",
+                        help="gate limits (TOML or JSON; default: the built-in minimums)")
+    parser.add_argument("--gate", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one gate limit, e.g. --gate min_auc_roc=0.9 (repeatable)")
+    parser.add_argument("--reason", default="", help="why, for the audit log")
     args = parser.parse_args(argv)
 
+    try:
+        cfg = GateConfig.load(args.gates, args.gate)
+    except GateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         trained = TrainedModel.load(args.model)
     except FileNotFoundError:
         print(f"error: no training artifact at {args.model}; run `just train DATA=<history>` first",
               file=sys.stderr)
         return 2
-    version = args.version or trained.model_version
-    registry = ModelRegistry(args.models_dir)
+    model_dir = args.model if args.model.is_dir() else args.model.parent
     try:
-        registry.check_new(version)
-        n = len(trained.feature_names)
-        print(f"[export] converting {version} ({n} features)...", flush=True)
-        data, parity = export_trained(trained, version)
-        print(f"[export] parity ok on {parity.rows} held-out rows: max |diff| "
-              f"{parity.max_abs_diff:.2e}, decisions identical", flush=True)
-        model_dir = args.model if args.model.is_dir() else args.model.parent
-        target = registry.publish(version, data, report_dir=model_dir, parity=parity,
-                                  make_current=not args.no_current,
-                                  reference=reference_table(trained, data))
+        result = release(
+            trained, args.models_dir, version=args.version, gates=cfg,
+            make_current=not args.no_current, report_dir=model_dir, reason=args.reason,
+            sync=MlflowSync.from_env(), say=lambda m: print(f"[export] {m}", flush=True),
+        )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"[export] published {target}" + ("" if args.no_current else " (models/current)"))
+    for warning in result.warnings:
+        print(f"[export] warning: {warning}", file=sys.stderr)
+    if result.state == "rejected":
+        print(f"[export] published {result.target} as REJECTED: "
+              f"{'; '.join(result.gates.reasons)}; models/current unchanged "
+              f"({result.gates.champion or 'none'})")
+        return 3
+    where = " (models/current)" if result.state == "champion" else " (candidate)"
+    print(f"[export] published {result.target}{where}")
     return 0
 
 

@@ -5,8 +5,11 @@ report (``report.md``, ``metrics.json``, PNG plots) and ``reference.parquet`` (t
 scored training reference rows that ``just drift-report`` compares the stream
 with). It is assembled in a temporary directory and renamed into place, so
 readers never see half a version; files are made read-only and an existing
-version is never overwritten. ``current`` is swapped atomically (``os.replace``
-of a fresh symlink).
+version is never overwritten. ``current`` (the champion) and ``shadow`` (the
+challenger) are swapped atomically (``os.replace`` of a fresh symlink). A version
+may also hold ``holdout.parquet`` (held-out rows with labels, for the champion
+comparison of :mod:`export.gates`) and ``gates.json`` (the gate report at export).
+States, history and audit live in :mod:`export.lifecycle`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import re
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from export.errors import RegistryError
+from export.gates import HOLDOUT_FILE
 from export.metadata import ModelMetadata
 from export.model import MODEL_FILE
-from export.onnx import ParityReport
+from export.parity import ParityReport
 
 CURRENT = "current"
+SHADOW = "shadow"
+GATES_FILE = "gates.json"
 REFERENCE_FILE = "reference.parquet"
 REPORT_FILES = ("report.md", "metrics.json")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -52,12 +59,19 @@ class ModelRegistry:
 
     def current(self) -> str | None:
         """Version ``current`` points at, if any."""
-        link = self.root / CURRENT
-        return os.readlink(link) if link.is_symlink() else None
+        return self._target(CURRENT)
+
+    def shadow(self) -> str | None:
+        """Version ``shadow`` (the challenger) points at, if any."""
+        return self._target(SHADOW)
+
+    def _target(self, name: str) -> str | None:
+        link = self.root / name
+        return Path(os.readlink(link)).name if link.is_symlink() else None
 
     def check_new(self, version: str) -> None:
         """Raise :class:`RegistryError` unless ``version`` is a valid, unused name."""
-        if not _VERSION.match(version) or version == CURRENT:
+        if not _VERSION.match(version) or version in (CURRENT, SHADOW):
             raise RegistryError(
                 f"invalid model version {version!r}: use letters, digits, '.', '_', '-'"
             )
@@ -75,8 +89,14 @@ class ModelRegistry:
         parity: ParityReport | None = None,
         make_current: bool = True,
         reference: pa.Table | None = None,
+        holdout: pa.Table | None = None,
+        gates: dict[str, Any] | None = None,
     ) -> Path:
-        """Write a new version (ONNX, model card, report, reference rows); optionally current."""
+        """Write a new version (ONNX, model card, report, reference rows); optionally current.
+
+        ``holdout`` (held-out rows with labels) and ``gates`` (the gate report) are stored
+        as ``holdout.parquet`` and ``gates.json`` when given.
+        """
         self.check_new(version)
         import onnx
 
@@ -97,10 +117,14 @@ class ModelRegistry:
         tmp.mkdir()
         (tmp / MODEL_FILE).write_bytes(onnx_bytes)
         (tmp / "MODEL_CARD.md").write_text(model_card(meta, parity))
-        if reference is not None:
-            import pyarrow.parquet as pq
+        import pyarrow.parquet as pq
 
+        if reference is not None:
             pq.write_table(reference, tmp / REFERENCE_FILE)
+        if holdout is not None:
+            pq.write_table(holdout, tmp / HOLDOUT_FILE)
+        if gates is not None:
+            (tmp / GATES_FILE).write_text(json.dumps(gates, indent=2, sort_keys=True) + "\n")
         if report_dir is not None and report_dir.is_dir():
             for src in report_dir.iterdir():
                 if src.name in REPORT_FILES or src.suffix == ".png":
@@ -119,15 +143,26 @@ class ModelRegistry:
 
     def set_current(self, version: str) -> None:
         """Point ``current`` at an existing version (atomic swap)."""
+        self._link(CURRENT, version)
+
+    def set_shadow(self, version: str) -> None:
+        """Point ``shadow`` at an existing version (atomic swap)."""
+        self._link(SHADOW, version)
+
+    def clear_shadow(self) -> None:
+        """Remove the ``shadow`` link (no challenger)."""
+        (self.root / SHADOW).unlink(missing_ok=True)
+
+    def _link(self, name: str, version: str) -> None:
         if not (self.path(version) / MODEL_FILE).is_file():
             raise RegistryError(
-                f"cannot make {version!r} current: {self.path(version)} has no model"
+                f"cannot make {version!r} {name}: {self.path(version)} has no model"
             )
-        tmp_link = self.root / f".current-{os.getpid()}"
+        tmp_link = self.root / f".{name}-{os.getpid()}"
         if tmp_link.is_symlink():
             tmp_link.unlink()
         tmp_link.symlink_to(version)
-        os.replace(tmp_link, self.root / CURRENT)
+        os.replace(tmp_link, self.root / name)
 
 
 def model_card(meta: ModelMetadata, parity: ParityReport | None = None) -> str:

@@ -1,0 +1,118 @@
+"""Export, gate and publish one trained model: what ``just export-onnx`` and ``just retrain`` run.
+
+1. convert to ONNX with probe rows, check parity (:func:`export.onnx.export_trained`);
+2. evaluate the gates (:mod:`export.gates`): minimums on the training report's test
+   period, and the champion (``models/current``) against the candidate on the
+   candidate's held-out rows;
+3. publish ``models/<version>/`` (with ``holdout.parquet`` and ``gates.json``) and
+   record it as ``candidate`` or, when a gate failed, ``rejected`` (audited);
+4. mirror it to MLflow when ``MLFLOW_TRACKING_URI`` is set (:mod:`export.mlflow_sync`);
+5. when the gates passed and ``make_current``: promote it (``models/current`` moves
+   atomically; the previous champion is retired). A rejected version never moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.gates import GateConfig, GateReport, Holdout, evaluate
+from export.lifecycle import Lifecycle
+from export.mlflow_sync import MlflowSync, read_run_id
+from export.parity import ParityReport
+
+KEY_METRICS = ("auc_roc", "average_precision", "decline_precision", "decline_recall",
+               "card_precision_at_100")
+
+
+@dataclass
+class Release:
+    """What :func:`release` did."""
+
+    version: str
+    target: Path
+    state: str
+    gates: GateReport
+    parity: ParityReport
+    previous_champion: str | None = None
+    mlflow_version: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def key_metrics(training_metrics: dict[str, Any]) -> dict[str, float]:
+    """The test-period headline metrics shown by ``just models``."""
+    test = training_metrics.get("test", {}).get("ensemble", {})
+    return {k: float(test[k]) for k in KEY_METRICS if isinstance(test.get(k), int | float)}
+
+
+def load_champion(lifecycle: Lifecycle) -> Any | None:
+    """The serving champion as a ScoringModel, or None (no champion, or it does not load)."""
+    from export.model import load_model
+    from topics.errors import FraudStreamError
+
+    current = lifecycle.champion()
+    if current is None:
+        return None
+    try:
+        return load_model(lifecycle.registry.path(current), expected_feature_spec=None)
+    except FraudStreamError:
+        return None
+
+
+def release(
+    trained: Any,
+    models_dir: Path,
+    *,
+    version: str | None = None,
+    gates: GateConfig | None = None,
+    make_current: bool = True,
+    report_dir: Path | None = None,
+    reason: str = "",
+    sync: MlflowSync | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Release:
+    """Steps 1-5 of the module docstring. Raises ExportError/RegistryError subclasses."""
+    from export.model import ScoringModel
+    from export.onnx import export_trained, reference_table
+
+    version = version or trained.model_version
+    cfg = gates or GateConfig()
+    lifecycle = Lifecycle(models_dir, listeners=[sync.listener] if sync else [])
+    lifecycle.registry.check_new(version)
+    say(f"converting {version} ({len(trained.feature_names)} features)...")
+    data, parity = export_trained(trained, version)
+    say(f"parity ok on {parity.rows} held-out rows: max |diff| {parity.max_abs_diff:.2e}, "
+        "decisions identical; probe rows stored")
+    candidate = ScoringModel.from_bytes(data, "<candidate>", None)
+    champion = load_champion(lifecycle)
+    holdout = Holdout.from_trained(trained)
+    report = evaluate(version, trained.metrics, cfg, candidate=candidate, champion=champion,
+                      holdout=holdout)
+    state = "candidate" if report.passed else "rejected"
+    for check in report.checks:
+        say(f"  gate {'ok  ' if check.passed else 'FAIL'} {check.describe()}")
+    target = lifecycle.registry.publish(
+        version, data, report_dir=report_dir, parity=parity, make_current=False,
+        reference=reference_table(trained, data),
+        holdout=None if holdout is None else holdout.to_table(trained.feature_names),
+        gates=report.to_dict(),
+    )
+    lifecycle.record_published(version, state, report, key_metrics(trained.metrics),
+                               reason=reason or "export")
+    result = Release(version, target, state, report, parity)
+    if sync is not None:
+        try:
+            run_id = read_run_id(report_dir) if report_dir is not None else None
+            result.mlflow_version = sync.log_export(version, target, state, run_id)
+            say(f"MLflow: registered {sync.model_name} version {result.mlflow_version} "
+                f"({sync.uri})")
+        except Exception as exc:  # the local registry stays authoritative
+            result.warnings.append(f"MLflow export failed: {type(exc).__name__}: {exc}")
+    if report.passed and make_current:
+        result.previous_champion = lifecycle.promote(
+            version, report, reason=reason or "export: gates passed")
+        result.state = "champion"
+    result.warnings += lifecycle.warnings
+    return result
