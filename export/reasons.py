@@ -45,6 +45,9 @@ class ReasonExplainer:
         self.max_reasons = max_reasons
         self.candidates = min(candidates, len(model.feature_names))
         self.min_drop = min_drop
+        context = getattr(model.metadata, "feature_context", None) or {}
+        #: Amounts are named in the model's reference currency (see state.spec.describe).
+        self.currency = str(context.get("reference_currency", "EUR"))
         neutral = {f.name: f.neutral for f in FEATURES}
         self._edges: list[np.ndarray] = []
         self._mid_cdf: list[np.ndarray] = []
@@ -90,5 +93,6 @@ class ReasonExplainer:
             if drops[k] <= 0.0 or (rank > 0 and drops[k] < self.min_drop):
                 break
             name = self.model.feature_names[cand[k]]
-            codes.append(ReasonCode(feature=name, text=describe(name, float(row[cand[k]]))))
+            text = describe(name, float(row[cand[k]]), self.currency)
+            codes.append(ReasonCode(feature=name, text=text))
         return codes or [COMBINED]

@@ -2,7 +2,8 @@
 
 Two halves, so the counting stays inline and cheap and the verdict comes from all workers:
 
-* :class:`PartitionDrift` lives in each scoring step. Per batch it adds the
+* :class:`PartitionDrift` lives in each merchant shard's scoring step (a
+  "partition" of the drift counts is a merchant shard). Per batch it adds the
   rows to per-(event-time window, model version) :class:`WindowCounts` with a
   few numpy calls (histogram bins by ``searchsorted``, counts by ``bincount``).
   When the partition's event time passes a window's end plus the grace, the
@@ -24,14 +25,24 @@ proportions floored at :data:`PSI_FLOOR`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from export.metadata import ModelMetadata
 from flows import metrics
-from state.verdicts import DECISIONS, VerdictRecord
 from topics.contracts import DriftSnapshot, LabelFeedback, ShadowSummary
+
+DECISIONS = ("approve", "review", "decline")
+
+
+class Judged(NamedTuple):
+    """What a label is joined with: the decisions of the verdict it judges."""
+
+    decision: str
+    model_version: str
+    shadow_decision: str | None = None
+    shadow_model_version: str | None = None
 
 PSI_FLOOR = 1e-4
 #: Scored rows buffered per partition before they are counted (see PartitionDrift.add_scored).
@@ -348,8 +359,20 @@ class PartitionDrift:
                                   s_decisions[rows] == decisions[rows])
         return late
 
+    def add_unknown(self, count: int, live_version: str) -> None:
+        """Count labels whose transaction never arrived within the horizon (oldest open window)."""
+        index = max(self._closed_before, self._max_time // self.window_ms)
+        self._window((index, live_version)).labels_unknown += count
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Recovery snapshot: counts only (buffered rows are counted first, caches dropped)."""
+        self._count()
+        state = dict(self.__dict__)
+        state["_references"] = {}
+        return state
+
     def add_label(
-        self, label_time: int, is_fraud: bool, verdict: VerdictRecord | None, live_version: str
+        self, label_time: int, is_fraud: bool, verdict: Judged | None, live_version: str
     ) -> None:
         """Count one label joined with its verdict (None: unknown, counted under ``live_version``).
 

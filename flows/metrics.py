@@ -27,11 +27,12 @@ VERDICTS = Counter(
 )
 REPLAYED = Counter(
     "fraud_replayed_verdicts_total",
-    "Verdicts re-emitted from the state store for offsets replayed after a recovery.",
+    "Verdicts re-emitted from the state store for transactions replayed after a recovery.",
 )
 REPLAY_SKIPPED = Counter(
     "fraud_replay_skipped_total",
-    "Replayed offsets with no stored verdict (dead-lettered before, or past output retention).",
+    "Replayed transactions with neither a stored verdict nor a kept card row (older than the "
+    "recent-row retention); not scored again.",
 )
 DEAD_LETTERS = Counter(
     "fraud_dead_letters_total", "Messages sent to the dead-letter topic, by error class.",
@@ -41,10 +42,23 @@ LABELS = Counter(
     "fraud_labels_total", "Label events received (repeats are ignored by the store).",
     ["is_fraud"],
 )
-MISPARTITIONED = Counter(
-    "fraud_mispartitioned_transactions_total",
-    "Sampled transactions (1 in 64) not on their card's murmur2 partition: a producer "
-    "uses another partitioner, so labels miss their card's merchant state.",
+MISKEYED = Counter(
+    "fraud_miskeyed_transactions_total",
+    "Transactions not on their card's murmur2 partition (no key, another key or another "
+    "partitioner), by what was done: routed to the card's state, or refused (dead letter).",
+    ["action"],
+)
+CLAMPED = Counter(
+    "fraud_event_time_clamped_total",
+    "Records whose event (or label) time ran ahead of the Kafka record timestamp by more "
+    "than FRAUD_MAX_SKEW_SECONDS and was clamped to it.",
+    ["topic"],
+)
+DUPLICATES = Counter(
+    "fraud_duplicate_transactions_total",
+    "Transaction ids seen again: a re-delivery (same body: the stored verdict is re-emitted) "
+    "or a conflict (another body: dead-lettered).",
+    ["kind"],
 )
 BATCH_SIZE = Histogram(
     "fraud_scoring_batch_size", "Transactions per scoring batch.",
@@ -111,7 +125,7 @@ SHADOW_CORRELATION = Gauge(
     "Pearson correlation of shadow and champion scores, latest window."
 )
 STATE_BYTES = Gauge(
-    "fraud_state_disk_bytes", "Approximate RocksDB size per input partition.", ["partition"]
+    "fraud_state_disk_bytes", "Approximate RocksDB size per store.", ["store"]
 )
 
 

@@ -1,16 +1,18 @@
 """A small, deterministic sample of scored feature vectors, as Parquet, for ``just drift-report``.
 
-One :class:`SampleWriter` per input partition keeps the transactions whose id
+One :class:`SampleWriter` per merchant shard keeps the transactions whose id
 hashes below ``rate`` (CRC-32 of the UTF-8 id: which rows are sampled does
-not depend on timing or process) and writes them, with their score, decision and model version, to
-``<directory>/partition=<p>/<first offset>-<last offset>.parquet`` once
+not depend on timing or process) and writes them, with their score, decision, model
+version and source partition and offset, to
+``<directory>/shard=<s>/<first seq>-<last seq>.parquet`` (the shard store's
+sequence numbers) once
 ``flush_rows`` rows are buffered or ``flush_seconds`` have passed since the
 first one. Files are written to a temporary name and renamed, so a reader
 never sees half a file. Replayed offsets re-emit stored verdicts and are not
 offered again; a state rebuild from the topic re-samples the same ids, maybe in
 overlapping files, so readers deduplicate by transaction id
 (:mod:`training.drift_report` does). One directory per deployment: files are
-named by partition and offsets, not by topic.
+named by shard and sequence numbers, not by topic.
 
 Rows still buffered when the writer is dropped or the process exits (the flow
 stops on SIGINT) are written by a finaliser; a hard kill loses at most one
@@ -58,15 +60,14 @@ def sampled(transaction_ids: Sequence[str], rate: float) -> np.ndarray:
 
 
 class _Buffer:
-    """One partition's sampled rows waiting for a file.
+    """One shard's sampled rows waiting for a file.
 
     Kept apart from the writer so that a finaliser can write them when the writer is
     dropped or the interpreter exits.
     """
 
-    def __init__(self, directory: Path, partition: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.partition = partition
         self.chunks: list[dict[str, np.ndarray]] = []
         self.rows = 0
         self.since: float | None = None
@@ -79,7 +80,7 @@ class _Buffer:
         chunks, rows = self.chunks, self.rows
         self.chunks, self.rows, self.since = [], 0, None
         cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        name = f"{int(cols['offset'].min()):020d}-{int(cols['offset'].max()):020d}"
+        name = f"{int(cols['seq'].min()):020d}-{int(cols['seq'].max()):020d}"
         path = self.directory / f"{name}.parquet"
         tmp = self.directory / f".{name}.{os.getpid()}.tmp"
         try:
@@ -96,7 +97,7 @@ class _Buffer:
         features = cols["features"]
         arrays = [
             pa.array(cols["transaction_id"], pa.string()),
-            pa.array(np.full(features.shape[0], self.partition, dtype=np.int32)),
+            pa.array(cols["partition"], pa.int32()),
             *(pa.array(cols[k]) for k in ("offset", "event_time")),
             pa.array(cols["model_version"], pa.string()),
             pa.array(cols["score"]),
@@ -107,12 +108,12 @@ class _Buffer:
 
 
 class SampleWriter:
-    """Buffer one partition's sampled verdict rows and write them as Parquet files."""
+    """Buffer one shard's sampled verdict rows and write them as Parquet files."""
 
     def __init__(
         self,
         directory: Path,
-        partition: int,
+        shard: int,
         rate: float,
         flush_rows: int = 2000,
         flush_seconds: float = 30.0,
@@ -124,7 +125,7 @@ class SampleWriter:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.clock = clock
-        self._buffer = _Buffer(Path(directory) / f"partition={partition}", partition)
+        self._buffer = _Buffer(Path(directory) / f"shard={shard}")
         if rate > 0.0:
             # pyarrow imports pandas on its first conversion, which fails once the interpreter
             # is shutting down: convert once now, so the finaliser can write at exit
@@ -138,6 +139,8 @@ class SampleWriter:
 
     def offer(
         self,
+        seqs: Sequence[int] | np.ndarray,
+        partitions: Sequence[int] | np.ndarray,
         offsets: Sequence[int] | np.ndarray,
         transaction_ids: Sequence[str],
         event_times: Sequence[int] | np.ndarray,
@@ -157,6 +160,8 @@ class SampleWriter:
             ids = [transaction_ids[i] for i in keep.tolist()]
             buf.chunks.append({
                 "transaction_id": np.array(ids, dtype=object),
+                "seq": np.asarray(seqs, dtype=np.int64)[keep],
+                "partition": np.asarray(partitions, dtype=np.int32)[keep],
                 "offset": np.asarray(offsets, dtype=np.int64)[keep],
                 "event_time": np.asarray(event_times, dtype=np.int64)[keep],
                 "model_version": np.full(keep.size, model_version, dtype=object),

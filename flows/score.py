@@ -2,20 +2,24 @@
 
 ::
 
-    transactions ─▶ decode ─┬──────────────────────────────▶ dead-letter
-    labels ──────▶ decode ──┤ (invalid messages, bytes kept)
+    transactions ─▶ decode ─┬──────────────────────────────────────▶ dead-letter
+    labels ──────▶ decode ──┤ (invalid, mis-keyed if refused, conflicts: bounded records)
                             ▼
-        key by input partition (a label: its card's partition)
+        key by card (its murmur2 partition; mis-keyed records routed to it)
                             ▼
-        score: RocksDB card + merchant state, micro-batched ONNX,
-               decision, reason codes (one step per partition) ─▶ predictions
-               label feedback, drift counts, vector sample (Parquet)
-                            ▼ closed event-time windows, per partition
-        drift: merge all partitions, PSI vs the model's reference ─▶ drift
+        card: RocksDB card windows, idempotent by transaction id (one step per card shard)
+                            ▼  + labels
+        key by merchant (over ALL traffic)
+                            ▼
+        merchant: RocksDB merchant windows and labels, micro-batched ONNX (champion +
+                  shadow), decision, reason codes, verdicts stored by transaction id;
+                  label feedback, drift counts, vector sample ─▶ predictions
+                            ▼ closed event-time windows, per merchant shard
+        drift: merge all shards, PSI vs the model's reference ─▶ drift
 
 Recommended run (see README, "Running the flow"): initialise recovery
 partitions once with ``python -m bytewax.recovery <dir> <n>``, then
-``python -m bytewax.run flows.score -r <dir> -s 10 -b 0``. Scale with processes
+``python -m bytewax.run flows.score -r <dir> -s 1 -b 0``. Scale with processes
 (``-i/-a``), not threads. Step ids below are part of Bytewax's recovery state:
 renaming one orphans its snapshots.
 
@@ -33,8 +37,7 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import bytewax.operators as op
 import msgspec
@@ -44,108 +47,35 @@ from bytewax.operators import StatefulBatchLogic
 from export.metadata import Thresholds
 from export.model import ScoringModel, load_model
 from flows import kafka, metrics
-from flows.decode import Sourced, decode
+from flows.card_stage import CardLogic, CardResult
+from flows.decode import DeadLetterRecord, KeyRule, SkewRule, Sourced, decode
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
 from flows.kafka import SinkRecord
+from flows.merchant_stage import MerchantLogic
 from flows.samples import SampleWriter
-from flows.scorer import PartitionScorer
+from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
 from flows.settings import DriftSettings, ScoringSettings
-from state.errors import StateError
+from state.card_store import CardStore
+from state.db import StoreIdentity
+from state.features import AmountFn
+from state.merchant_store import MerchantStore
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
-from state.store import PartitionStore
 from topics.admin import partition_count
-from topics.contracts import DriftSnapshot, Label, Transaction
+from topics.contracts import DriftSnapshot, Label
+from topics.currency import RateTable, reference_amount
 from topics.errors import ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
 
 log = logging.getLogger("flows.score")
 _encode = msgspec.json.Encoder().encode
-
-
-class PartitionEvent(NamedTuple):
-    """A transaction or a label, tagged with the input partition whose state it belongs to."""
-
-    partition: int
-    item: Sourced[Transaction] | Sourced[Label]
-
-
-class _ScoreLogic(StatefulBatchLogic[PartitionEvent, SinkRecord | DriftPartial, int]):
-    """Bytewax adapter: one :class:`PartitionScorer` per input partition, opened lazily.
-
-    Its snapshot is the store's last applied offset. On resume, a store *behind*
-    that snapshot (a lost or stale state volume) would silently skip the
-    transactions in between, so the step stops instead, saying what to do.
-
-    A partition idle for ``idle_seconds`` hands its open drift windows on, so the
-    end of a stream (or a quiet partition) does not hold them back forever; rows
-    for those windows that come later are counted as late.
-    """
-
-    def __init__(self, open_scorer: Any, resume_offset: int | None, idle_seconds: float) -> None:
-        self._open_scorer = open_scorer
-        self._resume_offset = resume_offset
-        self._idle_seconds = idle_seconds
-        self._scorer: PartitionScorer | None = None
-        self._last_batch = time.time()
-
-    def _open(self, partition: int) -> PartitionScorer:
-        scorer: PartitionScorer = self._open_scorer(partition)
-        applied = scorer.store.last_offset
-        if self._resume_offset is not None and applied < self._resume_offset:
-            raise StateError(
-                f"partition {partition}: the state store has applied offsets up to {applied}, "
-                f"but Bytewax's recovery snapshot says {self._resume_offset}; the state "
-                "directory is stale or lost. Restore it, or delete both the state directory "
-                "(FRAUD_STATE_DIR) and the recovery directory to rebuild from the topic"
-            )
-        return scorer
-
-    def on_batch(
-        self, values: list[PartitionEvent]
-    ) -> tuple[list[SinkRecord | DriftPartial], bool]:
-        if self._scorer is None:
-            self._scorer = self._open(values[0].partition)
-        labels = [v.item.value for v in values if isinstance(v.item.value, Label)]
-        txns: list[Sourced[Transaction]] = [
-            v.item for v in values if isinstance(v.item.value, Transaction)
-        ]
-        self._last_batch = time.time()
-        self._scorer.apply_labels(labels)
-        verdicts = self._scorer.score(txns)
-        self._scorer.join_labels()
-        out: list[SinkRecord | DriftPartial] = list(verdicts)
-        partial = self._scorer.drift.close() if self._scorer.drift is not None else None
-        if partial is not None:
-            out.append(partial)
-        return out, False
-
-    def notify_at(self) -> datetime | None:
-        drift = self._scorer.drift if self._scorer is not None else None
-        if drift is None or not drift.has_open_windows:
-            return None
-        return datetime.fromtimestamp(self._last_batch + self._idle_seconds, tz=UTC)
-
-    def on_notify(self) -> tuple[list[SinkRecord | DriftPartial], bool]:
-        drift = self._scorer.drift if self._scorer is not None else None
-        partial = drift.close(idle=True) if drift is not None else None
-        return ([partial] if partial is not None else []), False
-
-    def snapshot(self) -> int:
-        # RocksDB holds the state; Bytewax keeps this offset so a resume can check that
-        # the store is not behind it (see _open).
-        if self._scorer is None:
-            return -1
-        store = self._scorer.store
-        metrics.STATE_BYTES.labels(partition=str(store.partition)).set(
-            store.approximate_disk_bytes()
-        )
-        return store.last_offset
+#: Far enough ahead to accept anything: under the clamp policy the decode step clamps.
+_NO_FUTURE_LIMIT = 10**15
 
 
 class _DriftLogic(StatefulBatchLogic[DriftPartial, DriftSnapshot, DriftAggregator]):
-    """Bytewax adapter of the one :class:`DriftAggregator` (all partitions' partials)."""
+    """Bytewax adapter of the one :class:`DriftAggregator` (all shards' partials)."""
 
     def __init__(self, aggregator: DriftAggregator) -> None:
         self._agg = aggregator
@@ -179,11 +109,11 @@ class _DriftLogic(StatefulBatchLogic[DriftPartial, DriftSnapshot, DriftAggregato
 
 
 def drift_aggregator(
-    settings: DriftSettings, n_partitions: int, resumed: DriftAggregator | None
+    settings: DriftSettings, n_shards: int, resumed: DriftAggregator | None
 ) -> DriftAggregator:
-    """A fresh aggregator, or the resumed one when its window and partitions still apply."""
+    """A fresh aggregator, or the resumed one when its window and shards still apply."""
     fresh = DriftAggregator(
-        n_partitions, settings.window_ms, settings.psi_threshold, settings.min_count,
+        n_shards, settings.window_ms, settings.psi_threshold, settings.min_count,
         settings.flush_seconds, settings.ignore,
     )
     if resumed is None or (resumed.window_ms, resumed.n_partitions) != (
@@ -194,17 +124,6 @@ def drift_aggregator(
         resumed, psi_threshold=fresh.psi_threshold, min_count=fresh.min_count,
         flush_seconds=fresh.flush_seconds, ignore=fresh.ignore,
     )
-
-
-def check_partitions(model: ScoringModel, settings: ScoringSettings, n_partitions: int) -> None:
-    """Refuse a topic whose partition count differs from the one the model's features used."""
-    trained_on = model.metadata.feature_partitions
-    if trained_on and trained_on != n_partitions:
-        raise ConfigError(
-            f"model {model.version} computed merchant features over {trained_on} partitions, "
-            f"but {settings.kafka.topic('transactions')!r} has {n_partitions}; retrain with "
-            f"the topic's partition count (just train) or use a topic with {trained_on}"
-        )
 
 
 def serving_thresholds(settings: ScoringSettings, model: ScoringModel) -> Thresholds:
@@ -225,30 +144,72 @@ def serving_thresholds(settings: ScoringSettings, model: ScoringModel) -> Thresh
     return Thresholds(review=review, decline=decline, policy=policy)
 
 
+def model_rates(model: ScoringModel) -> RateTable:
+    """The reference currency and rate table the model's amount features were built with."""
+    context = getattr(model.metadata, "feature_context", None) or {}
+    table = context.get("rate_table")
+    if not table:
+        raise ConfigError(
+            f"model {model.version} records no rate table (feature context); retrain and "
+            "export it with this code: just train DATA=<history> then just export-onnx"
+        )
+    return RateTable.from_dict(table)
+
+
+def check_rates(rates: RateTable) -> Any:
+    """A model check: its amount features must use the flow's reference currency and rates."""
+
+    def check(model: ScoringModel) -> None:
+        theirs = model_rates(model)
+        if theirs != rates:
+            raise ConfigError(
+                f"model {model.version} converts amounts with rate table {theirs.version} to "
+                f"{theirs.reference}; this flow's state uses {rates.version} to "
+                f"{rates.reference}: card history would mix two scales. Retrain on the same "
+                "table, or restart the flow on a fresh state directory"
+            )
+
+    return check
+
+
 def model_source(
-    settings: ScoringSettings, path: Path, n_partitions: int, role: str
+    settings: ScoringSettings, path: Any, rates: RateTable, role: str
 ) -> ModelSource:
     """A hot-reloaded model: the champion gets the threshold overrides, a shadow its own."""
     return ModelSource(
         path,
         thresholds=(lambda m: serving_thresholds(settings, m)) if role == "champion"
         else (lambda m: m.thresholds),
-        check=lambda m: check_partitions(m, settings, n_partitions),
+        check=check_rates(rates),
         max_reasons=settings.reason_codes,
         interval=settings.model_reload_seconds,
         role=role,
     )
 
 
+def amounts(rates: RateTable) -> AmountFn:
+    """Reference-currency amount of a transaction with ``rates`` (billing amount first)."""
+    return lambda txn: reference_amount(txn, rates)
+
+
+def merchant_of(item: CardResult | Sourced[Label]) -> str:
+    """The merchant id of a card-stage result or a label."""
+    if isinstance(item, CardResult):
+        return item.item.value.merchant_id
+    return item.value.merchant_id
+
+
 def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Dataflow:
     """The scoring dataflow for ``settings``; loads and checks the model first."""
-    load_model(settings.model_path)  # before any network call: fail fast
+    rates = model_rates(load_model(settings.model_path))  # before any network call: fail fast
     if settings.shadow_model_path is not None:
-        load_model(settings.shadow_model_path)
-    parts = n_partitions or partition_count(settings.kafka, settings.kafka.topic("transactions"))
-    champion = model_source(settings, settings.model_path, parts, "champion")
+        check_rates(rates)(load_model(settings.shadow_model_path))
+    topic = settings.kafka.topic("transactions")
+    parts = n_partitions or partition_count(settings.kafka, topic)
+    shards = settings.merchant_shards
+    champion = model_source(settings, settings.model_path, rates, "champion")
     shadow = (
-        model_source(settings, settings.shadow_model_path, parts, "shadow")
+        model_source(settings, settings.shadow_model_path, rates, "shadow")
         if settings.shadow_model_path is not None else None
     )
     live = champion.current
@@ -256,71 +217,85 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
         {"version": live.version, "feature_spec_version": live.model.feature_spec_version}
     )
     drift = settings.drift
-    store_options = StoreOptions(verdict_horizon_ms=drift.verdict_horizon_ms)
+    options = StoreOptions(txn_horizon_ms=drift.verdict_horizon_ms)
+    topic_id = ""
     log.info(
-        "model %s (spec %s), thresholds review=%.4f decline=%.4f, shadow %s, %d partitions, "
-        "state in %s", live.version, live.model.feature_spec_version, live.thresholds.review,
-        live.thresholds.decline, shadow.current.version if shadow else "none", parts,
-        settings.state_dir,
+        "model %s (spec %s, amounts in %s, rates %s), thresholds review=%.4f decline=%.4f, "
+        "shadow %s, %d card shards (partitions of %s), %d merchant shards, state in %s",
+        live.version, live.model.feature_spec_version, rates.reference, rates.version,
+        live.thresholds.review, live.thresholds.decline,
+        shadow.current.version if shadow else "none", parts, topic, shards, settings.state_dir,
     )
 
-    def open_scorer(partition: int) -> PartitionScorer:
-        store = PartitionStore.open(settings.state_dir, partition, store_options)
+    def card_shard(card_id: str) -> int:
+        return murmur2_partition(card_id, parts)
+
+    def merchant_shard(merchant_id: str) -> int:
+        return murmur2_partition(merchant_id, shards)
+
+    def open_cards(shard: int) -> CardStore:
+        return CardStore.open(
+            settings.state_dir, StoreIdentity("cards", shard, parts, topic, topic_id), options)
+
+    def open_scorer(merchant_id: str, resumed: PartitionDrift | None) -> MerchantScorer:
+        shard = merchant_shard(merchant_id)
+        store = MerchantStore.open(
+            settings.state_dir, StoreIdentity("merchants", shard, shards, topic, topic_id),
+            options)
         samples = (
-            SampleWriter(drift.sample_dir, partition, drift.sample_rate)
+            SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None
         )
-        return PartitionScorer(
-            store, champion, shadow,
-            drift=PartitionDrift(partition, drift.window_ms, drift.grace_ms), samples=samples,
+        return MerchantScorer(
+            store, champion, shadow, topic=topic, reference_currency=rates.reference,
+            drift=resumed or PartitionDrift(shard, drift.window_ms, drift.grace_ms),
+            samples=samples,
         )
 
+    skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
+    future = settings.max_skew_ms if settings.skew_policy == "dead-letter" else _NO_FUTURE_LIMIT
     flow = Dataflow("fraud-score")
     txn_msgs = kafka.read(
         "transactions-in", flow, settings.kafka, "transactions", batch_size=settings.batch_max
     )
     txns = decode(
         "decode-transactions", txn_msgs,
-        TransactionDecoder(settings.max_message_bytes, settings.max_future_ms),
+        TransactionDecoder(settings.max_message_bytes, future), skew,
+        KeyRule(parts, settings.miskeyed),
     )
-    # Labels are days late anyway: a long fetch wait keeps 8 idle consumers cheap.
+    # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
     label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels",
                             config={"fetch.wait.max.ms": "200"})
     labels = decode(
-        "decode-labels", label_msgs,
-        LabelDecoder(settings.max_message_bytes, settings.max_future_ms),
+        "decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes, future), skew,
     )
-    dead = op.merge("dead-letters", txns.errs, labels.errs)
+    by_card = op.key_on("key-by-card", txns.oks, lambda s: str(card_shard(s.value.card_id)))
+    carded = op.branch(
+        "split-card", op.key_rm("unkey-card", op.stateful_batch(
+            "card", by_card,
+            lambda resume: CardLogic(open_cards, card_shard, amounts(rates), topic, resume,
+                                     settings.miskeyed_hold_ms),
+        )),
+        lambda x: isinstance(x, CardResult),
+    )
+    merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks)
+    by_merchant = op.key_on("key-by-merchant", merchant_in,
+                            lambda x: str(merchant_shard(merchant_of(x))))
+    scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
+        "merchant", by_merchant,
+        lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds),
+    ))
+    verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkRecord))
+    op.output("predictions-out", verdicts.trues, kafka.sink(settings.kafka, "predictions"))
+    rest: Any = op.branch("split-drift", verdicts.falses,
+                          lambda x: isinstance(x, DriftPartial))
+    dead: Stream[Any] = op.merge("dead-letters", txns.errs, labels.errs,
+                    cast(Stream[DeadLetterRecord], carded.falses),
+                    cast(Stream[DeadLetterRecord], rest.falses))
     op.output("dead-letter-out", dead, kafka.sink(settings.kafka, "dead-letter"))
-
-    def tag_transaction(s: Sourced[Transaction]) -> PartitionEvent:
-        # Labels are routed with murmur2; a producer using another partitioner splits a
-        # card's labels from its transactions. Check one transaction in 64 and count.
-        if s.offset % 64 == 0 and murmur2_partition(s.value.card_id, parts) != s.partition:
-            metrics.MISPARTITIONED.inc()
-        return PartitionEvent(s.partition, s)
-
-    txn_events = op.map("tag-transactions", txns.oks, tag_transaction)
-    label_events = op.map(
-        "tag-labels", labels.oks,
-        lambda s: PartitionEvent(murmur2_partition(s.value.card_id, parts), s),
-    )
-    events = op.key_on(
-        "key-by-partition", op.merge("events", txn_events, label_events),
-        lambda e: str(e.partition),
-    )
-    verdicts = op.stateful_batch(
-        "score", events, lambda resume: _ScoreLogic(open_scorer, resume, drift.flush_seconds)
-    )
-    scored = op.branch(
-        "split-drift", op.key_rm("unkey", verdicts),
-        lambda x: not isinstance(x, DriftPartial),
-    )
-    predictions = cast(Stream[SinkRecord], scored.trues)
-    op.output("predictions-out", predictions, kafka.sink(settings.kafka, "predictions"))
-    partials = op.key_on("key-drift", cast(Stream[DriftPartial], scored.falses), lambda _: "all")
+    partials = op.key_on("key-drift", cast(Stream[DriftPartial], rest.trues), lambda _: "all")
     snapshots = op.stateful_batch(
-        "drift", partials, lambda resumed: _DriftLogic(drift_aggregator(drift, parts, resumed))
+        "drift", partials, lambda resumed: _DriftLogic(drift_aggregator(drift, shards, resumed))
     )
     drift_msgs = op.map(
         "encode-drift", op.key_rm("unkey-drift", snapshots),

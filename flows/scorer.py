@@ -1,51 +1,75 @@
-"""Score one input partition's transactions: features, ONNX, decision, reasons, verdict bytes.
+"""Score one merchant shard's transactions: merchant features, ONNX, decision, reasons, verdict.
 
-Plain Python over a :class:`~state.store.PartitionStore` and a
-:class:`~flows.serving.ModelSource` (the hot-reloaded model, plus an optional
-shadow), so it is tested without Kafka; the Bytewax step in :mod:`flows.score`
-only feeds it batches.
+Plain Python over a :class:`~state.merchant_store.MerchantStore` and a
+:class:`~flows.serving.ModelSource` (the hot-reloaded champion, plus an optional
+shadow), so it is tested without Kafka; the Bytewax step in
+:mod:`flows.merchant_stage` only feeds it batches.
 
-Each transaction is scored with its features as of just before it, then applied
-to state, in one RocksDB ``WriteBatch`` together with its encoded verdict and the
-partition offset. A replayed offset (after a recovery) returns the stored verdict
-bytes unchanged: same score, same decision, same model version, same times.
+New transactions of a batch are scored in one ONNX call, and each verdict is
+committed in the same RocksDB ``WriteBatch`` as the merchant state it was
+computed from. A transaction id already scored gets its stored verdict bytes
+again: a producer re-delivery (counted in ``fraud_duplicate_transactions_total``)
+or a replay after a crash (``fraud_replayed_verdicts_total``; its drift counts
+and label joins, lost with the crashed process's memory, are redone).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from flows import metrics
-from flows.decode import Sourced
-from flows.drift import PartitionDrift
+from flows.card_stage import CardResult, merge_partitions
+from flows.decode import DeadLetterRecord
+from flows.drift import Judged, PartitionDrift
 from flows.kafka import SinkRecord
 from flows.samples import SampleWriter
 from flows.serving import ModelSource, Serving
-from state.store import PartitionStore, Rendered
-from state.verdicts import VerdictRecord
-from topics.contracts import Label, Prediction, ReasonCode, Transaction
+from state import merchant_store as ms
+from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
+from state.records import Verdict
+from topics.contracts import Label, Prediction, ReasonCode
 
 _encode = msgspec.json.Encoder().encode
-#: Labels queued for their verdict per partition; beyond it the oldest are joined early.
-MAX_UNJOINED = 100_000
 log = logging.getLogger(__name__)
 
 
-class PartitionScorer:
-    """Everything between a decoded transaction and its verdict, for one input partition."""
+class _Scored(msgspec.Struct, gc=False):
+    """The fields of a stored verdict that drift and label feedback need."""
+
+    score: float
+    decision: str
+    model_version: str
+    shadow_score: float | None = None
+    shadow_decision: str | None = None
+    shadow_model_version: str | None = None
+
+
+_decode_scored = msgspec.json.Decoder(_Scored).decode
+
+
+def judged(verdict: Verdict) -> Judged:
+    """What a label is joined with, from a stored verdict's bytes."""
+    s = _decode_scored(verdict.output)
+    return Judged(s.decision, s.model_version, s.shadow_decision, s.shadow_model_version)
+
+
+class MerchantScorer:
+    """Everything between a card-stage result and its verdict, for one merchant shard."""
 
     def __init__(
         self,
-        store: PartitionStore,
+        store: MerchantStore,
         champion: ModelSource,
         shadow: ModelSource | None = None,
+        *,
+        topic: str = "transactions",
+        reference_currency: str = "EUR",
         clock: Callable[[], float] = time.time,
         drift: PartitionDrift | None = None,
         samples: SampleWriter | None = None,
@@ -53,89 +77,99 @@ class PartitionScorer:
         self.store = store
         self.champion = champion
         self.shadow = shadow
+        self.topic = topic
+        self.reference_currency = reference_currency
         self.clock = clock
         self.drift = drift
         self.samples = samples
-        self._unjoined: list[tuple[int, int, Label]] = []  # heap by label time
-        self._seq = itertools.count()
-        self._event_time = -(1 << 62)  # newest transaction event time seen
+        self._unknown_seen = store.unknown_labels
+        self._scored: dict[str, Any] = {}
 
+    # --- labels ------------------------------------------------------------------------
     def apply_labels(self, labels: Sequence[Label]) -> None:
-        """Apply labels to merchant state (idempotent by id); queue new ones for feedback."""
+        """Apply labels to merchant state (idempotent by id) and feed back their verdicts."""
         if not labels:
             return
         for label in labels:
             metrics.LABELS.labels(is_fraud=str(label.is_fraud).lower()).inc()
-        for label in self.store.apply_labels(labels):
-            heapq.heappush(self._unjoined, (label.label_time, next(self._seq), label))
+        self._feedback(self.store.apply_labels(labels))
 
-    def join_labels(self) -> None:
-        """Feed back queued labels whose time this partition's transactions have reached.
-
-        Waiting until then lets a label read ahead of its transaction (a backlog,
-        or the same batch) still find the verdict; one still without a verdict is
-        unknown. Beyond :data:`MAX_UNJOINED` queued labels the oldest are joined early.
-        """
-        due: list[Label] = []
-        queue = self._unjoined
-        while queue and (queue[0][0] <= self._event_time or len(queue) > MAX_UNJOINED):
-            due.append(heapq.heappop(queue)[2])
-        if not due:
-            return
+    def _feedback(self, joins: Sequence[LabelJoin]) -> None:
         live = self.champion.current.version
-        for label, verdict in zip(due, self.store.verdicts(due), strict=True):
-            truth = "fraud" if label.is_fraud else "legit"
-            if verdict is None:
-                metrics.LABELS_UNKNOWN.inc()
-            else:
-                metrics.LABEL_FEEDBACK.labels(verdict.model_version, verdict.decision, truth).inc()
+        for join in joins:
+            if join.verdict is None:
+                continue  # waits for its transaction (or expires, counted unknown)
+            truth = "fraud" if join.label.is_fraud else "legit"
+            verdict = judged(join.verdict)
+            metrics.LABEL_FEEDBACK.labels(verdict.model_version, verdict.decision, truth).inc()
             if self.drift is not None:
-                self.drift.add_label(label.label_time, label.is_fraud, verdict, live)
+                self.drift.add_label(join.label.label_time, join.label.is_fraud, verdict, live)
+        unknown = self.store.unknown_labels - self._unknown_seen
+        if unknown:
+            self._unknown_seen = self.store.unknown_labels
+            metrics.LABELS_UNKNOWN.inc(unknown)
+            if self.drift is not None:
+                self.drift.add_unknown(unknown, live)
 
-    def score(self, batch: Sequence[Sourced[Transaction]]) -> list[SinkRecord]:
-        """Verdicts for ``batch`` (one partition, offset order), fresh or re-emitted."""
+    # --- transactions ------------------------------------------------------------------
+    def score(self, batch: Sequence[CardResult]) -> list[SinkRecord | DeadLetterRecord]:
+        """Verdicts (fresh or re-emitted) and dead letters for ``batch`` (one shard)."""
         if not batch:
             return []
-        self._event_time = max(self._event_time, max(s.value.event_time for s in batch))
         started = time.perf_counter()
-        fresh: set[int] = set()
+        ordered = merge_partitions([r.item for r in batch])
+        by_item = {id(r.item): r for r in batch}
+        results = [by_item[id(item)] for item in ordered]
         live = self.champion.poll()  # one model per batch: swaps happen between batches
         shadow = self.shadow.poll() if self.shadow is not None else None
+        items = [MerchantIn(r.item.value, r.features, r.body, r.item.partition, r.item.offset,
+                            r.row) for r in results]
 
-        def render(positions: Sequence[int], features: np.ndarray) -> Rendered:
-            fresh.update(positions)
-            return self._render([batch[i] for i in positions], features, live, shadow)
+        def render(positions: Sequence[int], matrix: np.ndarray) -> list[bytes]:
+            return self._render([results[i] for i in positions], matrix, live, shadow)
 
-        values = self.store.process_and_render(
-            [(item.offset, item.value) for item in batch], render
-        )
+        outs, joins = self.store.process(items, render)
+        out: list[SinkRecord | DeadLetterRecord] = []
+        fresh: list[int] = []
+        replays: list[int] = []
+        for i, (r, o) in enumerate(zip(results, outs, strict=True)):
+            key = r.item.value.transaction_id.encode()
+            if o.kind == ms.CONFLICT:
+                assert o.first is not None
+                out.append(self._conflict(r, o.first))
+                continue
+            if o.kind == ms.MISSING:
+                metrics.REPLAY_SKIPPED.inc()
+                log.warning("transaction %r: no stored verdict and no card row (older than "
+                            "the recent-row retention); skipped", r.item.value.transaction_id)
+                continue
+            assert o.output is not None
+            out.append(SinkRecord(key, o.output))
+            if o.kind == ms.FRESH:
+                fresh.append(i)
+            elif o.kind == ms.REPLAY:
+                replays.append(i)
+            else:
+                metrics.DUPLICATES.labels(kind="redelivery").inc()
+        if replays:
+            metrics.REPLAYED.inc(len(replays))
+            self._recount(results, outs, replays, live)
+        if fresh:
+            self._observe(results, outs, fresh)
+        self._feedback(joins)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        verdicts = [
-            SinkRecord(item.value.transaction_id.encode(), value)
-            for item, value in zip(batch, values, strict=True)
-            if value is not None
-        ]
-        if len(verdicts) < len(batch):
-            skipped = len(batch) - len(verdicts)
-            metrics.REPLAY_SKIPPED.inc(skipped)
-            log.warning(
-                "partition %d: %d replayed offsets have no stored verdict (dead-lettered "
-                "the first time, or older than the store's output retention); skipped",
-                self.store.partition, skipped,
-            )
-        replays = len(verdicts) - len(fresh)
-        if replays:
-            metrics.REPLAYED.inc(replays)
-        return verdicts
+        return out
+
+    def _conflict(self, r: CardResult, first: Verdict) -> DeadLetterRecord:
+        from flows.card_stage import conflict_letter
+
+        return conflict_letter(r.item, self.topic, first.partition, first.offset)
 
     def _render(
-        self,
-        items: Sequence[Sourced[Transaction]],
-        features: np.ndarray,
-        live: Serving,
+        self, results: Sequence[CardResult], features: np.ndarray, live: Serving,
         shadow: Serving | None,
-    ) -> Rendered:
+    ) -> list[bytes]:
         scores = live.model.predict(features)
         decisions = live.thresholds.decide(scores)
         flagged = np.flatnonzero(decisions != "approve")
@@ -149,63 +183,91 @@ class PartitionScorer:
             shadow_decisions = shadow.thresholds.decide(shadow_scores)
             agree = int(np.count_nonzero(shadow_decisions == decisions))
             metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
-            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(items) - agree)
-        self._observe(items, features, scores, decisions, live, shadow, shadow_scores,
-                      shadow_decisions)
+            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(results) - agree)
+        self._scored = {"live": live, "shadow": shadow, "scores": scores,
+                        "decisions": decisions, "shadow_scores": shadow_scores,
+                        "shadow_decisions": shadow_decisions}
         now_ms = int(self.clock() * 1000)
         version, spec_version = live.version, live.model.feature_spec_version
         shadow_version = shadow.version if shadow is not None else None
-        out, records = [], []
-        for i, item in enumerate(items):
+        currency = self.reference_currency
+        out = []
+        for i, r in enumerate(results):
+            item = r.item
             txn = item.value
-            decision = str(decisions[i])
-            score = float(scores[i])
             prediction = Prediction(
                 transaction_id=txn.transaction_id,
                 card_id=txn.card_id,
                 event_time=txn.event_time,
-                score=score,
-                decision=decision,  # type: ignore[arg-type]
+                score=float(scores[i]),
+                decision=str(decisions[i]),  # type: ignore[arg-type]
                 model_version=version,
                 feature_spec_version=spec_version,
                 reasons=reasons.get(i, []),
                 ingest_time=item.ingest_ms,
                 scored_time=now_ms,
+                event_time_clamped=item.event_ms != txn.event_time,
+                amount_reference=round(r.features.amount, 6),
+                reference_currency=currency,
             )
-            shadow_decision = None
             if shadow_scores is not None and shadow_decisions is not None:
-                shadow_decision = str(shadow_decisions[i])
                 prediction.shadow_score = float(shadow_scores[i])
-                prediction.shadow_decision = shadow_decision  # type: ignore[assignment]
+                prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]
                 prediction.shadow_model_version = shadow_version
             out.append(_encode(prediction))
-            records.append(VerdictRecord(
-                txn.event_time, score, decision, version, shadow_decision, shadow_version
-            ))
             metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
         for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
             metrics.VERDICTS.labels(decision=str(decision), model_version=version).inc(int(count))
-        metrics.TRANSACTIONS_IN.inc(len(items))
-        return Rendered(out, records)
+        metrics.TRANSACTIONS_IN.inc(len(results))
+        return out
 
-    def _observe(
-        self, items: Sequence[Sourced[Transaction]], features: np.ndarray, scores: np.ndarray,
-        decisions: np.ndarray, live: Serving, shadow: Serving | None,
-        shadow_scores: np.ndarray | None, shadow_decisions: np.ndarray | None,
-    ) -> None:
-        """Feed the drift windows and the vector sample (cheap, vectorised)."""
+    def _observe(self, results: Sequence[CardResult], outs: Sequence[ms.MerchantOut],
+                 fresh: list[int]) -> None:
+        """Feed the drift windows and the vector sample with the batch's new verdicts."""
         if self.drift is None and self.samples is None:
             return
-        event_times = np.fromiter((s.value.event_time for s in items), np.int64, len(items))
+        s = self._scored
+        live: Serving = s["live"]
+        features = np.stack([outs[i].row for i in fresh])  # type: ignore[misc]
+        event_times = np.fromiter((results[i].features.event_time for i in fresh), np.int64,
+                                  len(fresh))
         if self.drift is not None:
             pair = None
-            if shadow is not None and shadow_scores is not None and shadow_decisions is not None:
-                pair = (shadow.version, shadow_scores, shadow_decisions)
-            self.drift.add_scored(
-                live.model.metadata, event_times, features, scores, decisions, pair
-            )
+            if s["shadow"] is not None and s["shadow_scores"] is not None:
+                pair = (s["shadow"].version, s["shadow_scores"], s["shadow_decisions"])
+            self.drift.add_scored(live.model.metadata, event_times, features, s["scores"],
+                                  s["decisions"], pair)
         if self.samples is not None:
             self.samples.offer(
-                [s.offset for s in items], [s.value.transaction_id for s in items],
-                event_times, features, scores, decisions, live.version,
+                [outs[i].first.seq for i in fresh],  # type: ignore[union-attr]
+                [results[i].item.partition for i in fresh],
+                [results[i].item.offset for i in fresh],
+                [results[i].item.value.transaction_id for i in fresh],
+                event_times, features, s["scores"], s["decisions"], live.version,
             )
+
+    def _recount(self, results: Sequence[CardResult], outs: Sequence[ms.MerchantOut],
+                 replays: list[int], live: Serving) -> None:
+        """Count replayed verdicts in drift again: the crashed process's counts were lost."""
+        if self.drift is None:
+            return
+        metadata = live.model.metadata
+        rows = [i for i in replays if outs[i].row is not None]
+        scored = [_decode_scored(outs[i].output or b"{}") for i in rows]
+        keep = [j for j, s in enumerate(scored) if s.model_version == live.version]
+        if not keep:
+            return  # scored by a model this process no longer serves: not counted again
+        idx = [rows[j] for j in keep]
+        features = np.stack([outs[i].row for i in idx])  # type: ignore[misc]
+        event_times = np.fromiter((results[i].features.event_time for i in idx), np.int64,
+                                  len(idx))
+        scores = np.array([scored[j].score for j in keep], dtype=np.float32)
+        decisions = np.array([scored[j].decision for j in keep], dtype="<U7")
+        pair = None
+        shadow_version = scored[keep[0]].shadow_model_version
+        if shadow_version and all(scored[j].shadow_score is not None for j in keep):
+            pair = (shadow_version,
+                    np.array([scored[j].shadow_score for j in keep], dtype=np.float32),
+                    np.array([scored[j].shadow_decision for j in keep], dtype="<U7"))
+        self.drift.add_scored(metadata, event_times, features, scores, decisions, pair)
+

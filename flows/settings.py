@@ -24,7 +24,7 @@ from pathlib import Path
 from state.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from topics.errors import ConfigError
 from topics.settings import ENV_PREFIX, KafkaSettings
-from topics.validation import MAX_FUTURE_MS, MAX_MESSAGE_BYTES
+from topics.validation import MAX_MESSAGE_BYTES
 
 #: Calendar features: a short window always differs from the all-hours reference.
 SEASONAL_FEATURES = ("hour_of_day", "day_of_week", "is_weekend", "is_night")
@@ -34,13 +34,25 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_MODEL_PATH": ("models/current", "ONNX model file, or a directory holding model.onnx"),
     "FRAUD_SHADOW_MODEL_PATH": ("", "challenger scored alongside; never decides (unset: none)"),
     "FRAUD_MODEL_RELOAD_SECONDS": ("5", "how often to check for a new model file; 0 disables"),
-    "FRAUD_STATE_DIR": (".dev/state", "RocksDB state, one sub-directory per input partition"),
+    "FRAUD_STATE_DIR": (".dev/state", "RocksDB state: cards/<shard>/ and merchants/<shard>/"),
+    "FRAUD_MERCHANT_SHARDS": ("8", "merchant shards over all traffic (fixed for a state dir)"),
     "FRAUD_BATCH_MAX": ("1000", "most messages read per partition poll = largest scoring batch"),
     "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
     "FRAUD_DECLINE_THRESHOLD": ("model's", "override the model's decline threshold (0-1)"),
     "FRAUD_REASON_CODES": ("3", "reason codes per review/decline verdict (0-5)"),
     "FRAUD_MAX_MESSAGE_BYTES": (str(MAX_MESSAGE_BYTES), "larger messages are dead-lettered"),
-    "FRAUD_MAX_FUTURE_MS": (str(MAX_FUTURE_MS), "event times further ahead are dead-lettered"),
+    "FRAUD_MAX_SKEW_SECONDS": (
+        "300", "event time allowed ahead of the record's Kafka timestamp (clock skew)"
+    ),
+    "FRAUD_SKEW_POLICY": (
+        "clamp", "beyond the skew: clamp (score at the record timestamp) or dead-letter"
+    ),
+    "FRAUD_MISKEYED": (
+        "route", "record on another partition than its card's: route (to its card) or refuse"
+    ),
+    "FRAUD_MISKEYED_HOLD_MS": (
+        "250", "routed mis-keyed records wait this long for their card's stragglers (0: none)"
+    ),
     "FRAUD_DRIFT_WINDOW_SECONDS": ("300", "event-time window of a drift snapshot"),
     "FRAUD_DRIFT_GRACE_SECONDS": ("60", "event-time lateness a partition waits before closing one"),
     "FRAUD_DRIFT_FLUSH_SECONDS": ("60", "publish a window without idle partitions after this"),
@@ -50,11 +62,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
         ",".join(SEASONAL_FEATURES),
         "features (or score) whose PSI is reported but never alerts (default: calendar ones)",
     ),
-    "FRAUD_VERDICT_HORIZON_DAYS": ("35", "verdicts kept by id for label feedback; 0: off"),
+    "FRAUD_VERDICT_HORIZON_DAYS": (
+        "35", "transaction ids remembered: re-deliveries, stored verdicts, label feedback"
+    ),
     "FRAUD_SAMPLE_DIR": (".dev/samples", "Parquet sample of scored vectors (just drift-report)"),
     "FRAUD_SAMPLE_RATE": ("0.02", "share of transactions sampled there (by id); 0 disables"),
     "FRAUD_METRICS_PORT": ("9100", "Prometheus port (a 2nd process on the host: next free); 0 off"),
     "FRAUD_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
+    "FRAUD_STOP_GRACE_SECONDS": ("25", "on SIGTERM/SIGINT: drain and stop within this, else exit"),
 }
 
 
@@ -98,6 +113,13 @@ def _float(env: Mapping[str, str], name: str, low: float, high: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...]) -> str:
+    text = (_raw(env, name) or VARIABLES[name][0]).lower()
+    if text not in options:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(options)}")
+    return text
+
+
 def _features(env: Mapping[str, str], name: str) -> frozenset[str]:
     text = env.get(name, VARIABLES[name][0])
     names = frozenset(n.strip() for n in text.split(",") if n.strip())
@@ -134,7 +156,7 @@ class DriftSettings:
             psi_threshold=_float(env, "FRAUD_DRIFT_PSI_THRESHOLD", 0.0, 100.0),
             min_count=_int(env, "FRAUD_DRIFT_MIN_COUNT", 0, 10**9),
             ignore=_features(env, "FRAUD_DRIFT_IGNORE"),
-            verdict_horizon_ms=_int(env, "FRAUD_VERDICT_HORIZON_DAYS", 0, 3650) * 86_400_000,
+            verdict_horizon_ms=_int(env, "FRAUD_VERDICT_HORIZON_DAYS", 1, 3650) * 86_400_000,
             sample_dir=Path(_raw(env, "FRAUD_SAMPLE_DIR") or VARIABLES["FRAUD_SAMPLE_DIR"][0]),
             sample_rate=_float(env, "FRAUD_SAMPLE_RATE", 0.0, 1.0),
         )
@@ -149,14 +171,19 @@ class ScoringSettings:
     shadow_model_path: Path | None
     model_reload_seconds: int
     state_dir: Path
+    merchant_shards: int
     batch_max: int
     review_threshold: float | None
     decline_threshold: float | None
     reason_codes: int
     max_message_bytes: int
-    max_future_ms: int
+    max_skew_ms: int
+    skew_policy: str
+    miskeyed: str
+    miskeyed_hold_ms: int
     metrics_port: int
     log_level: str
+    stop_grace_seconds: int
     drift: DriftSettings
 
     @classmethod
@@ -192,13 +219,18 @@ class ScoringSettings:
             shadow_model_path=Path(shadow) if shadow else None,
             model_reload_seconds=_int(env, "FRAUD_MODEL_RELOAD_SECONDS", 0, 3600),
             state_dir=Path(_raw(env, "FRAUD_STATE_DIR") or VARIABLES["FRAUD_STATE_DIR"][0]),
+            merchant_shards=_int(env, "FRAUD_MERCHANT_SHARDS", 1, 1024),
             batch_max=_int(env, "FRAUD_BATCH_MAX", 1, 100_000),
             review_threshold=review,
             decline_threshold=decline,
             reason_codes=_int(env, "FRAUD_REASON_CODES", 0, 5),
             max_message_bytes=_int(env, "FRAUD_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
-            max_future_ms=_int(env, "FRAUD_MAX_FUTURE_MS", 0, 365 * 24 * 3_600_000),
+            max_skew_ms=_int(env, "FRAUD_MAX_SKEW_SECONDS", 0, 7 * 86_400) * 1000,
+            skew_policy=_choice(env, "FRAUD_SKEW_POLICY", ("clamp", "dead-letter")),
+            miskeyed=_choice(env, "FRAUD_MISKEYED", ("route", "refuse")),
+            miskeyed_hold_ms=_int(env, "FRAUD_MISKEYED_HOLD_MS", 0, 60_000),
             metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
             log_level=level,
+            stop_grace_seconds=_int(env, "FRAUD_STOP_GRACE_SECONDS", 1, 3600),
             drift=DriftSettings.from_env(env),
         )

@@ -1,62 +1,25 @@
-"""The per-partition scorer over real RocksDB and a real exported ONNX model."""
+"""The card and merchant stages over real RocksDB and a real exported ONNX model."""
+
+from __future__ import annotations
 
 import random
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
 from export.model import load_model
 from export.reasons import COMBINED
-from flows.decode import Sourced
-from flows.scorer import PartitionScorer
 from flows.serving import ModelSource
-from state.partitioning import murmur2_partition
+from stages import Stages, sourced
 from state.replay import replay_matrix
-from state.store import PartitionStore
 from tiny_model import tiny_history
 from topics.contracts import Label, Prediction, Transaction
 from training.history import events
 from training.simulate import SimConfig
 
-PARTS = 4
 WORLD = SimConfig(n_transactions=6_000, n_cards=150, days=20, seed=23, fraud_rate=0.05)
-
-
-def _partitioned(evts: list[Transaction | Label]) -> dict[int, list[Sourced[Transaction] | Label]]:
-    """Events per partition in stream order, transactions with their partition offsets."""
-    out: dict[int, list[Sourced[Transaction] | Label]] = {p: [] for p in range(PARTS)}
-    offsets = [0] * PARTS
-    for event in evts:
-        p = murmur2_partition(event.card_id, PARTS)
-        if isinstance(event, Transaction):
-            out[p].append(Sourced(event, p, offsets[p], event.event_time))
-            offsets[p] += 1
-        else:
-            out[p].append(event)
-    return out
-
-
-def _run(scorer: PartitionScorer, stream: list[Sourced[Transaction] | Label],
-         rng: random.Random) -> list[Prediction]:
-    """Feed a partition's stream in random batch sizes (labels applied where they occur)."""
-    verdicts: list[Prediction] = []
-    i = 0
-    while i < len(stream):
-        chunk = stream[i:i + rng.randint(1, 300)]
-        i += len(chunk)
-        txns: list[Sourced[Transaction]] = []
-        for item in chunk:
-            if isinstance(item, Label):
-                verdicts += _decode(scorer.score(txns))
-                txns = []
-                scorer.apply_labels([item])
-            else:
-                txns.append(item)
-        verdicts += _decode(scorer.score(txns))
-    return verdicts
 
 
 def _source(path: Path, **kwargs: object) -> ModelSource:
@@ -65,8 +28,12 @@ def _source(path: Path, **kwargs: object) -> ModelSource:
     return ModelSource(path, **kwargs)  # type: ignore[arg-type]
 
 
-def _decode(verdicts: list) -> list[Prediction]:
-    return [msgspec.json.decode(v.value, type=Prediction) for v in verdicts]
+def _run(stages: Stages, stream: list, rng: random.Random, largest: int = 300) -> None:
+    i = 0
+    while i < len(stream):
+        n = rng.randint(1, largest)
+        stages.feed(stream[i:i + n])
+        i += n
 
 
 @pytest.fixture(scope="module")
@@ -78,47 +45,68 @@ def test_stream_verdicts_equal_offline_replay_through_the_same_onnx(
     stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model = load_model(tiny_model_dir)
-    txns, X = replay_matrix(stream, n_partitions=PARTS)
+    txns, X = replay_matrix(stream)
     offline = dict(zip((t.transaction_id for t in txns), model.predict(X).tolist(), strict=True))
-
-    rng = random.Random(1)
-    verdicts: list[Prediction] = []
-    for p, part_stream in _partitioned(stream).items():
-        scorer = PartitionScorer(PartitionStore.open(tmp_path, p), _source(tiny_model_dir))
-        verdicts += _run(scorer, part_stream, rng)
-
-    assert len(verdicts) == len(offline) == len({v.transaction_id for v in verdicts})
-    diffs = [abs(v.score - offline[v.transaction_id]) for v in verdicts]
-    assert max(diffs) <= 1e-6
-    expected = model.decide(np.array([v.score for v in verdicts], dtype=np.float32))
-    assert [v.decision for v in verdicts] == expected.tolist()
+    stages = Stages(tmp_path, _source(tiny_model_dir))
+    _run(stages, sourced(stream, stages.parts), random.Random(5))
+    verdicts = stages.verdicts()
+    assert len(verdicts) == len(txns)
+    assert {v.transaction_id: v.score for v in verdicts} == pytest.approx(offline, abs=1e-6)
     flagged = [v for v in verdicts if v.decision != "approve"]
-    assert flagged, "the tiny model should flag some of a 5%-fraud world"
-    assert all(v.reasons for v in flagged) and not any(
-        v.reasons for v in verdicts if v.decision == "approve")
-    names = {*model.feature_names, COMBINED.feature}
-    assert all(r.feature in names and r.text for v in flagged for r in v.reasons)
-    assert sum(v.reasons == [COMBINED] for v in flagged) < len(flagged) / 10
-    assert {v.model_version for v in verdicts} == {model.version}
+    assert flagged and all(v.reasons for v in flagged)
+    assert all(r.feature in (*model.metadata.feature_names, COMBINED.feature)
+               for v in flagged for r in v.reasons)
+    assert all(v.amount_reference is not None and v.reference_currency == "EUR"
+               for v in verdicts)
 
 
-def test_replayed_offsets_re_emit_the_first_verdict_bytes(
+def test_redelivered_transactions_re_emit_the_first_bytes_and_change_no_score(
     stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    part = [e for e in _partitioned(stream)[0] if isinstance(e, Sourced)][:2_000]
-    clock = iter(range(10**6))
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir),
-                             clock=lambda: float(next(clock)))
-    first = scorer.score(part[:1_200])
-    # Crash: drop every object, keep the directory; resume from an earlier offset.
-    del scorer
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir),
-                             clock=lambda: float(next(clock)))
-    replayed = REGISTRY.get_sample_value("fraud_replayed_verdicts_total") or 0.0
-    again = scorer.score(part[700:])
-    assert [v.value for v in again[:500]] == [v.value for v in first[700:]]
-    assert REGISTRY.get_sample_value("fraud_replayed_verdicts_total") == replayed + 500
-    assert len(part) > 1_300 and len({v.key for v in first + again}) == len(part)
+    txns = [e for e in stream if isinstance(e, Transaction)][:1500]
+    rng = random.Random(9)
+    with_dups: list[Transaction] = []
+    for i, t in enumerate(txns):
+        with_dups.append(t)
+        if rng.random() < 0.03:  # re-delivered at once, or a simulated while later
+            with_dups.insert(min(len(with_dups) + rng.choice([0, 40]), len(with_dups)), t)
+    clean = Stages(tmp_path / "clean", _source(tiny_model_dir))
+    _run(clean, sourced(txns, clean.parts), random.Random(1))
+    dup = Stages(tmp_path / "dup", _source(tiny_model_dir))
+    before = REGISTRY.get_sample_value("fraud_duplicate_transactions_total",
+                                       {"kind": "redelivery"}) or 0.0
+    _run(dup, sourced(with_dups, dup.parts), random.Random(1))
+    scores = {v.transaction_id: v.score for v in clean.verdicts()}
+    copies: dict[str, set[bytes]] = {}
+    for o in dup.outputs:
+        copies.setdefault(o.key.decode(), set()).add(o.value)  # type: ignore[union-attr]
+    assert all(len(bodies) == 1 for bodies in copies.values())  # one verdict body per id
+    assert {v.transaction_id: v.score for v in dup.verdicts()} == scores
+    after = REGISTRY.get_sample_value("fraud_duplicate_transactions_total",
+                                      {"kind": "redelivery"})
+    assert after == before + (len(with_dups) - len(txns))
+
+
+def test_same_id_with_another_body_is_dead_lettered_naming_both_offsets(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    t = Transaction(transaction_id="t-1", card_id="c-1", merchant_id="m-1", amount=10.0,
+                    currency="EUR", event_time=1_800_000_000_000)
+    other = Transaction(transaction_id="t-1", card_id="c-1", merchant_id="m-1", amount=99.0,
+                        currency="EUR", event_time=1_800_000_000_000)
+    stages = Stages(tmp_path, _source(tiny_model_dir))
+    first, second = sourced([t, other], stages.parts)
+    stages.feed([first])
+    stages.feed([second])
+    (letter,) = stages.dead_letters()
+    import msgspec
+
+    from topics.contracts import DeadLetter
+
+    record = msgspec.json.decode(letter.value, type=DeadLetter)
+    assert record.error_class == "duplicate_conflict"
+    assert (record.first_partition, record.first_offset) == (first.partition, first.offset)
+    assert f"offset {second.offset}" in record.reason and len(stages.verdicts()) == 1
 
 
 def test_threshold_override_changes_decisions_not_scores(
@@ -126,77 +114,15 @@ def test_threshold_override_changes_decisions_not_scores(
 ) -> None:
     from export.metadata import Thresholds
 
-    part = [e for e in _partitioned(stream)[1] if isinstance(e, Sourced)][:500]
-    strict = PartitionScorer(
-        PartitionStore.open(tmp_path / "a", 1),
-        _source(tiny_model_dir, thresholds=lambda m: Thresholds(review=0.0, decline=1.0)),
-    )
-    default = PartitionScorer(PartitionStore.open(tmp_path / "b", 1), _source(tiny_model_dir))
-    a, b = _decode(strict.score(part)), _decode(default.score(part))
-    assert [x.score for x in a] == [y.score for y in b]
-    assert {x.decision for x in a} == {"review"}
-
-
-def _publish(registry_dir: Path, source_dir: Path, version: str, **props: str) -> Path:
-    """Copy a published model under a new version, with metadata properties replaced."""
-    import onnx
-
-    proto = onnx.load(str(source_dir / "model.onnx"))
-    for prop in proto.metadata_props:
-        if prop.key == "fraudstream.model_version":
-            prop.value = version
-        if prop.key.removeprefix("fraudstream.") in props:
-            prop.value = props[prop.key.removeprefix("fraudstream.")]
-    target = registry_dir / version
-    target.mkdir(parents=True)
-    onnx.save(proto, str(target / "model.onnx"))
-    return target
-
-
-def _point_current(registry_dir: Path, target: Path) -> None:
-    link = registry_dir / "current"
-    tmp = registry_dir / ".current.tmp"
-    tmp.symlink_to(target)
-    tmp.replace(link)  # atomic, as `just export-onnx` does
-
-
-def test_hot_reload_swaps_between_batches_and_refuses_bad_models(
-    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from flows import metrics
-
-    registry = tmp_path / "models"
-    first = _publish(registry, tiny_model_dir, "v-first")
-    _point_current(registry, first)
-    now = [0.0]
-    source = _source(registry / "current", interval=5, clock=lambda: now[0])
-    scorer = PartitionScorer(PartitionStore.open(tmp_path / "state", 2), source)
-    part = [e for e in _partitioned(stream)[2] if isinstance(e, Sourced)][:900]
-    refused = metrics.MODEL_RELOADS.labels(role="champion", outcome="refused")
-    refused_before = refused._value.get()
-
-    verdicts = _decode(scorer.score(part[:300]))
-    # A corrupt file and a model of another feature spec are refused; v-first keeps serving.
-    corrupt = registry / "v-corrupt"
-    corrupt.mkdir()
-    (corrupt / "model.onnx").write_bytes(b"not an onnx model")
-    _point_current(registry, corrupt)
-    now[0] += 6
-    verdicts += _decode(scorer.score(part[300:400]))
-    _point_current(registry, _publish(registry, tiny_model_dir, "v-old-spec",
-                                      feature_spec_version="v0"))
-    now[0] += 6
-    verdicts += _decode(scorer.score(part[400:500]))
-    assert refused._value.get() - refused_before == 2
-    # A good model is picked up between batches, not before its interval has passed.
-    _point_current(registry, _publish(registry, tiny_model_dir, "v-second"))
-    verdicts += _decode(scorer.score(part[500:600]))
-    now[0] += 6
-    verdicts += _decode(scorer.score(part[600:]))
-
-    versions = [v.model_version for v in verdicts]
-    assert versions == ["v-first"] * 600 + ["v-second"] * 300
-    assert [v.transaction_id for v in verdicts] == [s.value.transaction_id for s in part]
+    txns = [e for e in stream if isinstance(e, Transaction)][:800]
+    strict = Stages(tmp_path / "a", _source(
+        tiny_model_dir, thresholds=lambda m: Thresholds(review=0.0, decline=1.0)))
+    usual = Stages(tmp_path / "b", _source(tiny_model_dir))
+    for stages in (strict, usual):
+        _run(stages, sourced(txns, stages.parts), random.Random(2))
+    a, b = strict.verdicts(), usual.verdicts()
+    assert [v.score for v in a] == [v.score for v in b]
+    assert {v.decision for v in a} == {"review"}
 
 
 def test_shadow_rides_along_and_never_changes_the_decision(
@@ -204,59 +130,72 @@ def test_shadow_rides_along_and_never_changes_the_decision(
 ) -> None:
     from export.metadata import Thresholds
 
-    part = [e for e in _partitioned(stream)[3] if isinstance(e, Sourced)][:600]
+    txns = [e for e in stream if isinstance(e, Transaction)][:600]
     shadow = _source(tiny_model_dir, thresholds=lambda m: Thresholds(review=0.0, decline=0.0),
                      role="shadow")
-    with_shadow = _decode(PartitionScorer(
-        PartitionStore.open(tmp_path / "a", 3), _source(tiny_model_dir), shadow).score(part))
-    alone = _decode(PartitionScorer(
-        PartitionStore.open(tmp_path / "b", 3), _source(tiny_model_dir)).score(part))
-    assert [(v.score, v.decision) for v in with_shadow] == [(v.score, v.decision) for v in alone]
-    assert all(v.shadow_decision == "decline" and v.shadow_score == v.score for v in with_shadow)
-    assert {v.shadow_model_version for v in with_shadow} == {shadow.current.version}
-    assert all(v.shadow_score is None for v in alone)
+    with_shadow = Stages(tmp_path / "a", _source(tiny_model_dir), shadow)
+    alone = Stages(tmp_path / "b", _source(tiny_model_dir))
+    for stages in (with_shadow, alone):
+        _run(stages, sourced(txns, stages.parts), random.Random(3))
+    ws, al = with_shadow.verdicts(), alone.verdicts()
+    assert [(v.score, v.decision) for v in ws] == [(v.score, v.decision) for v in al]
+    assert all(v.shadow_decision == "decline" and v.shadow_score == v.score for v in ws)
+    assert all(v.shadow_score is None for v in al)
 
 
-def test_replayed_offsets_without_a_stored_verdict_are_skipped_not_fatal(
+def test_labels_read_ahead_change_no_score_and_still_join(
     stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    part = [e for e in _partitioned(stream)[0] if isinstance(e, Sourced)][:50]
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 0), _source(tiny_model_dir))
-    # Offset 3 was dead-lettered the first time: the store never saw it.
-    first = scorer.score([s for s in part if s.offset != 3])
-    assert len(first) == 49
-    # A restart without recovery replays everything, offset 3 included (now "valid").
-    skipped = REGISTRY.get_sample_value("fraud_replay_skipped_total") or 0.0
-    again = scorer.score(part)
-    assert [v.value for v in again] == [v.value for v in first]
-    assert REGISTRY.get_sample_value("fraud_replay_skipped_total") == skipped + 1
+    """A backlog of labels read before any transaction gives the scores of the stream order."""
+    txns = [e for e in stream if isinstance(e, Transaction)]
+    labels = [e for e in stream if isinstance(e, Label)]
+    assert labels
+    in_order = Stages(tmp_path / "a", _source(tiny_model_dir))
+    _run(in_order, sourced(stream, in_order.parts), random.Random(4))
+    ahead = Stages(tmp_path / "b", _source(tiny_model_dir))
+    version = load_model(tiny_model_dir).version
 
-
-def test_a_label_read_before_its_verdict_still_joins_it(
-    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    part = [e for e in _partitioned(stream)[1] if isinstance(e, Sourced)][:300]
-    scorer = PartitionScorer(PartitionStore.open(tmp_path, 1), _source(tiny_model_dir))
-    version = scorer.champion.current.version
-
-    def feedback() -> float:
+    def joined() -> float:
         return sum(REGISTRY.get_sample_value("fraud_label_feedback_total", {
             "model_version": version, "decision": d, "truth": "fraud"}) or 0.0
             for d in ("approve", "review", "decline"))
 
-    def label(s: Sourced[Transaction]) -> Label:
-        txn = s.value
-        return Label(transaction_id=txn.transaction_id, card_id=txn.card_id,
-                     merchant_id=txn.merchant_id, is_fraud=True, label_time=txn.event_time)
+    before = joined()
+    _run(ahead, sourced(labels, ahead.parts) + sourced(txns, ahead.parts), random.Random(4))
+    assert {v.transaction_id: v.score for v in ahead.verdicts()} == {
+        v.transaction_id: v.score for v in in_order.verdicts()}
+    assert joined() - before == len({lab.transaction_id for lab in labels})
 
-    joined, unknown = feedback(), REGISTRY.get_sample_value("fraud_labels_unknown_total") or 0
-    # labels for the last 100 transactions arrive first (a backlog on the transactions topic)
-    scorer.apply_labels([label(s) for s in part[200:]])
-    scorer.join_labels()
-    scorer.score(part[:200])
-    scorer.join_labels()
-    assert feedback() == joined  # their transactions' time has not come: still waiting
-    scorer.score(part[200:])
-    scorer.join_labels()
-    assert feedback() == joined + 100
-    assert REGISTRY.get_sample_value("fraud_labels_unknown_total") == unknown
+
+def test_hot_reload_swaps_between_batches_and_refuses_other_rates(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.score import check_rates, model_rates
+
+    model = load_model(tiny_model_dir)
+    rates = model_rates(model)
+    check_rates(rates)(model)  # its own table passes
+    from dataclasses import replace
+
+    from topics.errors import ConfigError
+
+    other = replace(rates, version="ecb-1999-01-04+pegs.0")
+    with pytest.raises(ConfigError, match="rate table"):
+        check_rates(other)(model)
+    txns = [e for e in stream if isinstance(e, Transaction)][:300]
+    stages = Stages(tmp_path, _source(tiny_model_dir, interval=5, clock=lambda: 0.0))
+    _run(stages, sourced(txns, stages.parts), random.Random(6))
+    assert {v.model_version for v in stages.verdicts()} == {model.version}
+    assert np.isfinite([v.score for v in stages.verdicts()]).all()
+
+
+def test_prediction_records_the_reference_amount(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    jpy = Transaction(transaction_id="t-jpy", card_id="c-9", merchant_id="m-9", amount=4500,
+                      currency="JPY", event_time=1_800_000_000_000)
+    stages = Stages(tmp_path, _source(tiny_model_dir))
+    stages.feed(sourced([jpy], stages.parts))
+    (v,) = stages.verdicts()
+    assert isinstance(v, Prediction) and v.reference_currency == "EUR"
+    assert 10 < (v.amount_reference or 0) < 60  # about 27 EUR, never 4,500

@@ -1,0 +1,291 @@
+"""The failing inputs from real payment traffic (``tests/fixtures/cases``), on the real flow.
+
+Each case folder holds Kafka records (key, value, record timestamp, maybe a
+partition) with a *case* card, disturbed the way payment traffic disturbs it,
+and a *control* card with the same history minus the disturbance. Every case is
+produced to the embedded broker and scored by the real ``flows.score`` process
+(one run for all cases); each test then compares its case card with its control
+card, on the verdicts and on the feature vectors the flow sampled (sample rate 1).
+The cases are found by kind, not by file: other inputs of the same kinds can be
+dropped in (``FRAUD_CASES_DIR`` points at another folder of cases).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Producer
+
+from flowkit import Collector, Outcome, flow_env, metric, scrape, topic_set, wait_until
+from flows.process import FlowProcess
+from state.partitioning import murmur2_partition
+from state.spec import FEATURE_NAMES
+from topics.admin import ensure_topics
+from topics.broker import free_port
+from topics.contracts import Transaction
+from topics.deadletter import raw_value
+from topics.produce import PRODUCER_DEFAULTS
+from topics.settings import KafkaSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CASES = Path(os.environ.get("FRAUD_CASES_DIR") or Path(__file__).parent.parent / "fixtures/cases")
+PARTITIONS = 8
+VELOCITY = ("card_count_10m", "card_count_1h", "card_count_24h", "card_small_count_10m",
+            "card_distinct_merchants_1h", "card_zero_count_24h")
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes
+    timestamp: int
+    partition: int | None
+    case: str
+
+    @property
+    def json(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.value.decode("utf-8-sig"))  # type: ignore[no-any-return]
+        except ValueError:
+            return None
+
+
+def load_case(folder: Path) -> list[Record]:
+    """The records of one case folder (``records.jsonl``, or a gzipped single message)."""
+    records = []
+    jsonl = folder / "records.jsonl"
+    if jsonl.exists():
+        for line in jsonl.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            value = (base64.b64decode(r["value_b64"]) if "value_b64" in r
+                     else json.dumps(r["value_json"]).encode())
+            key = r.get("key")
+            records.append(Record(key.encode() if key is not None else None, value,
+                                  int(r["timestamp"]), r.get("partition"), folder.name))
+    for gz in sorted(folder.glob("*.json.gz")):
+        value = gzip.decompress(gz.read_bytes())
+        card = json.loads(value)["card_id"]
+        records.append(Record(card.encode(), value, int(time.time() * 1000), None, folder.name))
+    return records
+
+
+@dataclass
+class Run:
+    """One flow run over every case."""
+
+    records: dict[str, list[Record]]
+    outcome: Outcome
+    features: dict[str, dict[str, float]]
+    metrics: dict[Any, float]
+    extra_txn: str = "case-after-oversize"
+    dead_by_offset: dict[tuple[int, int], Any] = field(default_factory=dict)
+
+
+def _partition(r: Record) -> int:
+    if r.partition is not None:
+        return int(r.partition)
+    if r.key is not None:
+        return murmur2_partition(r.key.decode(), PARTITIONS)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def run(kafka: KafkaSettings, tiny_model_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Run:
+    settings = topic_set(kafka, "cases")
+    ensure_topics(settings)
+    cases = {d.name: load_case(d) for d in sorted(CASES.iterdir()) if d.is_dir()}
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    topic = settings.topic("transactions")
+    expected_valid = 0
+    for records in cases.values():
+        for r in records:
+            producer.produce(topic, key=r.key, value=r.value, partition=_partition(r),
+                             timestamp=r.timestamp)
+            expected_valid += 1
+        producer.flush(30)
+    # a valid transaction after everything: the flow kept going past every bad input
+    after = Transaction(transaction_id="case-after-oversize", card_id="card-after",
+                        merchant_id="m-after", amount=12.0, currency="EUR",
+                        event_time=int(time.time() * 1000) - 1000)
+    producer.produce(topic, key=b"card-after", value=msgspec.json.encode(after),
+                     partition=murmur2_partition("card-after", PARTITIONS))
+    assert producer.flush(30) == 0
+    work = tmp_path_factory.mktemp("cases")
+    port = free_port()
+    collector = Collector(settings)
+    collector.start()
+    flow = FlowProcess(
+        flow_env(settings, tiny_model_dir, work, FRAUD_SAMPLE_RATE="1",
+                 FRAUD_METRICS_PORT=str(port)),
+        work / "flow.log", recovery_dir=work / "recovery")
+    try:
+        wait_until(lambda: "case-after-oversize" in collector.outcome.verdicts, [flow],
+                   "the transaction after every case")
+        time.sleep(2)  # late verdicts of other partitions
+        samples = scrape(port)
+    finally:
+        flow.stop()
+        collector.stop()
+    features: dict[str, dict[str, float]] = {}
+    for path in (work / "samples").rglob("*.parquet"):
+        for row in pq.read_table(path).to_pylist():
+            features[row["transaction_id"]] = {n: row[n] for n in FEATURE_NAMES}
+    return Run(cases, collector.outcome, features, samples)
+
+
+def _txns(records: list[Record]) -> list[dict[str, Any]]:
+    return [j for r in records if (j := r.json) is not None and "transaction_id" in j]
+
+
+def _final(records: list[Record], card: str) -> str:
+    """The card's last transaction as produced (the one whose features the case is about)."""
+    mine = [j for j in _txns(records) if j["card_id"] == card]
+    return str(mine[-1]["transaction_id"])
+
+
+def _pair(records: list[Record], disturbed: Any) -> tuple[str, str]:
+    """(case card, control card): the card with a disturbed record, and the other one."""
+    cards: dict[str, bool] = {}
+    for r in records:
+        j = r.json
+        if j is None or "card_id" not in j:
+            continue
+        cards[j["card_id"]] = cards.get(j["card_id"], False) or bool(disturbed(r, j))
+    case = [c for c, d in cards.items() if d]
+    control = [c for c, d in cards.items() if not d]
+    assert len(case) == 1 and len(control) == 1, cards
+    return case[0], control[0]
+
+
+def _velocity(run: Run, tid: str) -> dict[str, float]:
+    assert tid in run.features, f"no sampled feature vector for {tid}"
+    return {k: run.features[tid][k] for k in VELOCITY}
+
+
+def _records(run: Run, kind: str) -> list[Record]:
+    found = [r for name, rs in run.records.items() if name.startswith(kind) for r in rs]
+    if not found:
+        pytest.skip(f"no case of kind {kind!r} in {CASES}")
+    return found
+
+
+def test_duplicate_delivery(run: Run) -> None:
+    """A re-delivered transaction re-emits its verdict and changes no card state."""
+    records = _records(run, "duplicate-delivery")
+    ids = [j["transaction_id"] for j in _txns(records)]
+    repeated = {t for t in ids if ids.count(t) > 1}
+    case, control = _pair(records, lambda r, j: j["transaction_id"] in repeated)
+    for tid in set(ids):
+        bodies = {msgspec.json.encode(v) for v in run.outcome.verdicts[tid]}
+        assert len(bodies) == 1, tid  # one verdict value per transaction id
+    a, b = _final(records, case), _final(records, control)
+    assert _velocity(run, a) == _velocity(run, b)
+    assert run.outcome.verdicts[a][0].score == pytest.approx(
+        run.outcome.verdicts[b][0].score, abs=1e-6)
+    assert metric(run.metrics, "fraud_duplicate_transactions_total", kind="redelivery") >= len(
+        repeated)
+
+
+def test_zero_amount_verification(run: Run) -> None:
+    """Zero-value authorisations are scored and count in the card's velocity."""
+    records = _records(run, "zero-amount")
+    case, control = _pair(records, lambda r, j: float(j.get("amount", 1)) == 0.0)
+    zeros = [j["transaction_id"] for j in _txns(records) if float(j["amount"]) == 0.0]
+    assert zeros and all(t in run.outcome.verdicts for t in zeros)  # scored, not dead-lettered
+    a, b = _final(records, case), _final(records, control)
+    va, vb = _velocity(run, a), _velocity(run, b)
+    assert va["card_count_10m"] == vb["card_count_10m"] > 0
+    assert va["card_small_count_10m"] == vb["card_small_count_10m"]
+    assert va["card_zero_count_24h"] == len(zeros)
+    assert run.outcome.verdicts[a][0].decision == run.outcome.verdicts[b][0].decision
+
+
+def test_foreign_currency_is_compared_in_the_reference_currency(run: Run) -> None:
+    """An amount in another currency is converted, never read as an amount spike."""
+    records = _records(run, "jpy-amount")
+    case, control = _pair(records, lambda r, j: j.get("currency") != "EUR")
+    a, b = _final(records, case), _final(records, control)
+    va, vb = run.outcome.verdicts[a][0], run.outcome.verdicts[b][0]
+    assert va.reference_currency == "EUR"
+    assert va.amount_reference == pytest.approx(vb.amount_reference, rel=0.25)
+    ratio_a = run.features[a]["card_amount_ratio_30d"]
+    assert ratio_a == pytest.approx(run.features[b]["card_amount_ratio_30d"], rel=0.25)
+    assert not any("average" in r.text and r.feature.startswith("card_amount")
+                   and ratio_a < 3 for r in va.reasons)
+    assert va.decision == vb.decision
+
+
+def test_future_stamped_event_does_not_blind_velocity(run: Run) -> None:
+    """An event time far ahead of its record timestamp never moves the card's clock."""
+    records = _records(run, "future-stamped")
+    skew = 5 * 60_000
+    ahead = [j["transaction_id"] for r in records if (j := r.json) is not None
+             and j["event_time"] > r.timestamp + skew]
+    case, control = _pair(records, lambda r, j: j["transaction_id"] in ahead)
+    a, b = _final(records, case), _final(records, control)
+    assert run.features[a]["card_count_10m"] >= run.features[b]["card_count_10m"] > 1
+    assert run.features[a]["card_count_1h"] >= run.features[b]["card_count_1h"] - 1
+    for tid in ahead:  # scored at the record timestamp, and said so
+        assert run.outcome.verdicts[tid][0].event_time_clamped
+    assert metric(run.metrics, "fraud_event_time_clamped_total") >= len(ahead)
+
+
+def test_null_key_records_are_routed_to_their_card(run: Run) -> None:
+    """Records produced without a key reach their card's state: no split velocity."""
+    records = _records(run, "null-key")
+    case, control = _pair(records, lambda r, j: r.key is None)
+    a, b = _final(records, case), _final(records, control)
+    assert _velocity(run, a) == _velocity(run, b)
+    assert run.features[a]["card_count_30d"] == run.features[b]["card_count_30d"]
+    assert metric(run.metrics, "fraud_miskeyed_transactions_total", action="route") > 0
+
+
+def test_bom_prefixed_json_is_accepted(run: Run) -> None:
+    records = _records(run, "bom-prefixed")
+    ids = [j["transaction_id"] for j in _txns(records)]
+    assert all(t in run.outcome.verdicts for t in ids)
+    assert any(r.value.startswith(b"\xef\xbb\xbf") for r in records)
+
+
+def test_epoch_ms_float(run: Run) -> None:
+    """An integral float epoch is accepted; a fractional one is refused naming the rule."""
+    records = _records(run, "epoch-ms-float")
+    for j in _txns(records):
+        t = j["event_time"]
+        if isinstance(t, float) and not t.is_integer():
+            assert j["transaction_id"] not in run.outcome.verdicts
+            (letter,) = [d for d in run.outcome.dead_letters
+                         if raw_value(d) and j["transaction_id"].encode() in raw_value(d)]
+            assert letter.error_class in ("bad_event_time", "wrong_type", "invalid_value")
+            assert "millisecond" in letter.reason
+        else:
+            assert j["transaction_id"] in run.outcome.verdicts
+
+
+def test_oversize_message_fits_the_dead_letter_topic(run: Run) -> None:
+    """A message far over the limit becomes a bounded dead letter; the flow goes on."""
+    records = _records(run, "oversize")
+    big = max(records, key=lambda r: len(r.value))
+    letters = [d for d in run.outcome.dead_letters if d.value_len == len(big.value)]
+    assert letters, "no dead letter for the oversize message"
+    letter = letters[0]
+    assert letter.error_class == "too_large" and not letter.value_complete
+    assert len(msgspec.json.encode(letter)) < 64 * 1024
+    import hashlib
+
+    assert letter.value_sha256 == hashlib.sha256(big.value).hexdigest()
+    assert run.extra_txn in run.outcome.verdicts  # the flow kept scoring
