@@ -4,9 +4,14 @@ Each struct is the single source of truth for its topic. The JSON Schemas in
 ``topics/schemas/`` are generated from these classes (``just schemas``) and a
 test fails when they are stale. Times are UTC epoch milliseconds everywhere.
 
-Evolving a contract: adding an optional field is compatible and keeps the
-version; renaming, removing or tightening a field bumps ``SCHEMA_VERSION`` of
-that topic and gets a new schema file.
+Evolving a contract: any change to a topic's fields bumps ``SCHEMA_VERSION`` of
+that topic and gets a new schema file (``topics/schemas/<topic>.v<N>.json``; old
+files stay). An added field is optional and omitted when it has its default, so a
+message of the previous version decodes unchanged and a record that uses no new
+field has the same bytes as before. Versions now: transactions v2 (cardholder
+billing amount and currency, amount 0 allowed), predictions v2 (rule hits, the
+model's own decision, reference amount, clamped event time), dead-letter v2
+(bounded copies with length and SHA-256), labels v1, drift v1.
 
 >>> import msgspec
 >>> txn = Transaction(transaction_id="t1", card_id="c1", merchant_id="m1",
@@ -30,20 +35,34 @@ EpochMs = Annotated[
 ]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
-#: Largest amount accepted; anything above is a unit error (cents sent as units) or garbage.
-MAX_AMOUNT = 10_000_000.0
+#: Absolute guard against garbage, in major units of any currency (far above 1 million EUR
+#: in the weakest currency). The real limit is per currency, in the reference currency:
+#: ``topics.validation.MAX_REFERENCE_AMOUNT``.
+MAX_AMOUNT = 1e13
 
 Channel = Literal["pos", "ecom", "atm", "moto"]
 EntryMode = Literal["chip", "contactless", "swipe", "manual", "ecom"]
 Decision = Literal["approve", "review", "decline"]
+RuleAction = Literal["decline", "review", "approve", "tag"]
+RuleMode = Literal["active", "shadow"]
+CurrencyCode = Annotated[
+    str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 alphabetic code.")
+]
 AttributeValue = str | int | float | bool | None
 
 
 class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """A card transaction, as payment systems publish it to ``transactions`` (key: card id).
 
+    ``amount`` is in major units of ``currency`` (the transaction currency, ISO 8583
+    DE4/DE49), with at most that currency's ISO 4217 minor-unit decimals; 0 is a
+    zero-value authorisation (account verification), negative is refused.
+    ``billing_amount``/``billing_currency`` (ISO 8583 DE6/DE51, both or neither)
+    are what the cardholder is billed in the card's currency; when present, amount
+    features use them (``topics.currency.reference_amount``).
     ``event_time`` is epoch milliseconds once validated; on the wire an RFC 3339
-    string with an offset is also accepted (see ``topics.validation``).
+    string with an offset, or an integral JSON float, is also accepted (see
+    ``topics.validation``).
     """
 
     transaction_id: Id
@@ -51,11 +70,33 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     merchant_id: Id
     amount: Annotated[
         float,
-        msgspec.Meta(gt=0.0, le=MAX_AMOUNT, description="Amount in major units of `currency`."),
+        msgspec.Meta(
+            ge=0.0,
+            le=MAX_AMOUNT,
+            description="Amount in major units of `currency` (ISO 8583 DE4); 0 is a "
+            "zero-value authorisation; at most the currency's ISO 4217 minor-unit decimals.",
+        ),
     ]
     currency: Annotated[
-        str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 alphabetic code.")
+        str,
+        msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 alphabetic code (DE49)."),
     ]
+    billing_amount: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0.0,
+            le=MAX_AMOUNT,
+            description="Cardholder billing amount (ISO 8583 DE6), major units of "
+            "`billing_currency`; give both billing fields or neither.",
+        ),
+    ] | None = None
+    billing_currency: Annotated[
+        str,
+        msgspec.Meta(
+            pattern="^[A-Z]{3}$",
+            description="Cardholder billing currency (ISO 8583 DE51), ISO 4217 alphabetic code.",
+        ),
+    ] | None = None
     event_time: EpochMs
     mcc: Annotated[
         str, msgspec.Meta(pattern="^[0-9]{4}$", description="ISO 18245 merchant category code.")
@@ -72,7 +113,7 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     customer_id: Id | None = None
     attributes: dict[str, AttributeValue] | None = None
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     #: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
     WIRE_TIME_FIELDS = ("event_time",)
 
@@ -84,8 +125,35 @@ class ReasonCode(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     text: str
 
 
+class RuleHit(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
+    """One business rule that matched a transaction, and what it did (or would do)."""
+
+    rule_id: Annotated[str, msgspec.Meta(description="Stable id of the rule.")]
+    version: Annotated[int, msgspec.Meta(ge=1, description="Version of the rule's text.")]
+    action: Annotated[
+        RuleAction, msgspec.Meta(description="decline, review, approve, or tag (no decision).")
+    ]
+    mode: Annotated[
+        RuleMode,
+        msgspec.Meta(description="active: applied to the decision; shadow: recorded only."),
+    ]
+    text: Annotated[str, msgspec.Meta(description="Why, in words an analyst understands.")]
+
+
 class Prediction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """The verdict on one transaction, published to ``predictions`` (key: transaction id)."""
+    """The verdict on one transaction, published to ``predictions`` (key: transaction id).
+
+    v2 fields (each omitted when it has its default, so a v1 verdict's bytes are
+    unchanged): ``model_decision`` is the model's own decision from ``score``
+    before rules (absent: no rule changed it, ``decision`` is the model's);
+    ``rule_hits`` are the rules that matched (active ones may have changed
+    ``decision``; shadow ones are recorded only); ``rule_set_version`` is the
+    rule set that was evaluated; ``event_time_clamped`` is true when the event
+    time was ahead of the Kafka record timestamp by more than the allowed skew and
+    features used the record timestamp instead; ``amount_reference`` is the
+    amount the features used, in ``reference_currency`` (billing amount when the
+    transaction had one), converted with the rate table in the model's metadata.
+    """
 
     transaction_id: Id
     card_id: Id
@@ -104,9 +172,31 @@ class Prediction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     scored_time: Annotated[
         int, msgspec.Meta(description="When the verdict was computed (ms).")
     ] = 0
-    schema_version: int = 1
+    model_decision: Annotated[
+        Decision | None,
+        msgspec.Meta(description="The model's decision before rules; absent: same as decision."),
+    ] = None
+    rule_hits: list[RuleHit] = []
+    rule_set_version: Annotated[
+        str | None, msgspec.Meta(description="Version of the rule set evaluated.")
+    ] = None
+    event_time_clamped: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Event time was ahead of the record timestamp by more than the "
+            "allowed skew; features used the record timestamp."
+        ),
+    ] = False
+    amount_reference: Annotated[
+        float | None,
+        msgspec.Meta(description="Amount used by the features, in reference_currency."),
+    ] = None
+    reference_currency: Annotated[
+        str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code of amount_reference.")
+    ] | None = None
+    schema_version: int = 2
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
 
 
 class Label(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -202,20 +292,79 @@ ErrorClass = Literal[
     "unknown_country",
     "bad_event_time",
     "future_event_time",
+    # v2
+    "amount_precision",
+    "amount_limit",
+    "unknown_rate",
+    "duplicate_conflict",
+    "mis_keyed",
+    "internal_error",
 ]
+"""Why a record went to the dead-letter topic (a bounded set: it is a metric label).
+
+v2 adds ``amount_precision`` (more decimals than the currency's ISO 4217 minor
+units), ``amount_limit`` (above the per-currency limit, expressed in the reference
+currency), ``unknown_rate`` (no exchange rate for the currency in the rate table),
+``duplicate_conflict`` (a transaction id already seen with a different body),
+``mis_keyed`` (a record on the wrong partition for its card, when routing is
+configured to refuse) and ``internal_error`` (a bug met this record; the flow
+went on).
+"""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """A message that could not be used, with its exact bytes and why (``dead-letter``)."""
+    """A record that could not be used: where it is, a bounded copy, and why (``dead-letter``).
+
+    The original stays on the source topic at ``partition``/``offset``. The copy is
+    a prefix of at most a few KiB (``value_complete`` false when cut), with the full
+    length and SHA-256 of the value, so a dead letter always fits the topic whatever
+    the input. ``time`` is the source record's Kafka timestamp, so a dead letter
+    re-emitted after a replay is byte-identical.
+    """
 
     source_topic: str
     partition: int
     offset: int
-    key_b64: str | None = None
-    value_b64: str | None = None
+    key_b64: Annotated[
+        str | None, msgspec.Meta(description="The key (base64), or its prefix if cut.")
+    ] = None
+    key_len: Annotated[
+        int | None, msgspec.Meta(description="Full key length in bytes (v2; absent: no key).")
+    ] = None
+    key_complete: Annotated[
+        bool, msgspec.Meta(description="False when key_b64 holds only a prefix (v2).")
+    ] = True
+    value_b64: Annotated[
+        str | None, msgspec.Meta(description="The value (base64), or its prefix if cut.")
+    ] = None
+    value_len: Annotated[
+        int | None, msgspec.Meta(description="Full value length in bytes (v2; absent: no value).")
+    ] = None
+    value_sha256: Annotated[
+        str | None, msgspec.Meta(description="Hex SHA-256 of the full value (v2).")
+    ] = None
+    value_complete: Annotated[
+        bool, msgspec.Meta(description="False when value_b64 holds only a prefix (v2).")
+    ] = True
     error_class: ErrorClass
     reason: str
-    time: EpochMs
-    schema_version: int = 1
+    time: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0, le=MAX_EPOCH_MS, description="Kafka timestamp of the source record (ms, v2)."
+        ),
+    ]
+    first_partition: Annotated[
+        int | None,
+        msgspec.Meta(description="duplicate_conflict: partition where the id was first read."),
+    ] = None
+    first_offset: Annotated[
+        int | None,
+        msgspec.Meta(description="duplicate_conflict: offset where the id was first read."),
+    ] = None
+    expected_partition: Annotated[
+        int | None, msgspec.Meta(description="mis_keyed: the card's partition.")
+    ] = None
+    schema_version: int = 2
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2

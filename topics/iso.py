@@ -1,21 +1,11 @@
 """ISO code lists the wire contracts validate against (ISO 4217, ISO 3166-1 alpha-2)."""
 
-# ISO 4217 currencies in circulation, plus codes withdrawn recently enough to
-# still appear in card history (HRK, SLL, ANG, ZWL). Funds codes, precious
-# metals and testing codes (XAU, XTS, XXX, ...) are not card currencies.
-CURRENCIES: frozenset[str] = frozenset(
-    """
-    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB
-    BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK
-    DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK
-    HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD
-    KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN
-    MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD
-    RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB
-    TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VED VES VND VUV WST XAF
-    XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
-    """.split()
-)
+from topics.currency import MINOR_UNITS
+
+#: ISO 4217 card currencies: list one without funds codes, units of account, precious
+#: metals and testing codes, plus codes withdrawn recently enough to still appear in card
+#: history (HRK, BGN, SLL, ANG, ...). Generated data, see :mod:`topics.currency`.
+CURRENCIES: frozenset[str] = frozenset(MINOR_UNITS)
 
 # The 249 officially assigned ISO 3166-1 alpha-2 codes, plus XK (Kosovo),
 # user-assigned but used by the card networks.

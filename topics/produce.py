@@ -5,12 +5,20 @@ report is checked: a message the broker did not acknowledge is an error, never
 a silent loss. Files are JSON lines, CSV or Parquet with the transactions
 schema; each row is decoded into ``Transaction`` and a bad row fails with its
 row number and field.
+
+``--duplicates FRACTION`` re-delivers that share of the transactions with the
+same key and bytes, half right after the original and half a simulated day
+later (once the event time has moved a day on, or at the end), as an
+at-least-once producer does after a retry or a replay (:func:`with_duplicates`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import heapq
+import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,6 +54,9 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
     "partitioner": "murmur2_random",
 }
 FORMATS = ("jsonl", "csv", "parquet")
+DAY_MS = 86_400_000
+_NUMBER = re.compile(r"^-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?$")
+_BOM = b"\xef\xbb\xbf"
 
 
 def produce_waiting(
@@ -80,6 +91,31 @@ def produce_transactions(
     ``rate`` caps messages per second (token bucket); None is as fast as possible.
     Raises :class:`BrokerError` if any message is not acknowledged.
     """
+    encode = msgspec.json.Encoder().encode
+    bar = Progress(f"produce {topic}", total, enabled=progress)
+    records = ((txn.card_id.encode(), encode(txn)) for txn in transactions)
+    return produce_records(settings, topic, records, rate=rate, on_progress=bar.update,
+                           on_done=bar.done, config=config,
+                           flush_timeout=flush_timeout)  # fmt: skip
+
+
+def produce_records(
+    settings: KafkaSettings,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+    config: Mapping[str, str | int | bool] | None = None,
+    flush_timeout: float = 60.0,
+) -> int:
+    """Produce ``(key, value)`` records to ``topic``; return how many were delivered.
+
+    Keys are placed by the murmur2 partitioner (:data:`PRODUCER_DEFAULTS`), as the
+    Java client does. ``on_progress(sent)`` is called every chunk, ``on_done(delivered)``
+    at the end. Raises :class:`BrokerError` if any record is not acknowledged.
+    """
     producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS), **(config or {})})
     failures: list[KafkaError] = []
     delivered = 0
@@ -98,25 +134,25 @@ def produce_transactions(
                 f"not delivered; first error: {failures[0].str()}"
             )
 
-    encode = msgspec.json.Encoder().encode
-    bar = Progress(f"produce {topic}", total, enabled=progress)
+    progress = on_progress or (lambda _n: None)
+    done = on_done or (lambda _n: None)
     bucket = TokenBucket(rate) if rate else None
     chunk = max(1, int(rate / 200)) if rate else 1000
     sent = 0
     try:
-        for txn in transactions:
+        for key, value in records:
             if bucket is not None and sent % chunk == 0:
                 bucket.wait(chunk)
-            produce_waiting(producer, topic, encode(txn), txn.card_id.encode(), on_delivery)
+            produce_waiting(producer, topic, value, key, on_delivery)
             sent += 1
             if sent % chunk == 0:
                 producer.poll(0)
                 check()
-                bar.update(sent)
+                progress(sent)
         remaining = producer.flush(flush_timeout)
     except BaseException:  # Ctrl-C, a bad input row: deliver what was sent, then fail
         producer.flush(5.0)
-        bar.done(delivered)
+        done(delivered)
         raise
     check()
     if remaining:
@@ -124,10 +160,69 @@ def produce_transactions(
             f"{remaining} message(s) to {topic!r} still unacknowledged after {flush_timeout:g} s; "
             f"is {settings.bootstrap_servers} reachable?"
         )
-    bar.done(delivered)
+    done(delivered)
     if delivered != sent:  # pragma: no cover - librdkafka reports every message
         raise BrokerError(f"sent {sent} messages but only {delivered} were acknowledged")
     return delivered
+
+
+class Redeliveries:
+    """Re-deliver about ``fraction`` of ``items`` unchanged, as an at-least-once producer does.
+
+    Each chosen item is yielded again, the same object (so the same key and bytes):
+    ``immediate_share`` of them right after the original, the others once the
+    stream's event time has moved ``delay_ms`` past the original (default a
+    simulated day) or at the end of the stream. Seeded: the same input and seed
+    give the same output. Counts are in ``immediate`` and ``delayed``.
+
+    >>> from topics.contracts import Transaction
+    >>> txns = [Transaction(transaction_id=f"t{i}", card_id="c", merchant_id="m", amount=1.0,
+    ...                     currency="EUR", event_time=i * 3_600_000) for i in range(48)]
+    >>> out = with_duplicates(txns, 0.25, seed=1)
+    >>> ids = [t.transaction_id for t in out]
+    >>> len(ids) - 48 == out.immediate + out.delayed > 0, len(set(ids)) == 48
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Transaction],
+        fraction: float,
+        *,
+        seed: int = 0,
+        delay_ms: int = DAY_MS,
+        immediate_share: float = 0.5,
+    ) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("the duplicates fraction must be between 0 and 1")
+        self.items, self.fraction, self.delay_ms = items, fraction, delay_ms
+        self.immediate_share = immediate_share
+        self.rng = random.Random(seed)
+        self.immediate = 0
+        self.delayed = 0
+
+    def __iter__(self) -> Iterator[Transaction]:
+        pending: list[tuple[int, int, Transaction]] = []  # (due event time, seq, txn)
+        for seq, txn in enumerate(self.items):
+            while pending and pending[0][0] <= txn.event_time:
+                yield heapq.heappop(pending)[2]
+            yield txn
+            if self.fraction and self.rng.random() < self.fraction:
+                if self.rng.random() < self.immediate_share:
+                    self.immediate += 1
+                    yield txn
+                else:
+                    self.delayed += 1
+                    heapq.heappush(pending, (txn.event_time + self.delay_ms, seq, txn))
+        while pending:
+            yield heapq.heappop(pending)[2]
+
+
+def with_duplicates(
+    items: Iterable[Transaction], fraction: float, *, seed: int = 0, delay_ms: int = DAY_MS
+) -> Redeliveries:
+    """``items`` with about ``fraction`` of them re-delivered (see :class:`Redeliveries`)."""
+    return Redeliveries(items, fraction, seed=seed, delay_ms=delay_ms)
 
 
 def _to_ms(value: Any) -> Any:
@@ -135,7 +230,12 @@ def _to_ms(value: Any) -> Any:
         if value.tzinfo is None:
             raise ValueError("event_time: timestamp has no time zone (store UTC timestamps)")
         return round(value.timestamp() * 1000)
-    if isinstance(value, str) and not value.strip().isdigit():
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.match(text):  # epoch ms written as text, e.g. 1795953540000 or ...000.0
+            return parse_time_ms("event_time", int(text) if text.isdigit() else float(text))
+        return parse_time_ms("event_time", value)
+    if isinstance(value, float):
         return parse_time_ms("event_time", value)
     return value
 
@@ -154,6 +254,8 @@ def _row_to_transaction(row: dict[str, Any], where: str, strict: bool) -> Transa
 def _read_jsonl(path: Path) -> Iterator[Transaction]:
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
+            if line_no == 1:
+                line = line.removeprefix(_BOM)  # RFC 8259 8.1: a parser may ignore it
             if not line.strip():
                 continue
             where = f"{path} line {line_no}"
@@ -167,7 +269,7 @@ def _read_jsonl(path: Path) -> Iterator[Transaction]:
 
 
 def _read_csv(path: Path) -> Iterator[Transaction]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a leading BOM is ignored
         reader = csv.DictReader(f)
         for row_no, raw in enumerate(reader, 1):
             where = f"{path} row {row_no} (line {reader.line_num})"
@@ -302,6 +404,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="target rate in messages per second (default: as fast as possible)",
     )  # fmt: skip
     parser.add_argument(
+        "--duplicates", type=float, default=0.0, metavar="FRACTION",
+        help="re-deliver this share of the transactions (0..1) with the same key and bytes: "
+        "half right after the original, half a simulated day later (event time + 24 h, or "
+        "at the end); tests idempotency (default: 0)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-progress", action="store_true", help="do not print progress on stderr"
     )
     return parser.parse_args(argv)
@@ -316,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate is not None and args.rate <= 0:
         print("error: --rate must be positive", file=sys.stderr)
         return 2
+    if not 0.0 <= args.duplicates <= 1.0:
+        print("error: --duplicates must be a fraction between 0 and 1, e.g. 0.02",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time_ns() % 1_000_000_007)
 
     def body() -> None:
         source: Iterable[Transaction]
@@ -323,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
             source = _limited(read_transactions(args.file, args.format), args.count)
             total = args.count
         else:
-            seed = args.seed if args.seed is not None else int(time.time_ns() % 1_000_000_007)
             count = 10_000 if args.count is None else args.count
             start = None
             if args.start:
@@ -335,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             total = count or None
             print(f"synthetic transactions: seed={seed} cards={args.cards}", file=sys.stderr)
+        redelivered = None
+        if args.duplicates:
+            source = redelivered = with_duplicates(source, args.duplicates, seed=seed)
+            total = None
         with connect() as settings:
             topic = resolve_topic(settings, args.topic)
             require_topic(settings, topic)
@@ -349,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
             f"in {elapsed:.2f} s ({n / max(elapsed, 1e-9):,.0f} msg/s)",
             file=sys.stderr,
         )
+        if redelivered is not None:
+            print(
+                f"re-delivered {redelivered.immediate + redelivered.delayed} of them "
+                f"({redelivered.immediate} immediately, {redelivered.delayed} a simulated day "
+                f"later; seed={seed})",
+                file=sys.stderr,
+            )
     return run_cli(body, (FraudStreamError, ValueError))
 
 

@@ -1,7 +1,9 @@
 """Generate the JSON Schema of every topic contract into ``topics/schemas/``.
 
 ``python -m topics.schema`` (``just schemas``) rewrites the files;
-``python -m topics.schema --check`` fails when a committed file is stale.
+``python -m topics.schema --check`` fails when a committed file is stale, or when
+the file of an older version is gone (a version bump adds a file, e.g.
+``transactions.v2.json``, and keeps ``transactions.v1.json``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def schema_path(spec: TopicSpec) -> Path:
     return SCHEMA_DIR / f"{spec.logical}.v{version}.json"
 
 
+def older_schema_paths(spec: TopicSpec) -> list[Path]:
+    """The schema files of a topic's earlier versions, which stay committed."""
+    version = getattr(spec.contract, "SCHEMA_VERSION", 1)
+    return [SCHEMA_DIR / f"{spec.logical}.v{v}.json" for v in range(1, version)]
+
+
 def topic_schema(spec: TopicSpec) -> dict[str, Any]:
     """The JSON Schema (2020-12) of one topic's record, with the wire-only alternatives added."""
     schema: dict[str, Any] = msgspec.json.schema(spec.contract)
@@ -35,8 +43,9 @@ def topic_schema(spec: TopicSpec) -> dict[str, Any]:
         epoch = definition["properties"][field]
         definition["properties"][field] = {
             "anyOf": [epoch, {"type": "string", "format": "date-time"}],
-            "description": "UTC epoch milliseconds, or an RFC 3339 date-time "
-            "with an offset (normalised to epoch ms on decode).",
+            "description": "UTC epoch milliseconds (an integer; an integral number such as "
+            "1795953540000.0 is the same integer), or an RFC 3339 date-time with an offset "
+            "(normalised to epoch ms on decode).",
         }
     definition["description"] = (spec.contract.__doc__ or "").strip().split("\n\n")[0]
     return {
@@ -60,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
+    missing = [p for spec in TOPICS.values() for p in older_schema_paths(spec) if not p.exists()]
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        print(f"schema files of older versions are gone: {names}; restore them from git "
+              "(consumers of those versions still read them)", file=sys.stderr)
+        return 1
     for spec in TOPICS.values():
         path = schema_path(spec)
         text = render(spec)

@@ -1,14 +1,36 @@
 """Decode and validate raw Kafka values into contract structs, or say exactly why not.
 
-Validation is pure: the clock is passed in. A message never raises; it either
-becomes a struct or a :class:`Rejection` whose ``reason`` names the field and
-the rule, ready to become a dead-letter record.
+Validation is pure: the clock and the rate table are passed in. A message never
+raises; it either becomes a struct or a :class:`Rejection` whose ``reason`` names
+the field and the rule, ready to become a dead-letter record.
+
+Rules beyond the JSON Schema (``topics/schemas/``), each with its source:
+
+- JSON text is UTF-8; a leading UTF-8 byte-order mark is ignored (RFC 8259 section
+  8.1 lets parsers ignore it).
+- Times are integer epoch milliseconds (an integral JSON float such as
+  ``1795953540000.0`` is the same integer) or RFC 3339 date-times with an offset,
+  parsed by ``ciso8601.parse_rfc3339``, which implements RFC 3339 section 5.6
+  (plus a guard on the date: ciso8601 2.4 also takes ISO 8601 ordinal dates), so
+  none of ``fromisoformat``'s broader ISO 8601 forms (week and ordinal dates, basic
+  format, hour-only offsets, decimal commas, missing seconds).
+- ``amount`` >= 0 (0 is a zero-value authorisation); amounts have at most the
+  ISO 4217 minor units of their currency (JPY 0, EUR 2, BHD 3 decimals), compared
+  in integer minor units with a tolerance of a few float64 ulps.
+- ``billing_amount``/``billing_currency`` (ISO 8583 DE6/DE51) come together.
+- The amount in the reference currency (billing amount when present, see
+  :func:`topics.currency.reference_amount`) is at most ``max_reference_amount``:
+  one limit for every currency, so 50 million IDR (about 2,500 EUR) passes. A
+  currency without a rate is refused, naming the rate-table version.
 
 >>> decoder = TransactionDecoder()
 >>> now = 1_700_000_000_000
 >>> decoder.decode(b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1",'
-...                b'"amount":-5,"currency":"EUR","event_time":1700000000000}', now)
-Rejection(error_class='invalid_value', reason='amount: expected `float` > 0.0')
+...                b'"amount":-5,"currency":"EUR","event_time":1700000000000}', now).error_class
+'invalid_value'
+>>> print(decoder.decode(b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1",'
+...                      b'"amount":4500.5,"currency":"JPY","event_time":1700000000000}', now))
+amount_precision: amount: 4500.5 JPY has more decimals than JPY's ISO 4217 minor units (0)
 >>> decoder.decode(b'[1, 2]', now)
 Rejection(error_class='not_object', reason='expected a JSON object, got `array`')
 """
@@ -19,13 +41,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+import ciso8601
 import msgspec
 
 from topics.contracts import ErrorClass, Label, Transaction
-from topics.iso import COUNTRIES, CURRENCIES
+from topics.currency import MINOR_UNITS, RateTable, default_rates
+from topics.iso import COUNTRIES
 
 #: Default size limit for one message value.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -33,9 +57,25 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_FUTURE_MS = 24 * 3600 * 1000
 #: Event times before 2000-01-01 are almost always seconds sent as milliseconds.
 MIN_EVENT_TIME_MS = 946_684_800_000
+#: Default per-transaction limit in the reference currency (1 million EUR by default):
+#: above it an amount is a unit error (minor units sent as major units) or garbage.
+MAX_REFERENCE_AMOUNT = 1_000_000.0
+#: The UTF-8 encoding of U+FEFF, which RFC 8259 section 8.1 lets a JSON parser ignore.
+UTF8_BOM = b"\xef\xbb\xbf"
+#: Tolerance of the minor-units check, relative to the amount in minor units: a decimal
+#: with at most the allowed decimals is within 2 ulps (2**-52) of an integer after parsing
+#: and scaling in float64; 2**-50 leaves a margin of 4.
+MINOR_UNITS_TOLERANCE = 2.0**-50
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 _BACKTICKED = re.compile(r"`([^`]*)`")
+_LEAP_SECOND = re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:60", re.ASCII)
+#: RFC 3339 full-date and separator. ``ciso8601.parse_rfc3339`` 2.4 also takes ISO 8601
+#: ordinal dates (``2023-318T...``); this guard keeps them out.
+_RFC3339_DATE = re.compile(r"\d{4}-\d\d-\d\d[Tt ]", re.ASCII)
+_AMOUNT_FIELDS = ("amount", "billing_amount")
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -47,6 +87,9 @@ class Rejection:
     error_class: ErrorClass
     reason: str
 
+    def __str__(self) -> str:
+        return f"{self.error_class}: {self.reason}"
+
 
 class _TimeFieldError(ValueError):
     def __init__(self, error_class: ErrorClass, reason: str) -> None:
@@ -55,30 +98,67 @@ class _TimeFieldError(ValueError):
 
 
 def parse_time_ms(field: str, value: Any) -> int:
-    """Turn epoch milliseconds or an RFC 3339 string with an offset into UTC epoch ms.
+    """Turn integer epoch ms, an integral float or an RFC 3339 date-time into UTC epoch ms.
+
+    RFC 3339 strings are parsed by ``ciso8601.parse_rfc3339`` (RFC 3339 section 5.6:
+    ``T``/``t`` or space, ``Z``/``z`` or ``+hh:mm``); sub-millisecond digits are
+    truncated, as epoch milliseconds count whole milliseconds. Raises
+    ``ValueError`` (a ``_TimeFieldError`` carrying the :class:`Rejection`) whose
+    text names the field and the rule.
 
     >>> parse_time_ms("event_time", "2023-11-14T22:13:20Z")
     1700000000000
     >>> parse_time_ms("event_time", "2023-11-14T23:13:20.5+01:00")
     1700000000500
+    >>> parse_time_ms("event_time", 1795953540000.0)
+    1795953540000
+    >>> parse_time_ms("event_time", "2023-W46-2T22:13:20Z")
+    Traceback (most recent call last):
+    ...
+    topics.validation._TimeFieldError: event_time: '2023-W46-2T22:13:20Z' is ISO 8601 but not \
+RFC 3339; send YYYY-MM-DDThh:mm:ss[.fff] with Z or +hh:mm, or epoch milliseconds
     """
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _TimeFieldError(
             "wrong_type", f"{field}: expected epoch milliseconds or an RFC 3339 string"
         )
     if isinstance(value, int):
         return value
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
         raise _TimeFieldError(
-            "bad_event_time", f"{field}: {value[:40]!r} is not RFC 3339 or epoch milliseconds"
-        ) from None
-    if parsed.tzinfo is None:
-        raise _TimeFieldError(
-            "bad_event_time", f"{field}: {value[:40]!r} has no UTC offset (add Z or +hh:mm)"
+            "bad_event_time",
+            f"{field}: {value!r} is not integer epoch milliseconds (the rule: a whole number "
+            "of milliseconds since 1970-01-01T00:00:00Z; drop the fraction)",
         )
-    return round(parsed.timestamp() * 1000)
+    try:
+        if not _RFC3339_DATE.match(value):
+            raise ValueError("not an RFC 3339 full-date")
+        parsed = ciso8601.parse_rfc3339(value)
+    except ValueError:
+        raise _TimeFieldError("bad_event_time", _not_rfc3339(field, value)) from None
+    return (parsed - _EPOCH) // _MS
+
+
+def _not_rfc3339(field: str, value: str) -> str:
+    """Why ``value`` is not an RFC 3339 date-time, as precisely as can be told."""
+    shown = repr(value[:40])
+    if _LEAP_SECOND.match(value):
+        return (
+            f"{field}: {shown} is a leap second, which epoch milliseconds cannot express; "
+            "send 23:59:59.999 or epoch milliseconds"
+        )
+    try:
+        loose = ciso8601.parse_datetime(value)  # the broader ISO 8601 profile
+    except ValueError:
+        return f"{field}: {shown} is not RFC 3339 or epoch milliseconds"
+    if loose.tzinfo is None:
+        return f"{field}: {shown} has no UTC offset (add Z or +hh:mm, RFC 3339)"
+    return (
+        f"{field}: {shown} is ISO 8601 but not RFC 3339; send YYYY-MM-DDThh:mm:ss[.fff] "
+        "with Z or +hh:mm, or epoch milliseconds"
+    )
 
 
 def _reject_from_validation_error(exc: msgspec.ValidationError) -> Rejection:
@@ -94,7 +174,10 @@ def _reject_from_validation_error(exc: msgspec.ValidationError) -> Rejection:
         got = msg.split("got ", 1)[-1]
         return Rejection("not_object", f"expected a JSON object, got {got}")
     error_class: ErrorClass = "wrong_type" if ", got `" in msg else "invalid_value"
-    return Rejection(error_class, f"{path or '$'}: {msg[0].lower()}{msg[1:]}")
+    reason = f"{path or '$'}: {msg[0].lower()}{msg[1:]}"
+    if path in _AMOUNT_FIELDS and msg.startswith("Expected `float` >="):
+        reason += " (negative amounts are refused; 0 is a zero-value authorisation)"
+    return Rejection(error_class, reason)
 
 
 def _first_non_finite(obj: Any, path: str = "") -> str | None:
@@ -117,8 +200,8 @@ def _first_non_finite(obj: Any, path: str = "") -> str | None:
 class ContractDecoder(Generic[S]):
     """Decode one contract type from raw bytes; subclasses add the checks msgspec can't express.
 
-    The struct's ``WIRE_TIME_FIELDS`` may arrive as RFC 3339 strings and are
-    normalised to epoch ms.
+    The struct's ``WIRE_TIME_FIELDS`` may arrive as RFC 3339 strings or integral
+    floats and are normalised to epoch ms. A leading UTF-8 BOM is ignored.
     """
 
     def __init__(self, struct: type[S], max_bytes: int = MAX_MESSAGE_BYTES) -> None:
@@ -139,7 +222,7 @@ class ContractDecoder(Generic[S]):
         except RecursionError:
             return Rejection("not_json", "JSON nested too deeply to decode")
         except Exception as exc:  # a decoder bug must not stop the stream: dead-letter it
-            return Rejection("not_json", f"undecodable: {type(exc).__name__}: {exc}")
+            return Rejection("internal_error", f"undecodable: {type(exc).__name__}: {exc}"[:500])
 
     def _decode(self, raw: bytes | None, now_ms: int) -> S | Rejection:
         if not raw:
@@ -148,12 +231,14 @@ class ContractDecoder(Generic[S]):
             return Rejection(
                 "too_large", f"message is {len(raw)} bytes, over the {self.max_bytes}-byte limit"
             )
+        if raw[0] == 0xEF and raw.startswith(UTF8_BOM):  # index first: most messages are "{"
+            raw = raw[len(UTF8_BOM):]
+            if not raw:
+                return Rejection("empty", "message is only a UTF-8 byte-order mark")
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return Rejection(
-                "not_utf8", f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
-            )
+            return Rejection("not_utf8", _not_utf8(raw, exc))
         try:
             value = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
@@ -170,7 +255,7 @@ class ContractDecoder(Generic[S]):
         return value
 
     def _decode_slow(self, raw: bytes, exc: msgspec.ValidationError) -> S | Rejection:
-        """Second chance for RFC 3339 times; everything else is rejected as msgspec said."""
+        """Second chance for RFC 3339 or float times; everything else as msgspec said."""
         if not any(f"`$.{name}`" in str(exc) for name in self.time_fields):
             return _reject_from_validation_error(exc)
         obj = msgspec.json.decode(raw)
@@ -198,18 +283,55 @@ class ContractDecoder(Generic[S]):
         return Rejection("not_json", f"not valid JSON: {exc}")
 
 
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "starts with a UTF-16 byte-order mark; JSON here must be UTF-8 (RFC 8259 8.1)"
+    return f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+
+
+def _too_precise(amount: float, scale: float) -> bool:
+    """True if ``amount`` has more decimals than ``scale = 10**minor_units`` allows.
+
+    Compared in integer minor units: a decimal with at most the allowed decimals
+    lands within :data:`MINOR_UNITS_TOLERANCE` (relative) of an integer.
+
+    >>> _too_precise(0.29, 100.0), _too_precise(12.345, 100.0), _too_precise(4500.0, 1.0)
+    (False, True, False)
+    """
+    frac = (amount * scale) % 1.0
+    return bool(frac) and min(frac, 1.0 - frac) > amount * scale * MINOR_UNITS_TOLERANCE
+
+
 class TransactionDecoder(ContractDecoder[Transaction]):
-    """Decoder for the ``transactions`` topic."""
+    """Decoder for the ``transactions`` topic.
+
+    ``rates`` (default: :func:`topics.currency.default_rates`) converts amounts
+    to its reference currency for the ``max_reference_amount`` limit; pass the
+    table the model was trained with.
+    """
 
     def __init__(
-        self, max_bytes: int = MAX_MESSAGE_BYTES, max_future_ms: int = MAX_FUTURE_MS
+        self,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+        max_future_ms: int = MAX_FUTURE_MS,
+        *,
+        rates: RateTable | None = None,
+        max_reference_amount: float = MAX_REFERENCE_AMOUNT,
     ) -> None:
         super().__init__(Transaction, max_bytes)
         self.max_future_ms = max_future_ms
+        self.rates = rates if rates is not None else default_rates()
+        self.max_reference_amount = max_reference_amount
+        per = self.rates.per_reference
+        #: currency -> (10**minor_units, minor_units, units per reference unit or None)
+        self._money: dict[str, tuple[float, int, float | None]] = {
+            code: (10.0**units, units, per.get(code)) for code, units in MINOR_UNITS.items()
+        }
 
     def check(self, value: Transaction, now_ms: int) -> Transaction | Rejection:
-        """Currency and country lists, event time plausibility."""
-        if value.currency not in CURRENCIES:
+        """Currency, country, minor units, amount limit, event time plausibility."""
+        money = self._money.get(value.currency)
+        if money is None:
             return Rejection(
                 "unknown_currency", f"currency: {value.currency!r} is not an ISO 4217 code"
             )
@@ -222,7 +344,57 @@ class TransactionDecoder(ContractDecoder[Transaction]):
             return rejection
         if (value.lat is None) != (value.lon is None):
             return Rejection("invalid_value", "lat/lon: give both or neither")
+        amount, currency, billed = value.amount, value.currency, False
+        scale, digits, rate = money
+        frac = (amount * scale) % 1.0  # inline _too_precise: this is the hot path
+        if frac and min(frac, 1.0 - frac) > amount * scale * MINOR_UNITS_TOLERANCE:
+            return _precision("amount", amount, currency, digits)
+        if value.billing_amount is not None or value.billing_currency is not None:
+            rejection = self._billing(value)
+            if rejection is not None:
+                return rejection
+            amount, currency = value.billing_amount, value.billing_currency  # type: ignore[assignment]
+            _, digits, rate = self._money[currency]
+            billed = True
+        if rate is None:
+            field = "billing_currency" if billed else "currency"
+            return Rejection("unknown_rate", f"{field}: {self.rates.missing(currency)}")
+        if amount / rate > self.max_reference_amount:
+            field = "billing_amount" if billed else "amount"
+            ref = self.rates.reference
+            return Rejection(
+                "amount_limit",
+                f"{field}: {amount:,.{digits}f} {currency} is {amount / rate:,.0f} {ref}, over "
+                f"the limit of {self.max_reference_amount:,.0f} {ref} per transaction (minor "
+                "units sent as major units?)",
+            )
         return value
+
+    def _billing(self, value: Transaction) -> Rejection | None:
+        """Both billing fields or neither; a known currency; its minor units."""
+        if value.billing_amount is None or value.billing_currency is None:
+            return Rejection(
+                "invalid_value", "billing_amount/billing_currency: give both or neither"
+            )
+        money = self._money.get(value.billing_currency)
+        if money is None:
+            return Rejection(
+                "unknown_currency",
+                f"billing_currency: {value.billing_currency!r} is not an ISO 4217 code",
+            )
+        if _too_precise(value.billing_amount, money[0]):
+            return _precision(
+                "billing_amount", value.billing_amount, value.billing_currency, money[1]
+            )
+        return None
+
+
+def _precision(field: str, amount: float, currency: str, minor_units: int) -> Rejection:
+    return Rejection(
+        "amount_precision",
+        f"{field}: {amount!r} {currency} has more decimals than {currency}'s ISO 4217 "
+        f"minor units ({minor_units})",
+    )
 
 
 class LabelDecoder(ContractDecoder[Label]):

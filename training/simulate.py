@@ -1,15 +1,29 @@
 """Seeded, vectorised card-transaction simulator with labelled fraud scenarios and late labels.
 
-The world: cards with a home country and location, a spending level, favourite
-merchants, a preferred time of day and one or two devices; merchants with an MCC,
-a location, a channel (point of sale, e-commerce, ATM) and a currency. Legitimate
-spending follows a diurnal and weekly rhythm, mostly at favourite merchants, with
-occasional trips abroad and rare big legitimate purchases.
+The world: cards with a home country, currency and location, a spending level,
+favourite merchants, a preferred time of day and one or two devices; merchants
+with an MCC, a location, a channel (point of sale, e-commerce, ATM) and the
+currency of their country. Legitimate spending follows a diurnal and weekly
+rhythm, mostly at favourite merchants, with trips abroad, rare big legitimate
+purchases and zero-value account verifications (amount 0) before some
+e-commerce purchases.
+
+Money: every amount is drawn as a true value in EUR and converted with the
+committed rate table (:func:`topics.currency.default_rates`), then rounded to
+the ISO 4217 minor units of the merchant's currency (JPY and KRW 0 decimals, BHD
+and JOD 3, most others 2; ATM withdrawals to a round note). A card paying in a
+currency other than its home currency (travel, foreign e-commerce) gets the
+cardholder billing fields (ISO 8583 DE6/DE51): ``billing_amount`` in the card's
+currency with the issuer's FX markup (0 to ``fx_markup_max``, per card) and
+``billing_currency``. So the same true value gives the same reference amount up
+to rounding (and the markup when billed), whatever the currency.
 
 Fraud scenarios (``scenario`` column; ``None`` for legitimate rows):
 
 ``card_testing``
-    a burst of 3-8 tiny e-commerce amounts from a new device, then one large one.
+    a burst of 3-8 tiny e-commerce authorisations from a new device at several
+    merchants, then one large one; in half of the episodes the tests are
+    zero-value authorisations (amount 0).
 ``compromised_merchant``
     a point of sale whose transactions turn fraudulent for up to 5-20 days
     (skimming; at most 30 victims per merchant).
@@ -36,6 +50,8 @@ legitimate so far). See :mod:`training.history` for the file format.
 (True, True)
 >>> sorted(h["scenario"].dropna().unique().tolist())[:2]
 ['account_takeover', 'card_testing']
+>>> sorted(h["currency"].unique().tolist())[:4]
+['AED', 'AUD', 'BHD', 'BRL']
 """
 
 from __future__ import annotations
@@ -46,12 +62,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from topics.contracts import AttributeValue, Transaction
+from topics.currency import MINOR_UNITS, default_rates
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from training.history import History
 
 DAY_MS = 86_400_000
@@ -70,29 +91,42 @@ SCENARIOS = (
 #: Share of the fraud budget per scenario (same order as SCENARIOS).
 SCENARIO_SHARE = (0.22, 0.25, 0.23, 0.15, 0.15)
 
-# code, currency, units per EUR, lat, lon, weight as a home country, weight as a merchant country
+# code, currency, lat, lon, weight as a home country, weight as a merchant country
 _COUNTRIES = [
-    ("DE", "EUR", 1.0, 51.2, 10.4, 0.22, 0.20),
-    ("FR", "EUR", 1.0, 46.6, 2.4, 0.20, 0.18),
-    ("ES", "EUR", 1.0, 40.4, -3.7, 0.12, 0.11),
-    ("IT", "EUR", 1.0, 42.8, 12.5, 0.12, 0.11),
-    ("NL", "EUR", 1.0, 52.2, 5.3, 0.08, 0.07),
-    ("GB", "GBP", 0.85, 52.5, -1.5, 0.12, 0.11),
-    ("PL", "PLN", 4.3, 52.1, 19.4, 0.06, 0.05),
-    ("SE", "SEK", 11.2, 59.3, 18.0, 0.04, 0.04),
-    ("US", "USD", 1.08, 39.8, -98.6, 0.04, 0.06),
-    ("BR", "BRL", 5.4, -15.8, -47.9, 0.0, 0.02),
-    ("TH", "THB", 38.0, 13.7, 100.5, 0.0, 0.02),
-    ("ZA", "ZAR", 20.0, -26.2, 28.0, 0.0, 0.015),
-    ("AU", "AUD", 1.65, -33.9, 151.2, 0.0, 0.015),
+    ("DE", "EUR", 51.2, 10.4, 0.22, 0.20),
+    ("FR", "EUR", 46.6, 2.4, 0.20, 0.18),
+    ("ES", "EUR", 40.4, -3.7, 0.12, 0.11),
+    ("IT", "EUR", 42.8, 12.5, 0.12, 0.11),
+    ("NL", "EUR", 52.2, 5.3, 0.08, 0.07),
+    ("GB", "GBP", 52.5, -1.5, 0.12, 0.11),
+    ("PL", "PLN", 52.1, 19.4, 0.06, 0.05),
+    ("SE", "SEK", 59.3, 18.0, 0.04, 0.04),
+    ("US", "USD", 39.8, -98.6, 0.04, 0.06),
+    ("JP", "JPY", 35.7, 139.7, 0.03, 0.03),
+    ("BH", "BHD", 26.1, 50.6, 0.01, 0.01),
+    ("BR", "BRL", -15.8, -47.9, 0.0, 0.02),
+    ("TH", "THB", 13.7, 100.5, 0.0, 0.02),
+    ("ZA", "ZAR", -26.2, 28.0, 0.0, 0.015),
+    ("AU", "AUD", -33.9, 151.2, 0.0, 0.015),
+    ("KR", "KRW", 37.6, 127.0, 0.0, 0.01),
+    ("JO", "JOD", 31.9, 35.9, 0.0, 0.01),
+    ("AE", "AED", 25.2, 55.3, 0.0, 0.01),
 ]
 _CC = np.array([c[0] for c in _COUNTRIES])
 _CUR = np.array([c[1] for c in _COUNTRIES])
-_FX = np.array([c[2] for c in _COUNTRIES])
-_LAT = np.array([c[3] for c in _COUNTRIES])
-_LON = np.array([c[4] for c in _COUNTRIES])
-_HOME_W = np.array([c[5] for c in _COUNTRIES])
-_MERCH_W = np.array([c[6] for c in _COUNTRIES])
+_LAT = np.array([c[2] for c in _COUNTRIES])
+_LON = np.array([c[3] for c in _COUNTRIES])
+_HOME_W = np.array([c[4] for c in _COUNTRIES])
+_MERCH_W = np.array([c[5] for c in _COUNTRIES])
+#: Units of each country's currency per EUR, from the committed rate table.
+_FX = np.array([default_rates("EUR").per_reference[c] for c in _CUR])
+#: ISO 4217 minor units of each country's currency and 10**minor_units.
+_MINOR = np.array([MINOR_UNITS[c] for c in _CUR])
+_SCALE = 10.0 ** _MINOR
+#: ATM note per currency: 10**floor(log10(20 EUR in that currency)), e.g. 10 EUR, 1000 JPY.
+_NOTE = 10.0 ** np.floor(np.log10(20.0 * _FX))
+#: True values are clipped to this range (EUR): below the validation's reference limit.
+_VALUE_RANGE = (0.5, 900_000.0)
 
 # mcc, channel (0 pos, 1 ecom, 2 atm), log-amount shift, weight
 _MCCS = [
@@ -130,6 +164,15 @@ class SimConfig:
     n_merchants: int | None = None  # default: n_cards // 8, at least 60
     unreported_share: float = 0.03
     legit_label_delay_days: float = 30.0
+    #: Share of legitimate e-commerce purchases preceded by a zero-value account
+    #: verification (amount 0) at the same merchant 5-120 s before.
+    zero_auth_rate: float = 0.04
+    #: Share of card-testing episodes whose tests are zero-value authorisations.
+    zero_test_share: float = 0.5
+    #: Share of legitimate purchases at home made at a foreign web shop (any country).
+    cross_border_ecom_rate: float = 0.03
+    #: Issuer FX markup on billing amounts: per card, uniform in [0, fx_markup_max].
+    fx_markup_max: float = 0.03
 
 
 @dataclass
@@ -141,6 +184,7 @@ class _World:
     card_sigma: np.ndarray
     card_peak: np.ndarray
     card_fav: np.ndarray
+    card_markup: np.ndarray
     m_country: np.ndarray
     m_lat: np.ndarray
     m_lon: np.ndarray
@@ -183,6 +227,7 @@ def _world(cfg: SimConfig, rng: np.random.Generator) -> _World:
         card_sigma=rng.uniform(0.45, 0.9, nc),
         card_peak=rng.normal(14.0, 3.5, nc),
         card_fav=fav,
+        card_markup=np.round(rng.uniform(0.0, cfg.fx_markup_max, nc) * 200) / 200,
         m_country=m_country,
         m_lat=m_lat,
         m_lon=m_lon,
@@ -213,20 +258,51 @@ def _times(rng: np.random.Generator, cfg: SimConfig, peak: np.ndarray) -> np.nda
     return cfg.start_ms + day * DAY_MS + (hour * HOUR_MS).astype(np.int64)
 
 
-def _amounts(rng: np.random.Generator, w: _World, card: np.ndarray, merchant: np.ndarray,
-             mult: np.ndarray | float = 1.0) -> np.ndarray:
+def _values(rng: np.random.Generator, w: _World, card: np.ndarray, merchant: np.ndarray,
+            mult: np.ndarray | float = 1.0) -> np.ndarray:
+    """True values in EUR (unrounded): the card's habit, shifted by the merchant's MCC."""
     mcc = w.m_mcc[merchant]
     base = np.exp(w.card_mu[card] + _MCC_SHIFT[mcc] + rng.normal(0, 1, card.size)
                   * w.card_sigma[card]) * mult
-    amt = base * _FX[w.m_country[merchant]]
-    atm = _MCC_CH[mcc] == 2
-    amt[atm] = np.maximum(20.0, np.round(amt[atm] / 20.0) * 20.0)
-    return np.clip(np.round(amt, 2), 0.5, 9_000_000.0)
+    return np.clip(base, *_VALUE_RANGE)
+
+
+def _round_minor(values: np.ndarray, country: np.ndarray) -> np.ndarray:
+    """Round to the ISO 4217 minor units of each country's currency (k / 10**d, exact)."""
+    scale = _SCALE[country]
+    return np.round(values * scale) / scale
+
+
+def _money(w: _World, card: np.ndarray, merchant: np.ndarray, value: np.ndarray,
+           channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Local amount and currency (country index), billing amount and currency (-1: none).
+
+    The local amount is the true value in the merchant's currency by the rate
+    table, rounded to its minor units (ATM: to a note); the billing amount is the
+    local amount back in EUR and then in the card's currency, plus the card's
+    FX markup, rounded to the card currency's minor units.
+    """
+    local_c = w.m_country[merchant]
+    home_c = w.card_country[card]
+    local = value * _FX[local_c]
+    atm = channel == 2
+    note = _NOTE[local_c[atm]]
+    local[atm] = np.where(value[atm] > 0, np.maximum(note, np.round(local[atm] / note) * note),
+                          0.0)
+    local = _round_minor(local, local_c)
+    foreign = _CUR[local_c] != _CUR[home_c]
+    billing_c = np.where(foreign, home_c, -1)
+    billing = np.full(value.size, np.nan)
+    billed = local[foreign] / _FX[local_c[foreign]] * _FX[home_c[foreign]] * (
+        1.0 + w.card_markup[card[foreign]])
+    billing[foreign] = _round_minor(billed, home_c[foreign])
+    return local, local_c, billing, billing_c
 
 
 def _frame(w: _World, card: np.ndarray, merchant: np.ndarray, t: np.ndarray,
-           amount: np.ndarray, rng: np.random.Generator, device: np.ndarray | None = None,
+           value: np.ndarray, rng: np.random.Generator, device: np.ndarray | None = None,
            entry: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Columns of simulated rows; ``value`` is the true value in EUR (0: verification)."""
     ch = _MCC_CH[w.m_mcc[merchant]].copy()
     n = card.size
     moto = (ch == 1) & (rng.random(n) < 0.02)
@@ -241,8 +317,38 @@ def _frame(w: _World, card: np.ndarray, merchant: np.ndarray, t: np.ndarray,
         second = rng.random(n) < 0.15
         device = np.where(second, 1, 0)
         device[(ch == 0) | (ch == 2)] = -1
-    return {"card": card, "merchant": merchant, "t": t, "amount": amount,
+    return {"card": card, "merchant": merchant, "t": t, "value": value,
             "channel": ch, "entry": np.asarray(entry), "device": device}
+
+
+def _spend(rng: np.random.Generator, cfg: SimConfig, w: _World, card: np.ndarray,
+           t: np.ndarray, abroad: np.ndarray) -> dict[str, np.ndarray]:
+    """Legitimate purchases of ``card`` at ``t``, plus zero-value verifications.
+
+    ``abroad`` is the country index of a card travelling at that time, -1 at home.
+    A zero-value account verification precedes ``cfg.zero_auth_rate`` of the
+    e-commerce purchases by 5-120 s.
+    """
+    n = card.size
+    u = rng.random(n)
+    fav_rank = np.minimum(rng.geometric(0.35, n) - 1, 7)
+    merchant = w.card_fav[card, fav_rank]
+    home = u >= 0.72
+    merchant[home] = _pick(rng, w.m_by_country, w.card_country[card[home]])
+    away = abroad >= 0
+    merchant[away] = _pick(rng, w.m_by_country, abroad[away])
+    # cross-border e-commerce: a web shop anywhere, paid in its currency
+    web = ~away & (rng.random(n) < cfg.cross_border_ecom_rate)
+    merchant[web] = w.m_ecom[rng.integers(0, w.m_ecom.size, int(web.sum()))]
+    mult = np.where(rng.random(n) < 0.002, rng.uniform(8, 25, n), 1.0)
+    f = _frame(w, card, merchant, t, _values(rng, w, card, merchant, mult), rng)
+    verify = np.flatnonzero((f["channel"] == 1) & (rng.random(n) < cfg.zero_auth_rate))
+    if verify.size:
+        extra = {k: v[verify].copy() for k, v in f.items()}
+        extra["t"] -= rng.integers(5, 121, verify.size) * 1000
+        extra["value"][:] = 0.0
+        f = {k: np.concatenate([f[k], extra[k]]) for k in f}
+    return f
 
 
 def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -259,22 +365,17 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
     activity = rng.lognormal(0, 0.7, nc)
     card = rng.choice(nc, n_legit, p=activity / activity.sum())
     t = _times(rng, cfg, w.card_peak[card])
-    u = rng.random(n_legit)
-    fav_rank = np.minimum(rng.geometric(0.35, n_legit) - 1, 7)
-    merchant = w.card_fav[card, fav_rank]
-    home = u >= 0.72
-    merchant[home] = _pick(rng, w.m_by_country, w.card_country[card[home]])
-    # trips: 12% of cards spend 3-10 days abroad
+    # trips: 12% of cards spend 3-10 days abroad, paying locally 85% of the time there
     trip_card = rng.random(nc) < 0.12
     trip_start = cfg.start_ms + rng.integers(0, max(cfg.days - 3, 1), nc) * DAY_MS
     trip_end = trip_start + rng.integers(3, 11, nc) * DAY_MS
     trip_country = rng.choice(len(_COUNTRIES), nc, p=_MERCH_W / _MERCH_W.sum())
-    on_trip = trip_card[card] & (t >= trip_start[card]) & (t < trip_end[card]) & (u < 0.85)
-    merchant[on_trip] = _pick(rng, w.m_by_country, trip_country[card[on_trip]])
-    mult = np.where(rng.random(n_legit) < 0.002, rng.uniform(8, 25, n_legit), 1.0)
-    legit = _frame(w, card, merchant, t, _amounts(rng, w, card, merchant, mult), rng)
-    legit["scenario"] = np.zeros(n_legit, dtype=np.int8)
-    legit["episode"] = np.full(n_legit, -1, dtype=np.int64)
+    on_trip = (trip_card[card] & (t >= trip_start[card]) & (t < trip_end[card])
+               & (rng.random(n_legit) < 0.85))
+    legit = _spend(rng, cfg, w, card, t, np.where(on_trip, trip_country[card], -1))
+    n_rows = legit["t"].size
+    legit["scenario"] = np.zeros(n_rows, dtype=np.int8)
+    legit["episode"] = np.full(n_rows, -1, dtype=np.int64)
     say("legitimate spending done; injecting fraud")
 
     frames = [legit]
@@ -299,9 +400,10 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
         tt = np.repeat(t0, sizes) + np.cumsum(gaps) - np.repeat(
             np.cumsum(gaps)[np.cumsum(sizes) - np.array(sizes)], sizes) + pos_in
         m = w.m_ecom[rng.integers(0, w.m_ecom.size, n)]
-        amt = np.where(last, rng.uniform(300, 2500, n), rng.uniform(0.5, 3.0, n))
-        amt = np.round(amt * _FX[w.m_country[m]], 2)
-        f = _frame(w, c, m, tt, amt, rng, device=np.full(n, -2))
+        zero = np.repeat(rng.random(k) < cfg.zero_test_share, sizes) & ~last
+        value = np.where(last, rng.uniform(300, 2500, n),
+                         np.where(zero, 0.0, rng.uniform(0.5, 3.0, n)))
+        f = _frame(w, c, m, tt, value, rng, device=np.full(n, -2))
         f["scenario"] = np.full(n, 1, dtype=np.int8)
         f["episode"] = ep
         frames.append(f)
@@ -345,7 +447,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
                            w.card_country[c])
         ecom_pools = [np.intersect1d(p, w.m_ecom) for p in w.m_by_country]
         m = _pick(rng, ecom_pools, country)
-        f = _frame(w, c, m, tt, _amounts(rng, w, c, m, rng.uniform(5, 25, n)), rng,
+        f = _frame(w, c, m, tt, _values(rng, w, c, m, rng.uniform(5, 25, n)), rng,
                    device=np.full(n, -2))
         f["scenario"] = np.full(n, 3, dtype=np.int8)
         f["episode"] = np.repeat(np.arange(episode, episode + k), sizes)
@@ -367,7 +469,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
         first = np.repeat(legit["t"][anchors] + rng.integers(10, 121, k) * MIN_MS, sizes)
         offs = np.concatenate([np.sort(rng.integers(0, 6 * HOUR_MS, s)) for s in sizes])
         offs[np.cumsum(sizes) - np.array(sizes)] = 0
-        f = _frame(w, c, m, first + offs, _amounts(rng, w, c, m, rng.uniform(2, 8, n)), rng,
+        f = _frame(w, c, m, first + offs, _values(rng, w, c, m, rng.uniform(2, 8, n)), rng,
                    entry=np.full(n, 2))
         f["scenario"] = np.full(n, 4, dtype=np.int8)
         f["episode"] = np.repeat(np.arange(episode, episode + k), sizes)
@@ -380,7 +482,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
         c = rng.integers(0, nc, n)
         tt = _times(rng, cfg, w.card_peak[c])
         m = _pick(rng, w.m_by_country, w.card_country[c])
-        f = _frame(w, c, m, tt, _amounts(rng, w, c, m, rng.uniform(15, 60, n)), rng)
+        f = _frame(w, c, m, tt, _values(rng, w, c, m, rng.uniform(15, 60, n)), rng)
         f["scenario"] = np.full(n, 5, dtype=np.int8)
         f["episode"] = np.arange(episode, episode + n)
         frames.append(f)
@@ -388,7 +490,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
 
     say(f"{episode} fraud episodes; building rows")
     cols = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}
-    keep = cols["t"] < end_ms
+    keep = (cols["t"] < end_ms) & (cols["t"] >= cfg.start_ms)
     cols = {k: v[keep] for k, v in cols.items()}
     order = np.lexsort((cols["card"], cols["t"]))
     cols = {k: v[order] for k, v in cols.items()}
@@ -405,6 +507,101 @@ def simulated_history(cfg: SimConfig) -> History:
     from training.history import from_frame
 
     return from_frame(simulate(cfg))
+
+
+#: Optional fields the stream drops now and then on purpose (lat/lon go together).
+_DROPPABLE = ("mcc", "channel", "entry_mode", "country", "latlon", "device_id", "ip",
+              "customer_id")
+
+
+def transaction_stream(
+    count: int | None = None,
+    *,
+    seed: int = 0,
+    cards: int = 1000,
+    merchants: int | None = None,
+    start_ms: int | None = None,
+    mean_gap_ms: float = 100.0,
+    missing_rate: float = 0.1,
+    cross_border_rate: float = 0.05,
+    chunk: int = 10_000,
+) -> Iterator[Transaction]:
+    """Yield ``count`` legitimate transactions (forever if None) from the simulator's world.
+
+    The same cards, merchants, currencies, billing fields and zero-value
+    verifications as :func:`simulate`, in stream order: event times start after
+    ``start_ms`` (default: now) and grow by ``1 + Exp(mean_gap_ms)`` ms, strictly.
+    ``cross_border_rate`` of the purchases are made abroad (local currency, billed
+    in the card's); with probability ``missing_rate`` a transaction lacks one
+    optional field. Transaction ids are ``tx-<seed>-<n>``; the same arguments
+    give the same transactions. Raises ``ValueError`` when ``cards`` < 1.
+    """
+    if cards < 1:
+        raise ValueError("cards must be at least 1")
+    cfg = SimConfig(n_cards=cards, n_merchants=max(60, merchants or cards // 5), seed=seed)
+    rng = np.random.default_rng(seed)
+    w = _world(cfg, rng)
+    activity = rng.lognormal(0, 0.7, cards)
+    p_card = activity / activity.sum()
+    p_abroad = _MERCH_W / _MERCH_W.sum()
+    now = start_ms if start_ms is not None else int(time.time()) * 1000
+    i = 0
+    while count is None or i < count:
+        k = chunk if count is None else min(chunk, count - i)
+        card = rng.choice(cards, k, p=p_card)
+        abroad = np.where(rng.random(k) < cross_border_rate,
+                          rng.choice(len(_COUNTRIES), k, p=p_abroad), -1)
+        # draft times 1000 s apart: a verification lands just before its purchase
+        f = _spend(rng, cfg, w, card, np.arange(k, dtype=np.int64) * 1_000_000, abroad)
+        order = np.argsort(f["t"], kind="stable")[:k]
+        f = {key: v[order] for key, v in f.items()}
+        t = now + np.cumsum(1 + rng.exponential(mean_gap_ms, k).astype(np.int64))
+        now = int(t[-1])
+        amount, local_c, billing, billing_c = _money(w, f["card"], f["merchant"], f["value"],
+                                                     f["channel"])
+        drop = np.where(rng.random(k) < missing_rate, rng.integers(0, len(_DROPPABLE), k), -1)
+        three_ds = rng.random(k) < 0.8
+        for r in range(k):
+            yield _stream_row(w, f, r, f"tx-{seed}-{i + r:09d}", int(t[r]), float(amount[r]),
+                              int(local_c[r]), float(billing[r]), int(billing_c[r]),
+                              int(drop[r]), bool(three_ds[r]))
+        i += k
+
+
+def _stream_row(w: _World, f: dict[str, np.ndarray], r: int, tid: str, t: int, amount: float,
+                local_c: int, billing: float, billing_c: int, drop: int,
+                three_ds: bool) -> Transaction:
+    card, merchant, channel = int(f["card"][r]), int(f["merchant"][r]), int(f["channel"][r])
+    fields: dict[str, Any] = {
+        "transaction_id": tid,
+        "card_id": f"c{card:06d}",
+        "merchant_id": f"m{merchant:06d}",
+        "amount": amount,
+        "currency": str(_CUR[local_c]),
+        "event_time": t,
+        "mcc": str(_MCC[w.m_mcc[merchant]]),
+        "channel": str(CHANNELS[channel]),
+        "entry_mode": str(ENTRY_MODES[f["entry"][r]]),
+        "country": str(_CC[local_c]),
+        "customer_id": f"cust-{card // 2 if card % 7 == 0 else card:06d}",
+    }
+    if billing_c >= 0:
+        fields["billing_amount"] = billing
+        fields["billing_currency"] = str(_CUR[billing_c])
+    if channel in (0, 2):
+        fields["lat"] = round(float(w.m_lat[merchant]), 4)
+        fields["lon"] = round(float(w.m_lon[merchant]), 4)
+    else:
+        fields["device_id"] = f"dc{card:06d}{max(int(f['device'][r]), 0)}"
+        fields["ip"] = f"10.{card // 65536 % 256}.{card // 256 % 256}.{card % 256}"
+        if channel == 1:
+            attributes: dict[str, AttributeValue] = {"three_ds": three_ds}
+            fields["attributes"] = attributes
+    if drop >= 0:
+        name = _DROPPABLE[drop]
+        for key in ("lat", "lon") if name == "latlon" else (name,):
+            fields.pop(key, None)
+    return Transaction(**fields)
 
 
 def _far_country(home: int, rng: np.random.Generator) -> int:
@@ -430,6 +627,10 @@ def _to_frame(cfg: SimConfig, w: _World, cols: dict[str, np.ndarray], n_episodes
     is_fraud = fraud & reported[np.where(fraud, ep, 0)]
 
     mcountry = w.m_country[merchant]
+    amount, _, billing, billing_c = _money(w, card, merchant, cols["value"], cols["channel"])
+    billing_cur = pd.array(np.where(billing_c >= 0, _CUR[np.maximum(billing_c, 0)], ""),
+                           dtype="string")
+    billing_cur[billing_c < 0] = pd.NA
     present = (cols["channel"] == 0) | (cols["channel"] == 2)
     dev = cols["device"]
     card_ids = np.char.add("c", np.char.zfill(card.astype(str), 6))
@@ -445,8 +646,10 @@ def _to_frame(cfg: SimConfig, w: _World, cols: dict[str, np.ndarray], n_episodes
         "transaction_id": np.char.add("t", np.char.zfill(np.arange(n).astype(str), 9)),
         "card_id": card_ids,
         "merchant_id": np.char.add("m", np.char.zfill(merchant.astype(str), 6)),
-        "amount": cols["amount"].astype(np.float64),
+        "amount": amount,
         "currency": _CUR[mcountry],
+        "billing_amount": billing,
+        "billing_currency": billing_cur,
         "event_time": t.astype(np.int64),
         "mcc": _MCC[w.m_mcc[merchant]],
         "channel": CHANNELS[cols["channel"]],

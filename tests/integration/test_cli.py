@@ -10,9 +10,11 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from topics.contracts import DeadLetter, Prediction, ReasonCode, Transaction
+from state.partitioning import murmur2_partition
+from topics.contracts import DeadLetter, Label, Prediction, ReasonCode, Transaction
 from topics.settings import BOOTSTRAP_ENV, TOPIC_PREFIX_ENV, KafkaSettings
 from topics.synthetic import synthetic_transactions
+from topics.tail import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,7 @@ def env(topics: KafkaSettings) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["topics.broker", "topics.admin", "topics.produce", "topics.tail"]
+    "module", ["topics.broker", "topics.admin", "topics.produce", "topics.tail", "topics.labels"]
 )
 def test_help_explains_options_and_environment(module: str) -> None:
     done = run([module, "--help"])
@@ -52,7 +54,10 @@ def test_help_explains_options_and_environment(module: str) -> None:
     for option in {
         "topics.broker": ["--port"],
         "topics.admin": ["--list", "--partitions"],
-        "topics.produce": ["--count", "--cards", "--seed", "--file", "--rate", "--topic"],
+        "topics.produce": ["--count", "--cards", "--seed", "--file", "--rate", "--topic",
+                           "--duplicates"],
+        "topics.labels": ["FILE", "--format", "--topic", "--fraud-only", "--check", "--rate",
+                          "label_time", "is_fraud"],
         "topics.tail": [
             "--json",
             "--from-beginning",
@@ -78,6 +83,90 @@ def test_produce_then_tail_json_gives_the_same_ids(env: dict[str, str]) -> None:
     got = [decoder.decode(line).transaction_id for line in lines]
     expected = [t.transaction_id for t in synthetic_transactions(1000, seed=77, cards=50)]
     assert len(got) == 1000 and sorted(got) == sorted(expected)
+
+
+def test_produce_with_duplicates_re_delivers_the_same_bytes(
+    topics: KafkaSettings, env: dict[str, str]
+) -> None:
+    produced = run(["topics.produce", "--count", "2000", "--seed", "5", "--cards", "50",
+                    "--duplicates", "0.1", "--no-progress"], env)
+    assert produced.returncode == 0, produced.stderr
+    assert "re-delivered " in produced.stderr and "a simulated day later" in produced.stderr
+    records = read_topic(topics, topics.topic("transactions"), timeout=10)
+    by_id: dict[str, set[bytes]] = {}
+    for record in records:
+        assert record.value is not None
+        txn = msgspec.json.decode(record.value, type=Transaction)
+        assert record.key == txn.card_id.encode()
+        by_id.setdefault(txn.transaction_id, set()).add(record.value)
+    assert len(by_id) == 2000 and all(len(bodies) == 1 for bodies in by_id.values())
+    assert 2000 + 100 < len(records) < 2000 + 300  # about 10 % re-delivered
+    bad = run(["topics.produce", "--count", "10", "--duplicates", "1.5"], env)
+    assert bad.returncode == 2 and "--duplicates" in bad.stderr
+
+
+def test_labels_from_a_file_are_keyed_by_transaction_id(
+    topics: KafkaSettings, env: dict[str, str], tmp_path: Path
+) -> None:
+    good = tmp_path / "labels.csv"
+    good.write_text(
+        "\ufefftransaction_id,card_id,merchant_id,is_fraud,label_time,source,extra\n"
+        "t1,c1,m1,true,2025-01-06T08:00:00Z,chargeback,x\n"
+        "t2,c2,m1,0,1736150400000,,y\n"
+        "t3,c3,m2,yes,1736150400000.0,analyst,z\n"
+    )
+    done = run(["topics.labels", str(good), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr
+    assert "produced 3 labels (2 fraud)" in done.stderr
+    records = read_topic(topics, topics.topic("labels"), timeout=10)
+    labels = {}
+    for record in records:
+        assert record.value is not None and record.key is not None
+        label = msgspec.json.decode(record.value, type=Label)
+        assert record.key == label.transaction_id.encode()
+        assert record.partition == murmur2_partition(label.transaction_id, 8)
+        labels[label.transaction_id] = label
+    assert labels["t1"].is_fraud and labels["t1"].label_time == 1_736_150_400_000
+    assert not labels["t2"].is_fraud and labels["t3"].source == "analyst"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("transaction_id,card_id,merchant_id,is_fraud,label_time\n"
+                   "t1,c1,m1,true,1736150400000\n"
+                   "t2,c1,m1,maybe,1736150400000\n"
+                   "t3,c1,m1,true,1736150400000.5\n")
+    refused = run(["topics.labels", str(bad)], env)
+    assert refused.returncode == 2
+    assert "line 3: is_fraud: expected `bool`" in refused.stderr
+    assert "line 4: label_time:" in refused.stderr and "integer epoch milliseconds" in (
+        refused.stderr)
+    assert "Traceback" not in refused.stderr
+    missing = tmp_path / "missing.csv"
+    missing.write_text("transaction_id,card_id,is_fraud\nt1,c1,true\n")
+    refused = run(["topics.labels", str(missing)], env)
+    assert refused.returncode == 2 and "missing column(s) merchant_id, label_time" in (
+        refused.stderr)
+
+
+def test_labels_check_reads_parquet_and_json_lines_without_a_broker(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "transaction_id": ["t1", "t2", "t3"], "card_id": ["c1", "c2", "c3"],
+        "merchant_id": ["m1", "m1", "m2"], "is_fraud": [True, False, True],
+        "label_time": pa.array([1_736_150_400_000] * 3, pa.timestamp("ms", "UTC")),
+        "amount": [1.0, 2.0, 3.0],  # other columns (a simulated history's) are ignored
+    })
+    pq.write_table(table, tmp_path / "labels.parquet")
+    done = run(["topics.labels", str(tmp_path / "labels.parquet"), "--check", "--fraud-only"])
+    assert done.returncode == 0 and "2 valid labels (2 fraud)" in done.stderr, done.stderr
+    lines = tmp_path / "labels.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"transaction_id":"t1","card_id":"c","merchant_id":"m",'
+                      b'"is_fraud":true,"label_time":"2025-01-06T08:00:00Z"}\n\n'
+                      b'{"transaction_id":"t2","card_id":"c","merchant_id":"m",'
+                      b'"is_fraud":"no","label_time":1736150400000}\n')
+    refused = run(["topics.labels", str(lines), "--check"])
+    assert refused.returncode == 2 and "line 3: is_fraud: expected `bool`" in refused.stderr
 
 
 def test_tail_pretty_prints_each_topic_type(topics: KafkaSettings, env: dict[str, str]) -> None:

@@ -7,16 +7,19 @@ from confluent_kafka import Message, Producer
 
 from flows import kafka
 from flows.decode import Sourced, decode
-from samples import BAD_MESSAGES, NOW_MS, raw
+from samples import BAD_MESSAGES, NOW_MS, oversize_message, raw
 from topics.contracts import DeadLetter, Transaction
-from topics.deadletter import raw_key, raw_value
+from topics.deadletter import MAX_VALUE_BYTES, matches, raw_key, raw_value
 from topics.settings import KafkaSettings
 from topics.tail import read_topic
 from topics.validation import TransactionDecoder
 
+#: A dead letter's size bound with the default copy limits (value 4 KiB, key 1 KiB).
+DEAD_LETTER_BOUND = 10_000
+
 
 @pytest.mark.integration
-def test_bad_messages_reach_the_dead_letter_topic_byte_for_byte(topics: KafkaSettings) -> None:
+def test_bad_messages_reach_the_dead_letter_topic_bounded(topics: KafkaSettings) -> None:
     producer = Producer(topics.client_config())
     sent_valid = {}
     where: dict[bytes, tuple[int, int]] = {}  # value -> (partition, offset) from delivery
@@ -56,12 +59,52 @@ def test_bad_messages_reach_the_dead_letter_topic_byte_for_byte(topics: KafkaSet
     assert len(records) == len(BAD_MESSAGES)
     by_value = {bad.value: bad for bad in BAD_MESSAGES}
     for record in records:
-        assert record.value is not None
+        assert record.value is not None and len(record.value) < DEAD_LETTER_BOUND
         letter = msgspec.json.decode(record.value, type=DeadLetter)
-        bad = by_value.pop(raw_value(letter))  # type: ignore[arg-type]
+        [bad] = [b for b in by_value.values() if matches(letter, b.value)]
+        del by_value[bad.value]
         assert letter.error_class == bad.error_class, (bad.kind, letter.reason)
         assert bad.reason_contains in letter.reason
         assert letter.source_topic == topics.topic("transactions")
         assert raw_key(letter) == record.key
         assert (letter.partition, letter.offset) == where[bad.value]
+        assert letter.time == NOW_MS  # the record's timestamp, not the wall clock
+        assert raw_value(letter) == bad.value[:MAX_VALUE_BYTES]
+        assert letter.value_complete == (len(bad.value) <= MAX_VALUE_BYTES)
     assert not by_value, f"never dead-lettered: {[b.kind for b in by_value.values()]}"
+
+
+@pytest.mark.integration
+def test_oversize_message_case_dead_letter_fits_and_the_flow_goes_on(
+    topics: KafkaSettings,
+) -> None:
+    """shared/cases/oversize-message: a 760 KB transaction under Kafka's 1 MB default."""
+    big = oversize_message()
+    producer = Producer(topics.client_config())
+    topic = topics.topic("transactions")
+    for value in (big, raw(transaction_id="after-big")):
+        producer.produce(topic, key=b"card-big", value=value, timestamp=NOW_MS)
+    assert producer.flush(10) == 0
+    del producer
+
+    def run_once() -> tuple[list[Sourced[Transaction]], list[bytes]]:
+        oks: list[Sourced[Transaction]] = []
+        flow = Dataflow("oversize-test")
+        messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
+        decoded = decode("decode", messages, TransactionDecoder())
+        op.output("oks", decoded.oks, TestingSink(oks))
+        op.output("dead-letter", decoded.errs, kafka.sink(topics, "dead-letter"))
+        run_main(flow)
+        return oks, [r.value for r in read_topic(topics, topics.topic("dead-letter"), timeout=10)
+                     if r.value is not None]
+
+    oks, letters = run_once()
+    assert [s.value.transaction_id for s in oks] == ["after-big"]
+    [encoded] = letters
+    assert len(encoded) < DEAD_LETTER_BOUND
+    letter = msgspec.json.decode(encoded, type=DeadLetter)
+    assert letter.error_class == "too_large" and not letter.value_complete
+    assert letter.value_len == len(big) and matches(letter, big)
+    # a replay of the same input re-emits the same dead letter, byte for byte
+    _, again = run_once()
+    assert again == [encoded, encoded]

@@ -1,11 +1,14 @@
+import json
+
 import msgspec
 import pytest
 
-from topics.contracts import DeadLetter, Prediction, ReasonCode
+from topics.contracts import DeadLetter, Prediction, ReasonCode, RuleHit
 from topics.deadletter import dead_letter, raw_key, raw_value
 from topics.errors import ConfigError
 from topics.iso import COUNTRIES, CURRENCIES
 from topics.registry import TOPICS
+from topics.schema import SCHEMA_DIR, schema_path
 from topics.schema import main as schema_main
 from topics.settings import KafkaSettings
 from topics.validation import Rejection
@@ -13,6 +16,67 @@ from topics.validation import Rejection
 
 def test_committed_schemas_are_fresh() -> None:
     assert schema_main(["--check"]) == 0, "run `just schemas` and commit topics/schemas/"
+
+
+def test_version_bumps_keep_the_old_schema_files() -> None:
+    versions = {name: spec.contract.SCHEMA_VERSION  # type: ignore[attr-defined]
+                for name, spec in TOPICS.items()}
+    assert versions == {"transactions": 2, "predictions": 2, "dead-letter": 2, "labels": 1,
+                        "drift": 1}
+    for name, version in versions.items():
+        for v in range(1, version + 1):
+            assert (SCHEMA_DIR / f"{name}.v{v}.json").is_file()
+    tx = json.loads(schema_path(TOPICS["transactions"]).read_text())["$defs"]["Transaction"]
+    assert tx["properties"]["amount"]["minimum"] == 0.0
+    assert {"billing_amount", "billing_currency"} <= set(tx["properties"])
+    assert "exclusiveMinimum" not in tx["properties"]["amount"]
+
+
+V1_MESSAGES = {
+    "transactions": (b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount":12.5,'
+                     b'"currency":"EUR","event_time":1700000000000,"mcc":"5411","channel":"pos",'
+                     b'"country":"FR","lat":48.8,"lon":2.3,"attributes":{"bin":"411111"}}'),
+    "predictions": (b'{"transaction_id":"t","card_id":"c","event_time":1,"score":0.5,'
+                    b'"decision":"review","model_version":"m","feature_spec_version":"v1",'
+                    b'"reasons":[{"feature":"f","text":"x"}],"ingest_time":3}'),
+    "dead-letter": (b'{"source_topic":"tx","partition":1,"offset":7,"value_b64":"/w==",'
+                    b'"error_class":"not_utf8","reason":"r","time":5}'),
+}
+
+
+@pytest.mark.parametrize("topic", sorted(V1_MESSAGES))
+def test_v1_messages_decode_unchanged_with_the_v2_contracts(topic: str) -> None:
+    """A message valid under the committed v1 schema decodes in v2 and re-encodes to its bytes."""
+    jsonschema = pytest.importorskip("jsonschema")
+    message = V1_MESSAGES[topic]
+    v1_schema = json.loads((SCHEMA_DIR / f"{topic}.v1.json").read_text())
+    jsonschema.validate(json.loads(message), v1_schema)
+    contract = TOPICS[topic].contract
+    assert msgspec.json.encode(msgspec.json.decode(message, type=contract)) == message
+    v2_schema = json.loads(schema_path(TOPICS[topic]).read_text())
+    jsonschema.validate(json.loads(message), v2_schema)
+
+
+def test_prediction_v2_fields_round_trip_and_are_omitted_when_default() -> None:
+    base = dict(transaction_id="t", card_id="c", event_time=1, score=0.97, decision="decline",
+                model_version="m2", feature_spec_version="v2")
+    plain = Prediction(**base)  # type: ignore[arg-type]
+    assert b"rule" not in msgspec.json.encode(plain) and b"clamped" not in (
+        msgspec.json.encode(plain))
+    full = Prediction(
+        **base,  # type: ignore[arg-type]
+        model_decision="review",
+        rule_hits=[RuleHit(rule_id="r-velocity", version=3, action="decline", mode="active",
+                           text="8 zero-value authorisations in 10 minutes"),
+                   RuleHit(rule_id="r-new", version=1, action="tag", mode="shadow", text="t")],
+        rule_set_version="rules-7", event_time_clamped=True, amount_reference=25.61,
+        reference_currency="EUR",
+    )
+    assert msgspec.json.decode(msgspec.json.encode(full), type=Prediction) == full
+    for bad in (b'"action":"decline"', b'"mode":"active"', b'"reference_currency":"EUR"'):
+        broken = msgspec.json.encode(full).replace(bad, bad.replace(b'":"', b'":"x'))
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(broken, type=Prediction)
 
 
 def test_every_topic_has_a_versioned_contract() -> None:
@@ -27,12 +91,12 @@ def test_iso_lists() -> None:
     assert {"EUR", "USD", "JPY", "GBP"} <= CURRENCIES and "XXX" not in CURRENCIES
 
 
-def test_dead_letter_keeps_bytes_exactly() -> None:
+def test_dead_letter_keeps_small_values_byte_for_byte() -> None:
     value, key = bytes(range(256)), b"\x00card"
     record = dead_letter(source_topic="tx", partition=1, offset=7, key=key, value=value,
-                         rejection=Rejection("not_utf8", "r"), now_ms=5)
+                         rejection=Rejection("not_utf8", "r"), record_time_ms=5)
     decoded = msgspec.json.decode(msgspec.json.encode(record), type=DeadLetter)
-    assert raw_value(decoded) == value and raw_key(decoded) == key
+    assert raw_value(decoded) == value and raw_key(decoded) == key and decoded.value_complete
     assert (decoded.partition, decoded.offset, decoded.error_class) == (1, 7, "not_utf8")
 
 

@@ -4,6 +4,7 @@ import msgspec
 import pytest
 
 from topics.contracts import Transaction
+from topics.currency import MINOR_UNITS
 from topics.synthetic import synthetic_transactions
 from topics.validation import TransactionDecoder
 
@@ -35,7 +36,7 @@ def test_every_transaction_passes_the_wire_validation() -> None:
 def test_ids_unique_cards_from_pool_times_strictly_increasing() -> None:
     txns = list(synthetic_transactions(3000, seed=2, cards=25, start_ms=START))
     assert len({t.transaction_id for t in txns}) == 3000
-    assert {t.card_id for t in txns} <= {f"card-{i:07d}" for i in range(25)}
+    assert {t.card_id for t in txns} <= {f"c{i:06d}" for i in range(25)}
     assert len({t.card_id for t in txns}) == 25
     times = [t.event_time for t in txns]
     assert times[0] > START
@@ -64,8 +65,53 @@ def test_cards_mostly_buy_in_their_home_currency() -> None:
     assert dominant / len(txns) > 0.85
 
 
+def test_the_stream_is_multi_currency_with_billing_and_zero_value_verifications() -> None:
+    txns = list(synthetic_transactions(20_000, seed=3, cards=500, start_ms=START))
+    currencies = {t.currency for t in txns}
+    assert {MINOR_UNITS[c] for c in currencies} >= {0, 2, 3}, currencies
+    billed = [t for t in txns if t.billing_currency is not None]
+    assert 0.01 < len(billed) / len(txns) < 0.3
+    assert all(t.billing_currency != t.currency and t.billing_amount is not None for t in billed)
+    zero = [t for t in txns if t.amount == 0.0]
+    assert zero and all(t.channel in ("ecom", None) for t in zero)
+    # a verification comes just before a purchase of the same card at the same merchant
+    following = {(t.card_id, t.merchant_id) for t in txns if t.amount > 0}
+    assert sum((z.card_id, z.merchant_id) in following for z in zero) / len(zero) > 0.9
+
+
 def test_endless_when_count_is_none_and_rejects_empty_pool() -> None:
     gen = synthetic_transactions(None, seed=0, cards=3, start_ms=START)
     assert len([next(gen) for _ in range(10_000)]) == 10_000
     with pytest.raises(ValueError, match="cards"):
         next(synthetic_transactions(1, cards=0))
+
+
+def test_duplicates_re_deliver_the_same_bytes_now_or_a_simulated_day_later() -> None:
+    from topics.produce import DAY_MS, with_duplicates
+
+    # one transaction a minute for three days
+    txns = [msgspec.structs.replace(t, event_time=START + i * 60_000) for i, t in
+            enumerate(synthetic_transactions(3 * 1440, seed=8, cards=100, start_ms=START))]
+    out = with_duplicates(txns, 0.05, seed=3)
+    got = list(out)
+    assert len(got) == len(txns) + out.immediate + out.delayed
+    assert out.immediate > 50 and out.delayed > 50
+    first: dict[str, int] = {}
+    immediate = delayed = 0
+    for pos, txn in enumerate(got):
+        if txn.transaction_id not in first:
+            first[txn.transaction_id] = pos
+            continue
+        original = got[first[txn.transaction_id]]
+        assert msgspec.json.encode(txn) == msgspec.json.encode(original)  # same bytes
+        if pos == first[txn.transaction_id] + 1:
+            immediate += 1
+        else:  # re-delivered once the stream reached a day later, or at its end
+            assert got[pos - 1].event_time >= original.event_time + DAY_MS - 60_000 or (
+                pos >= len(txns) + out.immediate)
+            delayed += 1
+    assert (immediate, delayed) == (out.immediate, out.delayed)
+    again = [t.transaction_id for t in with_duplicates(txns, 0.05, seed=3)]
+    assert again == [t.transaction_id for t in got]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        with_duplicates(txns, 1.5)

@@ -1,15 +1,35 @@
 import json
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samples import NOW_MS, BadMessage, raw, txn_json
+from samples import (
+    BOM,
+    GOOD_MESSAGES,
+    NOW_MS,
+    BadMessage,
+    GoodMessage,
+    case_records,
+    raw,
+    txn_json,
+)
 from topics.contracts import Label, Transaction
-from topics.validation import LabelDecoder, Rejection, TransactionDecoder, parse_time_ms
+from topics.currency import MINOR_UNITS, default_rates, reference_amount
+from topics.validation import (
+    MAX_REFERENCE_AMOUNT,
+    LabelDecoder,
+    Rejection,
+    TransactionDecoder,
+    parse_time_ms,
+)
 
 decoder = TransactionDecoder()
+RATES = default_rates()
+RATED = sorted(RATES.per_reference)
 
 
 def test_each_bad_message_is_rejected_with_the_field_and_rule(bad_message: BadMessage) -> None:
@@ -72,14 +92,213 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     assert isinstance(result, Transaction | Rejection)
 
 
-amounts = st.floats(min_value=0.01, max_value=1e7, allow_nan=False)
 ids = st.text(min_size=1, max_size=40)
+cents = st.integers(min_value=0, max_value=80_000_000)  # up to 800,000.00: under the limit
 
 
-@given(tid=ids, cid=ids, amount=amounts, attrs=st.dictionaries(st.text(max_size=8), st.integers()))
-def test_any_valid_transaction_round_trips(tid: str, cid: str, amount: float, attrs: dict) -> None:
-    txn = Transaction(transaction_id=tid, card_id=cid, merchant_id="m", amount=amount,
-                      currency="USD", event_time=NOW_MS, attributes=attrs or None)
+@given(tid=ids, cid=ids, minor=cents, attrs=st.dictionaries(st.text(max_size=8), st.integers()))
+def test_any_valid_transaction_round_trips(tid: str, cid: str, minor: int, attrs: dict) -> None:
+    txn = Transaction(transaction_id=tid, card_id=cid, merchant_id="m", amount=minor / 100,
+                      currency="GBP", event_time=NOW_MS, attributes=attrs or None)
     result = decoder.decode(msgspec.json.encode(txn), NOW_MS)
     assert result == txn
     assert math.isfinite(result.amount)  # type: ignore[union-attr]
+
+
+def test_each_good_message_is_accepted(good_message: GoodMessage) -> None:
+    result = decoder.decode(good_message.value, NOW_MS)
+    assert isinstance(result, Transaction), f"{good_message.kind}: {result}"
+    for field, expected in good_message.expected.items():
+        assert getattr(result, field) == expected, (good_message.kind, field)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "good_message" in metafunc.fixturenames:
+        metafunc.parametrize("good_message", GOOD_MESSAGES, ids=[m.kind for m in GOOD_MESSAGES])
+
+
+# ---- amounts: zero, minor units, per-currency limit in the reference currency
+
+
+def test_zero_is_valid_and_negative_is_refused_with_a_clear_reason() -> None:
+    assert isinstance(decoder.decode(raw(amount=0.0), NOW_MS), Transaction)
+    refused = decoder.decode(raw(amount=-0.01), NOW_MS)
+    assert isinstance(refused, Rejection) and refused.error_class == "invalid_value"
+    assert "negative amounts are refused" in refused.reason
+
+
+def amount_in(code: str, minor: int) -> float:
+    return minor / 10 ** MINOR_UNITS[code]
+
+
+@given(code=st.sampled_from(RATED), minor=st.integers(min_value=0, max_value=10**9))
+def test_amounts_with_the_currencys_minor_units_pass(code: str, minor: int) -> None:
+    amount = amount_in(code, minor)
+    result = decoder.decode(raw(amount=amount, currency=code), NOW_MS)
+    if RATES.to_reference(amount, code) > MAX_REFERENCE_AMOUNT:
+        assert isinstance(result, Rejection) and result.error_class == "amount_limit"
+    else:
+        assert isinstance(result, Transaction) and result.amount == amount, result
+
+
+@given(code=st.sampled_from(RATED), minor=st.integers(min_value=0, max_value=10**7),
+       extra=st.integers(min_value=1, max_value=9))
+def test_one_decimal_too_many_is_refused_naming_currency_and_minor_units(
+    code: str, minor: int, extra: int
+) -> None:
+    digits = MINOR_UNITS[code]
+    text = f"{minor // 10**digits}.{minor % 10**digits:0{digits}d}{extra}" if digits else (
+        f"{minor}.{extra}")
+    body = raw(amount=1.0, currency=code).replace(b'"amount": 1.0', b'"amount": ' + text.encode())
+    result = decoder.decode(body, NOW_MS)
+    assert isinstance(result, Rejection), text
+    assert result.error_class == "amount_precision"
+    assert f"{code}'s ISO 4217 minor units ({digits})" in result.reason
+
+
+@given(code=st.sampled_from(RATED), factor=st.floats(min_value=0.5, max_value=1.5))
+def test_the_limit_is_the_same_reference_value_in_every_currency(
+    code: str, factor: float
+) -> None:
+    digits = MINOR_UNITS[code]
+    amount = round(MAX_REFERENCE_AMOUNT * factor * RATES.per_reference[code], digits)
+    result = decoder.decode(raw(amount=amount, currency=code), NOW_MS)
+    over = amount / RATES.per_reference[code] > MAX_REFERENCE_AMOUNT
+    assert isinstance(result, Rejection) == over, (amount, code, result)
+    if over:
+        assert isinstance(result, Rejection) and result.error_class == "amount_limit"
+        assert f" {code} is " in result.reason and "1,000,000 EUR" in result.reason
+
+
+def test_large_denominations_pass_that_the_flat_limit_refused() -> None:
+    for amount, code in ((50_000_000.0, "IDR"), (1_490_000_000.0, "KRW"), (9_000_000.0, "HUF")):
+        assert isinstance(decoder.decode(raw(amount=amount, currency=code), NOW_MS), Transaction)
+
+
+def test_the_limit_uses_the_billing_amount_when_present() -> None:
+    ok = raw(amount=900_000.0, currency="EUR", billing_amount=990_000.0, billing_currency="USD")
+    over = raw(amount=900_000.0, currency="EUR", billing_amount=1_200_000.0,
+               billing_currency="USD")
+    assert isinstance(decoder.decode(ok, NOW_MS), Transaction)
+    refused = decoder.decode(over, NOW_MS)
+    assert isinstance(refused, Rejection) and refused.reason.startswith("billing_amount:")
+
+
+def test_another_reference_currency_and_limit() -> None:
+    usd = TransactionDecoder(rates=default_rates("USD"), max_reference_amount=1000.0)
+    assert isinstance(usd.decode(raw(amount=1000.0, currency="USD"), NOW_MS), Transaction)
+    refused = usd.decode(raw(amount=900.0, currency="EUR"), NOW_MS)  # about 1005 USD
+    assert isinstance(refused, Rejection) and "over the limit of 1,000 USD" in refused.reason
+
+
+def test_a_currency_without_a_rate_names_the_table_version_and_the_remedy() -> None:
+    refused = decoder.decode(raw(amount=250_000.0, currency="VND"), NOW_MS)
+    assert isinstance(refused, Rejection) and refused.error_class == "unknown_rate"
+    assert RATES.version in refused.reason and "python -m topics.currency" in refused.reason
+
+
+# ---- parsing per the standards: BOM, RFC 3339, integer epoch milliseconds
+
+
+@given(minor=cents, tid=ids)
+def test_a_leading_bom_changes_nothing(minor: int, tid: str) -> None:
+    body = raw(transaction_id=tid, amount=minor / 100)
+    assert decoder.decode(BOM + body, NOW_MS) == decoder.decode(body, NOW_MS)
+
+
+offsets = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+    lambda m: timezone(timedelta(minutes=m)))
+instants = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 30))
+
+
+@given(instant=instants, tz=offsets, sep=st.sampled_from("Tt "), digits=st.integers(0, 9))
+def test_rfc3339_times_parse_to_exact_epoch_ms(
+    instant: datetime, tz: timezone, sep: str, digits: int
+) -> None:
+    local = instant.replace(tzinfo=UTC).astimezone(tz)
+    text = local.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits:
+        text += "." + f"{local.microsecond:06d}000"[:digits]
+    offset = local.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    text += "Z" if minutes == 0 else f"{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:" \
+        f"{abs(minutes) % 60:02d}"
+    micro = int(f"{local.microsecond:06d}000"[:digits].ljust(9, "0")[:6]) if digits else 0
+    whole = instant.replace(tzinfo=UTC, microsecond=0)
+    expected = int(whole.timestamp()) * 1000 + micro // 1000
+    assert parse_time_ms("event_time", text) == expected, text
+
+
+@pytest.mark.parametrize("text", [
+    "2023-W46-2T22:13:20Z", "20231114T221320Z", "2023-11-14T22:13Z", "2023-11-14T22:13:20+01",
+    "2023-11-14T22:13:20+0100", "2023-11-14T22:13:20,5Z", "2023-11-14T22:13:20.Z", "2023-11-14",
+    "2023-318T22:13:20Z",
+])
+def test_iso_8601_forms_that_are_not_rfc_3339_are_refused(text: str) -> None:
+    result = decoder.decode(raw(event_time=text), NOW_MS)
+    assert isinstance(result, Rejection) and result.error_class == "bad_event_time", text
+    assert "RFC 3339" in result.reason
+
+
+@given(ms=st.integers(min_value=946_684_800_000, max_value=NOW_MS))
+def test_integral_float_epochs_are_the_same_integer(ms: int) -> None:
+    as_int = decoder.decode(raw(event_time=ms), NOW_MS)
+    as_float = decoder.decode(raw(event_time=float(ms)), NOW_MS)
+    assert isinstance(as_float, Transaction) and as_float == as_int
+
+
+@given(ms=st.integers(min_value=946_684_800_000, max_value=NOW_MS),
+       frac=st.sampled_from([".5", ".123", ".001", ".999"]))
+def test_fractional_epochs_are_refused_naming_the_rule(ms: int, frac: str) -> None:
+    body = raw(event_time=ms).replace(str(ms).encode(), f"{ms}{frac}".encode())
+    result = decoder.decode(body, NOW_MS)
+    assert isinstance(result, Rejection) and result.error_class == "bad_event_time"
+    assert "is not integer epoch milliseconds" in result.reason
+
+
+def test_label_decoder_accepts_bom_and_integral_float_label_time() -> None:
+    body = b'{"transaction_id":"t","card_id":"c","merchant_id":"m","is_fraud":false,' \
+           b'"label_time":1699999999000.0}'
+    label = LabelDecoder().decode(BOM + body, NOW_MS)
+    assert isinstance(label, Label) and label.label_time == NOW_MS - 1000
+
+
+# ---- the cases of shared/cases/ (copies in tests/fixtures/cases/)
+
+
+def decode_case(name: str) -> list[Transaction | Rejection]:
+    return [decoder.decode(r.value, r.timestamp) for r in case_records(name)]
+
+
+def test_case_bom_prefixed_json_decodes_like_its_control() -> None:
+    bom, control = decode_case("bom-prefixed-json")
+    assert isinstance(bom, Transaction) and isinstance(control, Transaction)
+    assert msgspec.structs.replace(bom, transaction_id="x") == msgspec.structs.replace(
+        control, transaction_id="x")
+
+
+def test_case_epoch_ms_float() -> None:
+    fractional, integral_float, integer = decode_case("epoch-ms-float")
+    assert isinstance(fractional, Rejection) and fractional.error_class == "bad_event_time"
+    assert "1795953540000.123 is not integer epoch milliseconds" in fractional.reason
+    assert isinstance(integral_float, Transaction) and isinstance(integer, Transaction)
+    assert integral_float.event_time == integer.event_time == 1_795_953_540_000
+
+
+def test_case_zero_amount_verification_is_valid_traffic() -> None:
+    decoded = decode_case("zero-amount-verification")
+    assert all(isinstance(t, Transaction) for t in decoded), decoded
+    zero = [t for t in decoded if isinstance(t, Transaction) and t.amount == 0.0]
+    assert len(zero) == 8 and {t.card_id for t in zero} == {"card-zero"}
+    assert len({t.merchant_id for t in zero}) == 8
+
+
+def test_case_jpy_amount_is_about_the_control_in_the_reference_currency() -> None:
+    decoded = decode_case("jpy-amount-vs-eur-history")
+    assert all(isinstance(t, Transaction) for t in decoded), decoded
+    final = {t.card_id: t for t in decoded if isinstance(t, Transaction)
+             and t.transaction_id.endswith("-final")}
+    jpy, eur = final["card-jpy"], final["card-eurjp"]
+    assert (jpy.amount, jpy.currency) == (4500.0, "JPY")
+    ratio = reference_amount(jpy, RATES) / reference_amount(eur, RATES)
+    assert 0.8 < ratio < 1.2, ratio  # the same purchase, not a 100x spike
