@@ -12,6 +12,13 @@
 #   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 10)
 #
 # FLOW_*, not FRAUD_*: the flow refuses FRAUD_* variables it does not know.
+#
+# Signals: this script ends by exec-ing Python, so no shell stays in between: under the
+# image's tini (PID 1) the flow is its direct child and receives SIGTERM/SIGINT; run
+# without an init (docker run --entrypoint fraud-flow) Python itself is PID 1, which the
+# flow handles too (it installs its own handlers: flows/lifecycle.py). First signal: a
+# clean stop (exit 0, final snapshot); second signal or 25 s: exit at once. Stop every
+# process of a cluster together: one process cannot leave a Bytewax cluster on its own.
 set -eu
 
 recovery_dir="${FLOW_RECOVERY_DIR:-/data/recovery}"
@@ -39,8 +46,15 @@ fi
 
 mkdir -p "$recovery_dir"
 # Process 0 holds the recovery partitions; the others snapshot into them over the
-# cluster's connections. Created once: the count cannot change afterwards.
-if [ "$process_id" -eq 0 ] && [ -z "$(ls -A "$recovery_dir")" ]; then
+# cluster's connections. Created once: the count cannot change afterwards. (Not "the
+# directory is empty": the flow's lock file, .lock, stays there between runs.)
+has_partitions() {
+    for part in "$recovery_dir"/*.sqlite3; do
+        [ -e "$part" ] && return 0
+    done
+    return 1
+}
+if [ "$process_id" -eq 0 ] && ! has_partitions; then
     echo "fraud-flow: creating $partitions recovery partition(s) in $recovery_dir" >&2
     python -m bytewax.recovery "$recovery_dir" "$partitions"
 fi

@@ -76,8 +76,11 @@ class LockHolder:
     @classmethod
     def this_process(cls) -> LockHolder:
         """The calling process: PID, host name, now, command line."""
+        argv = list(sys.argv)
+        if argv and argv[0].endswith(("bytewax/run.py", "bytewax\\run.py")):
+            argv[0] = "python -m bytewax.run"  # what the operator typed, not runpy's path
         return cls(os.getpid(), socket.gethostname(),
-                   datetime.now(UTC).isoformat(timespec="seconds"), " ".join(sys.argv))
+                   datetime.now(UTC).isoformat(timespec="seconds"), " ".join(argv))
 
     def describe(self) -> str:
         """``process 4242 on host fraud-score-0 (since ...: python -m bytewax.run ...)``."""

@@ -95,16 +95,31 @@ def test_pod_runs_the_entrypoint_non_root_with_probes_limits_and_volume(
     sts = by_kind(objs, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["fraud-flow"]
+    assert container["command"] == image_entrypoint()  # tini as PID 1, then fraud-flow
     assert pod["securityContext"]["runAsNonRoot"] is True
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    # the flow's own grace (flows.lifecycle.DEFAULT_GRACE_SECONDS) ends before the kubelet's
+    from flows.lifecycle import DEFAULT_GRACE_SECONDS
+
+    assert DEFAULT_GRACE_SECONDS + 3 <= pod["terminationGracePeriodSeconds"] <= 60
     assert {"requests", "limits"} <= set(container["resources"])
     claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == "/data" and "data" in claims
     pdb = by_kind(objs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+
+
+def image_entrypoint() -> list[str]:
+    """ENTRYPOINT + CMD of docker/Dockerfile's runtime stage (exec form)."""
+    import json
+    import re
+
+    text = (K8S.parent / "docker" / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    parts = [json.loads(m) for m in re.findall(r"^(?:ENTRYPOINT|CMD) (\[.*\])$", text, re.M)]
+    return [word for part in parts for word in part]
 
 
 def test_configmap_sets_only_settings_the_flow_knows(rendered: tuple[Path, list[Any]]) -> None:
