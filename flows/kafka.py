@@ -25,6 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from flows import lifecycle
 from topics.admin import partition_count
 from topics.errors import BrokerError
 from topics.produce import produce_waiting
@@ -62,6 +63,16 @@ SOURCE_DEFAULTS = {
 }
 
 
+#: Next offset to read per (topic, partition) in this process (the input watch compares them
+#: with the partitions' ends: an end below it means the topic was re-created or truncated).
+CONSUMED: dict[tuple[str, int], int] = {}
+
+
+def consumed_offsets() -> dict[tuple[str, int], int]:
+    """A copy of :data:`CONSUMED`."""
+    return dict(CONSUMED)
+
+
 class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
     """One topic partition; its snapshot is the next offset to read."""
 
@@ -77,6 +88,8 @@ class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
         )
         self._consumer = Consumer({**config, "stats_cb": self._on_stats})
         self._consumer.assign([TopicPartition(topic, partition, offset)])
+        if offset >= 0:
+            CONSUMED[(topic, partition)] = offset
 
     def _on_stats(self, stats: str) -> None:
         found = json.loads(stats)["topics"].get(self._topic, {}).get("partitions", {})
@@ -85,6 +98,7 @@ class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
             self._lag.set(end - self._offset)
 
     def next_batch(self) -> list[RawRecord]:
+        lifecycle.check_stop()  # a requested stop ends the input: the dataflow drains
         if self._eof:
             raise StopIteration
         out: list[RawRecord] = []
@@ -103,6 +117,7 @@ class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
                              ts if kind != TIMESTAMP_NOT_AVAILABLE else 0))
         if out:
             self._offset = out[-1].offset + 1
+            CONSUMED[(topic, partition)] = self._offset
         return out
 
     def snapshot(self) -> int:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows import metrics
 from flows.card_stage import CardResult
 from flows.decode import DeadLetterRecord, Sourced
 from flows.drift import DriftPartial, PartitionDrift
@@ -106,6 +107,7 @@ class MerchantLogic(StatefulBatchLogic[CardResult | Sourced[Label], MerchantOutp
 
     def snapshot(self) -> MerchantSnapshot:
         """The store's sequence number and a copy of the open drift windows."""
+        metrics.LAST_SNAPSHOT.set(time.time())
         if self._scorer is None:
             return self._resumed or MerchantSnapshot(0, None)
         scorer = self._scorer

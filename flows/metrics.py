@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from topics.contracts import DriftSnapshot
 
@@ -129,16 +130,26 @@ STATE_BYTES = Gauge(
 )
 
 
-def serve(port: int, attempts: int = 16) -> int | None:
-    """Start the metrics endpoint on ``port`` or the next free one; return it (None: off).
+LAST_SNAPSHOT = Gauge(
+    "fraud_last_snapshot_timestamp_seconds",
+    "When this process last handed Bytewax a recovery snapshot (start time until the first); "
+    "a crash replays what came after it.",
+)
+
+
+def serve(port: int, ready: Callable[[], tuple[bool, str]] | None = None,
+          attempts: int = 16) -> int | None:
+    """Start ``/metrics`` and ``/ready`` on ``port`` or the next free one; return it (None: off).
 
     The next free port serves a second process on the same host.
     """
+    from flows.health import start_http_server
+
     if port == 0:
         return None
     for candidate in range(port, port + attempts):
         try:
-            start_http_server(candidate)
+            start_http_server(candidate, ready or (lambda: (True, "ok")))
         except OSError:
             continue
         log.info("metrics on http://0.0.0.0:%d/metrics", candidate)

@@ -46,7 +46,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from export.metadata import Thresholds
 from export.model import ScoringModel, load_model
-from flows import kafka, metrics
+from flows import health, kafka, lifecycle, metrics
 from flows.card_stage import CardLogic, CardResult
 from flows.decode import DeadLetterRecord, KeyRule, SkewRule, Sourced, decode
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
@@ -59,6 +59,7 @@ from flows.settings import DriftSettings, ScoringSettings
 from state.card_store import CardStore
 from state.db import StoreIdentity
 from state.features import AmountFn
+from state.lock import lock_recovery_dir, lock_state_dir
 from state.merchant_store import MerchantStore
 from state.options import StoreOptions
 from state.partitioning import murmur2_partition
@@ -199,8 +200,13 @@ def merchant_of(item: CardResult | Sourced[Label]) -> str:
     return item.value.merchant_id
 
 
-def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Dataflow:
-    """The scoring dataflow for ``settings``; loads and checks the model first."""
+def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
+               topic_id: str = "") -> Dataflow:
+    """The scoring dataflow for ``settings``; loads and checks the model first.
+
+    ``topic_id`` is the broker's id of the ``transactions`` topic: every state store
+    records it and refuses to serve another topic (or the same name re-created).
+    """
     rates = model_rates(load_model(settings.model_path))  # before any network call: fail fast
     if settings.shadow_model_path is not None:
         check_rates(rates)(load_model(settings.shadow_model_path))
@@ -218,7 +224,6 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None) -> Da
     )
     drift = settings.drift
     options = StoreOptions(txn_horizon_ms=drift.verdict_horizon_ms)
-    topic_id = ""
     log.info(
         "model %s (spec %s, amounts in %s, rates %s), thresholds review=%.4f decline=%.4f, "
         "shadow %s, %d card shards (partitions of %s), %d merchant shards, state in %s",
@@ -317,7 +322,12 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+#: Held for the life of the process: directory locks (closing one releases it), the input watch.
+_KEEP: list[object] = []
+
+
 def _flow_from_env() -> Dataflow:
+    """Settings, locks, signal handling, input checks, then the dataflow (exit 2 if refused)."""
     try:
         settings = ScoringSettings.from_env()
         logging.basicConfig(
@@ -328,8 +338,29 @@ def _flow_from_env() -> Dataflow:
                 "KAFKA_BOOTSTRAP_SERVERS is not set; point it at your Kafka "
                 "(for development: run `just broker` and export the address it prints)"
             )
-        flow = build_flow(settings)
-        metrics.serve(settings.metrics_port)
+        run = lifecycle.run_options()
+        lifecycle.install(
+            debug_log=settings.debug_log or lifecycle.default_debug_log(settings.state_dir),
+            grace_seconds=settings.stop_grace_seconds,
+            rust_backtrace=settings.log_level == "DEBUG",
+        )
+        _KEEP.append(lock_state_dir(settings.state_dir, run.process_id))
+        if run.recovery_dir is not None:
+            _KEEP.append(lock_recovery_dir(run.recovery_dir))
+        run.publish()
+        inputs = [settings.kafka.topic("transactions"), settings.kafka.topic("labels")]
+        identity = {t: health.topic_identity(settings.kafka, t) for t in inputs}
+        flow = build_flow(settings, identity[inputs[0]].partitions,
+                          identity[inputs[0]].topic_id or "")
+        watch = health.TopicWatch(
+            settings.kafka, inputs, {t: i.partitions for t, i in identity.items()},
+            kafka.consumed_offsets, lifecycle.request_fatal, settings.input_check_seconds,
+            expected_ids={t: i.topic_id for t, i in identity.items()},
+            unreachable_s=settings.broker_unreachable_seconds,
+        )
+        metrics.serve(settings.metrics_port, health.all_ready(lifecycle.ready, watch.ready))
+        metrics.LAST_SNAPSHOT.set(time.time())
+        _KEEP.append(watch.start())
         _tune_gc()
         return flow
     except FraudStreamError as exc:

@@ -70,6 +70,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_METRICS_PORT": ("9100", "Prometheus port (a 2nd process on the host: next free); 0 off"),
     "FRAUD_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
     "FRAUD_STOP_GRACE_SECONDS": ("25", "on SIGTERM/SIGINT: drain and stop within this, else exit"),
+    "FRAUD_INPUT_CHECK_SECONDS": ("5", "how often the input topics are checked (deleted, ...)"),
+    "FRAUD_BROKER_UNREACHABLE_SECONDS": ("120", "stop when the broker has not answered this long"),
+    "FRAUD_DEBUG_LOG": ("next to the state dir", "full tracebacks of failures (stderr: one line)"),
 }
 
 
@@ -184,6 +187,9 @@ class ScoringSettings:
     metrics_port: int
     log_level: str
     stop_grace_seconds: int
+    input_check_seconds: int
+    broker_unreachable_seconds: int
+    debug_log: Path | None
     drift: DriftSettings
 
     @classmethod
@@ -232,5 +238,8 @@ class ScoringSettings:
             metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
             log_level=level,
             stop_grace_seconds=_int(env, "FRAUD_STOP_GRACE_SECONDS", 1, 3600),
+            input_check_seconds=_int(env, "FRAUD_INPUT_CHECK_SECONDS", 1, 3600),
+            broker_unreachable_seconds=_int(env, "FRAUD_BROKER_UNREACHABLE_SECONDS", 10, 86_400),
+            debug_log=Path(debug) if (debug := _raw(env, "FRAUD_DEBUG_LOG")) else None,
             drift=DriftSettings.from_env(env),
         )

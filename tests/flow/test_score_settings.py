@@ -4,7 +4,7 @@ import pytest
 
 from export.errors import ModelLoadError
 from export.model import load_model
-from flows.score import build_flow, check_partitions, serving_thresholds
+from flows.score import build_flow, serving_thresholds
 from flows.settings import ScoringSettings
 from topics.errors import ConfigError
 
@@ -31,13 +31,21 @@ def test_missing_model_says_how_to_train_one_before_touching_kafka(tmp_path: Pat
         build_flow(settings)
 
 
-def test_model_trained_on_another_partition_count_is_refused(tiny_model_dir: Path) -> None:
-    settings = ScoringSettings.from_env({"FRAUD_MODEL_PATH": str(tiny_model_dir)})
-    model = load_model(tiny_model_dir)
-    assert model.metadata.feature_partitions == 8
-    check_partitions(model, settings, 8)
-    with pytest.raises(ConfigError, match="over 8 partitions.*has 4"):
-        check_partitions(model, settings, 4)
+def test_a_model_without_a_rate_table_is_refused_before_touching_kafka(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    proto = onnx.load(str(tiny_model_dir / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "fraudstream.feature_context":
+            prop.value = "{}"
+    (tmp_path / "m").mkdir()
+    onnx.save(proto, str(tmp_path / "m" / "model.onnx"))
+    settings = ScoringSettings.from_env({
+        "FRAUD_MODEL_PATH": str(tmp_path / "m"), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    with pytest.raises(ConfigError, match="records no rate table"):
+        build_flow(settings)
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), [
@@ -51,35 +59,24 @@ def test_wrong_settings_name_the_variable(name: str, value: str, expected: str) 
         ScoringSettings.from_env({name: value})
 
 
-def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from flows.score import _ScoreLogic
-    from flows.scorer import PartitionScorer
-    from flows.serving import ModelSource
-    from state.errors import StateError
-    from state.store import PartitionStore
-
-    def opener(state_dir: Path):  # type: ignore[no-untyped-def]
-        def open_scorer(partition: int) -> PartitionScorer:
-            source = ModelSource(tiny_model_dir, thresholds=lambda m: m.thresholds, interval=0)
-            return PartitionScorer(PartitionStore.open(state_dir, partition), source)
-        return open_scorer
-
-    labels_only: list = []
-    logic = _ScoreLogic(opener(tmp_path / "fresh"), resume_offset=-1, idle_seconds=60)
-    assert logic.on_batch([_label_event()]) == (labels_only, False)
-    assert logic.snapshot() == -1
-    with pytest.raises(StateError, match="delete both the state directory"):
-        lost = _ScoreLogic(opener(tmp_path / "lost"), resume_offset=41, idle_seconds=60)
-        lost.on_batch([_label_event()])
-
-
-def _label_event():  # type: ignore[no-untyped-def]
+def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(tmp_path: Path) -> None:
+    from flows.card_stage import CardLogic, CardSnapshot
     from flows.decode import Sourced
-    from flows.score import PartitionEvent
-    from topics.contracts import Label
+    from state.card_store import CardStore
+    from state.db import StoreIdentity
+    from state.errors import StaleStateError
+    from topics.contracts import Transaction
 
-    label = Label(transaction_id="t", card_id="c", merchant_id="m", is_fraud=True,
-                  label_time=1_700_000_000_000)
-    return PartitionEvent(0, Sourced(label, 0, 0, 1_700_000_000_000))
+    def logic(root: Path, resumed: CardSnapshot | None) -> CardLogic:
+        return CardLogic(
+            lambda shard: CardStore.open(root, StoreIdentity("cards", shard, 1, "t")),
+            lambda card: 0, lambda t: t.amount, "t", resumed)
+
+    txn = Transaction(transaction_id="t", card_id="c", merchant_id="m", amount=1.0,
+                      currency="EUR", event_time=1_700_000_000_000)
+    item = Sourced(txn, 0, 0, txn.event_time, txn.event_time)
+    fresh = logic(tmp_path / "fresh", None)
+    out, _ = fresh.on_batch([item])
+    assert len(out) == 1 and fresh.snapshot().seq == 1
+    with pytest.raises(StaleStateError, match="delete both the state directory"):
+        logic(tmp_path / "lost", CardSnapshot(41)).on_batch([item])
