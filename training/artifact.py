@@ -5,6 +5,7 @@ It is a pickle for the offline hand-over only; what serves is the ONNX file.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +20,43 @@ ARTIFACT_FILE = "model.pkl"
 
 @dataclass
 class TrainedModel:
-    """A fitted soft-voting ensemble plus what export needs to publish it."""
+    """A fitted soft-voting ensemble plus what export needs to publish it.
+
+    ``ensemble`` is the served model: refitted on all labelled history unless training
+    ran with ``--no-refit`` (then the selection model); ``metrics["refit"]`` says which.
+    """
 
     ensemble: Any  # sklearn.ensemble.VotingClassifier (xgb + rf), fitted on float32
     feature_spec_version: str
     feature_names: tuple[str, ...]
     thresholds: Thresholds
     metrics: dict[str, Any]
-    reference_features: np.ndarray  # float32 sample of training rows (reference histograms)
-    reference_scores: np.ndarray  # ensemble scores on validation rows (score histogram)
-    holdout_features: np.ndarray  # float32 rows never trained on (export parity check)
+    reference_features: np.ndarray  # float32 sample of the served model's training rows
+    reference_scores: np.ndarray  # served model's scores on rows it did not train on
+    holdout_features: np.ndarray  # float32 sample of holdout-test rows (parity, champion check)
     model_version: str
     params: dict[str, Any] = field(default_factory=dict)
     # eventual is_fraud of the reference_features rows; None in artifacts older than the field
     # (a plain default, so their pickles load with it as a class attribute)
     reference_labels: np.ndarray | None = None
+    # The holdout_features rows' eventual is_fraud, event time (int64 ms) and card id, and,
+    # when the served model was refitted on them, the selection model's (out-of-sample)
+    # ensemble scores; None in older artifacts (and holdout_scores without a refit).
+    holdout_labels: np.ndarray | None = None
+    holdout_event_time: np.ndarray | None = None
+    holdout_card_id: np.ndarray | None = None
+    holdout_scores: np.ndarray | None = None
+    #: What the features depend on besides the spec (``training.features.feature_context()``:
+    #: spec version, reference currency, rate table); JSON-ready, copied into the ONNX
+    #: metadata by export. Empty in artifacts older than the field (see ``__setstate__``).
+    feature_context: dict[str, Any] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, giving fields added since the artifact was written their defaults."""
+        for f in dataclasses.fields(self):
+            if f.name not in state and f.default_factory is not dataclasses.MISSING:
+                state[f.name] = f.default_factory()
+        self.__dict__.update(state)
 
     def save(self, out_dir: Path) -> Path:
         """Write ``model.pkl`` into ``out_dir``; return its path."""

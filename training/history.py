@@ -5,12 +5,18 @@ Format (Parquet or CSV, one row per transaction, header row in CSV):
 - the ``transactions`` contract columns (:class:`topics.contracts.Transaction`):
   required ``transaction_id, card_id, merchant_id, amount, currency, event_time``;
   optional ``mcc, channel, entry_mode, country, lat, lon, device_id, ip,
-  customer_id`` (empty cell or null = absent). The contract's rules apply
-  unchanged (amount > 0, ISO 4217 currency, ISO 3166 country, ...): rows are
-  checked by :class:`topics.validation.TransactionDecoder`.
+  customer_id`` and, when the contract has them, ``billing_amount, billing_currency``
+  (the cardholder billing amount and currency, ISO 8583 DE6 / DE51); empty cell or
+  null = absent. The contract's rules apply unchanged (amount limits, ISO 4217
+  currency, ISO 3166 country, ...): rows are checked by
+  :class:`topics.validation.TransactionDecoder`.
 - ``is_fraud`` (required): boolean; CSV accepts ``true/false``, ``1/0``, ``yes/no``.
 - ``label_time`` (optional): when the label became known. Empty means
   ``event_time`` + ``label_delay_days`` (default 7). Must not precede ``event_time``.
+- ``ingest_time`` (optional): when the stream saw the transaction (the Kafka record
+  timestamp). A row with one is validated against it exactly as the stream validates
+  the record (event time plausibility is judged against the record timestamp); it is
+  kept on :attr:`History.ingest_time` (an empty cell gets the row's ``event_time``).
 - ``scenario`` (optional): free text, e.g. the simulator's fraud scenario; used
   by the evaluation report only. Other columns are ignored.
 
@@ -18,7 +24,20 @@ Times are UTC epoch milliseconds (integers) or RFC 3339 strings with an offset
 (``2025-01-06T08:30:00Z``); Parquet timestamp columns with a time zone also work.
 Errors name the file, the CSV line number (header = line 1) or the 1-based
 Parquet data row, the column and the rule, e.g.
-``history.csv: line 4: amount: expected `float` > 0.0``.
+``history.csv: line 4: amount: expected `float` >= 0.0``.
+
+**De-duplication by transaction id, as the stream does it** (idempotency by
+transaction id, issue 13): the first row of a transaction id is kept (file order
+stands for arrival order); a later row with the same transaction body (equal
+:class:`~topics.contracts.Transaction` after validation) and the same label is an
+exact repeat: dropped and counted. A later row with a different body is a
+``duplicate_conflict`` (the stream dead-letters it); same body but a different
+label is a ``label_conflict``. The whole file is one horizon (the stream remembers ids
+for its verdict index's horizon, which a history's re-deliveries fall within in
+practice). Conflicts refuse the file, or with
+``skip_invalid=True`` are skipped like invalid rows: every skipped row is counted
+per column and rule and the first :data:`MAX_PROBLEMS` are listed
+(:class:`Hygiene`, written into the training report).
 
 The event stream (:func:`events`) yields transactions at ``event_time`` and
 fraud labels at ``label_time`` in time order (a transaction before a label at
@@ -26,27 +45,29 @@ the same millisecond); legitimate rows produce labels only with
 ``legit_labels=True``: a transaction without a fraud label is legitimate so far.
 
 >>> import io
->>> csv = io.BytesIO(b"transaction_id,card_id,merchant_id,amount,currency,event_time,is_fraud\n"
-...                  b"t1,c1,m1,12.5,EUR,2025-01-06T08:00:00Z,true\n")
+>>> head = b"transaction_id,card_id,merchant_id,amount,currency,event_time,is_fraud\n"
+>>> csv = io.BytesIO(head + b"t1,c1,m1,12.5,EUR,2025-01-06T08:00:00Z,true\n"
+...                  b"t1,c1,m1,12.50,EUR,1736150400000,yes\n")
 >>> h = load_history(csv, fmt="csv")
->>> [type(e).__name__ for e in events(h)]
-['Transaction', 'Label']
->>> bad = io.BytesIO(b"transaction_id,card_id,merchant_id,amount,currency,event_time,is_fraud\n"
-...                  b"t1,c1,m1,0,EUR,1736150400000,no\n")
->>> load_history(bad, fmt="csv")
+>>> [type(e).__name__ for e in events(h)], h.hygiene.duplicates
+(['Transaction', 'Label'], 1)
+>>> bad = io.BytesIO(head + b"t1,c1,m1,-1,EUR,1736150400000,no\n")
+>>> load_history(bad, fmt="csv")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-training.history.HistoryError: <stream>: 1 problem(s):
-  line 2: amount: expected `float` > 0.0
+training.history.HistoryError: <stream>: 1 problem(s); fix ... or pass --skip-invalid ...:
+  line 2: amount: expected `float` >...
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,37 +81,113 @@ from topics.validation import Rejection, TransactionDecoder, parse_time_ms
 
 DAY_MS = 86_400_000
 REQUIRED = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "event_time")
+#: Optional contract columns; ``billing_*`` count only once the contract has them.
+BILLING = ("billing_amount", "billing_currency")
+_CONTRACT = set(Transaction.__struct_fields__)
 OPTIONAL = ("mcc", "channel", "entry_mode", "country", "lat", "lon", "device_id", "ip",
-            "customer_id")
+            "customer_id") + tuple(c for c in BILLING if c in _CONTRACT)
 TXN_COLUMNS = REQUIRED + OPTIONAL
+#: Columns besides the contract's that the loader reads.
+EXTRA_COLUMNS = ("is_fraud", "label_time", "ingest_time", "scenario")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
-_NUMERIC = ("amount", "lat", "lon")
+_NUMERIC = ("amount", "lat", "lon", "billing_amount")
+#: Problems listed in an error or in the report (all are counted).
+MAX_PROBLEMS = 20
+_COLUMN = re.compile(r"^([A-Za-z_][\w./\[\]]*): ")
+_BACKTICK = re.compile(r"`([^`]*)`")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One unusable row: where (``line 4`` / ``row 3``), column, rule and the full message.
+
+    ``rule`` is the :class:`topics.validation.Rejection` error class (the dead-letter
+    vocabulary, e.g. ``invalid_value``) or one of the loader's own: ``not_a_number``,
+    ``not_a_boolean``, ``bad_label_time``, ``label_before_event``, ``bad_ingest_time``,
+    ``duplicate_conflict``, ``label_conflict``.
+    """
+
+    where: str
+    column: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class Hygiene:
+    """What loading did to the rows: kept, exact repeats dropped, skipped (per rule, listed)."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    duplicates: int = 0  # exact repeats of a kept transaction id, dropped
+    duplicate_examples: list[str] = field(default_factory=list)
+    skipped_by_rule: dict[str, int] = field(default_factory=dict)  # "column: rule" -> rows
+    skipped_examples: list[Problem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Rows skipped as invalid or conflicting."""
+        return sum(self.skipped_by_rule.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for ``metrics.json``)."""
+        return {
+            "source": self.source, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
+            "duplicates_dropped": self.duplicates,
+            "duplicate_examples": list(self.duplicate_examples),
+            "skipped": self.skipped, "skipped_by_rule": dict(self.skipped_by_rule),
+            "skipped_examples": [
+                {"where": p.where, "column": p.column, "rule": p.rule, "message": p.message}
+                for p in self.skipped_examples
+            ],
+        }
 
 
 class HistoryError(FraudStreamError):
     """A history file is unusable; the message lists each problem with its line/row and column."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, problems: Sequence[str], remedy: str | None = None) -> None:
         self.source = source
         self.problems = list(problems)
+        self.remedy = remedy
         more = "" if len(problems) < MAX_PROBLEMS else f" (stopped after {MAX_PROBLEMS})"
+        tail = f"; {remedy}" if remedy else ""
         super().__init__(
-            f"{source}: {len(problems)} problem(s){more}:\n  " + "\n  ".join(problems)
+            f"{source}: {len(problems)} problem(s){more}{tail}:\n  " + "\n  ".join(problems)
         )
 
+    @property
+    def headline(self) -> str:
+        """One line: the only problem, or the count and the first problem; with the remedy."""
+        if not self.problems:
+            return self.source
+        tail = f"; {self.remedy}" if self.remedy else ""
+        if len(self.problems) == 1:
+            return f"{self.source}: {self.problems[0]}{tail}"
+        return (f"{self.source}: {len(self.problems)} problems, first {self.problems[0]}"
+                f"{tail}")
 
-MAX_PROBLEMS = 20
+
+_ROW_REMEDY = ("fix these rows or pass --skip-invalid to skip such rows (counted and listed "
+               "in the training report)")
 
 
 @dataclass
 class History:
-    """A validated labelled history, sorted by ``event_time`` (stable)."""
+    """A validated, de-duplicated labelled history, sorted by ``event_time`` (stable)."""
 
     transactions: list[Transaction]
     is_fraud: np.ndarray  # bool
     label_time: np.ndarray  # int64 epoch ms
     scenario: list[str | None]
+    #: Kafka record timestamps (int64 epoch ms) when the file had ``ingest_time``, else None.
+    ingest_time: np.ndarray | None = None
+    hygiene: Hygiene | None = None
 
     def __len__(self) -> int:
         return len(self.transactions)
@@ -122,6 +219,15 @@ def _bool(v: Any) -> bool | None:
     if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
         return v.strip().lower() in _TRUE
     return None
+
+
+def _column_of(reason: str) -> str:
+    """The column a :class:`Rejection` reason names (``amount: ...``, ``missing ... `x```)."""
+    if reason.startswith("missing required field"):
+        found = _BACKTICK.search(reason)
+        return found.group(1) if found else ""
+    found = _COLUMN.match(reason)
+    return found.group(1) if found else ""
 
 
 def _read(path: str | Path | IO[bytes], fmt: str | None) -> tuple[dict[str, list[Any]], str, bool]:
@@ -161,15 +267,55 @@ def _read(path: str | Path | IO[bytes], fmt: str | None) -> tuple[dict[str, list
     return cols, source, False
 
 
+def _time_cell(raw: Any, is_csv: bool, column: str) -> int:
+    """Epoch ms from a CSV/Parquet time cell; ``ValueError`` names the column and rule."""
+    if is_csv and isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        raw = int(raw)
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    return parse_time_ms(column, raw)
+
+
+class _Collector:
+    """Problems of one load: refuse after :data:`MAX_PROBLEMS`, or count and list (skip)."""
+
+    def __init__(self, hygiene: Hygiene, skip: bool) -> None:
+        self.hygiene = hygiene
+        self.skip = skip
+        self.refusals: list[str] = []
+        self.by_rule: Counter[str] = Counter()
+
+    def add(self, where: str, rule: str, message: str, column: str | None = None) -> None:
+        col = _column_of(message) if column is None else column
+        problem = Problem(where, col, rule, message)
+        if self.skip:
+            self.by_rule[f"{col}: {rule}" if col else rule] += 1
+            if len(self.hygiene.skipped_examples) < MAX_PROBLEMS:
+                self.hygiene.skipped_examples.append(problem)
+        else:
+            self.refusals.append(str(problem))
+
+    @property
+    def full(self) -> bool:
+        return not self.skip and len(self.refusals) >= MAX_PROBLEMS
+
+
 def load_history(
     path: str | Path | IO[bytes],
     fmt: str | None = None,
     label_delay_days: float = 7.0,
     now_ms: int | None = None,
+    *,
+    skip_invalid: bool = False,
 ) -> History:
-    """Read and validate a history file (``fmt`` ``"csv"``/``"parquet"``; default from suffix).
+    """Read, validate and de-duplicate a history file (``fmt`` ``"csv"``/``"parquet"``).
 
-    Raises :class:`HistoryError` listing up to :data:`MAX_PROBLEMS` problems.
+    ``fmt`` defaults from the suffix. ``now_ms`` is the clock rows without an
+    ``ingest_time`` are validated against (default: now). Raises
+    :class:`HistoryError` listing up to :data:`MAX_PROBLEMS` problems, unless
+    ``skip_invalid``: then invalid and conflicting rows are skipped and recorded in
+    :attr:`History.hygiene` (a file-level problem, such as a missing column, or a file
+    with no usable row, still raises).
     """
     cols, source, is_csv = _read(path, fmt)
     missing = [c for c in (*REQUIRED, "is_fraud") if c not in cols]
@@ -177,22 +323,37 @@ def load_history(
         raise HistoryError(source, [
             f"missing required column `{c}` (found: {', '.join(cols) or 'none'})" for c in missing
         ])
+    unsupported = [c for c in BILLING if c in cols and c not in _CONTRACT]
+    if unsupported and any(_present(v) for c in unsupported for v in cols[c]):
+        raise HistoryError(source, [
+            f"column `{c}`: this version's transactions contract has no billing fields; "
+            "drop the column or upgrade fraudstream" for c in unsupported
+        ])
     n = len(cols["transaction_id"])
+    hygiene = Hygiene(source=source, rows_read=n)
+    problems = _Collector(hygiene, skip_invalid)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     decoder = TransactionDecoder()
     encode = msgspec.json.encode
     present_cols = [c for c in TXN_COLUMNS if c in cols]
     label_col = cols.get("label_time")
+    ingest_col = cols.get("ingest_time")
     scen_col = cols.get("scenario")
     delay = int(label_delay_days * DAY_MS)
     txns: list[Transaction] = []
-    fraud = np.zeros(n, dtype=bool)
-    label_time = np.zeros(n, dtype=np.int64)
-    problems: list[str] = []
-    seen: dict[str, int] = {}
+    kept_rows: list[int] = []
+    fraud: list[bool] = []
+    label_time: list[int] = []
+    ingest: list[int] = []
+    first_of: dict[str, int] = {}  # transaction id -> index into txns
+
+    def where_of(i: int) -> str:
+        return f"line {i + 2}" if is_csv else f"row {i + 1}"
 
     for i in range(n):
-        where = f"line {i + 2}" if is_csv else f"row {i + 1}"
+        if problems.full:
+            break
+        where = where_of(i)
         row: dict[str, Any] = {}
         bad = False
         for c in present_cols:
@@ -204,7 +365,7 @@ def load_history(
                     try:
                         v = float(v)
                     except ValueError:
-                        problems.append(f"{where}: {c}: {v[:40]!r} is not a number")
+                        problems.add(where, "not_a_number", f"{c}: {v[:40]!r} is not a number", c)
                         bad = True
                         continue
                 elif c == "event_time" and v.strip().lstrip("-").isdigit():
@@ -212,77 +373,147 @@ def load_history(
             row[c] = v
         flag = _bool(cols["is_fraud"][i])
         if flag is None:
-            problems.append(
-                f"{where}: is_fraud: {str(cols['is_fraud'][i])[:40]!r} is not a boolean "
-                "(true/false, 1/0, yes/no)")
+            problems.add(where, "not_a_boolean",
+                         f"is_fraud: {str(cols['is_fraud'][i])[:40]!r} is not a boolean "
+                         "(true/false, 1/0, yes/no)", "is_fraud")
             bad = True
-        if not bad:
+        ingest_ms: int | None = None
+        if ingest_col is not None and _present(ingest_col[i]):
             try:
-                result = decoder.decode(encode(row), now)
-            except (TypeError, OverflowError) as exc:  # e.g. a float NaN or a non-JSON value
-                result = Rejection("wrong_type", f"unencodable value ({exc})")
-            if isinstance(result, Rejection):
-                problems.append(f"{where}: {result.reason}")
-                bad = True
-        if not bad:
-            assert isinstance(result, Transaction)
-            lt_raw = label_col[i] if label_col is not None else None
-            if _present(lt_raw):
-                try:
-                    if is_csv and isinstance(lt_raw, str) and lt_raw.strip().isdigit():
-                        lt_raw = int(lt_raw)
-                    lt = parse_time_ms("label_time", lt_raw)
-                except ValueError as exc:
-                    problems.append(f"{where}: {exc}")
-                    bad = True
-                    lt = 0
-                if not bad and lt < result.event_time:
-                    problems.append(f"{where}: label_time: {lt} is before event_time "
-                                    f"{result.event_time}")
-                    bad = True
-            else:
-                lt = result.event_time + delay
-            first = seen.setdefault(result.transaction_id, i)
-            if first != i:
-                other = f"line {first + 2}" if is_csv else f"row {first + 1}"
-                problems.append(f"{where}: transaction_id: {result.transaction_id!r} repeats "
-                                f"{other}")
+                ingest_ms = _time_cell(ingest_col[i], is_csv, "ingest_time")
+            except ValueError as exc:
+                problems.add(where, "bad_ingest_time", str(exc), "ingest_time")
                 bad = True
         if bad:
-            if len(problems) >= MAX_PROBLEMS:
-                break
             continue
-        assert isinstance(result, Transaction)
+        try:
+            result = decoder.decode(encode(row), now if ingest_ms is None else ingest_ms)
+        except (TypeError, OverflowError) as exc:  # e.g. a float NaN or a non-JSON value
+            result = Rejection("wrong_type", f"unencodable value ({exc})")
+        if isinstance(result, Rejection):
+            problems.add(where, result.error_class, result.reason)
+            continue
+        lt_raw = label_col[i] if label_col is not None else None
+        if _present(lt_raw):
+            try:
+                lt = _time_cell(lt_raw, is_csv, "label_time")
+            except ValueError as exc:
+                problems.add(where, "bad_label_time", str(exc), "label_time")
+                continue
+            if lt < result.event_time:
+                problems.add(where, "label_before_event",
+                             f"label_time: {lt} is before event_time {result.event_time}",
+                             "label_time")
+                continue
+        else:
+            lt = result.event_time + delay
+        j = first_of.get(result.transaction_id)
+        if j is not None:
+            other = where_of(kept_rows[j])
+            tid = result.transaction_id
+            if txns[j] != result:
+                diff = [f for f in Transaction.__struct_fields__
+                        if getattr(txns[j], f) != getattr(result, f)]
+                problems.add(where, "duplicate_conflict",
+                             f"transaction_id: {tid!r} repeats {other} with a different body "
+                             f"({', '.join(diff[:4])})", "transaction_id")
+            elif fraud[j] != bool(flag) or (flag and label_time[j] != lt):
+                problems.add(where, "label_conflict",
+                             f"transaction_id: {tid!r} repeats {other} with a different label "
+                             "(is_fraud or label_time)", "transaction_id")
+            else:
+                hygiene.duplicates += 1
+                if len(hygiene.duplicate_examples) < MAX_PROBLEMS:
+                    hygiene.duplicate_examples.append(
+                        f"{where}: transaction_id {tid!r} repeats {other} exactly: dropped")
+            continue
+        first_of[result.transaction_id] = len(txns)
         txns.append(result)
-        fraud[len(txns) - 1] = bool(flag)
-        label_time[len(txns) - 1] = lt
-    if problems:
-        raise HistoryError(source, problems[:MAX_PROBLEMS])
-    scen: list[str | None] = (
-        [str(s) if _present(s) else None for s in scen_col] if scen_col else [None] * n
+        kept_rows.append(i)
+        fraud.append(bool(flag))
+        label_time.append(lt)
+        ingest.append(result.event_time if ingest_ms is None else ingest_ms)
+    if problems.refusals:
+        raise HistoryError(source, problems.refusals[:MAX_PROBLEMS], _ROW_REMEDY)
+    hygiene.skipped_by_rule = dict(problems.by_rule.most_common())
+    hygiene.rows_kept = len(txns)
+    if not txns:
+        raise HistoryError(source, [
+            f"no usable row ({n} read, {hygiene.skipped} skipped as invalid, "
+            f"{hygiene.duplicates} exact repeats); first: "
+            + (str(hygiene.skipped_examples[0]) if hygiene.skipped_examples else "empty file")
+        ])
+    scen: list[str | None] = [
+        (str(scen_col[i]) if _present(scen_col[i]) else None) if scen_col else None
+        for i in kept_rows
+    ]
+    return _sorted(
+        txns, np.array(fraud, dtype=bool), np.array(label_time, dtype=np.int64), scen,
+        np.array(ingest, dtype=np.int64) if ingest_col is not None else None, hygiene,
     )
-    return _sorted(txns, fraud, label_time, scen)
 
 
 def _sorted(txns: list[Transaction], fraud: np.ndarray, label_time: np.ndarray,
-            scen: list[str | None]) -> History:
+            scen: list[str | None], ingest: np.ndarray | None = None,
+            hygiene: Hygiene | None = None) -> History:
     et = np.fromiter((t.event_time for t in txns), np.int64, len(txns))
     order = np.argsort(et, kind="stable")
     return History([txns[i] for i in order], fraud[order], label_time[order],
-                   [scen[i] for i in order])
+                   [scen[i] for i in order], None if ingest is None else ingest[order], hygiene)
 
 
 def from_frame(df: pd.DataFrame) -> History:
-    """Trusted in-memory history (the simulator's frame) without per-row validation."""
+    """Trusted in-memory history (the simulator's frame) without per-row validation.
+
+    De-duplicated like :func:`load_history` (the first row of an id wins; exact repeats
+    are dropped, conflicting repeats skipped, both counted in :attr:`History.hygiene`),
+    so training sees the history the stream would keep.
+    """
     cols = [c for c in TXN_COLUMNS if c in df.columns]
     data = {c: df[c].tolist() for c in cols}
-    txns = []
+    fraud_in = df["is_fraud"].to_numpy(bool)
+    lt_in = df["label_time"].to_numpy(np.int64)
+    scen_in = df["scenario"].tolist() if "scenario" in df.columns else [None] * len(df)
+    ingest_in = None
+    if "ingest_time" in df.columns:  # an empty cell gets the row's event time, as when loading
+        ingest_in = df["ingest_time"].fillna(df["event_time"]).to_numpy(np.int64)
+    hygiene = Hygiene(source="<frame>", rows_read=len(df))
+    conflicts: Counter[str] = Counter()
+    first_of: dict[str, int] = {}
+    txns: list[Transaction] = []
+    keep: list[int] = []
     for i in range(len(df)):
-        kw = {c: data[c][i] for c in cols if _present(data[c][i])}
-        txns.append(Transaction(**kw))
-    scen = df["scenario"].tolist() if "scenario" in df.columns else [None] * len(df)
-    return _sorted(txns, df["is_fraud"].to_numpy(bool), df["label_time"].to_numpy(np.int64),
-                   [s if _present(s) else None for s in scen])
+        txn = Transaction(**{c: data[c][i] for c in cols if _present(data[c][i])})
+        j = first_of.get(txn.transaction_id)
+        if j is None:
+            first_of[txn.transaction_id] = len(txns)
+            txns.append(txn)
+            keep.append(i)
+            continue
+        first = keep[j]
+        if txns[j] != txn:
+            rule = "duplicate_conflict"
+        elif fraud_in[first] != fraud_in[i] or (fraud_in[i] and lt_in[first] != lt_in[i]):
+            rule = "label_conflict"
+        else:
+            hygiene.duplicates += 1
+            if len(hygiene.duplicate_examples) < MAX_PROBLEMS:
+                hygiene.duplicate_examples.append(
+                    f"row {i + 1}: transaction_id {txn.transaction_id!r} repeats row {first + 1} "
+                    "exactly: dropped")
+            continue
+        conflicts[f"transaction_id: {rule}"] += 1
+        if len(hygiene.skipped_examples) < MAX_PROBLEMS:
+            hygiene.skipped_examples.append(Problem(
+                f"row {i + 1}", "transaction_id", rule,
+                f"transaction_id: {txn.transaction_id!r} repeats row {first + 1} "
+                f"({'different body' if rule == 'duplicate_conflict' else 'different label'})"))
+    hygiene.skipped_by_rule = dict(conflicts)
+    hygiene.rows_kept = len(txns)
+    idx = np.array(keep, dtype=np.int64)
+    return _sorted(txns, fraud_in[idx], lt_in[idx],
+                   [scen_in[i] if _present(scen_in[i]) else None for i in keep],
+                   None if ingest_in is None else ingest_in[idx], hygiene)
 
 
 def write_history(df: pd.DataFrame, path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from export.metadata import ModelMetadata, Thresholds, histogram
 from flows.drift import DriftAggregator, PartitionDrift, Reference, feedback, psi
-from state.verdicts import VerdictRecord
+from flows.drift import Judged
 
 W = 60_000  # one-minute windows
 RNG = np.random.default_rng(7)
@@ -92,7 +92,7 @@ def test_labels_give_precision_and_recall_per_model_version() -> None:
     ]
     for fraud, decision, n in truth_and_decision:
         for _ in range(n):
-            record = VerdictRecord(0, 0.5, decision, "v1", "approve", "v2")
+            record = Judged(decision, "v1", "approve", "v2")
             part.add_label(10_000, fraud, record, live_version="v1")
     part.add_label(20_000, True, None, live_version="v1")
     part.add_label(3 * W, False, None, live_version="v1")  # labels do not move the clock
@@ -131,7 +131,7 @@ def test_tail_prints_a_snapshot_on_one_line() -> None:
     part = PartitionDrift(0, W, grace_ms=0)
     times, feats, scores = batch(300, 0, shift=3.0)
     part.add_scored(META, times, feats, scores, META.thresholds.decide(scores))
-    part.add_label(W // 2, True, VerdictRecord(0, 0.9, "decline", "v1"), live_version="v1")
+    part.add_label(W // 2, True, Judged("decline", "v1"), live_version="v1")
     part.add_scored(META, times[:1] + 2 * W, feats[:1], scores[:1],
                     META.thresholds.decide(scores[:1]))
     partial = part.close()
