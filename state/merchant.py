@@ -29,6 +29,11 @@ Two kinds of rate (spec v2):
 * ``merchant_fraud_rate_{1d,7d,30d}``: fraud labels whose label hour falls in the
   24, 168 or 720 hours ending two hours before this one, over the matching
   transaction count (capped at 1; 0 without transactions);
+* ``merchant_fraud_labels_7d``: the count behind ``merchant_fraud_rate_7d`` (a rate
+  dilutes one fraud at a busy merchant); ``merchant_familiar_fraud_{7d,30d}``: fraud
+  labels known in 7 or 30 days on transactions of the merchant's *regular* customers
+  (cards that had used it in the 30 days before), the mark of a compromised point of
+  sale (skimming) rather than of fraudsters passing through;
 * ``merchant_risk_aligned_{1d,7d,30d}``: frauds among the merchant's transactions
   of the 1, 7 or 30 UTC days that ended :data:`~state.spec.LABEL_DELAY_DAYS` days
   before this transaction's day, counting labels known by then (label hour two
@@ -64,6 +69,9 @@ _ALIGNED_DAYS = (1, 7, 30)
 _DAY_BUCKETS = LABEL_DELAY_DAYS + _ALIGNED_DAYS[-1] + _GAP + LATENESS
 _HOUR_KEEP = _FRAUD_HOURS[-1] + _GAP + LATENESS * 24
 _HOUR_BITS = 21  # label hours since 1970 stay below 2**21 until the 2200s
+_FAMILIAR = 1 << _HOUR_BITS  # flag bit: the labelled transaction's card was a regular customer
+_DAY_SHIFT = _HOUR_BITS + 1
+_HOUR_MASK = _FAMILIAR - 1
 
 
 class Counts(dict[int, int]):
@@ -97,8 +105,8 @@ class Counts(dict[int, int]):
         self[key] = self.get(key, 0) + 1
 
 
-def _aligned_key(txn_day: int, label_hour: int) -> int:
-    return (txn_day << _HOUR_BITS) | label_hour
+def _aligned_key(txn_day: int, label_hour: int, familiar: bool = False) -> int:
+    return (txn_day << _DAY_SHIFT) | (_FAMILIAR if familiar else 0) | label_hour
 
 
 class MerchantState:
@@ -143,17 +151,24 @@ class MerchantState:
                         if k > lo1:
                             f1 += v
         aligned = [0.0, 0.0, 0.0]
+        familiar7 = familiar30 = 0
         if self.aligned:
             end = t // DAY_MS - LABEL_DELAY_DAYS  # newest day of the aligned windows
             starts = [end - n for n in _ALIGNED_DAYS]  # exclusive lower bounds
             frauds = [0, 0, 0]
-            mask = (1 << _HOUR_BITS) - 1
+            lo7, lo30 = known - _FRAUD_HOURS[1], known - _FRAUD_HOURS[2]
             for key, v in self.aligned.items():
-                day = key >> _HOUR_BITS
-                if starts[2] < day <= end and key & mask <= known:
+                day, label_hour = key >> _DAY_SHIFT, key & _HOUR_MASK
+                if label_hour > known:
+                    continue
+                if starts[2] < day <= end:
                     for j in range(3):
                         if day > starts[j]:
                             frauds[j] += v
+                if key & _FAMILIAR and label_hour > lo30:
+                    familiar30 += v
+                    if label_hour > lo7:
+                        familiar7 += v
             if any(frauds):
                 totals = self.days.counts_between(starts, end)
                 aligned = [min(1.0, f / c) if c else 0.0
@@ -166,6 +181,9 @@ class MerchantState:
             min(1.0, f7 / c7) if c7 else 0.0,
             min(1.0, f30 / c30) if c30 else 0.0,
             *aligned,
+            float(f7),
+            float(familiar7),
+            float(familiar30),
         ]
 
     def update(self, txn: TxnInput) -> None:
@@ -177,8 +195,7 @@ class MerchantState:
         if h > self.hmax:
             self.hmax = h
             self.fraud.drop_below(h - _HOUR_KEEP)
-            self.aligned.drop_below(
-                _aligned_key(h // 24 - _DAY_BUCKETS, (1 << _HOUR_BITS) - 1))
+            self.aligned.drop_below(_aligned_key(h // 24 - _DAY_BUCKETS + 1, 0) - 1)
 
     def add_fraud(self, label_time: int) -> None:
         """Count one fraud label known from ``label_time`` on (callers deduplicate labels)."""
@@ -186,11 +203,17 @@ class MerchantState:
         if self.hmax == NO_TIME or h > self.hmax - _HOUR_KEEP:
             self.fraud.bump(h)
 
-    def add_aligned_fraud(self, txn_time: int, label_time: int) -> None:
-        """Count one fraud label under its transaction's UTC day (callers deduplicate)."""
+    def add_aligned_fraud(self, txn_time: int, label_time: int, familiar: bool = False) -> None:
+        """Count one fraud label under its transaction's UTC day (callers deduplicate).
+
+        ``familiar``: the labelled transaction's card had used this merchant in the 30
+        days before it (``card_new_merchant_30d`` was 0): a regular customer defrauded
+        here, the mark of a compromised point of sale rather than of a fraudster passing
+        through.
+        """
         day = txn_time // DAY_MS
         if self.hmax == NO_TIME or day > self.hmax // 24 - _DAY_BUCKETS:
-            self.aligned.bump(_aligned_key(day, label_time // HOUR_MS))
+            self.aligned.bump(_aligned_key(day, label_time // HOUR_MS, familiar))
 
     def encode(self) -> bytes:
         """Versioned compact bytes of this state (see :mod:`state.codec`)."""

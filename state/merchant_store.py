@@ -45,10 +45,11 @@ from state.features import TxnInput, gc_paused, merchant_step
 from state.merchant import MerchantState
 from state.options import StoreOptions
 from state.records import Incarnation, LabelMark, Verdict
-from state.spec import N_FEATURES
+from state.spec import INDEX, N_FEATURES
 from topics.contracts import Label, Transaction
 
 FRESH, REPEAT, REPLAY, CONFLICT, MISSING = 0, 1, 2, 3, 4
+_NEW_MERCHANT = INDEX["card_new_merchant_30d"]
 _label_json = msgspec.json.Encoder().encode
 _label_decode = msgspec.json.Decoder(Label).decode
 
@@ -177,29 +178,35 @@ class MerchantStore:
         batch = db.batch()
         merchants = self._load([items[i].txn.merchant_id for i in fresh])
         matrix = np.empty((len(fresh), N_FEATURES), dtype=np.float32)
+        waiting: list[Label | None] = []
         for j, i in enumerate(fresh):
             it = items[i]
+            merchant = merchants[it.txn.merchant_id]
             matrix[j, :CARD_WIDTH] = it.card_row
-            matrix[j, CARD_WIDTH:] = merchant_step(merchants[it.txn.merchant_id], it.features)
+            matrix[j, CARD_WIDTH:] = merchant_step(merchant, it.features)
+            raw = pending_raw[i]
+            label = _label_decode(raw) if raw is not None else None
+            waiting.append(label)
+            if label is not None and label.is_fraud and label.merchant_id == it.txn.merchant_id:
+                # the label waited for this transaction: it counts from now on, in stream order
+                merchant.add_aligned_fraud(it.features.event_time, label.label_time,
+                                           bool(matrix[j, _NEW_MERCHANT] == 0.0))
         outputs = render(fresh, matrix)
         for j, i in enumerate(fresh):
             it = items[i]
             tid = it.txn.transaction_id
             seq = db.next_seq()
+            familiar = bool(matrix[j, _NEW_MERCHANT] == 0.0)
             record = Verdict(it.body, seq, it.partition, it.offset, it.features.event_time,
-                             it.txn.merchant_id, outputs[j])
+                             familiar, it.txn.merchant_id, outputs[j])
             batch.put(keys.txn_key(keys.VERDICT, tid), record.encode())
             batch.put(keys.seq_key(seq), matrix[j].tobytes())
             day = it.features.event_time // DAY_MS
             db.expire_on(batch, day + self._txn_days, keys.VERDICT, tid)
             db.today = max(db.today, day)
             out[i] = MerchantOut(FRESH, outputs[j], matrix[j], record)
-            waiting = pending_raw[i]
-            if waiting is not None:
-                label = _label_decode(waiting)
-                if label.is_fraud and label.merchant_id == it.txn.merchant_id:
-                    merchants[it.txn.merchant_id].add_aligned_fraud(
-                        it.features.event_time, label.label_time)
+            label = waiting[j]
+            if label is not None:
                 batch.delete(keys.txn_key(keys.PENDING, tid))
                 joins.append(LabelJoin(label, record))
         for i, it in enumerate(items):
@@ -290,7 +297,8 @@ class MerchantStore:
                 merchant = merchants[label.merchant_id]
                 merchant.add_fraud(label.label_time)
                 if verdict is not None and verdict.merchant_id == label.merchant_id:
-                    merchant.add_aligned_fraud(verdict.event_time, label.label_time)
+                    merchant.add_aligned_fraud(verdict.event_time, label.label_time,
+                                               verdict.familiar)
             if verdict is None:
                 batch.put(keys.txn_key(keys.PENDING, tid), _label_json(label))
                 db.expire_on(batch, label_day + self._txn_days, keys.PENDING, tid)

@@ -26,7 +26,7 @@ import msgspec
 from topics.contracts import Transaction
 
 _SEEN = struct.Struct("<QQiq")
-_VERDICT = struct.Struct("<QQiqqH")
+_VERDICT = struct.Struct("<QQiqq?H")
 _LABEL = struct.Struct("<qQ?")
 _encode = msgspec.json.Encoder().encode
 
@@ -62,21 +62,23 @@ class Verdict(NamedTuple):
     partition: int
     offset: int
     event_time: int
+    familiar: bool
+    """The card had used this merchant in the 30 days before (a regular customer)."""
     merchant_id: str
     output: bytes
     """The published verdict, byte for byte (re-emitted on every repeat)."""
 
     def encode(self) -> bytes:
-        """38 bytes plus the merchant id and the verdict."""
+        """39 bytes plus the merchant id and the verdict."""
         merchant = self.merchant_id.encode()
-        return _VERDICT.pack(*self[:5], len(merchant)) + merchant + self.output
+        return _VERDICT.pack(*self[:6], len(merchant)) + merchant + self.output
 
     @classmethod
     def decode(cls, raw: bytes) -> Verdict:
         """Inverse of :meth:`encode`."""
-        body, seq, partition, offset, event_time, n = _VERDICT.unpack_from(raw)
+        body, seq, partition, offset, event_time, familiar, n = _VERDICT.unpack_from(raw)
         start = _VERDICT.size + n
-        return cls(body, seq, partition, offset, event_time,
+        return cls(body, seq, partition, offset, event_time, familiar,
                    raw[_VERDICT.size:start].decode(), raw[start:])
 
 

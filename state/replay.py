@@ -46,7 +46,7 @@ from state.merchant import MerchantState
 from state.merchant_store import relabels
 from state.options import StoreOptions
 from state.records import body_digest
-from state.spec import N_FEATURES
+from state.spec import INDEX, N_FEATURES
 from topics.contracts import Label, Transaction
 
 _FILL_ROWS = 65_536
@@ -147,31 +147,33 @@ def _replay(
         filler.extend(indices, [card_step(card, inputs[i]) for i in indices])
     filler.flush()
     filler = _Filler(matrix, slice(MERCHANT_COLUMNS.start, N_FEATURES))
+    new_merchant = matrix[:, INDEX["card_new_merchant_30d"]]
     for items in by_merchant.values():
         merchant = MerchantState()
         index: list[int] = []
         rows: list[list[float]] = []
         waiting: dict[str, int] = {}  # transaction id -> fraud label time, txn not seen yet
-        seen_at: dict[str, int] = {}  # transaction id -> event time (this merchant's)
+        seen_at: dict[str, tuple[int, bool]] = {}  # txn id -> (event time, regular customer)
         for item in items:
             if isinstance(item, Label):
                 if not item.is_fraud:
                     continue
                 merchant.add_fraud(item.label_time)
-                t_seen = seen_at.get(item.transaction_id)
-                if t_seen is None:
+                found = seen_at.get(item.transaction_id)
+                if found is None:
                     waiting[item.transaction_id] = item.label_time
                 else:
-                    merchant.add_aligned_fraud(t_seen, item.label_time)
+                    merchant.add_aligned_fraud(found[0], item.label_time, found[1])
                 continue
             x = inputs[item]
             index.append(item)
             rows.append(merchant_step(merchant, x))
             tid = txns[item].transaction_id
-            seen_at[tid] = x.event_time
+            familiar = bool(new_merchant[item] == 0.0)
+            seen_at[tid] = (x.event_time, familiar)
             label_time = waiting.pop(tid, None)
             if label_time is not None:
-                merchant.add_aligned_fraud(x.event_time, label_time)
+                merchant.add_aligned_fraud(x.event_time, label_time, familiar)
         filler.extend(index, rows)
     filler.flush()
     return txns, matrix

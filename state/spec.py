@@ -109,6 +109,16 @@ FEATURES: tuple[Feature, ...] = (
         "merchant_risk_aligned_30d",
         "the same share over the 30 UTC days that ended 7 days ago",
     ),
+    Feature("merchant_fraud_labels_7d", "fraud labels of the merchant known in 7 d (count)"),
+    Feature(
+        "merchant_familiar_fraud_7d",
+        "fraud labels known in 7 d on transactions of the merchant's regular customers "
+        "(cards that had used it in the 30 days before)",
+    ),
+    Feature(
+        "merchant_familiar_fraud_30d",
+        "the same over 30 d",
+    ),
     # --- context of this transaction ---
     Feature("amount", "transaction amount in the reference currency (major units)"),
     Feature("log_amount", "natural log of (1 + amount)"),
@@ -195,6 +205,14 @@ _WORDS: dict[str, Callable[[float], str]] = {
     ),
     "merchant_risk_aligned_30d": lambda v: (
         f"{v:.1%} of the merchant's transactions in the month before last week were fraudulent"
+    ),
+    "merchant_fraud_labels_7d": _count("fraud reports at this merchant in the last 7 days"),
+    "merchant_familiar_fraud_7d": _count(
+        "regular customers of this merchant defrauded there in 7 days (compromised point of "
+        "sale?)"
+    ),
+    "merchant_familiar_fraud_30d": _count(
+        "regular customers of this merchant defrauded there in 30 days"
     ),
     "amount": lambda v: f"amount {v:,.2f} {REF}",
     "log_amount": lambda v: f"amount {math.expm1(v):,.2f} {REF}",

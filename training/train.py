@@ -511,7 +511,7 @@ def run_prequential(
     validated: Thresholds, cfg: TrainConfig, say: Progress,
 ) -> dict[str, Any]:
     """Fit, recalibrate and score each block (see module docstring); per block and pooled."""
-    from training.report import model_metrics
+    from training.report import label_informed, model_metrics
 
     gap_days = cfg.label_delay_days
     blocks_out: list[dict[str, Any]] = []
@@ -553,7 +553,8 @@ def run_prequential(
     rows = np.concatenate(pooled["rows"])
     pooled_m = model_metrics(
         np.concatenate(pooled["s"]), is_fraud[rows], event_time[rows], card_id[rows], scen[rows],
-        np.concatenate(pooled["rev"]), np.concatenate(pooled["dec"]), daily=True)
+        np.concatenate(pooled["rev"]), np.concatenate(pooled["dec"]), daily=True,
+        informed=label_informed(X[rows]))
     say(f"prequential pooled: AUC {pooled_m['auc_roc']:.4f}, AP "
         f"{pooled_m['average_precision']:.4f}, card precision@100 "
         f"{pooled_m['card_precision_at_100']:.4f}")
@@ -616,7 +617,13 @@ def train_on_features(
     (wall clock and CPU). Raises
     :class:`TrainingError` when the split or labels do not allow training.
     """
-    from training.report import evaluate_scores, member_scores, write_report, write_text
+    from training.report import (
+        evaluate_scores,
+        label_informed,
+        member_scores,
+        write_report,
+        write_text,
+    )
 
     cfg = cfg or TrainConfig()
     if cfg.protocol not in PROTOCOLS:
@@ -649,12 +656,15 @@ def train_on_features(
         f"{th_sel.decline:.4f}")
 
     scen = np.array(scenario, dtype=object)
+    informed = label_informed(X)
     test_scores = member_scores(selection_model, X[te])
     metrics: dict[str, Any] = {
         "validation": evaluate_scores(member_scores(selection_model, X[va]), is_fraud[va],
-                                      event_time[va], card_id[va], scen[va], th_sel),
+                                      event_time[va], card_id[va], scen[va], th_sel,
+                                      informed[va] if informed is not None else None),
         "test": evaluate_scores(test_scores, is_fraud[te], event_time[te], card_id[te],
-                                scen[te], th_sel),
+                                scen[te], th_sel,
+                                informed[te] if informed is not None else None),
     }
     ens_test = metrics["test"]["ensemble"]
     say(f"holdout test (selection model): AUC {ens_test['auc_roc']:.4f}, AP "

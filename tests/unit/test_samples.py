@@ -28,6 +28,8 @@ def batch(start: int, n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed + start)
     scores = rng.random(n).astype(np.float32)
     return {
+        "seqs": list(range(start, start + n)),
+        "partitions": [2] * n,
         "offsets": list(range(start, start + n)),
         "transaction_ids": [f"txn-{i:06d}" for i in range(start, start + n)],
         "event_times": [1_736_150_400_000 + 1000 * i for i in range(start, start + n)],
@@ -57,7 +59,7 @@ def test_sampling_is_the_crc32_of_the_id_below_the_rate() -> None:
 
 def test_replay_samples_the_same_rows_with_the_same_file(tmp_path: Path) -> None:
     for run in ("first", "replay"):
-        w = SampleWriter(tmp_path, partition=3, rate=0.3)
+        w = SampleWriter(tmp_path, shard=3, rate=0.3)
         w.offer(**batch(100, 500))
         w.flush()
         if run == "first":
@@ -70,17 +72,17 @@ def test_replay_samples_the_same_rows_with_the_same_file(tmp_path: Path) -> None
     assert ids == [t for t in batch(100, 500)["transaction_ids"] if sampled([t], 0.3)[0]]
 
 
-def test_file_name_is_the_partition_and_offset_range_and_no_tmp_is_left(tmp_path: Path) -> None:
-    w = SampleWriter(tmp_path, partition=7, rate=1.0)
+def test_file_name_is_the_shard_and_sequence_range_and_no_tmp_is_left(tmp_path: Path) -> None:
+    w = SampleWriter(tmp_path, shard=7, rate=1.0)
     w.offer(**batch(42, 10))
     w.flush()
     assert [p.relative_to(tmp_path).as_posix() for p in files(tmp_path)] == [
-        "partition=7", "partition=7/00000000000000000042-00000000000000000051.parquet"
+        "shard=7", "shard=7/00000000000000000042-00000000000000000051.parquet"
     ]
 
 
 def test_rate_zero_writes_nothing(tmp_path: Path) -> None:
-    w = SampleWriter(tmp_path, partition=0, rate=0.0, flush_rows=1)
+    w = SampleWriter(tmp_path, shard=0, rate=0.0, flush_rows=1)
     w.offer(**batch(0, 100))
     w.flush()
     assert files(tmp_path) == []
@@ -88,7 +90,7 @@ def test_rate_zero_writes_nothing(tmp_path: Path) -> None:
 
 def test_columns_dtypes_and_values_round_trip(tmp_path: Path) -> None:
     b = batch(0, 50)
-    w = SampleWriter(tmp_path, partition=2, rate=1.0)
+    w = SampleWriter(tmp_path, shard=2, rate=1.0)
     w.offer(**b)
     w.flush()
     table = read_all(tmp_path)
@@ -108,7 +110,7 @@ def test_columns_dtypes_and_values_round_trip(tmp_path: Path) -> None:
 
 
 def test_flush_when_enough_rows_are_buffered(tmp_path: Path) -> None:
-    w = SampleWriter(tmp_path, partition=0, rate=1.0, flush_rows=10, flush_seconds=1e9)
+    w = SampleWriter(tmp_path, shard=0, rate=1.0, flush_rows=10, flush_seconds=1e9)
     w.offer(**batch(0, 4))
     w.offer(**batch(4, 4))
     assert files(tmp_path) == []
@@ -122,7 +124,7 @@ def test_flush_when_enough_rows_are_buffered(tmp_path: Path) -> None:
 
 def test_flush_when_the_first_buffered_row_is_old_enough(tmp_path: Path) -> None:
     clock = Clock()
-    w = SampleWriter(tmp_path, partition=0, rate=1.0, flush_rows=10**6, flush_seconds=30.0,
+    w = SampleWriter(tmp_path, shard=0, rate=1.0, flush_rows=10**6, flush_seconds=30.0,
                      clock=clock)
     w.offer(**batch(0, 3))
     clock.now = 29.0
@@ -139,7 +141,7 @@ def test_flush_when_the_first_buffered_row_is_old_enough(tmp_path: Path) -> None
 def test_a_failed_write_drops_the_rows_and_scoring_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    w = SampleWriter(blocker, partition=0, rate=1.0)
+    w = SampleWriter(blocker, shard=0, rate=1.0)
     w.offer(**batch(0, 5))
     w.flush()
     assert w.dropped_rows == 5
@@ -149,8 +151,8 @@ def test_a_failed_write_drops_the_rows_and_scoring_goes_on(tmp_path: Path) -> No
 
 def test_wrong_feature_width_and_rate_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
-        SampleWriter(tmp_path, partition=0, rate=1.5)
-    w = SampleWriter(tmp_path, partition=0, rate=1.0)
+        SampleWriter(tmp_path, shard=0, rate=1.5)
+    w = SampleWriter(tmp_path, shard=0, rate=1.0)
     with pytest.raises(ValueError, match=f"features \\[n, {N_FEATURES}\\]"):
         w.offer(**{**batch(0, 2), "features": np.zeros((2, 3), np.float32)})
 
@@ -160,8 +162,10 @@ def test_rows_still_buffered_are_written_when_the_process_exits(tmp_path: Path) 
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
         "from flows.samples import SampleWriter\n"
-        "w = SampleWriter(Path(sys.argv[1]), partition=1, rate=1.0)\n"
-        "w.offer([5, 6], ['a', 'b'], [1, 2], np.ones((2, 36), np.float32),\n"
+        "w = SampleWriter(Path(sys.argv[1]), shard=1, rate=1.0)\n"
+        "from state.spec import N_FEATURES\n"
+        "w.offer([1, 2], [0, 0], [5, 6], ['a', 'b'], [1, 2],\n"
+        "        np.ones((2, N_FEATURES), np.float32),\n"
         "        np.array([0.1, 0.9], np.float32), np.array(['approve', 'decline']), 'v')\n"
         "raise KeyboardInterrupt  # like the flow on SIGINT: no explicit flush\n"
     )
@@ -172,7 +176,7 @@ def test_rows_still_buffered_are_written_when_the_process_exits(tmp_path: Path) 
 
 
 def test_rows_still_buffered_are_written_when_the_writer_is_dropped(tmp_path: Path) -> None:
-    w = SampleWriter(tmp_path, partition=0, rate=1.0)
+    w = SampleWriter(tmp_path, shard=0, rate=1.0)
     w.offer(**batch(0, 3))
     assert files(tmp_path) == []
     del w

@@ -1,8 +1,8 @@
 """Real tiny models for the export tests: trained on simulated worlds, with held-out labels.
 
-``holdout_*`` attributes are what the training helper is adding to ``TrainedModel``
-(the test period's features, eventual labels, event times and card ids); set here from
-the same split so the champion comparison runs on real rows.
+Training stores a sample of the test period (``holdout_*``: features, eventual labels,
+event times, card ids and the selection model's scores) in the artifact, so the
+champion comparison runs on real rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tiny_model import TINY, TINY_WORLD, tiny_history
 from training.artifact import TrainedModel
 from training.features import feature_spec, point_in_time_features
 from training.history import History
-from training.train import TrainConfig, time_split, train_on_features
+from training.train import TrainConfig, train_on_features
 
 
 @dataclass
@@ -37,12 +37,8 @@ def train_with_holdout(out: Path, history: History, cfg: TrainConfig = TINY,
     trained = train_on_features(
         X, history.is_fraud, history.label_time, history.event_time, history.card_id,
         history.scenario, spec, out, cfg)
-    te = time_split(history.event_time, cfg).test
-    trained.holdout_features = X[te]
-    trained.holdout_labels = history.is_fraud[te]  # type: ignore[attr-defined]
-    trained.holdout_event_time = history.event_time[te]  # type: ignore[attr-defined]
-    trained.holdout_card_id = history.card_id[te]  # type: ignore[attr-defined]
-    trained.save(out)
+    assert trained.holdout_labels is not None and len(trained.holdout_labels) == len(
+        trained.holdout_features)
     return Tiny(trained, out, history, X)
 
 

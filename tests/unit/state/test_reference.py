@@ -85,7 +85,7 @@ def card_reference(hist: list[Transaction], txn: Transaction) -> dict[str, float
 
 
 def merchant_reference(
-    txns: list[Transaction], frauds: list[int], aligned: list[tuple[int, int]],
+    txns: list[Transaction], frauds: list[int], aligned: list[tuple[int, int, bool]],
     txn: Transaction,
 ) -> dict[str, float]:
     """Merchant features from the merchant's processed ``txns`` (any order), its fraud
@@ -106,6 +106,8 @@ def merchant_reference(
         f = sum(1 for lt in frauds if known - hours < lt // HOUR <= known
                 and (newest_h is None or lt // HOUR > newest_h - 770))
         out[f"merchant_fraud_rate_{k}"] = min(1.0, f / counts[k]) if counts[k] else 0.0
+        if k == "7d":
+            out["merchant_fraud_labels_7d"] = f
     end = t // DAY - LABEL_DELAY_DAYS
     newest_d = newest_h // 24 if newest_h is not None else None
     for k, days in (("1d", 1), ("7d", 7), ("30d", 30)):
@@ -114,9 +116,13 @@ def merchant_reference(
 
         c = sum(1 for e in txns if end - days < e.event_time // DAY <= end
                 and kept(e.event_time // DAY))
-        f = sum(1 for tt, lt in aligned if end - days < tt // DAY <= end and lt // HOUR <= known
-                and kept(tt // DAY))
+        f = sum(1 for tt, lt, _ in aligned if end - days < tt // DAY <= end
+                and lt // HOUR <= known and kept(tt // DAY))
         out[f"merchant_risk_aligned_{k}"] = min(1.0, f / c) if c and f else 0.0
+    for k, hours in (("7d", 168), ("30d", 720)):
+        out[f"merchant_familiar_fraud_{k}"] = sum(
+            1 for tt, lt, fam in aligned if fam and known - hours < lt // HOUR <= known
+            and kept(tt // DAY))
     return out
 
 
@@ -140,9 +146,10 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
     fraud_labels: list[tuple[str, str, int]] = []  # (merchant, txn id, label time)
     labelled: dict[str, int] = {}
     seen: dict[str, Transaction] = {}
+    familiar: dict[str, bool] = {}
 
-    def aligned(m: str) -> list[tuple[int, int]]:
-        return [(seen[tid].event_time, lt) for mm, tid, lt in fraud_labels
+    def aligned(m: str) -> list[tuple[int, int, bool]]:
+        return [(seen[tid].event_time, lt, familiar[tid]) for mm, tid, lt in fraud_labels
                 if mm == m and tid in seen and seen[tid].merchant_id == m]
 
     out = []
@@ -171,6 +178,7 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
         hist.append(e)
         m_txns.setdefault(e.merchant_id, []).append(e)
         seen[e.transaction_id] = e
+        familiar[e.transaction_id] = exp["card_new_merchant_30d"] == 0.0
     return out
 
 

@@ -41,11 +41,12 @@ def world() -> tuple[pd.DataFrame, np.ndarray]:
 def write_samples(directory: Path, model_dir: Path, frame: pd.DataFrame, X: np.ndarray) -> None:
     """Score ``X`` with the published ONNX model and feed the flow's writer in batches of 256."""
     model = load_model(model_dir)
-    writer = SampleWriter(directory, partition=0, rate=0.6, flush_rows=500)
+    writer = SampleWriter(directory, shard=0, rate=0.6, flush_rows=500)
     for lo in range(0, len(frame), 256):
         part, x = frame.iloc[lo:lo + 256], X[lo:lo + 256]
         scores = model.predict(x)
-        writer.offer(list(range(lo, lo + len(part))), part["transaction_id"].tolist(),
+        positions = list(range(lo, lo + len(part)))
+        writer.offer(positions, [0] * len(part), positions, part["transaction_id"].tolist(),
                      part["event_time"].to_numpy(), x, scores, model.decide(scores),
                      model.version)
     writer.flush()
@@ -77,7 +78,8 @@ def test_report_html_and_a_shift_drifts_more_columns(
     assert len(html) > 100_000 and "drift" in html.lower() and "Precision" in html
     said = capsys.readouterr().out
     assert f"wrote {out}" in said
-    calm = re.search(r"drifted columns: (\d+) of 38 \(\d+%\)(?::| *\n)(.*)", said)
+    columns = len(FEATURE_NAMES) + 2  # the features, the score and the decision
+    calm = re.search(rf"drifted columns: (\d+) of {columns} \(\d+%\)(?::| *\n)(.*)", said)
     assert calm is not None, said
     calm_drifted = calm.group(2).split(", ") if int(calm.group(1)) else []
     assert len(calm_drifted) == int(calm.group(1))
