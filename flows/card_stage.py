@@ -197,6 +197,9 @@ class CardLogic(StatefulBatchLogic[Sourced[Transaction], CardResult | DeadLetter
     def snapshot(self) -> CardSnapshot:
         """The store's sequence number (see :meth:`state.db.StateDB.checkpoint`), held records."""
         metrics.LAST_SNAPSHOT.set(time.time())
+        if self._store is not None:
+            metrics.STATE_BYTES.labels(store=f"cards/{self._shard}").set(
+                self._store.db.approximate_disk_bytes())
         seq = (self._store.checkpoint() if self._store is not None
                else self._resume if self._resume is not None else 0)
         return CardSnapshot(seq, tuple(self._held))

@@ -111,6 +111,9 @@ class MerchantLogic(StatefulBatchLogic[CardResult | Sourced[Label], MerchantOutp
         if self._scorer is None:
             return self._resumed or MerchantSnapshot(0, None)
         scorer = self._scorer
+        identity = scorer.store.db.identity
+        metrics.STATE_BYTES.labels(store=f"merchants/{identity.shard}").set(
+            scorer.store.db.approximate_disk_bytes())
         return MerchantSnapshot(scorer.store.checkpoint(), _copy(scorer.drift))
 
 

@@ -140,6 +140,28 @@ def input_positions(settings: KafkaSettings, count: int) -> dict[str, tuple[int,
     return positions
 
 
+def offline_scores(txns: Sequence[Transaction], model_dirs: Sequence[Path],
+                   *state_dirs: Path) -> dict[str, dict[str, float]]:
+    """Offline replay of ``txns`` through each model (by version), merchants in the order the
+    flow's merchant stage scored them (read back from its stopped state directories)."""
+    from export.model import load_model
+    from state.inspect import merchant_order
+    from state.replay import replay_matrix
+
+    seen: dict[str, tuple[int, int, int]] = {}
+    for i, d in enumerate(state_dirs):
+        for tid, (shard, seq) in merchant_order(d).items():
+            seen[tid] = (i, shard, seq)
+    ranked = sorted(range(len(txns)), key=lambda i: seen[txns[i].transaction_id])
+    replayed, X = replay_matrix(list(txns), merchant_order=ranked)
+    ids = [t.transaction_id for t in replayed]
+    out = {}
+    for d in model_dirs:
+        model = load_model(d)
+        out[model.version] = dict(zip(ids, model.predict(X).tolist(), strict=True))
+    return out
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -2,8 +2,8 @@
 
 One stream: the first half looks like the training data, the second half's
 amounts are 40 times larger. Its labels (fraud and legit) are produced after
-every verdict is out, then one transaction per partition two days later closes
-the last window. The snapshots must alert on the amount only after the shift,
+every verdict is out, then one transaction per merchant shard two days later
+closes the last window. The snapshots must alert on the amount only after the shift,
 count every transaction once, and give the precision and recall that the
 published verdicts and the labels imply.
 """
@@ -46,17 +46,17 @@ def _shifted(txns: list[Transaction], from_ms: int) -> list[Transaction]:
             else t for t in txns]
 
 
-def _closers(after_ms: int, partitions: int) -> list[Transaction]:
-    """One transaction per partition at ``after_ms``: moves every partition's event time on."""
-    cards: dict[int, str] = {}
+def _closers(after_ms: int, shards: int) -> list[Transaction]:
+    """One transaction per merchant shard at ``after_ms``: moves every shard's event time on."""
+    merchants: dict[int, str] = {}
     i = 0
-    while len(cards) < partitions:
-        card = f"closer-{i}"
-        cards.setdefault(murmur2_partition(card, partitions), card)
+    while len(merchants) < shards:
+        merchant = f"closer-{i}"
+        merchants.setdefault(murmur2_partition(merchant, shards), merchant)
         i += 1
-    return [Transaction(transaction_id=f"close-{p}", card_id=card, merchant_id="closer",
-                        amount=10.0, currency="EUR", event_time=after_ms)
-            for p, card in sorted(cards.items())]
+    return [Transaction(transaction_id=f"close-{s}", card_id=f"closer-card-{s}",
+                        merchant_id=merchant, amount=10.0, currency="EUR", event_time=after_ms)
+            for s, merchant in sorted(merchants.items())]
 
 
 def _read_drift(settings: KafkaSettings, consumer: Consumer, into: list[DriftSnapshot]) -> None:

@@ -30,12 +30,12 @@ from flowkit import (
     flow_env,
     input_positions,
     metric,
+    offline_scores,
     scrape,
     topic_set,
     wait_until,
 )
 from flows.process import FlowProcess
-from state.replay import replay_matrix
 from tiny_model import TINY_WORLD, publish_tiny, tiny_history, train_tiny
 from topics.admin import ensure_topics
 from topics.broker import free_port
@@ -66,14 +66,11 @@ def challenger_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return publish_tiny(root / "models", train_tiny(root / "run", other))
 
 
-@pytest.fixture(scope="module")
-def offline(history: History, tiny_model_dir: Path, challenger_dir: Path) -> Scores:
-    """Offline score of every transaction, by model version."""
-    txns, X = replay_matrix(history.transactions, n_partitions=PARTITIONS)
-    ids = [t.transaction_id for t in txns]
-    models = [load_model(d) for d in (tiny_model_dir, challenger_dir)]
-    assert models[0].version != models[1].version
-    return {m.version: dict(zip(ids, m.predict(X).tolist(), strict=True)) for m in models}
+def offline(history: History, models: Sequence[Path], state_dir: Path,
+            n: int | None = None) -> Scores:
+    """Offline score of the first ``n`` transactions, by model version, replaying merchants in
+    the order the stopped flow's merchant stage scored them."""
+    return offline_scores(history.transactions[:n], models, state_dir)
 
 
 def publish_copy(registry: ModelRegistry, source: Path, version: str | None = None,
@@ -150,7 +147,7 @@ def assert_scored_by_named_version(outcome: Outcome, offline: Scores) -> None:
 
 def test_hot_reload_mid_stream_scores_each_transaction_once_by_one_version(
     kafka: KafkaSettings, history: History, tiny_model_dir: Path, challenger_dir: Path,
-    offline: Scores, tmp_path: Path,
+    tmp_path: Path,
 ) -> None:
     registry = ModelRegistry(tmp_path / "models")
     old = publish_copy(registry, tiny_model_dir)
@@ -172,9 +169,10 @@ def test_hot_reload_mid_stream_scores_each_transaction_once_by_one_version(
     outcome = collector.outcome
     versions = only_verdicts(outcome, feeder.ids)
     assert set(versions.values()) == {old, new}
-    differ = sum(abs(offline[old][t] - offline[new][t]) > 1e-4 for t in feeder.ids)
+    scores = offline(history, [tiny_model_dir, challenger_dir], tmp_path / "state")
+    differ = sum(abs(scores[old][t] - scores[new][t]) > 1e-4 for t in feeder.ids)
     assert differ > len(feeder.ids) / 2, "the two models must score differently"
-    assert_scored_by_named_version(outcome, offline)
+    assert_scored_by_named_version(outcome, scores)
     # Per input partition, in offset order: old, then new, switching exactly once.
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for tid, (partition, offset) in input_positions(settings, len(feeder.ids)).items():
@@ -204,8 +202,7 @@ def test_hot_reload_mid_stream_scores_each_transaction_once_by_one_version(
 
 
 def test_corrupt_or_mismatched_model_is_refused_while_scoring_continues(
-    kafka: KafkaSettings, history: History, tiny_model_dir: Path, offline: Scores,
-    tmp_path: Path,
+    kafka: KafkaSettings, history: History, tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
     registry = ModelRegistry(tmp_path / "models")
     old = publish_copy(registry, tiny_model_dir)
@@ -239,7 +236,8 @@ def test_corrupt_or_mismatched_model_is_refused_while_scoring_continues(
 
     versions = only_verdicts(collector.outcome, feeder.ids)
     assert set(versions.values()) == {old}
-    assert_scored_by_named_version(collector.outcome, offline)
+    assert_scored_by_named_version(
+        collector.outcome, offline(history, [tiny_model_dir], tmp_path / "state"))
     assert metric(samples, "fraud_model_reloads_total", role="champion", outcome="refused") == 2
     assert metric(samples, "fraud_model_reloads_total", outcome="loaded") == 0
     assert metric(samples, "fraud_model_info", version=old) == 1
@@ -248,7 +246,7 @@ def test_corrupt_or_mismatched_model_is_refused_while_scoring_continues(
 
 def test_shadow_challenger_rides_along_without_changing_decisions(
     kafka: KafkaSettings, history: History, tiny_model_dir: Path, challenger_dir: Path,
-    offline: Scores, tmp_path: Path,
+    tmp_path: Path,
 ) -> None:
     settings = topic_set(kafka, "shadow")
     feeder = Feeder(settings, history)
@@ -263,12 +261,13 @@ def test_shadow_challenger_rides_along_without_changing_decisions(
 
     champion, shadow = load_model(tiny_model_dir), load_model(challenger_dir)
     assert set(only_verdicts(collector.outcome, feeder.ids[:n]).values()) == {champion.version}
-    assert_scored_by_named_version(collector.outcome, offline)
+    scores = offline(history, [tiny_model_dir, challenger_dir], tmp_path / "state", n)
+    assert_scored_by_named_version(collector.outcome, scores)
     verdicts = [vs[0] for vs in collector.outcome.verdicts.values()]
     assert {v.shadow_model_version for v in verdicts} == {shadow.version}
     for v in verdicts:
         assert v.shadow_score is not None
-        assert abs(v.shadow_score - offline[shadow.version][v.transaction_id]) <= 1e-6
+        assert abs(v.shadow_score - scores[shadow.version][v.transaction_id]) <= 1e-6
     scores = np.array([v.score for v in verdicts], dtype=np.float32)
     shadow_scores = np.array([v.shadow_score for v in verdicts], dtype=np.float32)
     # The champion decides, exactly as it would alone; the shadow's decision only rides along.

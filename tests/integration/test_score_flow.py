@@ -19,9 +19,8 @@ import pytest
 from confluent_kafka import Producer
 
 from export.model import load_model
-from flowkit import Collector, Outcome, flow_env, topic_set
+from flowkit import Collector, Outcome, flow_env, offline_scores, topic_set
 from flows.process import FlowProcess
-from state.inspect import merchant_order
 from state.replay import replay_matrix
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
@@ -69,18 +68,10 @@ def _produce(settings: KafkaSettings, history: History) -> int:
     return invalid
 
 
-def offline_scores(history: History, model_dir: Path, *state_dirs: Path) -> dict[str, float]:
+def offline(history: History, model_dir: Path, *state_dirs: Path) -> dict[str, float]:
     """Offline replay through the model, merchants in the order the flow scored them."""
-    seen: dict[str, tuple[int, int, int]] = {}
-    for i, d in enumerate(state_dirs):
-        for tid, (shard, seq) in merchant_order(d).items():
-            seen[tid] = (i, shard, seq)
-    txns = history.transactions
-    ranked = sorted(range(len(txns)), key=lambda i: seen[txns[i].transaction_id])
-    replayed, X = replay_matrix(txns, merchant_order=ranked)
-    assert [t.transaction_id for t in replayed] == [t.transaction_id for t in txns]
-    scores = load_model(model_dir).predict(X)
-    return {t.transaction_id: float(s) for t, s in zip(txns, scores, strict=True)}
+    (scores,) = offline_scores(history.transactions, [model_dir], *state_dirs).values()
+    return scores
 
 
 def event_order_scores(history: History, model_dir: Path) -> dict[str, float]:
@@ -119,9 +110,9 @@ def test_one_verdict_per_transaction_equal_to_offline_scoring(
     assert len(fault_free.dead_letters) == len(history) // INVALID_EVERY
     assert {d.error_class for d in fault_free.dead_letters} == {"missing_field"}
 
-    offline = offline_scores(history, tiny_model_dir, state_dir)
+    offline_ = offline(history, tiny_model_dir, state_dir)
     streamed = fault_free.scores()
-    assert max(abs(streamed[t] - offline[t]) for t in ids) <= 1e-6
+    assert max(abs(streamed[t] - offline_[t]) for t in ids) <= 1e-6
     # Against event-time order (training's replay). This world packs 30 days into 20,000
     # transactions read as a backlog, so card partitions run days of event time apart
     # and merchant windows see them in another order: measured, not bounded here (see
@@ -161,7 +152,7 @@ def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
         collector.stop()
     outcome = collector.outcome
     assert set(outcome.verdicts) == set(fault_free[0].verdicts)  # zero missing
-    expected = offline_scores(history, tiny_model_dir, tmp_path / "state")
+    expected = offline(history, tiny_model_dir, tmp_path / "state")
     for tid, copies in outcome.verdicts.items():
         assert len({msgspec.json.encode(c) for c in copies}) == 1  # a crash changed none
         assert abs(copies[0].score - expected[tid]) <= 1e-6, tid  # equal to offline replay
@@ -189,8 +180,8 @@ def test_two_process_cluster_gives_the_same_verdicts(
         for flow in flows:
             flow.stop()
         collector.stop()
-    expected = offline_scores(history, tiny_model_dir, tmp_path / "p0" / "state",
-                              tmp_path / "p1" / "state")
+    expected = offline(history, tiny_model_dir, tmp_path / "p0" / "state",
+                       tmp_path / "p1" / "state")
     got = collector.outcome.scores()
     assert set(got) == set(expected)
     assert max(abs(got[t] - expected[t]) for t in got) <= 1e-6
