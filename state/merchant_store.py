@@ -84,8 +84,11 @@ class MerchantOut(NamedTuple):
 
 
 def relabels(first_ms: int, again_ms: int, horizon_ms: int) -> bool:
-    """Whether a second label of a transaction id counts as a new one: the first label
-    wins for ``horizon_ms`` (label times, so the answer does not depend on read order)."""
+    """Whether a second label of a transaction id counts as a new one.
+
+    The first label wins for ``horizon_ms``, judged on label times, so the answer does
+    not depend on the order labels are read in.
+    """
     return again_ms - first_ms >= horizon_ms
 
 
