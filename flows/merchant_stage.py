@@ -1,10 +1,12 @@
 """The merchant stage's Bytewax step: one :class:`~flows.scorer.MerchantScorer` per shard.
 
 Fed every transaction (from the card stage) and every label of the shard's
-merchants. Its recovery snapshot holds the store's sequence number and the
-open drift windows, so a crash loses no drift count: the windows resume from
-the snapshot, and verdicts stored after it are counted again as they are replayed
-(see :class:`~state.records.Incarnation`).
+merchants, and a copy of every ``rules`` and ``lists`` record (broadcast to every
+shard, :func:`broadcast`). Its recovery snapshot holds the store's sequence
+number, the open drift windows and the rule book, so a crash loses no drift
+count and no rule: the windows resume from the snapshot, verdicts stored after it
+are counted again as they are replayed (see :class:`~state.records.Incarnation`),
+and re-read rule records are no-ops.
 
 A shard idle for ``idle_seconds`` hands its open drift windows on, so the end of
 a stream (or a quiet shard) does not hold them back forever.
@@ -23,7 +25,7 @@ from flows import metrics
 from flows.card_stage import CardResult
 from flows.decode import DeadLetterRecord, Sourced
 from flows.drift import DriftPartial, PartitionDrift
-from flows.kafka import SinkRecord
+from flows.kafka import RawRecord, SinkRecord
 from flows.scorer import MerchantScorer
 from state.errors import StaleStateError
 from topics.contracts import Label
@@ -31,30 +33,54 @@ from topics.contracts import Label
 MerchantOutput = SinkRecord | DeadLetterRecord | DriftPartial
 
 
+class RuleRecord(NamedTuple):
+    """One ``rules`` or ``lists`` record, addressed to one merchant shard."""
+
+    shard: int
+    record: RawRecord
+
+
+def broadcast(record: RawRecord, shards: int) -> list[tuple[str, RuleRecord]]:
+    """A rule or list record keyed to every merchant shard (each keeps its own rule book)."""
+    return [(str(s), RuleRecord(s, record)) for s in range(shards)]
+
+
+MerchantInput = CardResult | Sourced[Label] | RuleRecord
+
+
 class MerchantSnapshot(NamedTuple):
     """What Bytewax keeps for a merchant shard between snapshots."""
 
     seq: int
     drift: PartitionDrift | None
+    rules: bytes | None = None
+    """The rule book (:meth:`rules.book.RuleBook.snapshot`)."""
 
 
-class MerchantLogic(StatefulBatchLogic[CardResult | Sourced[Label], MerchantOutput,
-                                       MerchantSnapshot]):
+class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSnapshot]):
     """Bytewax adapter of one merchant shard (its scorer is opened at the first batch)."""
 
-    def __init__(self, open_scorer: Callable[[str, PartitionDrift | None], MerchantScorer],
-                 resumed: MerchantSnapshot | None, idle_seconds: float) -> None:
+    def __init__(self, open_scorer: Callable[[int, MerchantSnapshot | None], MerchantScorer],
+                 shard_of: Callable[[str], int], resumed: MerchantSnapshot | None,
+                 idle_seconds: float) -> None:
         self._open_scorer = open_scorer
+        self._shard_of = shard_of
         self._resumed = resumed
         self._idle_seconds = idle_seconds
         self._scorer: MerchantScorer | None = None
         self._last_batch = time.time()
 
-    def _opened(self, merchant_id: str) -> MerchantScorer:
+    def _shard(self, value: MerchantInput) -> int:
+        if isinstance(value, RuleRecord):
+            return value.shard
+        if isinstance(value, CardResult):
+            return self._shard_of(value.item.value.merchant_id)
+        return self._shard_of(value.value.merchant_id)
+
+    def _opened(self, shard: int) -> MerchantScorer:
         if self._scorer is None:
             resumed = self._resumed
-            scorer = self._open_scorer(merchant_id,
-                                       resumed.drift if resumed is not None else None)
+            scorer = self._open_scorer(shard, resumed)
             store = scorer.store
             if resumed is not None:
                 if store.seq < resumed.seq:
@@ -70,17 +96,16 @@ class MerchantLogic(StatefulBatchLogic[CardResult | Sourced[Label], MerchantOutp
             self._scorer = scorer
         return self._scorer
 
-    def on_batch(self, values: list[CardResult | Sourced[Label]]
-                 ) -> tuple[list[MerchantOutput], bool]:
-        """Apply the labels, score the transactions; hand on closed drift windows."""
-        first = values[0]
-        scorer = self._opened(first.value.merchant_id if isinstance(first, Sourced)
-                              else first.item.value.merchant_id)
+    def on_batch(self, values: list[MerchantInput]) -> tuple[list[MerchantOutput], bool]:
+        """Apply rules and labels, score the transactions; hand on closed drift windows."""
+        scorer = self._opened(self._shard(values[0]))
+        rules = [v.record for v in values if isinstance(v, RuleRecord)]
         labels = [v.value for v in values if isinstance(v, Sourced)]
         txns = [v for v in values if isinstance(v, CardResult)]
         self._last_batch = time.time()
+        out: list[MerchantOutput] = list(scorer.apply_rules(rules)) if rules else []
         scorer.apply_labels(labels)
-        out: list[MerchantOutput] = list(scorer.score(txns))
+        out += scorer.score(txns)
         partial = scorer.drift.close() if scorer.drift is not None else None
         if partial is not None:
             out.append(partial)
@@ -114,7 +139,8 @@ class MerchantLogic(StatefulBatchLogic[CardResult | Sourced[Label], MerchantOutp
         identity = scorer.store.db.identity
         metrics.STATE_BYTES.labels(store=f"merchants/{identity.shard}").set(
             scorer.store.db.approximate_disk_bytes())
-        return MerchantSnapshot(scorer.store.checkpoint(), _copy(scorer.drift))
+        return MerchantSnapshot(scorer.store.checkpoint(), _copy(scorer.drift),
+                                scorer.rules.snapshot() if scorer.rules is not None else None)
 
 
 def _copy(drift: PartitionDrift | None) -> PartitionDrift | None:

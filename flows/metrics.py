@@ -130,6 +130,23 @@ STATE_BYTES = Gauge(
 )
 
 
+RULE_HITS = Counter(
+    "fraud_rule_hits_total",
+    "Transactions a rule matched, by rule and mode (shadow rules never change a decision).",
+    ["rule_id", "mode"],
+)
+RULE_OVERLAP = Counter(
+    "fraud_rule_model_overlap_total",
+    "Rule hits by whether the model flagged the same transaction (review or decline).",
+    ["rule_id", "mode", "model"],
+)
+RULE_ERRORS = Counter(
+    "fraud_rule_errors_total",
+    "Transactions a rule could not be evaluated on (CEL error, e.g. a missing attribute); "
+    "the rule did not hit them.",
+    ["rule_id"],
+)
+RULE_SET = Info("fraud_rule_set", "The rule set in force (version of its rules and lists).")
 LAST_SNAPSHOT = Gauge(
     "fraud_last_snapshot_timestamp_seconds",
     "When this process last handed Bytewax a recovery snapshot (start time until the first); "

@@ -51,11 +51,12 @@ from flows.card_stage import CardLogic, CardResult
 from flows.decode import DeadLetterRecord, KeyRule, SkewRule, Sourced, decode
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
 from flows.kafka import SinkRecord
-from flows.merchant_stage import MerchantLogic
+from flows.merchant_stage import MerchantLogic, MerchantSnapshot, broadcast
 from flows.samples import SampleWriter
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
 from flows.settings import DriftSettings, ScoringSettings
+from rules.book import RuleBook
 from state.card_store import CardStore
 from state.db import StoreIdentity
 from state.features import AmountFn
@@ -242,8 +243,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         return CardStore.open(
             settings.state_dir, StoreIdentity("cards", shard, parts, topic, topic_id), options)
 
-    def open_scorer(merchant_id: str, resumed: PartitionDrift | None) -> MerchantScorer:
-        shard = merchant_shard(merchant_id)
+    def open_scorer(shard: int, resumed: MerchantSnapshot | None) -> MerchantScorer:
         store = MerchantStore.open(
             settings.state_dir, StoreIdentity("merchants", shard, shards, topic, topic_id),
             options)
@@ -251,10 +251,13 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
             SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None
         )
+        book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
+                else RuleBook())
+        windows = resumed.drift if resumed is not None else None
         return MerchantScorer(
             store, champion, shadow, topic=topic, reference_currency=rates.reference,
-            drift=resumed or PartitionDrift(shard, drift.window_ms, drift.grace_ms),
-            samples=samples,
+            drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms),
+            samples=samples, rules=book, shard=shard,
         )
 
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
@@ -286,9 +289,17 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks)
     by_merchant = op.key_on("key-by-merchant", merchant_in,
                             lambda x: str(merchant_shard(merchant_of(x))))
+    # Rules and lists: every merchant shard keeps a rule book, so each gets every record.
+    rule_msgs = op.merge(
+        "rule-records",
+        kafka.read("rules-in", flow, settings.kafka, "rules", config={"fetch.wait.max.ms": "200"}),
+        kafka.read("lists-in", flow, settings.kafka, "lists", config={"fetch.wait.max.ms": "200"}),
+    )
+    to_shards = op.flat_map("broadcast-rules", rule_msgs, lambda r: broadcast(r, shards))
     scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
-        "merchant", by_merchant,
-        lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds),
+        "merchant", op.merge("merchant-and-rules", by_merchant, to_shards),
+        lambda resumed: MerchantLogic(open_scorer, merchant_shard, resumed,
+                                      drift.flush_seconds),
     ))
     verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkRecord))
     op.output("predictions-out", verdicts.trues, kafka.sink(settings.kafka, "predictions"))

@@ -5,9 +5,10 @@ Plain Python over a :class:`~state.merchant_store.MerchantStore` and a
 shadow), so it is tested without Kafka; the Bytewax step in
 :mod:`flows.merchant_stage` only feeds it batches.
 
-New transactions of a batch are scored in one ONNX call, and each verdict is
-committed in the same RocksDB ``WriteBatch`` as the merchant state it was
-computed from. A transaction id already scored gets its stored verdict bytes
+New transactions of a batch are scored in one ONNX call, the analyst rules and
+lists in force (a :class:`~rules.book.RuleBook`) are evaluated over the same rows,
+and each verdict is committed in the same RocksDB ``WriteBatch`` as the merchant
+state it was computed from. A transaction id already scored gets its stored verdict bytes
 again: a producer re-delivery (counted in ``fraud_duplicate_transactions_total``)
 or a replay after a crash (``fraud_replayed_verdicts_total``; its drift counts
 and label joins, lost with the crashed process's memory, are redone).
@@ -25,15 +26,19 @@ import numpy as np
 
 from flows import metrics
 from flows.card_stage import CardResult, merge_partitions
-from flows.decode import DeadLetterRecord
+from flows.decode import DeadLetterRecord, reject
 from flows.drift import Judged, PartitionDrift
-from flows.kafka import SinkRecord
+from flows.kafka import RawRecord, SinkRecord
 from flows.samples import SampleWriter
 from flows.serving import ModelSource, Serving
+from rules.batch import RuleBatch
+from rules.book import Message, Outcome, Refused, RuleBook
 from state import merchant_store as ms
 from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
 from state.records import Verdict
-from topics.contracts import Label, Prediction, ReasonCode
+from state.spec import FEATURE_NAMES
+from topics.contracts import Label, Prediction, ReasonCode, RuleHit
+from topics.validation import Rejection
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
@@ -73,6 +78,8 @@ class MerchantScorer:
         clock: Callable[[], float] = time.time,
         drift: PartitionDrift | None = None,
         samples: SampleWriter | None = None,
+        rules: RuleBook | None = None,
+        shard: int = 0,
     ) -> None:
         self.store = store
         self.champion = champion
@@ -82,8 +89,34 @@ class MerchantScorer:
         self.clock = clock
         self.drift = drift
         self.samples = samples
+        self.rules = rules
+        self.shard = shard
         self._unknown_seen = store.unknown_labels
         self._scored: dict[str, Any] = {}
+
+    # --- rules and lists ---------------------------------------------------------------
+    def apply_rules(self, records: Sequence[RawRecord]) -> list[DeadLetterRecord]:
+        """Apply ``rules``/``lists`` records (idempotent by key, version and offset).
+
+        A refused record (does not compile, names an unknown feature, bad list value)
+        leaves the previous version in force; shard 0 dead-letters it (every shard gets
+        a copy of every record, one dead letter is enough).
+        """
+        if self.rules is None:
+            return []
+        out: list[DeadLetterRecord] = []
+        for r in records:
+            topic = "rules" if r.topic.endswith("rules") else "lists"
+            result = self.rules.apply(Message(topic, r.key, r.value, r.offset))  # type: ignore[arg-type]
+            if isinstance(result, Refused):
+                if self.shard == 0:
+                    log.warning("%s record %r refused: %s", topic, result.key, result.reason)
+                    out.append(reject(r, Rejection(result.error_class, result.reason)))
+            elif self.shard == 0 and result.change not in ("unchanged", "stale", "replayed"):
+                log.info("%s %s %s (rule set %s)", topic, result.key, result.change,
+                         self.rules.version)
+        metrics.RULE_SET.info({"version": self.rules.version})
+        return out
 
     # --- labels ------------------------------------------------------------------------
     def apply_labels(self, labels: Sequence[Label]) -> None:
@@ -166,13 +199,40 @@ class MerchantScorer:
 
         return conflict_letter(r.item, self.topic, first.partition, first.offset)
 
+    def _evaluate_rules(self, results: Sequence[CardResult], features: np.ndarray,
+                        scores: np.ndarray, decisions: np.ndarray) -> Outcome | None:
+        """The rules in force over the batch (None when the book holds none)."""
+        book = self.rules
+        if book is None or not book.has_rules:
+            return None
+        batch = RuleBatch.from_transactions(
+            [r.item.value for r in results], features, FEATURE_NAMES, scores, decisions,
+            amount_reference=np.fromiter((r.features.amount for r in results), np.float64,
+                                         len(results)),
+        )
+        outcome = book.evaluate(batch)
+        for (rule_id, mode), hits in outcome.counts.items():
+            if hits:
+                metrics.RULE_HITS.labels(rule_id=rule_id, mode=mode).inc(hits)
+        flagged_by_model = decisions != "approve"
+        for i, hits_i in enumerate(outcome.hits):
+            for h in hits_i:
+                metrics.RULE_OVERLAP.labels(
+                    rule_id=h.rule_id, mode=h.mode,
+                    model=str(bool(flagged_by_model[i])).lower()).inc()
+        for rule_id, n in outcome.errors.items():
+            metrics.RULE_ERRORS.labels(rule_id=rule_id).inc(n)
+        return outcome
+
     def _render(
         self, results: Sequence[CardResult], features: np.ndarray, live: Serving,
         shadow: Serving | None,
     ) -> list[bytes]:
         scores = live.model.predict(features)
-        decisions = live.thresholds.decide(scores)
-        flagged = np.flatnonzero(decisions != "approve")
+        model_decisions = live.thresholds.decide(scores)
+        outcome = self._evaluate_rules(results, features, scores, model_decisions)
+        decisions = outcome.decision if outcome is not None else model_decisions
+        flagged = np.flatnonzero(model_decisions != "approve")
         reasons: dict[int, list[ReasonCode]] = {}
         if flagged.size:
             explained = live.explainer.explain(features[flagged], scores[flagged])
@@ -210,6 +270,15 @@ class MerchantScorer:
                 amount_reference=round(r.features.amount, 6),
                 reference_currency=currency,
             )
+            if outcome is not None:
+                if outcome.hits[i]:
+                    prediction.rule_hits = [RuleHit(
+                        rule_id=h.rule_id, version=h.version, action=h.action, mode=h.mode,
+                        text=h.text) for h in outcome.hits[i]]
+                    prediction.reasons = outcome.reasons(i) + prediction.reasons
+                if decisions[i] != model_decisions[i]:
+                    prediction.model_decision = str(model_decisions[i])  # type: ignore[assignment]
+                prediction.rule_set_version = outcome.ruleset_version
             if shadow_scores is not None and shadow_decisions is not None:
                 prediction.shadow_score = float(shadow_scores[i])
                 prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]

@@ -179,6 +179,11 @@ class RuleBook:
         """Every rule the book holds (enabled or not), by id."""
         return [self._rules[k] for k in sorted(self._rules)]
 
+    @property
+    def has_rules(self) -> bool:
+        """Whether any enabled rule is compiled (with none, evaluation changes nothing)."""
+        return bool(self._order)
+
     def compiled(self) -> list[CompiledRule]:
         """The enabled, compiled rules in policy order (priority high first, then id)."""
         return list(self._order)

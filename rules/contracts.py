@@ -11,8 +11,9 @@ key is the state and every reader sees it in one order:
 
 Times are UTC epoch milliseconds; on the wire ``valid_from``, ``valid_until``,
 ``expires`` may also be RFC 3339 strings with an offset (normalised on decode).
-The JSON Schemas in ``rules/schemas/`` are generated from these classes
-(``python -m rules.schema``; ``--check`` fails when they are stale).
+The structs live with the other wire contracts (:mod:`topics.contracts`, JSON
+Schemas in ``topics/schemas/``, ``just schemas``); this module decodes and checks
+them (time fields, list values by kind).
 
 >>> rule = decode_rule(b'{"id":"r1","version":1,"description":"blocked card","owner":"ana",'
 ...                    b'"expression":"card_id in lists.blocked_cards","action":"decline",'
@@ -27,105 +28,28 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
-from topics.contracts import EpochMs
-from topics.registry import TopicSpec
+from topics.contracts import (
+    ENTRY_TIME_FIELDS,
+    RULE_TIME_FIELDS,
+    ListEntry,
+    ListKind,
+    ListName,
+    Rule,
+    RuleAction,
+    RuleHit,
+    RuleId,
+    RuleMode,
+)
+from topics.registry import TOPICS
 from topics.validation import parse_time_ms
 
-RuleId = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
-        description="Stable rule id: letters, digits, `_.:-`, at most 64 characters.",
-    ),
-]
-ListName = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^[a-z][a-z0-9_]{0,63}$",
-        description="List name as used in expressions (`lists.<name>`): lower case, digits, `_`.",
-    ),
-]
-Action = Literal["decline", "review", "approve", "tag"]
-Mode = Literal["active", "shadow"]
-ListKind = Literal["card_id", "merchant_id", "device_id", "ip_range", "bin_prefix", "country"]
+Action = RuleAction
+Mode = RuleMode
 Decision = Literal["approve", "review", "decline"]
-
-#: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
-RULE_TIME_FIELDS = ("valid_from", "valid_until")
-ENTRY_TIME_FIELDS = ("valid_from", "expires")
-
-
-class Rule(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
-    """An analyst rule, published to ``rules`` (key: rule id).
-
-    ``expression`` is CEL (https://cel.dev) over the transaction's fields, the
-    features by name, ``score``, ``model_decision`` and ``lists`` (see
-    :mod:`rules.names`). ``action``: ``decline``, ``review``, ``approve`` (an
-    allowlist override of the model) or ``tag`` (recorded only). ``mode``
-    ``shadow`` evaluates and counts but never changes a decision. The rule is in
-    force for transactions whose event time ``t`` has ``valid_from <= t <
-    valid_until`` (either bound optional). A higher ``version`` replaces a lower
-    one; ``description`` is the analyst-readable reason shown in verdicts.
-    """
-
-    id: RuleId
-    version: Annotated[int, msgspec.Meta(ge=1, description="Increases with every change.")]
-    description: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=500, description="Reason shown to analysts.")
-    ]
-    owner: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    expression: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
-    action: Action
-    mode: Mode = "active"
-    priority: Annotated[
-        int, msgspec.Meta(description="Higher first when several rules hit; then id.")
-    ] = 0
-    valid_from: EpochMs | None = None
-    valid_until: EpochMs | None = None
-    enabled: bool = True
-    schema_version: int = 1
-
-    SCHEMA_VERSION = 1
-    WIRE_TIME_FIELDS = RULE_TIME_FIELDS
-
-
-class ListEntry(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
-    """One member of a named list, published to ``lists`` (key: ``<list>/<value>``).
-
-    How ``value`` matches depends on ``kind``: equal text for ``card_id``,
-    ``merchant_id``, ``device_id`` and ``country`` (ISO 3166-1 alpha-2); the
-    address inside the network for ``ip_range`` (CIDR, RFC 4632; IPv4 or IPv6; a
-    bare address is a /32 or /128); a prefix of the card's BIN for
-    ``bin_prefix`` (1-8 digits, ISO/IEC 7812). The entry is in force for event
-    times ``valid_from <= t < expires`` (either bound optional).
-    """
-
-    list: ListName
-    kind: ListKind
-    value: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    expires: EpochMs | None = None
-    valid_from: EpochMs | None = None
-    added_by: Annotated[str, msgspec.Meta(max_length=128)] = ""
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
-    schema_version: int = 1
-
-    SCHEMA_VERSION = 1
-    WIRE_TIME_FIELDS = ENTRY_TIME_FIELDS
-
-
-class RuleHit(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
-    """A rule that matched a transaction, as a verdict carries it (a reason code in words)."""
-
-    rule_id: str
-    version: int
-    action: Action
-    mode: Mode
-    text: str
 
 
 def list_key(entry: ListEntry) -> str:
@@ -215,18 +139,10 @@ def decode_entry(value: bytes | str) -> ListEntry:
     return entry_from_obj(_json(value))
 
 
-_COMPACT = MappingProxyType(
-    {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "delete.retention.ms": str(
-        7 * 24 * 3600 * 1000
-    )}
-)
+#: The two topics (``topics.registry``: compacted, one partition: one order for every reader).
+RULES_TOPIC = TOPICS["rules"]
+LISTS_TOPIC = TOPICS["lists"]
 
-#: The two topics, for ``topics.registry.TOPICS`` (one partition: one order for every reader).
-RULES_TOPIC = TopicSpec(
-    "rules", Rule, key="rule id", partitions=1, config=_COMPACT,
-    description="Analyst rules (CEL), compacted: the latest version per rule id.",
-)  # fmt: skip
-LISTS_TOPIC = TopicSpec(
-    "lists", ListEntry, key="<list>/<value>", partitions=1, config=_COMPACT,
-    description="Analyst list entries (blocklists, allowlists), compacted.",
-)  # fmt: skip
+__all__ = ["ENTRY_TIME_FIELDS", "RULE_TIME_FIELDS", "Action", "ContractError", "Decision",
+           "ListEntry", "ListKind", "ListName", "Mode", "Rule", "RuleHit", "RuleId",
+           "decode_entry", "decode_rule", "entry_from_obj", "list_key", "rule_from_obj"]

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from flows.card_stage import CardLogic, CardResult
+from flows.card_stage import CardLogic, CardResult, CardSnapshot
 from flows.decode import DeadLetterRecord, Sourced
 from flows.drift import DriftPartial, PartitionDrift
-from flows.kafka import SinkRecord
-from flows.merchant_stage import MerchantLogic, MerchantSnapshot
+from flows.kafka import RawRecord, SinkRecord
+from flows.merchant_stage import MerchantLogic, MerchantSnapshot, RuleRecord
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
+from rules.book import RuleBook
 from state.card_store import CardStore
 from state.db import StoreIdentity
 from state.merchant_store import MerchantStore
@@ -62,17 +63,20 @@ class Stages:
             for p in range(parts)
         }
 
-        def open_scorer(merchant_id: str, resumed: PartitionDrift | None) -> MerchantScorer:
-            shard = murmur2_partition(merchant_id, shards)
+        def open_scorer(shard: int, resumed: MerchantSnapshot | None) -> MerchantScorer:
             store = MerchantStore.open(
                 root, StoreIdentity("merchants", shard, shards, "t"), options)
-            drift = resumed or (PartitionDrift(shard, drift_window_ms, 0)
-                                if drift_window_ms else None)
-            return MerchantScorer(store, champion, shadow, drift=drift)
+            drift = (resumed.drift if resumed is not None else None) or (
+                PartitionDrift(shard, drift_window_ms, 0) if drift_window_ms else None)
+            book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
+                    else RuleBook())
+            return MerchantScorer(store, champion, shadow, drift=drift, rules=book, shard=shard)
 
         self.merchants = {
-            s: MerchantLogic(open_scorer, None, 60.0) for s in range(shards)
+            s: MerchantLogic(open_scorer, lambda m: murmur2_partition(m, shards), None, 60.0)
+            for s in range(shards)
         }
+        self._rule_offsets: dict[str, int] = {}
         self.outputs: list[SinkRecord | DeadLetterRecord | DriftPartial] = []
 
     def feed(self, batch: Sequence[Sourced[Transaction] | Sourced[Label]]) -> None:
@@ -98,7 +102,19 @@ class Stages:
             mout, _ = self.merchants[shard].on_batch(mvalues)
             self.outputs.extend(mout)
 
-    def snapshots(self) -> tuple[dict[int, int], dict[int, MerchantSnapshot]]:
+    def publish_rules(self, topic: str, records: Sequence[tuple[str, object | None]]) -> None:
+        """``rules``/``lists`` records (key, JSON-able value or None), to every shard."""
+        raws = []
+        for key, value in records:
+            offset = self._rule_offsets.get(topic, -1) + 1
+            self._rule_offsets[topic] = offset
+            raws.append(RawRecord(key.encode(), None if value is None
+                                  else msgspec.json.encode(value), topic, 0, offset, 0))
+        for shard, logic in sorted(self.merchants.items()):
+            out, _ = logic.on_batch([RuleRecord(shard, r) for r in raws])
+            self.outputs.extend(out)
+
+    def snapshots(self) -> tuple[dict[int, CardSnapshot], dict[int, MerchantSnapshot]]:
         """What Bytewax would keep now."""
         return ({p: c.snapshot() for p, c in self.cards.items()},
                 {s: m.snapshot() for s, m in self.merchants.items()})

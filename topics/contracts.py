@@ -125,6 +125,87 @@ class ReasonCode(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     text: str
 
 
+# --- analyst rules and lists (compacted topics ``rules`` and ``lists``; see the rules room)
+
+RuleId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="Stable rule id: letters, digits, `_.:-`, at most 64 characters.",
+    ),
+]
+ListName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="List name as used in expressions (`lists.<name>`): lower case, digits, `_`.",
+    ),
+]
+ListKind = Literal["card_id", "merchant_id", "device_id", "ip_range", "bin_prefix", "country"]
+#: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
+RULE_TIME_FIELDS = ("valid_from", "valid_until")
+ENTRY_TIME_FIELDS = ("valid_from", "expires")
+
+
+class Rule(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
+    """An analyst rule, published to ``rules`` (key: rule id).
+
+    ``expression`` is CEL (https://cel.dev) over the transaction's fields, the
+    features by name, ``score``, ``model_decision`` and ``lists`` (see
+    :mod:`rules.names`; compiled and checked by :mod:`rules.compile`). ``action``:
+    ``decline``, ``review``, ``approve`` (an allowlist override of the model) or ``tag``
+    (recorded only). ``mode``
+    ``shadow`` evaluates and counts but never changes a decision. The rule is in
+    force for transactions whose event time ``t`` has ``valid_from <= t <
+    valid_until`` (either bound optional). A higher ``version`` replaces a lower
+    one; ``description`` is the analyst-readable reason shown in verdicts.
+    """
+
+    id: RuleId
+    version: Annotated[int, msgspec.Meta(ge=1, description="Increases with every change.")]
+    description: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=500, description="Reason shown to analysts.")
+    ]
+    owner: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    expression: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    action: RuleAction
+    mode: RuleMode = "active"
+    priority: Annotated[
+        int, msgspec.Meta(description="Higher first when several rules hit; then id.")
+    ] = 0
+    valid_from: EpochMs | None = None
+    valid_until: EpochMs | None = None
+    enabled: bool = True
+    schema_version: int = 1
+
+    SCHEMA_VERSION = 1
+    WIRE_TIME_FIELDS = RULE_TIME_FIELDS
+
+
+class ListEntry(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
+    """One member of a named list, published to ``lists`` (key: ``<list>/<value>``).
+
+    How ``value`` matches depends on ``kind``: equal text for ``card_id``,
+    ``merchant_id``, ``device_id`` and ``country`` (ISO 3166-1 alpha-2); the
+    address inside the network for ``ip_range`` (CIDR, RFC 4632; IPv4 or IPv6; a
+    bare address is a /32 or /128); a prefix of the card's BIN for
+    ``bin_prefix`` (1-8 digits, ISO/IEC 7812). The entry is in force for event
+    times ``valid_from <= t < expires`` (either bound optional).
+    """
+
+    list: ListName
+    kind: ListKind
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    expires: EpochMs | None = None
+    valid_from: EpochMs | None = None
+    added_by: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    schema_version: int = 1
+
+    SCHEMA_VERSION = 1
+    WIRE_TIME_FIELDS = ENTRY_TIME_FIELDS
+
+
 class RuleHit(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """One business rule that matched a transaction, and what it did (or would do)."""
 
@@ -299,6 +380,11 @@ ErrorClass = Literal[
     "duplicate_conflict",
     "mis_keyed",
     "internal_error",
+    # rules and lists records the rule book refused
+    "rule_invalid",
+    "rule_compile",
+    "rule_conflict",
+    "list_invalid",
 ]
 """Why a record went to the dead-letter topic (a bounded set: it is a metric label).
 

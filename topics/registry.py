@@ -10,7 +10,15 @@ from types import MappingProxyType
 
 import msgspec
 
-from topics.contracts import DeadLetter, DriftSnapshot, Label, Prediction, Transaction
+from topics.contracts import (
+    DeadLetter,
+    DriftSnapshot,
+    Label,
+    ListEntry,
+    Prediction,
+    Rule,
+    Transaction,
+)
 
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_PARTITIONS = 8
@@ -30,6 +38,11 @@ class TopicSpec:
 
 def _config(**values: str) -> MappingProxyType[str, str]:
     return MappingProxyType({k.replace("_", "."): v for k, v in values.items()})
+
+
+#: Compacted, deletes (tombstones) kept a week so every reader sees them.
+_COMPACT = _config(cleanup_policy="compact", min_compaction_lag_ms="0",
+                   delete_retention_ms=str(7 * DAY_MS))
 
 
 TOPICS: MappingProxyType[str, TopicSpec] = MappingProxyType(
@@ -71,7 +84,23 @@ TOPICS: MappingProxyType[str, TopicSpec] = MappingProxyType(
                 DeadLetter,
                 key="original message key",
                 config=_config(retention_ms=str(30 * DAY_MS)),
-                description="Messages that failed decoding or validation, bytes kept exactly.",
+                description="Records that could not be used: a bounded copy, where, and why.",
+            ),
+            TopicSpec(
+                "rules",
+                Rule,
+                key="rule id",
+                partitions=1,  # one order for every reader
+                config=_COMPACT,
+                description="Analyst rules (CEL), compacted: the latest version per rule id.",
+            ),
+            TopicSpec(
+                "lists",
+                ListEntry,
+                key="<list>/<value>",
+                partitions=1,
+                config=_COMPACT,
+                description="Analyst list entries (blocklists, allowlists), compacted.",
             ),
         )
     }

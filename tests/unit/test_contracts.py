@@ -22,7 +22,7 @@ def test_version_bumps_keep_the_old_schema_files() -> None:
     versions = {name: spec.contract.SCHEMA_VERSION  # type: ignore[attr-defined]
                 for name, spec in TOPICS.items()}
     assert versions == {"transactions": 2, "predictions": 2, "dead-letter": 2, "labels": 1,
-                        "drift": 1}
+                        "drift": 1, "rules": 1, "lists": 1}
     for name, version in versions.items():
         for v in range(1, version + 1):
             assert (SCHEMA_DIR / f"{name}.v{v}.json").is_file()
@@ -80,7 +80,8 @@ def test_prediction_v2_fields_round_trip_and_are_omitted_when_default() -> None:
 
 
 def test_every_topic_has_a_versioned_contract() -> None:
-    assert set(TOPICS) == {"transactions", "predictions", "labels", "drift", "dead-letter"}
+    assert set(TOPICS) == {"transactions", "predictions", "labels", "drift", "dead-letter",
+                           "rules", "lists"}
     for spec in TOPICS.values():
         assert spec.contract.SCHEMA_VERSION >= 1  # type: ignore[attr-defined]
         assert spec.partitions >= 1
