@@ -11,7 +11,7 @@ default:
 
 # the end-to-end demo on the embedded broker (see README: Quick start)
 demo *ARGS:
-    {{python}} -m flows.demo {{ARGS}}
+    {{python}} -m demo {{ARGS}}
 
 # lint, types and every test tier (unit, flow, integration); the CI command
 test *ARGS: lint types
@@ -19,7 +19,7 @@ test *ARGS: lint types
 
 # only the fast, pure tests
 test-unit *ARGS:
-    {{python}} -m pytest tests/unit topics state export training flows {{ARGS}}
+    {{python}} -m pytest tests/unit topics state export training flows devkit demo {{ARGS}}
 
 # ruff: pyflakes, pycodestyle, isort, bugbear, docstrings
 lint:
@@ -35,19 +35,23 @@ schemas:
 
 # run a development broker in the foreground (Tansu, memory only)
 broker *ARGS:
-    {{python}} -m topics.broker {{ARGS}}
+    {{python}} -m devkit.broker {{ARGS}}
 
 # create every topic of the registry, idempotently
 topics *ARGS:
-    {{python}} -m topics.admin {{ARGS}}
+    {{python}} -m devkit.topics {{ARGS}}
 
 # produce transactions (synthetic or from a file); --help for options
 produce *ARGS:
-    {{python}} -m topics.produce {{ARGS}}
+    {{python}} -m devkit.produce {{ARGS}}
 
 # print records of a topic; --help for options
 tail TOPIC *ARGS:
-    {{python}} -m topics.tail {{TOPIC}} {{ARGS}}
+    {{python}} -m devkit.tail {{TOPIC}} {{ARGS}}
+
+# publish fraud labels from a CSV, Parquet or JSON-lines file; --help for options
+labels FILE *ARGS:
+    {{python}} -m devkit.labels {{FILE}} {{ARGS}}
 
 # simulate a labelled history (Parquet) with fraud scenarios
 simulate *ARGS:

@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from flows.process import FlowProcess
+from devkit.process import FlowProcess
 from topics.admin import ensure_topics
-from topics.produce import produce_waiting
+from topics.producer import produce_waiting
 from topics.settings import KafkaSettings
 
 PARTITIONS = 8
@@ -224,6 +224,6 @@ class Env:
 
 def producer(settings: KafkaSettings, **config: Any) -> Producer:
     """The load generator's producer: the CLI's defaults (linger 5 ms, lz4, acks=all)."""
-    from topics.produce import PRODUCER_DEFAULTS
+    from topics.producer import PRODUCER_DEFAULTS
 
     return Producer(settings.client_config(**{**PRODUCER_DEFAULTS, **config}))

@@ -49,9 +49,9 @@ def build_flow(settings: KafkaSettings, batch_max: int = 1000) -> Dataflow:
     flow = Dataflow("bench-passthrough")
     msgs = kafka.read("transactions-in", flow, settings, "transactions", batch_size=batch_max)
     txns = decode("decode-transactions", msgs, TransactionDecoder())
-    op.output("dead-letter-out", txns.errs, kafka.sink(settings, "dead-letter"))
+    kafka.write("dead-letter-out", txns.errs, settings, "dead-letter")
     verdicts = op.flat_map_batch("verdict", txns.oks, _verdicts)
-    op.output("predictions-out", verdicts, kafka.sink(settings, "predictions"))
+    kafka.write("predictions-out", verdicts, settings, "predictions")
     return flow
 
 

@@ -2,7 +2,7 @@
 
     python bench/rules_bench.py [--batch 256] [--batches 40] [--rounds 5] [--json]
 
-Each batch holds synthetic transactions (topics.synthetic) with a random
+Each batch holds synthetic transactions (training.simulate.transaction_stream) with a random
 feature matrix of the running spec, model scores and decisions; the book holds
 typical lists (10,000 blocked cards, 1,000 IP ranges, 200 BIN prefixes, 30
 countries, 5,000 devices, some with expiry). The rule set mixes the common
@@ -26,7 +26,7 @@ from rules.batch import RuleBatch
 from rules.book import Applied, Message, RuleBook
 from rules.contracts import ListEntry, Rule, list_key
 from state.spec import FEATURE_NAMES
-from topics.synthetic import synthetic_transactions
+from training.simulate import transaction_stream
 
 TEMPLATES = [
     ('channel == "ecom" && amount_reference > {a}.0 && card_country_changed > 0.5 '
@@ -83,7 +83,7 @@ def list_entries(rng: np.random.Generator, cards: list[str]) -> list[ListEntry]:
 
 def batches(count: int, size: int, seed: int = 7) -> list[RuleBatch]:
     rng = np.random.default_rng(seed)
-    txns = list(synthetic_transactions(count * size, seed=seed, cards=5_000))
+    txns = list(transaction_stream(count * size, seed=seed, cards=5_000))
     names = tuple(FEATURE_NAMES)
     out = []
     for b in range(count):

@@ -40,9 +40,9 @@ from bench.harness import Env, Phases, say  # noqa: E402
 from bench.latency import WARMUP, latency  # noqa: E402
 from bench.report import machine, markdown, targets  # noqa: E402
 from bench.throughput import throughput  # noqa: E402
-from topics.broker import EmbeddedBroker  # noqa: E402
+from devkit.broker import EmbeddedBroker  # noqa: E402
+from devkit.produce import produce_transactions  # noqa: E402
 from topics.contracts import Transaction  # noqa: E402
-from topics.produce import produce_transactions  # noqa: E402
 from topics.settings import KafkaSettings  # noqa: E402
 from training.simulate import SimConfig, simulated_history  # noqa: E402
 

@@ -44,7 +44,7 @@ def _metadata(lifecycle: Lifecycle, version: str) -> Any:
 def read_drift_snapshots(path: Path | None) -> list[Any]:
     """Drift snapshots from a JSON-lines file, or from the ``drift`` topic of the broker.
 
-    The topic is read by assignment (no consumer group) with :func:`topics.tail.read_topic`.
+    The topic is read by assignment (no consumer group) with :func:`topics.reader.read_topic`.
     Raises :class:`FraudStreamError` when no broker is configured.
     """
     import msgspec
@@ -54,9 +54,9 @@ def read_drift_snapshots(path: Path | None) -> list[Any]:
     if path is not None:
         lines = Path(path).read_text().splitlines()
         return [msgspec.json.decode(line, type=DriftSnapshot) for line in lines if line.strip()]
-    from topics.broker import running_dev_broker
+    from topics.devbroker import running_dev_broker
+    from topics.reader import read_topic
     from topics.settings import KafkaSettings
-    from topics.tail import read_topic
 
     settings = KafkaSettings.from_env()
     if not settings.bootstrap_servers:

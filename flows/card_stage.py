@@ -53,6 +53,8 @@ class CardResult(NamedTuple):
     body: int
     row: np.ndarray | None
     """Card group (float32); None for a repeat whose row the card store no longer keeps."""
+    carded: float = 0.0
+    """When the card stage was done with it (epoch seconds; per-stage latency)."""
 
 
 def merge_partitions(values: Sequence[Sourced[Transaction]]) -> list[Sourced[Transaction]]:
@@ -184,6 +186,7 @@ class CardLogic(StatefulBatchLogic[Sourced[Transaction], CardResult | DeadLetter
             for s in ordered
         ]
         outs = store.process(items)
+        carded = self._clock()
         result: list[CardResult | DeadLetterRecord] = []
         for s, it, out in zip(ordered, items, outs, strict=True):
             if out.kind == cs.CONFLICT:
@@ -191,7 +194,7 @@ class CardLogic(StatefulBatchLogic[Sourced[Transaction], CardResult | DeadLetter
                 result.append(conflict_letter(s, self._topic, out.first.partition,
                                               out.first.offset))
             else:
-                result.append(CardResult(s, it.features, it.body, out.row))
+                result.append(CardResult(s, it.features, it.body, out.row, carded))
         return result
 
     def snapshot(self) -> CardSnapshot:

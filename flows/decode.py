@@ -42,6 +42,8 @@ class Sourced(NamedTuple, Generic[T]):
     event_ms: int
     """The time the windows use: the record's event (or label) time, clamped to
     ``ingest_ms`` when it was further ahead than the allowed skew."""
+    fetched: float = 0.0
+    """When the source handed the record on (epoch seconds; per-stage latency)."""
 
     @property
     def clamped(self) -> bool:
@@ -132,7 +134,7 @@ def classify(
         if used is not None:
             if used != t:
                 metrics.CLAMPED.labels(topic=msg.topic).inc()
-            return Sourced(result, partition, offset, ingest_ms, used)
+            return Sourced(result, partition, offset, ingest_ms, used, msg.fetched)
         result = Rejection(
             "future_event_time",
             f"{'event_time' if isinstance(result, Transaction) else 'label_time'}: "

@@ -204,7 +204,7 @@ def topic_identity(settings: KafkaSettings, topic: str, timeout: float = 10.0) -
     if found is None:
         raise TopicMissingError(
             f"topic {topic!r} does not exist on {settings.bootstrap_servers}; create the topics "
-            "with `just topics` (python -m topics.admin)", topic)
+            "with `just topics` (python -m devkit.topics)", topic)
     return found
 
 

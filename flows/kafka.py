@@ -9,13 +9,16 @@ frozen dataclasses, which cost about 2 µs per message in the hot loop.
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
@@ -25,10 +28,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from flows import lifecycle
+from flows import lifecycle, metrics
 from topics.admin import partition_count
 from topics.errors import BrokerError
-from topics.produce import produce_waiting
+from topics.producer import produce_waiting
 from topics.settings import KafkaSettings
 
 
@@ -42,6 +45,8 @@ class RawRecord(NamedTuple):
     offset: int
     timestamp_ms: int
     """Kafka record timestamp (0: none)."""
+    fetched: float = 0.0
+    """When the source handed it to the dataflow (epoch seconds; per-stage latency)."""
 
 
 class SinkRecord(NamedTuple):
@@ -49,6 +54,8 @@ class SinkRecord(NamedTuple):
 
     key: bytes | None
     value: bytes
+    scored: float = 0.0
+    """When it was made (epoch seconds; 0: not timed), for the sink's stage latency."""
 
 
 #: Consumer defaults (``FRAUD_KAFKA_*`` overrides them). A short fetch wait keeps latency
@@ -73,58 +80,130 @@ def consumed_offsets() -> dict[tuple[str, int], int]:
     return dict(CONSUMED)
 
 
-class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
-    """One topic partition; its snapshot is the next offset to read."""
+class _TopicReader:
+    """One consumer per process and topic, feeding that process's partitions of the topic.
 
-    def __init__(
-        self, step_id: str, config: dict[str, Any], topic: str, partition: int, offset: int,
-        batch_size: int,
-    ) -> None:
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self._batch_size = batch_size
-        self._eof = False
-        self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(
-            step_id=step_id, topic=topic, partition=partition
-        )
+    Bytewax builds one source partition per topic partition; with a consumer each,
+    a process would keep a fetch session per partition (eight per topic, eighteen
+    for the flow's inputs), every one polled in turn. Here one consumer is assigned
+    every partition the process reads (each at its own resume offset), so the
+    broker answers one fetch per topic, and a poll hands each partition its
+    records. Polls never block.
+    """
+
+    _readers: dict[tuple[int, str], _TopicReader] = {}
+
+    def __init__(self, key: tuple[int, str], step_id: str, topic: str,
+                 config: dict[str, Any]) -> None:
+        self.key = key
+        self.topic = topic
+        self.step_id = step_id
+        self.queues: dict[int, deque[RawRecord]] = {}
+        self.eof: set[int] = set()
+        self.lag: dict[int, Any] = {}
+        self.next_offset: dict[int, int] = {}
         self._consumer = Consumer({**config, "stats_cb": self._on_stats})
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._open = 0
+
+    @classmethod
+    def of(cls, source: object, step_id: str, topic: str, config: dict[str, Any]
+           ) -> _TopicReader:
+        """The process's reader for ``source``'s input step (created on first use)."""
+        key = (id(source), step_id)
+        found = cls._readers.get(key)
+        if found is None:
+            found = cls._readers[key] = cls(key, step_id, topic, config)
+        return found
+
+    def add(self, partition: int, offset: int) -> None:
+        """Start reading ``partition`` at ``offset``."""
+        self.queues[partition] = deque()
+        self.lag[partition] = BYTEWAX_CONSUMER_LAG_GAUGE.labels(
+            step_id=self.step_id, topic=self.topic, partition=partition)
+        self._consumer.incremental_assign([TopicPartition(self.topic, partition, offset)])
+        self._open += 1
         if offset >= 0:
-            CONSUMED[(topic, partition)] = offset
+            CONSUMED[(self.topic, partition)] = offset
 
     def _on_stats(self, stats: str) -> None:
-        found = json.loads(stats)["topics"].get(self._topic, {}).get("partitions", {})
-        end = found.get(str(self._partition), {}).get("ls_offset", -1)
-        if self._offset > 0 and end >= 0:
-            self._lag.set(end - self._offset)
+        found = json.loads(stats)["topics"].get(self.topic, {}).get("partitions", {})
+        for partition, gauge in self.lag.items():
+            end = found.get(str(partition), {}).get("ls_offset", -1)
+            offset = self.next_offset.get(partition, 0)
+            if offset > 0 and end >= 0:
+                gauge.set(end - offset)
 
-    def next_batch(self) -> list[RawRecord]:
-        lifecycle.check_stop()  # a requested stop ends the input: the dataflow drains
-        if self._eof:
-            raise StopIteration
-        out: list[RawRecord] = []
-        append = out.append
-        topic, partition = self._topic, self._partition
-        for msg in self._consumer.consume(self._batch_size, 0.001):
+    def fill(self, batch_size: int) -> None:
+        """Move what the consumer has fetched into the partitions' queues."""
+        topic, queues = self.topic, self.queues
+        fetched = time.time()
+        for msg in self._consumer.consume(batch_size * max(1, len(queues)), 0):
             error = msg.error()
+            partition = int(msg.partition() or 0)
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self._eof = True  # emit this batch, stop at the next call
-                    break
+                    self.eof.add(partition)
+                    continue
                 raise BrokerError(f"error consuming from {topic!r} partition {partition}: "
                                   f"{error}; the flow stops and resumes from its snapshot")
             kind, ts = msg.timestamp()
-            append(RawRecord(msg.key(), msg.value(), topic, partition, msg.offset() or 0,
-                             ts if kind != TIMESTAMP_NOT_AVAILABLE else 0))
+            queues[partition].append(RawRecord(
+                msg.key(), msg.value(), topic, partition, msg.offset() or 0,
+                ts if kind != TIMESTAMP_NOT_AVAILABLE else 0, fetched))
+
+    def close(self) -> None:
+        """Close the consumer once the last partition is done."""
+        self._open -= 1
+        if self._open <= 0:
+            self._consumer.close()
+            self._readers.pop(self.key, None)
+
+
+class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
+    """One topic partition, read through its process's :class:`_TopicReader`.
+
+    Its snapshot is the next offset to read. After an empty poll the partition
+    is asked again in ``idle_s`` (Bytewax's own default, 1 ms, when None), so idle
+    topics cost next to nothing.
+    """
+
+    def __init__(
+        self, reader: _TopicReader, partition: int, offset: int, batch_size: int,
+        idle_s: float | None = None,
+    ) -> None:
+        self._reader, self._partition, self._offset = reader, partition, offset
+        self._batch_size = batch_size
+        self._idle_s = idle_s
+        self._awake: datetime | None = None
+        reader.add(partition, offset)
+        self._queue = reader.queues[partition]
+
+    def next_batch(self) -> list[RawRecord]:
+        lifecycle.check_stop()  # a requested stop ends the input: the dataflow drains
+        queue, reader, partition = self._queue, self._reader, self._partition
+        if not queue:
+            reader.fill(self._batch_size)
+            if not queue and partition in reader.eof:
+                raise StopIteration
+        n = min(len(queue), self._batch_size)
+        out = [queue.popleft() for _ in range(n)]
         if out:
             self._offset = out[-1].offset + 1
-            CONSUMED[(topic, partition)] = self._offset
+            reader.next_offset[partition] = self._offset
+            CONSUMED[(reader.topic, partition)] = self._offset
+            self._awake = None
+        elif self._idle_s is not None:
+            self._awake = datetime.fromtimestamp(time.time() + self._idle_s, tz=UTC)
         return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> int:
         return self._offset
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
@@ -132,11 +211,12 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
 
     def __init__(
         self, settings: KafkaSettings, topic: str, *, tail: bool, batch_size: int,
-        config: dict[str, str] | None = None,
+        config: dict[str, str] | None = None, idle_s: float | None = None,
     ) -> None:
         self._settings, self._topic = settings, topic
         self._tail, self._batch_size = tail, batch_size
         self._config = config or {}
+        self._idle_s = idle_s
 
     def list_parts(self) -> list[str]:
         """Bytewax's partition names: ``<index>-<topic>``."""
@@ -145,7 +225,7 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None
                    ) -> _SourcePartition:
-        """A consumer assigned to one partition at the resumed (or first) offset."""
+        """One partition at the resumed (or first) offset, read by the topic's shared consumer."""
         index, topic = for_part.split("-", 1)
         config: dict[str, Any] = {
             **SOURCE_DEFAULTS,
@@ -156,37 +236,64 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
             **self._settings.client_config(),
         }
         start = OFFSET_BEGINNING if resume_state is None else resume_state
-        return _SourcePartition(step_id, config, topic, int(index), start, self._batch_size)
+        reader = _TopicReader.of(self, step_id, topic, config)
+        return _SourcePartition(reader, int(index), start, self._batch_size, self._idle_s)
 
 
 def source(
     settings: KafkaSettings, logical: str, *, tail: bool = True, batch_size: int = 1000,
-    config: dict[str, str] | None = None,
+    config: dict[str, str] | None = None, idle_s: float | None = None,
 ) -> LeanKafkaSource:
     """Read one registry topic from the beginning; offsets live in Bytewax's recovery store.
 
     ``config`` overrides :data:`SOURCE_DEFAULTS` for this topic (``FRAUD_KAFKA_*``
-    still wins). A consumer error stops the flow (it resumes from its last
-    snapshot), so only records reach the stream.
+    still wins). ``idle_s``: after an empty poll, ask that partition again this much
+    later (None: 1 ms; labels and rules can wait longer). A consumer error stops the
+    flow (it resumes from its last snapshot), so only records reach the stream.
     """
     return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size,
-                           config=config)
+                           config=config, idle_s=idle_s)
 
 
 def read(
     step_id: str, flow: Dataflow, settings: KafkaSettings, logical: str,
-    **options: int | bool | dict[str, str],
+    **options: int | bool | float | dict[str, str],
 ) -> Stream[RawRecord]:
     """Input step over one registry topic (``options``: see :func:`source`)."""
     return op.input(step_id, flow, source(settings, logical, **options))  # type: ignore[arg-type]
 
 
-#: Producer defaults for the flow's outputs (``FRAUD_KAFKA_*`` overrides them).
-SINK_DEFAULTS = {"linger.ms": "1", "compression.type": "lz4"}
+#: Producer defaults for the flow's outputs (``FRAUD_KAFKA_*`` overrides them). A short
+#: linger groups a few milliseconds of verdicts into one record batch: brokers (the embedded
+#: one especially) fetch faster from fewer, larger batches.
+SINK_DEFAULTS = {"linger.ms": "2", "compression.type": "lz4"}
+#: Sink partitions (items are spread over them by key; each is written by one worker).
+SINK_PARTS = 8
 
 
-class _CheckedPartition(StatelessSinkPartition[SinkRecord]):
-    """Produce a batch, wait for its acknowledgements, and fail loudly if any was lost."""
+class _Deliveries:
+    """One producer per process and sink configuration, shared by its partitions."""
+
+    _producers: dict[tuple[tuple[str, str], ...], Producer] = {}
+
+    @classmethod
+    def producer(cls, config: dict[str, Any]) -> Producer:
+        key = tuple(sorted((k, str(v)) for k, v in config.items()))
+        found = cls._producers.get(key)
+        if found is None:
+            found = cls._producers[key] = Producer(config)
+        return found
+
+
+class _CheckedPartition(StatefulSinkPartition[SinkRecord, None]):
+    """Produce without waiting; before Bytewax snapshots an epoch, wait for every ack.
+
+    ``write_batch`` hands records to the producer and returns at once, so the worker
+    goes on scoring while the broker acknowledges. ``snapshot`` (called at the end of
+    each epoch, before the epoch's recovery snapshot is committed) flushes and fails
+    loudly if any record was not delivered: an epoch is never committed ahead of its
+    outputs, so a crash still loses nothing (at-least-once, as Bytewax's own sink).
+    """
 
     def __init__(self, producer: Producer, topic: str) -> None:
         self._producer = producer
@@ -197,12 +304,17 @@ class _CheckedPartition(StatelessSinkPartition[SinkRecord]):
         if err is not None:
             self._failures.append(str(err))
 
-    def write_batch(self, items: list[SinkRecord]) -> None:
-        for key, value in items:
+    def write_batch(self, values: list[SinkRecord]) -> None:
+        handed = time.time()
+        for key, value, *_ in values:
             produce_waiting(self._producer, self._topic, value, key, self._on_delivery)
-        # Acknowledged before the batch counts as written, as Bytewax's own sink does, so
-        # an epoch is never committed ahead of its outputs (at-least-once).
-        self._producer.flush()
+        self._producer.poll(0)  # serve delivery reports of earlier batches
+        self._check()
+        scored = values[-1][2] if len(values[-1]) > 2 else 0.0
+        if scored:
+            metrics.STAGE_SECONDS.labels(stage="sink").observe(max(0.0, handed - scored))
+
+    def _check(self) -> None:
         if self._failures:
             first, count = self._failures[0], len(self._failures)
             raise BrokerError(
@@ -210,28 +322,53 @@ class _CheckedPartition(StatelessSinkPartition[SinkRecord]):
                 "the flow stops so that recovery produces them again"
             )
 
+    def snapshot(self) -> None:
+        started = time.time()
+        self._producer.flush()
+        metrics.STAGE_SECONDS.labels(stage="ack").observe(time.time() - started)
+        self._check()
+
     def close(self) -> None:
         self._producer.flush()
+        self._check()
 
 
-class CheckedSink(DynamicSink[SinkRecord]):
-    """Bytewax's ``KafkaSink``, except that an unacknowledged record stops the flow.
+class CheckedSink(FixedPartitionedSink[SinkRecord, None]):
+    """Bytewax's ``KafkaSink``, except that no record is lost silently and no batch waits.
 
     Bytewax's sink ignores delivery reports, so a record that failed after its
-    retries would vanish; here the flow stops and recovery produces it again.
+    retries would vanish; here the flow stops and recovery produces it again. And
+    instead of waiting for the broker after every batch (which holds the worker,
+    so every transaction behind it waits too), it waits once per epoch, before the
+    epoch's snapshot. Items are ``(key, record)``; the key spreads them over
+    :data:`SINK_PARTS` partitions.
     """
 
     def __init__(self, settings: KafkaSettings, logical: str) -> None:
         self._config = {**SINK_DEFAULTS, **settings.client_config()}
         self._topic = settings.topic(logical)
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _CheckedPartition:
-        """One producer per worker."""
-        return _CheckedPartition(Producer(self._config), self._topic)
+    def list_parts(self) -> list[str]:
+        """The same partition names on every worker."""
+        return [str(i) for i in range(SINK_PARTS)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None
+                   ) -> _CheckedPartition:
+        """A partition writing through the process's shared producer."""
+        return _CheckedPartition(_Deliveries.producer(self._config), self._topic)
 
 
 def sink(settings: KafkaSettings, logical: str) -> CheckedSink:
-    """The sink for one registry topic."""
+    """The sink for one registry topic (its input: ``(key, SinkRecord)`` pairs)."""
     return CheckedSink(settings, logical)
+
+
+def keyed(record: SinkRecord | Any) -> tuple[str, Any]:
+    """``(routing key, record)`` for :class:`CheckedSink`."""
+    key = record[0]
+    return (key.decode("utf-8", "replace") if key else ""), record
+
+
+def write(step_id: str, up: Stream[Any], settings: KafkaSettings, logical: str) -> None:
+    """Output step: ``up``'s records (:class:`SinkRecord` or alike) to one registry topic."""
+    op.output(step_id, op.map(f"{step_id}-key", up, keyed), sink(settings, logical))

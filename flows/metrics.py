@@ -69,6 +69,15 @@ BATCH_SECONDS = Histogram(
     "fraud_scoring_batch_seconds", "Time to compute features, score and decide one batch.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+STAGE_SECONDS = Histogram(
+    "fraud_stage_seconds",
+    "Where a verdict's time goes (one transaction in 8, and the last record of each sink "
+    "batch): broker = Kafka timestamp to fetched by the source, card = fetched to card "
+    "stage done, merchant = card stage done to verdict made (features, model, rules), "
+    "sink = made to handed to the producer, ack = handed to acknowledged by the broker.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
 LATENCY_SECONDS = Histogram(
     "fraud_end_to_end_latency_seconds",
     "From the transaction's Kafka timestamp (ingest) to its verdict being scored.",

@@ -273,7 +273,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
     label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels",
-                            config={"fetch.wait.max.ms": "200"})
+                            config={"fetch.wait.max.ms": "200"}, idle_s=0.05)
     labels = decode(
         "decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes, future), skew,
     )
@@ -292,8 +292,10 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     # Rules and lists: every merchant shard keeps a rule book, so each gets every record.
     rule_msgs = op.merge(
         "rule-records",
-        kafka.read("rules-in", flow, settings.kafka, "rules", config={"fetch.wait.max.ms": "200"}),
-        kafka.read("lists-in", flow, settings.kafka, "lists", config={"fetch.wait.max.ms": "200"}),
+        kafka.read("rules-in", flow, settings.kafka, "rules", idle_s=0.1,
+                   config={"fetch.wait.max.ms": "200"}),
+        kafka.read("lists-in", flow, settings.kafka, "lists", idle_s=0.1,
+                   config={"fetch.wait.max.ms": "200"}),
     )
     to_shards = op.flat_map("broadcast-rules", rule_msgs, lambda r: broadcast(r, shards))
     scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
@@ -302,13 +304,13 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
                                       drift.flush_seconds),
     ))
     verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkRecord))
-    op.output("predictions-out", verdicts.trues, kafka.sink(settings.kafka, "predictions"))
+    kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions")
     rest: Any = op.branch("split-drift", verdicts.falses,
                           lambda x: isinstance(x, DriftPartial))
     dead: Stream[Any] = op.merge("dead-letters", txns.errs, labels.errs,
                     cast(Stream[DeadLetterRecord], carded.falses),
                     cast(Stream[DeadLetterRecord], rest.falses))
-    op.output("dead-letter-out", dead, kafka.sink(settings.kafka, "dead-letter"))
+    kafka.write("dead-letter-out", dead, settings.kafka, "dead-letter")
     partials = op.key_on("key-drift", cast(Stream[DriftPartial], rest.trues), lambda _: "all")
     snapshots = op.stateful_batch(
         "drift", partials, lambda resumed: _DriftLogic(drift_aggregator(drift, shards, resumed))
@@ -317,7 +319,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         "encode-drift", op.key_rm("unkey-drift", snapshots),
         lambda s: SinkRecord(f"{s.window_start}/{s.model_version}".encode(), _encode(s)),
     )
-    op.output("drift-out", drift_msgs, kafka.sink(settings.kafka, "drift"))
+    kafka.write("drift-out", drift_msgs, settings.kafka, "drift")
     return flow
 
 

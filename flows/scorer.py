@@ -162,6 +162,7 @@ class MerchantScorer:
             return self._render([results[i] for i in positions], matrix, live, shadow)
 
         outs, joins = self.store.process(items, render)
+        now = self.clock()
         out: list[SinkRecord | DeadLetterRecord] = []
         fresh: list[int] = []
         replays: list[int] = []
@@ -177,7 +178,7 @@ class MerchantScorer:
                             "the recent-row retention); skipped", r.item.value.transaction_id)
                 continue
             assert o.output is not None
-            out.append(SinkRecord(key, o.output))
+            out.append(SinkRecord(key, o.output, now))
             if o.kind == ms.FRESH:
                 fresh.append(i)
             elif o.kind == ms.REPLAY:
@@ -247,7 +248,8 @@ class MerchantScorer:
         self._scored = {"live": live, "shadow": shadow, "scores": scores,
                         "decisions": decisions, "shadow_scores": shadow_scores,
                         "shadow_decisions": shadow_decisions}
-        now_ms = int(self.clock() * 1000)
+        now = self.clock()
+        now_ms = int(now * 1000)
         version, spec_version = live.version, live.model.feature_spec_version
         shadow_version = shadow.version if shadow is not None else None
         currency = self.reference_currency
@@ -285,6 +287,11 @@ class MerchantScorer:
                 prediction.shadow_model_version = shadow_version
             out.append(_encode(prediction))
             metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
+            if item.offset % 8 == 0 and item.fetched:  # stage timings, sampled
+                stage = metrics.STAGE_SECONDS.labels
+                stage(stage="broker").observe(max(0.0, item.fetched - item.ingest_ms / 1000))
+                stage(stage="card").observe(max(0.0, r.carded - item.fetched))
+                stage(stage="merchant").observe(max(0.0, now - r.carded))
         for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
             metrics.VERDICTS.labels(decision=str(decision), model_version=version).inc(int(count))
         metrics.TRANSACTIONS_IN.inc(len(results))

@@ -64,7 +64,7 @@ def ensure_topics(settings: KafkaSettings) -> tuple[str, str]:
 
 def read_book(settings: KafkaSettings, names: tuple[str, str]) -> RuleBook:
     """The current state: both compacted topics read to their end into a :class:`RuleBook`."""
-    from topics.tail import iter_topic
+    from topics.reader import iter_topic
 
     book = RuleBook()
     for topic, name in zip(("rules", "lists"), names, strict=True):
@@ -79,7 +79,7 @@ def publish(
     """Produce ``(key, value)`` records in order and wait for every acknowledgement."""
     from confluent_kafka import Producer
 
-    from topics.produce import produce_waiting
+    from topics.producer import produce_waiting
 
     options: dict[str, str | int | bool] = {"acks": "all", "linger.ms": 5,
                                             "log.connection.close": False}
@@ -140,7 +140,7 @@ def plan_rules(book: RuleBook, raw: list[dict[str, Any]], *, update: bool) -> li
 def _rules_table(book: RuleBook) -> Any:
     from rich.table import Table
 
-    from topics.tail import iso_ms
+    from devkit.tail import iso_ms
 
     table = Table(title=f"rules (rule set {book.version})")
     for column in ("id", "v", "action", "mode", "prio", "enabled", "valid", "description",
@@ -159,7 +159,7 @@ def _rules_table(book: RuleBook) -> Any:
 def _entries_table(book: RuleBook) -> Any:
     from rich.table import Table
 
-    from topics.tail import iso_ms
+    from devkit.tail import iso_ms
 
     table = Table(title="list entries")
     for column in ("list", "kind", "value", "valid from", "expires", "added by", "reason"):
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per s
     """Entry point of ``python -m rules.cli``."""
     from rich.console import Console
 
+    from devkit.broker import connect
     from rules.files import read_rules_file
-    from topics.broker import connect
 
     args = _parse_args(argv)
     console = Console()

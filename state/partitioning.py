@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -40,6 +42,10 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def murmur2_partition(key: str, n_partitions: int) -> int:
-    """Partition of a UTF-8 record key under the Java-compatible murmur2 partitioner."""
+    """Partition of a UTF-8 record key under the Java-compatible murmur2 partitioner.
+
+    Cached: the flow asks for the same cards and merchants again and again.
+    """
     return (murmur2(key.encode()) & 0x7FFFFFFF) % n_partitions

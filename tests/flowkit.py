@@ -1,7 +1,7 @@
 """Running the real scoring flow on the embedded broker: topic sets, environment, collectors.
 
 Shared by the integration tests that start ``python -m bytewax.run flows.score``
-through :class:`~flows.process.FlowProcess`.
+through :class:`~devkit.process.FlowProcess`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import msgspec
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows.process import FlowProcess
+from devkit.process import FlowProcess
 from topics.contracts import DeadLetter, Prediction, Transaction
 from topics.settings import KafkaSettings
 

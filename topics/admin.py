@@ -1,20 +1,18 @@
-"""Create the registry's topics idempotently (``just topics``, ``python -m topics.admin``).
+"""Topic administration: create the registry's topics idempotently, read partition counts.
 
 Every topic in :data:`topics.registry.TOPICS` is created with its partition
 count and configs. A topic that already exists is left alone; if it has fewer
 partitions than the registry asks for, that is reported (key-to-partition
 mapping would change if partitions were added, so we never add them silently).
+The command line over these functions is ``just topics`` (:mod:`devkit.topics`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from topics.cli import run_cli
 from topics.errors import BrokerError, ConfigError
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
@@ -77,7 +75,7 @@ def partition_count(settings: KafkaSettings, topic: str) -> int:
     if not found:
         raise ConfigError(
             f"topic {topic!r} does not exist on {settings.bootstrap_servers}; "
-            "create the topics with `just topics` (python -m topics.admin)"
+            "create the topics with `just topics` (python -m devkit.topics)"
         )
     return found
 
@@ -136,82 +134,3 @@ def ensure_topics(
     return {
         s.name: s.status for s in ensure_topic_states(settings, partitions_override, timeout)
     }
-
-
-def format_table(rows: list[list[str]], header: list[str]) -> str:
-    """A plain-text table with left-aligned columns.
-
-    >>> print(format_table([["a", "1"]], ["name", "n"]))
-    name  n
-    ----  -
-    a     1
-    """
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in lines)
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m topics.admin",
-        description=(
-            "Create every topic of the registry (topics/registry.py) with its partitions and "
-            "configs; existing topics are left as they are. Prints a table of what it found."
-        ),
-        epilog=(
-            f"environment: {BOOTSTRAP_ENV}=host:port selects the broker (unset: the dev broker "
-            "of `just broker`, else an embedded broker for this command only); "
-            "FRAUD_TOPIC_PREFIX prefixes every topic name; FRAUD_TOPIC_<NAME> (e.g. "
-            "FRAUD_TOPIC_DEAD_LETTER) overrides one name; FRAUD_KAFKA_<PROPERTY> passes a "
-            "librdkafka option (dots as underscores, e.g. FRAUD_KAFKA_SECURITY_PROTOCOL)."
-        ),
-    )
-    parser.add_argument(
-        "--list", action="store_true",
-        help="only list the registry topics and what exists on the broker; create nothing",
-    )  # fmt: skip
-    parser.add_argument(
-        "--partitions", type=int, default=None, metavar="N",
-        help="create missing topics with N partitions instead of the registry's count",
-    )  # fmt: skip
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m topics.admin``."""
-    from topics.broker import connect
-
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-
-    def body() -> None:
-        with connect(create_topics=False) as settings:
-            if args.list:
-                found = topic_partitions(settings)
-                rows = [
-                    [
-                        logical,
-                        settings.topic(logical),
-                        str(spec.partitions),
-                        str(found[settings.topic(logical)])
-                        if settings.topic(logical) in found else "-",
-                        "present" if settings.topic(logical) in found else "missing",
-                    ]
-                    for logical, spec in TOPICS.items()
-                ]
-                others = sorted(set(found) - {settings.topic(name) for name in TOPICS})
-                rows += [["", name, "", str(found[name]), "not in registry"] for name in others]
-            else:
-                rows = [
-                    [s.logical, s.name, str(s.wanted_partitions), str(s.partitions),
-                     s.status + (f" — {s.note}" if s.note else "")]
-                    for s in ensure_topic_states(settings, args.partitions)
-                ]  # fmt: skip
-            print(f"broker: {settings.bootstrap_servers}")
-            print(format_table(rows, ["logical", "topic", "wanted", "partitions", "status"]))
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

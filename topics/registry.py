@@ -1,6 +1,6 @@
 """The topic registry: every topic's logical name, key, partitions and configs, in one place.
 
-``just topics`` (``python -m topics.admin``) creates them idempotently.
+``just topics`` (``python -m devkit.topics``) creates them idempotently.
 """
 
 from __future__ import annotations

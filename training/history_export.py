@@ -4,7 +4,7 @@
 --out history.parquet`` (``just history``) reads both topics of the configured broker
 (:meth:`topics.settings.KafkaSettings.from_env`: ``KAFKA_BOOTSTRAP_SERVERS``,
 ``FRAUD_TOPIC_PREFIX``; else a running ``just broker``) by partition assignment, no
-consumer group and no committed offsets (:func:`topics.tail.iter_topic`), and writes
+consumer group and no committed offsets (:func:`topics.reader.iter_topic`), and writes
 the bring-your-own history format of :mod:`training.history`. Point-in-time rules:
 
 - **transactions**: validated as the flow validates them
@@ -114,7 +114,7 @@ def build_history(
     """History columns by the module docstring's rules, and what was skipped.
 
     Records have ``.value``, ``.timestamp_ms``, ``.partition``, ``.offset``
-    (:class:`topics.tail.Record`).
+    (:class:`topics.reader.Record`).
     """
     from topics.validation import LabelDecoder, TransactionDecoder
 
@@ -187,7 +187,7 @@ def export_history(
     """Read both topics of ``settings`` and write the history file ``out``."""
     import pandas as pd
 
-    from topics.tail import iter_topic
+    from topics.reader import iter_topic
     from training.history import write_history
 
     say = say or (lambda _m: None)
@@ -214,7 +214,7 @@ def export_history(
 
 def resolve_settings() -> Any:
     """Kafka settings from the environment, or the running ``just broker``; no embedded one."""
-    from topics.broker import running_dev_broker
+    from topics.devbroker import running_dev_broker
     from topics.settings import KafkaSettings
 
     settings = KafkaSettings.from_env()

@@ -500,7 +500,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> p
 def simulated_history(cfg: SimConfig) -> History:
     """The simulated history as a :class:`training.history.History`.
 
-    Feed ``topics.produce`` with ``h.transactions`` (ordered by event time) and the
+    Feed ``devkit.produce`` with ``h.transactions`` (ordered by event time) and the
     ``labels`` topic with ``training.history.labels(h)``; ``training.history.events(h)``
     merges both in stream order.
     """

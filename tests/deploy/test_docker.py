@@ -77,10 +77,10 @@ def test_compose_runs_a_two_process_cluster_with_recovery_on_volumes() -> None:
                 assert var in VARIABLES, var
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
         assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    assert services["topics"]["command"] == ["python", "-m", "topics.admin"]
+    assert services["topics"]["command"] == ["python", "-m", "devkit.topics"]
     assert "KRaft" in COMPOSE.read_text() and services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert "topics.produce" in services["producer"]["command"]
+    assert "devkit.produce" in services["producer"]["command"]
     assert "--file" in services["replay"]["command"]
 
 

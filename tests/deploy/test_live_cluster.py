@@ -26,12 +26,12 @@ import pytest
 from confluent_kafka import Producer
 
 from deploy.queries import PENDING_LIVE, ROOT, alert_rules, dashboard_queries, metric_names
+from devkit.broker import EmbeddedBroker, free_port
 from topics.admin import ensure_topics
-from topics.broker import EmbeddedBroker, free_port
 from topics.contracts import Label, Transaction
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
-from topics.synthetic import synthetic_transactions
+from training.simulate import transaction_stream
 
 pytestmark = [pytest.mark.integration]
 
@@ -136,7 +136,7 @@ def produce(
     """``count`` synthetic transactions and one invalid message."""
     producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
     topic = settings.topic("transactions")
-    txns = list(synthetic_transactions(count, seed=seed, cards=100, start_ms=start_ms))
+    txns = list(transaction_stream(count, seed=seed, cards=100, start_ms=start_ms))
     for txn in txns:
         producer.produce(topic, key=txn.card_id.encode(), value=msgspec.json.encode(txn))
     producer.produce(topic, key=b"card-x", value=b'{"transaction_id": "broken"}')

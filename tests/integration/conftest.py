@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.broker import EmbeddedBroker
 from topics.admin import ensure_topics
-from topics.broker import EmbeddedBroker
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
 

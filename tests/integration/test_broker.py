@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-import topics.broker as broker_mod
+import devkit.broker as broker_mod
+import topics.devbroker as record_mod
+from devkit.broker import EmbeddedBroker, connect
 from topics.admin import ensure_topics, topic_partitions
-from topics.broker import DevBrokerState, EmbeddedBroker, connect, pid_alive, port_answers
+from topics.devbroker import DevBrokerState, pid_alive, port_answers
 from topics.errors import BrokerError
 from topics.registry import TOPICS
 from topics.settings import KafkaSettings
@@ -67,7 +69,7 @@ def _spawn_parent(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from topics.broker import EmbeddedBroker
+        from devkit.broker import EmbeddedBroker
         b = EmbeddedBroker(log_dir={str(tmp_path)!r}).start()
         print(b.pid, flush=True)
         time.sleep(60)
@@ -120,7 +122,7 @@ def test_connect_uses_a_running_dev_broker(
 ) -> None:
     assert kafka.bootstrap_servers
     state_path = tmp_path / "broker.json"
-    monkeypatch.setattr(broker_mod, "state_file", lambda: state_path)
+    monkeypatch.setattr(record_mod, "state_file", lambda: state_path)
     DevBrokerState(kafka.bootstrap_servers, os.getpid(), os.getpid(), "log").write(state_path)
     with connect(dataclasses.replace(kafka, bootstrap_servers=None)) as settings:
         assert settings.bootstrap_servers == kafka.bootstrap_servers
@@ -128,13 +130,13 @@ def test_connect_uses_a_running_dev_broker(
     dead = subprocess.Popen(["true"])
     dead.wait()
     DevBrokerState(kafka.bootstrap_servers, dead.pid, dead.pid, "log").write(state_path)
-    assert broker_mod.running_dev_broker(state_path) is None
+    assert record_mod.running_dev_broker(state_path) is None
 
 
 def test_connect_starts_an_embedded_broker_for_the_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(broker_mod, "state_file", lambda: tmp_path / "none.json")
+    monkeypatch.setattr(record_mod, "state_file", lambda: tmp_path / "none.json")
     monkeypatch.setattr(broker_mod, "dev_dir", lambda: tmp_path)
     with connect(KafkaSettings(None)) as settings:
         assert settings.bootstrap_servers

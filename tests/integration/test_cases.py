@@ -26,15 +26,15 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 
+from devkit.broker import free_port
+from devkit.process import FlowProcess
 from flowkit import Collector, Outcome, flow_env, metric, scrape, topic_set, wait_until
-from flows.process import FlowProcess
 from state.partitioning import murmur2_partition
 from state.spec import FEATURE_NAMES
 from topics.admin import ensure_topics
-from topics.broker import free_port
 from topics.contracts import Transaction
 from topics.deadletter import raw_value
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

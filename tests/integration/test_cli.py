@@ -12,9 +12,10 @@ from confluent_kafka import Producer
 
 from state.partitioning import murmur2_partition
 from topics.contracts import DeadLetter, Label, Prediction, ReasonCode, Transaction
+from topics.reader import read_topic
+from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, TOPIC_PREFIX_ENV, KafkaSettings
-from topics.synthetic import synthetic_transactions
-from topics.tail import read_topic
+from training.simulate import transaction_stream
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def env(topics: KafkaSettings) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["topics.broker", "topics.admin", "topics.produce", "topics.tail", "topics.labels"]
+    "module", ["devkit.broker", "devkit.topics", "devkit.produce", "devkit.tail", "devkit.labels"]
 )
 def test_help_explains_options_and_environment(module: str) -> None:
     done = run([module, "--help"])
@@ -52,13 +53,13 @@ def test_help_explains_options_and_environment(module: str) -> None:
     assert "usage: python -m " + module in text
     assert BOOTSTRAP_ENV in text
     for option in {
-        "topics.broker": ["--port"],
-        "topics.admin": ["--list", "--partitions"],
-        "topics.produce": ["--count", "--cards", "--seed", "--file", "--rate", "--topic",
+        "devkit.broker": ["--port"],
+        "devkit.topics": ["--list", "--partitions"],
+        "devkit.produce": ["--count", "--cards", "--seed", "--file", "--rate", "--topic",
                            "--duplicates"],
-        "topics.labels": ["FILE", "--format", "--topic", "--fraud-only", "--check", "--rate",
+        "devkit.labels": ["FILE", "--format", "--topic", "--fraud-only", "--check", "--rate",
                           "label_time", "is_fraud"],
-        "topics.tail": [
+        "devkit.tail": [
             "--json",
             "--from-beginning",
             "--from-end",
@@ -71,24 +72,24 @@ def test_help_explains_options_and_environment(module: str) -> None:
 
 
 def test_produce_then_tail_json_gives_the_same_ids(env: dict[str, str]) -> None:
-    produced = run(["topics.produce", "--count", "1000", "--seed", "77", "--cards", "50"], env)
+    produced = run(["devkit.produce", "--count", "1000", "--seed", "77", "--cards", "50"], env)
     assert produced.returncode == 0, produced.stderr
     assert "produced 1000 transactions to " + env[TOPIC_PREFIX_ENV] + "transactions" in (
         produced.stderr
     )
-    tailed = run(["topics.tail", "transactions", "--limit", "1000", "--json"], env)
+    tailed = run(["devkit.tail", "transactions", "--limit", "1000", "--json"], env)
     assert tailed.returncode == 0, tailed.stderr
     lines = tailed.stdout.splitlines()
     decoder = msgspec.json.Decoder(Transaction)
     got = [decoder.decode(line).transaction_id for line in lines]
-    expected = [t.transaction_id for t in synthetic_transactions(1000, seed=77, cards=50)]
+    expected = [t.transaction_id for t in transaction_stream(1000, seed=77, cards=50)]
     assert len(got) == 1000 and sorted(got) == sorted(expected)
 
 
 def test_produce_with_duplicates_re_delivers_the_same_bytes(
     topics: KafkaSettings, env: dict[str, str]
 ) -> None:
-    produced = run(["topics.produce", "--count", "2000", "--seed", "5", "--cards", "50",
+    produced = run(["devkit.produce", "--count", "2000", "--seed", "5", "--cards", "50",
                     "--duplicates", "0.1", "--no-progress"], env)
     assert produced.returncode == 0, produced.stderr
     assert "re-delivered " in produced.stderr and "a simulated day later" in produced.stderr
@@ -101,7 +102,7 @@ def test_produce_with_duplicates_re_delivers_the_same_bytes(
         by_id.setdefault(txn.transaction_id, set()).add(record.value)
     assert len(by_id) == 2000 and all(len(bodies) == 1 for bodies in by_id.values())
     assert 2000 + 100 < len(records) < 2000 + 300  # about 10 % re-delivered
-    bad = run(["topics.produce", "--count", "10", "--duplicates", "1.5"], env)
+    bad = run(["devkit.produce", "--count", "10", "--duplicates", "1.5"], env)
     assert bad.returncode == 2 and "--duplicates" in bad.stderr
 
 
@@ -115,7 +116,7 @@ def test_labels_from_a_file_are_keyed_by_transaction_id(
         "t2,c2,m1,0,1736150400000,,y\n"
         "t3,c3,m2,yes,1736150400000.0,analyst,z\n"
     )
-    done = run(["topics.labels", str(good), "--no-progress"], env)
+    done = run(["devkit.labels", str(good), "--no-progress"], env)
     assert done.returncode == 0, done.stderr
     assert "produced 3 labels (2 fraud)" in done.stderr
     records = read_topic(topics, topics.topic("labels"), timeout=10)
@@ -134,7 +135,7 @@ def test_labels_from_a_file_are_keyed_by_transaction_id(
                    "t1,c1,m1,true,1736150400000\n"
                    "t2,c1,m1,maybe,1736150400000\n"
                    "t3,c1,m1,true,1736150400000.5\n")
-    refused = run(["topics.labels", str(bad)], env)
+    refused = run(["devkit.labels", str(bad)], env)
     assert refused.returncode == 2
     assert "line 3: is_fraud: expected `bool`" in refused.stderr
     assert "line 4: label_time:" in refused.stderr and "integer epoch milliseconds" in (
@@ -142,7 +143,7 @@ def test_labels_from_a_file_are_keyed_by_transaction_id(
     assert "Traceback" not in refused.stderr
     missing = tmp_path / "missing.csv"
     missing.write_text("transaction_id,card_id,is_fraud\nt1,c1,true\n")
-    refused = run(["topics.labels", str(missing)], env)
+    refused = run(["devkit.labels", str(missing)], env)
     assert refused.returncode == 2 and "missing column(s) merchant_id, label_time" in (
         refused.stderr)
 
@@ -158,14 +159,14 @@ def test_labels_check_reads_parquet_and_json_lines_without_a_broker(tmp_path: Pa
         "amount": [1.0, 2.0, 3.0],  # other columns (a simulated history's) are ignored
     })
     pq.write_table(table, tmp_path / "labels.parquet")
-    done = run(["topics.labels", str(tmp_path / "labels.parquet"), "--check", "--fraud-only"])
+    done = run(["devkit.labels", str(tmp_path / "labels.parquet"), "--check", "--fraud-only"])
     assert done.returncode == 0 and "2 valid labels (2 fraud)" in done.stderr, done.stderr
     lines = tmp_path / "labels.jsonl"
     lines.write_bytes(b'\xef\xbb\xbf{"transaction_id":"t1","card_id":"c","merchant_id":"m",'
                       b'"is_fraud":true,"label_time":"2025-01-06T08:00:00Z"}\n\n'
                       b'{"transaction_id":"t2","card_id":"c","merchant_id":"m",'
                       b'"is_fraud":"no","label_time":1736150400000}\n')
-    refused = run(["topics.labels", str(lines), "--check"])
+    refused = run(["devkit.labels", str(lines), "--check"])
     assert refused.returncode == 2 and "line 3: is_fraud: expected `bool`" in refused.stderr
 
 
@@ -197,13 +198,13 @@ def test_tail_pretty_prints_each_topic_type(topics: KafkaSettings, env: dict[str
     producer.produce(topics.topic("predictions"), b"not json", b"tx-2")
     assert producer.flush(10) == 0
 
-    dl = run(["topics.tail", "dead-letter"], env)
+    dl = run(["devkit.tail", "dead-letter"], env)
     assert dl.returncode == 0, dl.stderr
     assert "key=k1 wrong_type: amount: expected `float`, got `str` [from transactions p3@41]" in (
         dl.stdout
     )
     assert "lots" in dl.stdout
-    pred = run(["topics.tail", topics.topic("predictions"), "--timeout", "5"], env)
+    pred = run(["devkit.tail", topics.topic("predictions"), "--timeout", "5"], env)
     assert pred.returncode == 0, pred.stderr
     first, second = sorted(pred.stdout.splitlines(), key=lambda line: "not json" in line)
     assert "tx-1 card=card-9 DECLINE score=0.970 model=m7 reasons=amount_z" in first
@@ -220,7 +221,7 @@ def test_malformed_csv_row_fails_with_row_number_and_field(
         "t2,c1,m1,12,EUR,1700000000001,48.8,2.3\n"
         "t3,c2,m1,7.25,EURO,1700000000002,,\n"
     )
-    done = run(["topics.produce", "--file", str(bad), "--no-progress"], env)
+    done = run(["devkit.produce", "--file", str(bad), "--no-progress"], env)
     assert done.returncode == 1
     assert f"{bad} row 3 (line 4): currency:" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -228,16 +229,16 @@ def test_malformed_csv_row_fails_with_row_number_and_field(
 
 def test_admin_creates_then_reports_existing(env: dict[str, str]) -> None:
     env = {**env, TOPIC_PREFIX_ENV: env[TOPIC_PREFIX_ENV] + "admin."}
-    first = run(["topics.admin"], env)
+    first = run(["devkit.topics"], env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(" created") == 5
-    listed = run(["topics.admin", "--list"], env)
-    assert listed.stdout.count(" present") == 5
-    second = run(["topics.admin"], env)
-    assert second.stdout.count(" exists") == 5
+    assert first.stdout.count(" created") == len(TOPICS)
+    listed = run(["devkit.topics", "--list"], env)
+    assert listed.stdout.count(" present") == len(TOPICS)
+    second = run(["devkit.topics"], env)
+    assert second.stdout.count(" exists") == len(TOPICS)
 
 
 def test_tail_unknown_topic_is_a_clear_error(env: dict[str, str]) -> None:
-    done = run(["topics.tail", "no-such-topic-here", "--timeout", "2"], env)
+    done = run(["devkit.tail", "no-such-topic-here", "--timeout", "2"], env)
     assert done.returncode == 1
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -10,8 +10,8 @@ from flows.decode import Sourced, decode
 from samples import BAD_MESSAGES, NOW_MS, oversize_message, raw
 from topics.contracts import DeadLetter, Transaction
 from topics.deadletter import MAX_VALUE_BYTES, matches, raw_key, raw_value
+from topics.reader import read_topic
 from topics.settings import KafkaSettings
-from topics.tail import read_topic
 from topics.validation import TransactionDecoder
 
 #: A dead letter's size bound with the default copy limits (value 4 KiB, key 1 KiB).
@@ -47,7 +47,7 @@ def test_bad_messages_reach_the_dead_letter_topic_bounded(topics: KafkaSettings)
     messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
     decoded = decode("decode", messages, TransactionDecoder())
     op.output("oks", decoded.oks, TestingSink(oks))
-    op.output("dead-letter", decoded.errs, kafka.sink(topics, "dead-letter"))
+    kafka.write("dead-letter", decoded.errs, topics, "dead-letter")
     run_main(flow)
 
     assert sorted(s.value.transaction_id for s in oks) == sorted(sent_valid)
@@ -93,7 +93,7 @@ def test_oversize_message_case_dead_letter_fits_and_the_flow_goes_on(
         messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
         decoded = decode("decode", messages, TransactionDecoder())
         op.output("oks", decoded.oks, TestingSink(oks))
-        op.output("dead-letter", decoded.errs, kafka.sink(topics, "dead-letter"))
+        kafka.write("dead-letter", decoded.errs, topics, "dead-letter")
         run_main(flow)
         return oks, [r.value for r in read_topic(topics, topics.topic("dead-letter"), timeout=10)
                      if r.value is not None]

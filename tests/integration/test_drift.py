@@ -17,16 +17,16 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from devkit.broker import free_port
+from devkit.process import FlowProcess
 from flowkit import Collector, flow_env, metric, scrape, topic_set, wait_until
 from flows.drift import DECISIONS
-from flows.process import FlowProcess
 from state.partitioning import murmur2_partition
 from state.spec import FEATURE_NAMES
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
-from topics.broker import free_port
 from topics.contracts import DriftSnapshot, Label, Transaction
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.history import labels
 from training.simulate import SimConfig

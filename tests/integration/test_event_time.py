@@ -22,14 +22,14 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
+from devkit.process import FlowProcess
 from export.model import load_model
 from flowkit import Collector, flow_env, topic_set, wait_until
-from flows.process import FlowProcess
 from state.replay import replay_matrix
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.contracts import Label, Transaction
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.history import History, events, labels
 from training.simulate import SimConfig

@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
+from devkit.process import FlowProcess
 from export.cli import main as cli
 from export.gates import GateConfig
 from export.lifecycle import Lifecycle
 from export.model import load_model
 from export.release import release
 from flowkit import Collector, flow_env, topic_set, wait_until
-from flows.process import FlowProcess
 from tiny_model import TINY_WORLD, tiny_history, train_tiny
 from topics.admin import ensure_topics
-from topics.produce import PRODUCER_DEFAULTS, produce_waiting
+from topics.producer import PRODUCER_DEFAULTS, produce_waiting
 from topics.settings import KafkaSettings
 from training.features import point_in_time_features
 from training.history import History, events, load_history

@@ -23,6 +23,7 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from devkit.broker import EmbeddedBroker, free_port
 from flows import lifecycle
 from flows.health import (
     INPUT_HEALTHY,
@@ -38,7 +39,6 @@ from flows.health import (
     start_http_server,
     topic_identity,
 )
-from topics.broker import EmbeddedBroker, free_port
 from topics.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration]

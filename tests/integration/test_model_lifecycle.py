@@ -21,6 +21,8 @@ import onnx
 import pytest
 from confluent_kafka import Producer
 
+from devkit.broker import free_port
+from devkit.process import FlowProcess
 from export.model import MODEL_FILE, load_model
 from export.registry import CURRENT, ModelRegistry
 from flowkit import (
@@ -35,11 +37,9 @@ from flowkit import (
     topic_set,
     wait_until,
 )
-from flows.process import FlowProcess
 from tiny_model import TINY_WORLD, publish_tiny, tiny_history, train_tiny
 from topics.admin import ensure_topics
-from topics.broker import free_port
-from topics.produce import PRODUCER_DEFAULTS, produce_waiting
+from topics.producer import PRODUCER_DEFAULTS, produce_waiting
 from topics.settings import KafkaSettings
 from training.history import History
 from training.simulate import SimConfig

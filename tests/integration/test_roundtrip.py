@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from topics.broker import free_port
+from devkit.broker import free_port
+from devkit.produce import produce_transactions, read_transactions
 from topics.contracts import Transaction
 from topics.errors import BrokerError, InputError
-from topics.produce import produce_transactions, read_transactions
+from topics.reader import read_topic
 from topics.settings import KafkaSettings
-from topics.synthetic import synthetic_transactions
-from topics.tail import read_topic
+from training.simulate import transaction_stream
 
 START = 1_700_000_000_000
 
@@ -25,7 +25,7 @@ START = 1_700_000_000_000
 def test_100k_transactions_in_exactly_100k_out(topics: KafkaSettings) -> None:
     sent = {
         t.transaction_id: t
-        for t in synthetic_transactions(100_000, seed=11, cards=5000, start_ms=START)
+        for t in transaction_stream(100_000, seed=11, cards=5000, start_ms=START)
     }
     topic = topics.topic("transactions")
 
@@ -57,7 +57,7 @@ def test_100k_transactions_in_exactly_100k_out(topics: KafkaSettings) -> None:
 
 @pytest.mark.integration
 def test_rate_limit_is_respected(topics: KafkaSettings) -> None:
-    txns = synthetic_transactions(600, seed=1, start_ms=START)
+    txns = transaction_stream(600, seed=1, start_ms=START)
     t0 = time.perf_counter()
     produce_transactions(topics, topics.topic("transactions"), txns, rate=2000, progress=False)
     elapsed = time.perf_counter() - t0
@@ -66,7 +66,7 @@ def test_rate_limit_is_respected(topics: KafkaSettings) -> None:
 
 def test_delivery_failure_is_loud() -> None:
     nowhere = KafkaSettings(f"127.0.0.1:{free_port()}")  # nothing listens there
-    txns = synthetic_transactions(10, seed=1, start_ms=START)
+    txns = transaction_stream(10, seed=1, start_ms=START)
     with pytest.raises(
         BrokerError, match=r"10 message\(s\) .* not delivered; first error: .*timed out"
     ):
@@ -81,7 +81,7 @@ def test_delivery_failure_is_loud() -> None:
 
 
 def _sample() -> list[Transaction]:
-    return list(synthetic_transactions(300, seed=4, cards=30, start_ms=START))
+    return list(transaction_stream(300, seed=4, cards=30, start_ms=START))
 
 
 def test_jsonl_csv_parquet_files_replay_exactly(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import yaml
 
 from rules.book import Message, RuleBook
 from rules.contracts import decode_rule
+from topics.reader import read_topic
 from topics.settings import BOOTSTRAP_ENV, TOPIC_PREFIX_ENV, KafkaSettings
-from topics.tail import read_topic
 
 pytestmark = pytest.mark.integration
 

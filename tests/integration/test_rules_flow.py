@@ -18,13 +18,13 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
+from devkit.broker import free_port
+from devkit.process import FlowProcess
 from flowkit import Collector, flow_env, topic_set, wait_until
-from flows.process import FlowProcess
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
-from topics.broker import free_port
 from topics.contracts import Rule, Transaction
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.simulate import SimConfig
 

@@ -18,15 +18,15 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
+from devkit.broker import free_port
+from devkit.process import FlowProcess
 from export.model import load_model
 from flowkit import Collector, Outcome, flow_env, offline_scores, topic_set
-from flows.process import FlowProcess
 from state.replay import replay_matrix
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
-from topics.broker import free_port
 from topics.contracts import Label
-from topics.produce import PRODUCER_DEFAULTS
+from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.history import History
 from training.simulate import SimConfig

@@ -124,7 +124,7 @@ def test_labels_give_precision_and_recall_per_model_version() -> None:
 def test_tail_prints_a_snapshot_on_one_line() -> None:
     import msgspec
 
-    from topics.tail import summarize
+    from devkit.tail import summarize
 
     agg = DriftAggregator(1, W, psi_threshold=0.2, min_count=10, flush_seconds=30)
     part = PartitionDrift(0, W, grace_ms=0)

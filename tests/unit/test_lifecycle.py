@@ -512,7 +512,7 @@ def test_under_tini_as_pid_1_the_signal_reaches_the_flow(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_a_two_process_cluster_stops_cleanly_only_together(tmp_path: Path) -> None:
-    from topics.broker import free_port
+    from devkit.broker import free_port
 
     toy = Toy(tmp_path)
     spare = tmp_path / "recovery-1"

@@ -1,44 +1,25 @@
-"""Read a topic and show its records (``python -m topics.tail TOPIC``).
+"""Show the records of a topic (``just tail TOPIC``, ``python -m devkit.tail TOPIC``).
 
-Consumes with ``assign()`` over every partition, never a consumer group (no
-offsets are committed, nothing joins a group). By default one readable line
-per record: partition@offset, key, and a summary of the decoded contract of
-the topic; ``--json`` prints the raw values as JSON lines.
+Reads with :func:`topics.reader.iter_topic`: ``assign()`` over every partition,
+never a consumer group (no offsets are committed, nothing joins a group). By
+default one readable line per record: partition@offset, key, and a summary of
+the decoded contract of the topic; ``--json`` prints the raw values as JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
 
-from topics.cli import run_cli
+from devkit.cli import run_cli
 from topics.contracts import DeadLetter, DriftSnapshot, Label, Prediction, Transaction
-from topics.errors import BrokerError
+from topics.reader import DEFAULT_IDLE_TIMEOUT, Record, iter_topic
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
-
-#: Idle seconds after which a read that does not ``follow`` gives up.
-DEFAULT_IDLE_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
 
 
 def logical_name(settings: KafkaSettings, topic: str) -> str | None:
@@ -46,94 +27,6 @@ def logical_name(settings: KafkaSettings, topic: str) -> str | None:
     if topic in TOPICS:
         return topic
     return next((name for name in TOPICS if settings.topic(name) == topic), None)
-
-
-def iter_topic(
-    settings: KafkaSettings,
-    topic: str,
-    *,
-    from_beginning: bool = True,
-    follow: bool = False,
-    limit: int | None = None,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-) -> Iterator[Record]:
-    """Yield records of every partition of ``topic`` (a real name).
-
-    Stops after ``limit`` records, after ``idle_timeout`` seconds without a record
-    (None: never), or, unless ``follow``, once every partition has been read to its end.
-    """
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
-
-    options: dict[str, str | int | bool] = {
-        # Required by librdkafka, never joined: we assign() and commit nothing.
-        "group.id": f"fraudstream-tail-{os.getpid()}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": not follow,
-        # An empty fetch waits this long on the broker; short, so an idle partition's
-        # end is seen quickly.
-        "fetch.wait.max.ms": 500 if follow else 50,
-        "log.connection.close": False,
-    }
-    consumer = Consumer({**settings.client_config(**options)})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        meta = metadata.topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise BrokerError(
-                f"topic {topic!r} does not exist on {settings.bootstrap_servers}; "
-                "list topics with `python -m topics.admin --list`"
-            )
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        partitions = sorted(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
-        pending_eof = set(partitions)
-        seen = 0
-        last_activity = time.monotonic()
-        while limit is None or seen < limit:
-            batch = consumer.consume(
-                num_messages=500 if limit is None else min(500, limit - seen), timeout=0.2
-            )
-            if not batch:
-                if idle_timeout is not None and time.monotonic() - last_activity > idle_timeout:
-                    return
-                continue
-            last_activity = time.monotonic()
-            for msg in batch:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending_eof.discard(msg.partition())
-                        continue
-                    raise BrokerError(f"reading {topic!r}: {err.str()}")
-                partition, offset = msg.partition(), msg.offset()
-                assert partition is not None and offset is not None  # set on every record
-                pending_eof.add(partition)
-                kind, ts = msg.timestamp()
-                yield Record(
-                    topic, partition, offset, msg.key(), msg.value(), ts if kind != 0 else None
-                )
-                seen += 1
-            if not follow and not pending_eof:
-                return
-    finally:
-        consumer.close()
-
-
-def read_topic(
-    settings: KafkaSettings,
-    topic: str,
-    limit: int | None = None,
-    timeout: float = DEFAULT_IDLE_TIMEOUT,
-    *,
-    from_beginning: bool = True,
-) -> list[Record]:
-    """Every record of ``topic`` up to its current end (or ``limit``); ``timeout`` is idle time."""
-    return list(
-        iter_topic(
-            settings, topic, from_beginning=from_beginning, limit=limit, idle_timeout=timeout
-        )
-    )
 
 
 def iso_ms(ms: int) -> str:
@@ -222,7 +115,7 @@ def format_record(record: Record, logical: str | None) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m topics.tail",
+        prog="python -m devkit.tail",
         description=(
             "Show the records of a topic, one line each. Reads every partition by assignment "
             "(no consumer group, commits nothing), so it never disturbs other consumers."
@@ -269,9 +162,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m topics.tail``."""
-    from topics.broker import connect
-    from topics.produce import resolve_topic
+    """Entry point of ``python -m devkit.tail``."""
+    from devkit.broker import connect
+    from devkit.produce import resolve_topic
 
     args = _parse_args(argv)
     follow = args.follow or not args.from_beginning

@@ -1,6 +1,6 @@
 """Run ``python -m bytewax.run flows.score`` as a child process (demo, tests, benchmarks).
 
-The child is started through :mod:`topics.deathsig`, so it never outlives its parent, writes its
+The child is started through :mod:`devkit.deathsig`, so it never outlives its parent, writes its
 output to a log file, and runs with recovery when a recovery directory is given
 (initialised here on first use, as the README recommends).
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from topics.deathsig import orphan_safe
+from devkit.deathsig import orphan_safe
 
 
 def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:

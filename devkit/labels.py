@@ -1,4 +1,4 @@
-"""Publish fraud labels from a file to Kafka (``python -m topics.labels FILE``).
+"""Publish fraud labels from a file to Kafka (``python -m devkit.labels FILE``).
 
 A label says whether a transaction was fraud, from ``label_time`` on (a
 chargeback, an analyst's decision). Files are CSV, Parquet or JSON lines with
@@ -24,10 +24,11 @@ from typing import Any
 
 import msgspec
 
-from topics.cli import run_cli
+from devkit.cli import run_cli
+from devkit.produce import FORMATS, detect_format, produce_records, require_topic, resolve_topic
+from devkit.progress import counting
 from topics.contracts import Label
 from topics.errors import FraudStreamError, InputError
-from topics.produce import FORMATS, detect_format, produce_records, require_topic, resolve_topic
 from topics.settings import BOOTSTRAP_ENV
 from topics.validation import LabelDecoder, Rejection
 
@@ -179,7 +180,7 @@ def _columns(path: Path, kind: str) -> list[str]:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m topics.labels",
+        prog="python -m devkit.labels",
         description=(
             "Publish fraud labels (JSON, the `labels` contract, keyed by transaction id) from "
             "a CSV, Parquet or JSON-lines file. Columns: transaction_id, card_id, merchant_id, "
@@ -214,7 +215,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m topics.labels``."""
+    """Entry point of ``python -m devkit.labels``."""
     args = _parse_args(argv)
     if args.rate is not None and args.rate <= 0:
         print("error: --rate must be positive", file=sys.stderr)
@@ -230,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def body() -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        from topics.broker import connect
+        from devkit.broker import connect
 
         encode = msgspec.json.Encoder().encode
         records = ((label.transaction_id.encode(), encode(label)) for label in labels)
@@ -241,16 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             topic = resolve_topic(settings, args.topic)
             require_topic(settings, topic)
             started = time.monotonic()
-            with Progress(
-                "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), disable=args.no_progress,
-            ) as bar:  # fmt: skip
-                task = bar.add_task(f"labels -> {topic}", total=len(labels))
-                n = produce_records(
-                    settings, topic, records, rate=args.rate,
-                    on_progress=lambda sent: bar.update(task, completed=sent),
-                    on_done=lambda done: bar.update(task, completed=done),
-                )  # fmt: skip
+            with counting(f"labels -> {topic}", len(labels),
+                          enabled=not args.no_progress) as update:  # fmt: skip
+                n = produce_records(settings, topic, records, rate=args.rate,
+                                    on_progress=update, on_done=update)  # fmt: skip
             elapsed = time.monotonic() - started
         print(f"produced {n} labels ({fraud} fraud) to {topic} on {settings.bootstrap_servers} "
               f"in {elapsed:.2f} s", file=sys.stderr)  # fmt: skip

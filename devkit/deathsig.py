@@ -1,4 +1,4 @@
-"""Run a command that dies with a given parent: ``python -m topics.deathsig PARENT_PID CMD...``.
+"""Run a command that dies with a given parent: ``python -m devkit.deathsig PARENT_PID CMD...``.
 
 Sets Linux's ``PR_SET_PDEATHSIG`` (SIGKILL) in a fresh, single-threaded process
 and then execs the command, which keeps the setting. This replaces a
@@ -20,7 +20,7 @@ _PR_SET_PDEATHSIG = 1
 
 def orphan_safe(command: list[str]) -> list[str]:
     """``command`` wrapped so that it is killed when the calling process dies."""
-    return [sys.executable, "-m", "topics.deathsig", str(os.getpid()), *command]
+    return [sys.executable, "-m", "devkit.deathsig", str(os.getpid()), *command]
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,8 @@
-"""Publish transactions to Kafka, synthetic or replayed from a file (``python -m topics.produce``).
+"""Publish transactions, synthetic or replayed from a file (``python -m devkit.produce``).
 
-Records are JSON (the ``Transaction`` contract) keyed by card id. Every delivery
+Synthetic transactions come from the fraud simulator's world
+(:func:`training.simulate.transaction_stream`). Records are JSON (the
+``Transaction`` contract) keyed by card id. Every delivery
 report is checked: a message the broker did not acknowledge is an error, never
 a silent loss. Files are JSON lines, CSV or Parquet with the transactions
 schema; each row is decoded into ``Transaction`` and a bad row fails with its
@@ -29,50 +31,20 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, Producer
 
-from topics.cli import run_cli
+from devkit.cli import run_cli
+from devkit.pacing import TokenBucket
+from devkit.progress import counting
 from topics.contracts import Transaction
 from topics.errors import BrokerError, FraudStreamError, InputError
-from topics.progress import Progress, TokenBucket
+from topics.producer import PRODUCER_DEFAULTS, produce_waiting
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 from topics.validation import _reject_from_validation_error, parse_time_ms
 
-#: Producer settings for throughput; ``FRAUD_KAFKA_*`` options and ``config`` override them.
-#: No idempotence: on Tansu it costs 8x in throughput; acks=all still guards against loss.
-PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
-    "linger.ms": 5,
-    "batch.num.messages": 10_000,
-    "batch.size": 1_000_000,
-    "compression.type": "lz4",
-    "queue.buffering.max.messages": 200_000,
-    "acks": "all",
-    "enable.idempotence": False,
-    "message.timeout.ms": 60_000,
-    "log.connection.close": False,  # an embedded broker stopping is not news
-    # The Java client's default: the scoring flow routes labels to the partition of
-    # their card with the same function (state.partitioning.murmur2_partition).
-    "partitioner": "murmur2_random",
-}
 FORMATS = ("jsonl", "csv", "parquet")
 DAY_MS = 86_400_000
 _NUMBER = re.compile(r"^-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?$")
 _BOM = b"\xef\xbb\xbf"
-
-
-def produce_waiting(
-    producer: Producer,
-    topic: str,
-    value: bytes,
-    key: bytes | None,
-    on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
-) -> None:
-    """Produce one record; while the local queue is full, serve delivery reports and retry."""
-    while True:
-        try:
-            producer.produce(topic, value, key, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 def produce_transactions(
@@ -92,11 +64,11 @@ def produce_transactions(
     Raises :class:`BrokerError` if any message is not acknowledged.
     """
     encode = msgspec.json.Encoder().encode
-    bar = Progress(f"produce {topic}", total, enabled=progress)
     records = ((txn.card_id.encode(), encode(txn)) for txn in transactions)
-    return produce_records(settings, topic, records, rate=rate, on_progress=bar.update,
-                           on_done=bar.done, config=config,
-                           flush_timeout=flush_timeout)  # fmt: skip
+    with counting(f"produce {topic}", total, enabled=progress) as update:
+        return produce_records(settings, topic, records, rate=rate, on_progress=update,
+                               on_done=update, config=config,
+                               flush_timeout=flush_timeout)  # fmt: skip
 
 
 def produce_records(
@@ -338,7 +310,7 @@ def require_topic(settings: KafkaSettings, topic: str) -> None:
     if topic not in topic_partitions(settings):
         raise BrokerError(
             f"topic {topic!r} does not exist on {settings.bootstrap_servers}; create the "
-            "registry topics with `just topics` (python -m topics.admin)"
+            "registry topics with `just topics` (python -m devkit.topics)"
         )
 
 
@@ -351,12 +323,12 @@ def _limited(items: Iterable[Transaction], limit: int | None) -> Iterator[Transa
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m topics.produce",
+        prog="python -m devkit.produce",
         description=(
             "Publish card transactions (JSON, keyed by card id) to Kafka: synthetic ones from "
-            "a seeded generator, or a replay of a file with --file. Progress (count, rate, ETA) "
-            "goes to stderr; every delivery is checked and a failed one stops the command "
-            "with exit code 1."
+            "the fraud simulator's world (legitimate traffic, seeded), or a replay of a file "
+            "with --file. Progress (count, rate, ETA) goes to stderr; every delivery is "
+            "checked and a failed one stops the command with exit code 1."
         ),
         epilog=(
             f"environment: {BOOTSTRAP_ENV}=host:port selects the broker (unset: the dev broker "
@@ -416,9 +388,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m topics.produce``."""
-    from topics.broker import connect
-    from topics.synthetic import synthetic_transactions
+    """Entry point of ``python -m devkit.produce``."""
+    from devkit.broker import connect
+    from training.simulate import transaction_stream
 
     args = _parse_args(argv)
     if args.rate is not None and args.rate <= 0:
@@ -442,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = int(args.start) if args.start.isdigit() else parse_time_ms(
                     "--start", args.start
                 )
-            source = synthetic_transactions(
+            source = transaction_stream(
                 count or None, seed=seed, cards=args.cards, start_ms=start
             )
             total = count or None

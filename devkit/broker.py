@@ -9,12 +9,13 @@ Kafka transactions, and joins consumer groups slowly, so our consumers
 :func:`connect` resolves the broker for a command, in this order:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` is set: use it;
-2. a dev broker started by ``just broker`` (``python -m topics.broker``) is
-   running: it recorded its address and pid in ``.dev/broker.json``;
+2. a dev broker started by ``just broker`` (``python -m devkit.broker``) is
+   running: it recorded its address and pid in ``.dev/broker.json``
+   (:mod:`topics.devbroker`);
 3. otherwise start an :class:`EmbeddedBroker` for the command's lifetime.
 
 The broker process never outlives its parent: it is started through
-:mod:`topics.deathsig`, which asks the kernel for ``SIGKILL`` when the parent
+:mod:`devkit.deathsig`, which asks the kernel for ``SIGKILL`` when the parent
 dies (``PR_SET_PDEATHSIG``), an ``atexit`` hook
 stops live brokers, and ``SIGTERM`` unwinds the parent like Ctrl-C does.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import json
 import os
 import re
 import signal
@@ -34,17 +34,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from topics.deathsig import orphan_safe
+from devkit.deathsig import orphan_safe
+from topics.admin import ensure_topics
+from topics.devbroker import (
+    DevBrokerState,
+    dev_dir,
+    port_answers,
+    running_dev_broker,
+    state_file,
+)
 from topics.errors import BrokerError
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
 HOST = "127.0.0.1"  # not localhost: librdkafka may resolve it to ::1
-STATE_FILE_NAME = "broker.json"
 DEV_NOTICE = (
     "The embedded Tansu broker is for development only (memory storage: a restart loses "
     f"every topic). In production, point {BOOTSTRAP_ENV} at Kafka, Redpanda, MSK or "
@@ -54,18 +59,6 @@ DEV_NOTICE = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _live: set[EmbeddedBroker] = set()
 _live_lock = threading.Lock()
-
-
-def dev_dir() -> Path:
-    """``.dev/`` in the repository checkout (or in the working directory when installed)."""
-    root = Path(__file__).resolve().parent.parent
-    base = root if (root / "pyproject.toml").is_file() else Path.cwd()
-    return base / ".dev"
-
-
-def state_file() -> Path:
-    """Where ``python -m topics.broker`` records its address and pid."""
-    return dev_dir() / STATE_FILE_NAME
 
 
 def tansu_binary() -> str:
@@ -88,36 +81,6 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` is a running process (zombies count as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        # No /proc: fall back to signal 0.
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # Field 3, after the parenthesised command name (which may contain spaces).
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
 
 
 def _stop_all_live() -> None:
@@ -299,46 +262,6 @@ class EmbeddedBroker:
         self.stop()
 
 
-@dataclass(frozen=True)
-class DevBrokerState:
-    """What ``python -m topics.broker`` records in ``.dev/broker.json``."""
-
-    bootstrap: str
-    pid: int
-    broker_pid: int
-    log_file: str
-
-    def write(self, path: Path) -> None:
-        """Write atomically, so a reader never sees half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2) + "\n")
-        os.replace(tmp, path)
-
-    @classmethod
-    def read(cls, path: Path) -> DevBrokerState | None:
-        """The recorded state, or None when there is none or it is unreadable."""
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-            return cls(
-                str(data["bootstrap"]), int(data["pid"]), int(data["broker_pid"]),
-                str(data["log_file"]),
-            )  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def is_live(self) -> bool:
-        """The broker process is alive and its port answers."""
-        host, _, port = self.bootstrap.rpartition(":")
-        return pid_alive(self.broker_pid) and port.isdigit() and port_answers(host, int(port))
-
-
-def running_dev_broker(path: Path | None = None) -> DevBrokerState | None:
-    """The dev broker started by ``just broker``, if one is running."""
-    state = DevBrokerState.read(path or state_file())
-    return state if state is not None and state.is_live() else None
-
-
 @contextlib.contextmanager
 def connect(
     settings: KafkaSettings | None = None,
@@ -369,21 +292,19 @@ def connect(
             )
         resolved = settings.with_bootstrap(broker.bootstrap)
         if create_topics:
-            from topics.admin import ensure_topics
-
             ensure_topics(resolved)
         yield resolved
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m topics.broker",
+        prog="python -m devkit.broker",
         description=(
             "Run the embedded Tansu broker in the foreground (`just broker`) for development. "
             "It listens on 127.0.0.1, keeps topics in memory (stopping it loses them), creates "
             "every registry topic at start, and records its address in .dev/broker.json so "
-            "that other development commands (`just topics`, `python -m topics.produce`, "
-            "`python -m topics.tail`, the flow) use it. Ctrl-C stops it."
+            "that other development commands (`just topics`, `just produce`, `just tail`, the "
+            "flow) use it. Ctrl-C stops it."
         ),
         epilog=(
             f"environment: {BOOTSTRAP_ENV} is ignored here (this command IS the broker); "
@@ -408,7 +329,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m topics.broker``."""
+    """Entry point of ``python -m devkit.broker``."""
     args = _parse_args(argv)
     # Ctrl-C must stop us even when a shell started us with SIGINT ignored (`cmd &`).
     if threading.current_thread() is threading.main_thread():
@@ -428,8 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         with broker:
             assert broker.pid is not None
             if not args.no_topics:
-                from topics.admin import ensure_topics
-
                 settings = KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
                 ensure_topics(settings)
             DevBrokerState(broker.bootstrap, os.getpid(), broker.pid, str(broker.log_file)).write(
