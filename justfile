@@ -70,7 +70,7 @@ train *ARGS:
 
 # export the trained ensemble to ONNX and publish it under models/
 export-onnx *ARGS:
-    {{python}} -m export.onnx {{ARGS}}
+    {{python}} -m export.release {{ARGS}}
 
 # Evidently drift report (HTML): the model's training reference vs the flow's scored samples
 drift-report *ARGS:

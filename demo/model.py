@@ -18,7 +18,7 @@ from topics.errors import FraudStreamError
 MODEL_DIR = Path("models")
 TRAIN_DATA = Path("data/history.parquet")
 TRAIN_DIR = Path("runs/train")
-#: ``python -m export.onnx`` exit code: published, but rejected by a validation gate.
+#: ``python -m export.release`` exit code: published, but rejected by a validation gate.
 EXIT_REJECTED = 3
 
 
@@ -54,11 +54,11 @@ def ensure_model(say: Callable[[str], None]) -> Path:
 def export_model(train_dir: Path, models_dir: Path, extra: Sequence[str] = ()) -> Path:
     """Export the training output ``train_dir`` as the champion of ``models_dir``; its ``current``.
 
-    Runs ``python -m export.onnx`` (ONNX, parity, validation gates, publication) with
+    Runs ``python -m export.release`` (ONNX, parity, validation gates, publication) with
     ``extra`` arguments (e.g. ``--gate NAME=VALUE``). Raises :class:`ModelBootstrapError`
     saying how to go on when a gate rejects the model, or naming the failure otherwise.
     """
-    from export.onnx import main as export_main
+    from export.release import main as export_main
 
     code = export_main(["--model", str(train_dir), "--models-dir", str(models_dir),
                         "--reason", "demo bootstrap", *extra])  # fmt: skip
@@ -82,7 +82,7 @@ def rejected_message(version: str | None, train_dir: Path = TRAIN_DIR,
         "gate (the failed gates are listed above), so models/current was not set and there is "
         "nothing to serve. To go on, either accept it for the demo: "
         f"`python -m export.cli{registry} promote {name} --force --reason demo`; or export it "
-        f"again under a new version with a looser limit: `python -m export.onnx --model "
+        f"again under a new version with a looser limit: `python -m export.release --model "
         f"{train_dir}{registry} --version {name}-demo --gate NAME=VALUE`; or train on more "
         "history (`just simulate -n 1000000`, `just train`, `just export-onnx`). Then run the "
         "demo again."

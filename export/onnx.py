@@ -1,6 +1,6 @@
 """Export a trained ensemble to one ONNX graph, check parity, and publish it to the registry.
 
-``python -m export.onnx`` (``just export-onnx``) reads the training artifact
+:mod:`export.release` (``just export-onnx``) reads the training artifact
 (``runs/train/model.pkl`` by default), converts the whole soft-voting
 ensemble (XGBoost + RandomForest) into a single graph with a float32 input
 ``features [N, F]`` and a probability output ``probabilities [N, 2]`` (ZipMap
@@ -14,11 +14,7 @@ reference rows that ``just drift-report`` compares the stream with).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +25,7 @@ from export.errors import ExportError, ParityError
 from export.metadata import INPUT_NAME, PROBA_OUTPUT, ModelMetadata, Thresholds, histogram
 from export.parity import PARITY_TOLERANCE, ParityReport
 
-__all__ = ["PARITY_TOLERANCE", "ParityReport", "check_parity", "export_trained", "main"]
+__all__ = ["PARITY_TOLERANCE", "ParityReport", "check_parity", "export_trained"]
 
 #: Pinned opsets: default domain and ai.onnx.ml (TreeEnsemble* operators).
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
@@ -229,73 +225,3 @@ def reference_table(trained: Any, model_bytes: bytes) -> pa.Table:
     if labels is not None:
         columns["is_fraud"] = np.asarray(labels, dtype=bool)
     return pa.table(columns)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: export the training artifact, gate it and publish it as a new registry version.
-
-    Exit codes: 0 published (and current unless ``--no-current``), 1 export or registry
-    error, 2 bad input, 3 published as **rejected** by a gate (``models/current`` unchanged).
-    """
-    from export.errors import GateError
-    from export.gates import GateConfig
-    from export.mlflow_sync import MlflowSync
-    from export.release import release
-    from training.artifact import TrainedModel
-
-    parser = argparse.ArgumentParser(
-        prog="python -m export.onnx", description=(__doc__ or "").split("\n")[0],
-        epilog="Gates: see `python -m export.cli gates --help` and export/gates.py. With "
-               "MLFLOW_TRACKING_URI set, the version is also registered in MLflow. Exit codes: "
-               "0 published, 1 error, 2 bad input, 3 rejected by a gate.",
-    )
-    parser.add_argument("--model", type=Path, default=Path("runs/train"),
-                        help="training output directory or model.pkl (default: runs/train)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"),
-                        help="registry root (default: models)")
-    parser.add_argument("--version", default=None,
-                        help="model version (default: the one training chose)")
-    parser.add_argument("--no-current", action="store_true",
-                        help="publish as a candidate without pointing models/current at it")
-    parser.add_argument("--gates", type=Path, default=None, metavar="FILE",
-                        help="gate limits (TOML or JSON; default: the built-in minimums)")
-    parser.add_argument("--gate", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one gate limit, e.g. --gate min_auc_roc=0.9 (repeatable)")
-    parser.add_argument("--reason", default="", help="why, for the audit log")
-    args = parser.parse_args(argv)
-
-    try:
-        cfg = GateConfig.load(args.gates, args.gate)
-    except GateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        trained = TrainedModel.load(args.model)
-    except FileNotFoundError:
-        print(f"error: no training artifact at {args.model}; run `just train DATA=<history>` first",
-              file=sys.stderr)
-        return 2
-    model_dir = args.model if args.model.is_dir() else args.model.parent
-    try:
-        result = release(
-            trained, args.models_dir, version=args.version, gates=cfg,
-            make_current=not args.no_current, report_dir=model_dir, reason=args.reason,
-            sync=MlflowSync.from_env(), say=lambda m: print(f"[export] {m}", flush=True),
-        )
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for warning in result.warnings:
-        print(f"[export] warning: {warning}", file=sys.stderr)
-    if result.state == "rejected":
-        print(f"[export] published {result.target} as REJECTED: "
-              f"{'; '.join(result.gates.reasons)}; models/current unchanged "
-              f"({result.gates.champion or 'none'})")
-        return 3
-    where = " (models/current)" if result.state == "champion" else " (candidate)"
-    print(f"[export] published {result.target}{where}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

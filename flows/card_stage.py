@@ -36,7 +36,7 @@ from flows.decode import DeadLetterRecord, Sourced
 from state import card_store as cs
 from state.card_store import CardIn, CardStore
 from state.errors import StaleStateError
-from state.features import AmountFn, TxnInput, txn_input
+from state.inputs import AmountFn, TxnInput, txn_input
 from state.records import body_digest
 from topics.contracts import Transaction
 from topics.deadletter import dead_letter

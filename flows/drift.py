@@ -6,8 +6,14 @@ Two halves, so the counting stays inline and cheap and the verdict comes from al
   "partition" of the drift counts is a merchant shard). Per batch it adds the
   rows to per-(event-time window, model version) :class:`WindowCounts` with a
   few numpy calls (histogram bins by ``searchsorted``, counts by ``bincount``).
-  When the partition's event time passes a window's end plus the grace, the
-  closed windows leave as one :class:`DriftPartial`.
+  A shard hears from several input partitions, each in its own event-time
+  order, and a backlog reads one partition days ahead of another. Its clock is
+  therefore a watermark: the smallest of its input partitions' largest event
+  times, leaving out partitions not heard from for ``idle_seconds`` (the
+  per-source watermark with idleness of the Dataflow model, Akidau et al.,
+  VLDB 2015; Flink's ``WatermarkStrategy.withIdleness``). When the watermark
+  passes a window's end plus the grace, the closed windows leave as one
+  :class:`DriftPartial`.
 * :class:`DriftAggregator` is one keyed step fed by every partition. A window is
   emitted as :class:`~topics.contracts.DriftSnapshot` per model version once
   every partition has passed it, or ``flush_seconds`` after its first partial
@@ -24,6 +30,7 @@ proportions floored at :data:`PSI_FLOOR`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -268,12 +275,19 @@ class DriftPartial:
 class PartitionDrift:
     """Inline drift counting of one input partition (see module docstring)."""
 
-    def __init__(self, partition: int, window_ms: int, grace_ms: int) -> None:
+    def __init__(self, partition: int, window_ms: int, grace_ms: int,
+                 idle_seconds: float = 60.0, n_inputs: int = 1) -> None:
+        """``n_inputs``: input partitions (numbered from 0) the watermark waits for."""
         self.partition = partition
         self.window_ms = window_ms
         self.grace_ms = grace_ms
+        self.idle_seconds = idle_seconds
+        self.n_inputs = n_inputs
         self._open: dict[WindowKey, WindowCounts] = {}
         self._max_time = _NEVER
+        self._started: float | None = None
+        self._inputs: dict[int, tuple[int, float]] = {}
+        """Input partition -> (largest event time ms, wall time s it was last heard from)."""
         self._closed_before = _NEVER
         self._references: dict[str, Reference] = {}
         self._buffer: list[tuple[Any, ...]] = []
@@ -300,9 +314,12 @@ class PartitionDrift:
         self, metadata: ModelMetadata, event_times: np.ndarray, features: np.ndarray,
         scores: np.ndarray, decisions: np.ndarray,
         shadow: tuple[str, np.ndarray, np.ndarray] | None = None,
+        inputs: np.ndarray | None = None, now: float | None = None,
     ) -> None:
         """Count a scored batch; ``shadow`` is (version, scores, decisions).
 
+        ``inputs``: the input partition of each row (None: one input), which
+        the watermark follows; ``now``: wall time in s (default: the clock).
         Batches are buffered up to :data:`BUFFER_ROWS` rows and counted together:
         counting costs about 100 µs per call whatever its size, and under light
         load a batch is one or two transactions.
@@ -313,8 +330,37 @@ class PartitionDrift:
         self._buffer.append((key, metadata, event_times, features, scores, decisions, shadow))
         self._buffered += len(scores)
         self._max_time = max(self._max_time, int(event_times.max()))
+        self._heard(event_times, inputs, time.time() if now is None else now)
         if self._buffered >= BUFFER_ROWS:
             self._count()
+
+    def _heard(self, event_times: np.ndarray, inputs: np.ndarray | None, now: float) -> None:
+        """Move the input partitions' event times on."""
+        if self._started is None:
+            self._started = now
+        if inputs is None or len(inputs) == 0 or np.all(inputs == inputs[0]):
+            groups = [(0 if inputs is None or len(inputs) == 0 else int(inputs[0]),
+                       int(event_times.max()))]
+        else:
+            groups = [(int(p), int(event_times[inputs == p].max()))
+                      for p in np.unique(inputs).tolist()]
+        for source, latest in groups:
+            seen = self._inputs.get(source)
+            self._inputs[source] = (latest if seen is None else max(seen[0], latest), now)
+
+    def watermark(self, now: float | None = None) -> int:
+        """Event time (ms) every active input partition has passed (see module docstring)."""
+        if not self._inputs or self._started is None:
+            return _NEVER
+        now = time.time() if now is None else now
+        newest = max(seen for _, seen in self._inputs.values())
+        clocks = [t for t, seen in self._inputs.values()
+                  if seen >= newest or now - seen < self.idle_seconds]
+        if now - self._started < self.idle_seconds and any(
+            p not in self._inputs for p in range(self.n_inputs)
+        ):
+            return _NEVER  # an input not heard from yet may bring any event time
+        return min(clocks)
 
     def _count(self) -> None:
         """Count the buffered batches (one model version, one shadow or none)."""
@@ -371,6 +417,14 @@ class PartitionDrift:
         state["_references"] = {}
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Resume: every input partition counts as just heard from (none is idle yet)."""
+        now = time.time()
+        state["_inputs"] = {p: (t, now) for p, (t, _) in state.get("_inputs", {}).items()}
+        if state.get("_started") is not None:
+            state["_started"] = now
+        self.__dict__.update(state)
+
     def add_label(
         self, label_time: int, is_fraud: bool, verdict: Judged | None, live_version: str
     ) -> None:
@@ -395,14 +449,18 @@ class PartitionDrift:
         """Whether counts are waiting for their window to close here."""
         return bool(self._open or self._buffer)
 
-    def close(self, idle: bool = False) -> DriftPartial | None:
-        """The windows that ended before event time minus grace, once per window boundary.
+    def close(self, idle: bool = False, now: float | None = None) -> DriftPartial | None:
+        """The windows that ended before the watermark minus grace, once per window boundary.
 
         ``idle``: the partition has gone quiet; close every open window now.
+        ``now``: wall time in s (default: the clock).
         """
         if self._max_time == _NEVER and not (idle and self.has_open_windows):
             return None  # no transaction yet: the clock has not started
-        closed_before = (self._max_time - self.grace_ms) // self.window_ms
+        watermark = self.watermark(now)
+        if watermark == _NEVER and not idle:
+            return None
+        closed_before = (watermark - self.grace_ms) // self.window_ms
         if closed_before > self._closed_before or idle:
             self._count()
         if idle and self._open:

@@ -59,7 +59,7 @@ from flows.settings import DriftSettings, ScoringSettings
 from rules.book import RuleBook
 from state.card_store import CardStore
 from state.db import StoreIdentity
-from state.features import AmountFn
+from state.inputs import AmountFn
 from state.lock import lock_recovery_dir, lock_state_dir
 from state.merchant_store import MerchantStore
 from state.options import StoreOptions
@@ -256,7 +256,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         windows = resumed.drift if resumed is not None else None
         return MerchantScorer(
             store, champion, shadow, topic=topic, reference_currency=rates.reference,
-            drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms),
+            drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms,
+                                            drift.flush_seconds, parts),
             samples=samples, rules=book, shard=shard,
         )
 

@@ -311,8 +311,10 @@ class MerchantScorer:
             pair = None
             if s["shadow"] is not None and s["shadow_scores"] is not None:
                 pair = (s["shadow"].version, s["shadow_scores"], s["shadow_decisions"])
+            inputs = np.fromiter((results[i].item.partition for i in fresh), np.int64,
+                                 len(fresh))
             self.drift.add_scored(live.model.metadata, event_times, features, s["scores"],
-                                  s["decisions"], pair)
+                                  s["decisions"], pair, inputs)
         if self.samples is not None:
             self.samples.offer(
                 [outs[i].first.seq for i in fresh],  # type: ignore[union-attr]
@@ -345,5 +347,6 @@ class MerchantScorer:
             pair = (shadow_version,
                     np.array([scored[j].shadow_score for j in keep], dtype=np.float32),
                     np.array([scored[j].shadow_decision for j in keep], dtype="<U7"))
-        self.drift.add_scored(metadata, event_times, features, scores, decisions, pair)
+        inputs = np.fromiter((results[i].item.partition for i in idx), np.int64, len(idx))
+        self.drift.add_scored(metadata, event_times, features, scores, decisions, pair, inputs)
 

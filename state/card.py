@@ -30,7 +30,7 @@ from state.codec import Layout, Part
 from state.windows import NO_TIME, BucketWindow, CountWindow, LastSeen, TopCounts
 
 if TYPE_CHECKING:
-    from state.features import TxnInput
+    from state.inputs import TxnInput
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

@@ -31,7 +31,8 @@ import numpy as np
 from state import keys
 from state.card import CardState
 from state.db import DAY_MS, StateDB, StoreIdentity
-from state.features import CARD_COLUMNS, TxnInput, card_step, gc_paused
+from state.features import CARD_COLUMNS, card_step, gc_paused
+from state.inputs import TxnInput
 from state.options import StoreOptions
 from state.records import Seen
 from topics.contracts import Transaction

@@ -15,46 +15,22 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
 
 from state.card import DAY_MS, HOUR_MS, CardState
+from state.inputs import AmountFn, TxnInput, txn_input
 from state.merchant import MerchantState
 from state.spec import FEATURE_NAMES, N_FEATURES
-from topics.contracts import Transaction
+
+__all__ = ["AmountFn", "TxnInput", "txn_input", "card_step", "merchant_step",
+           "context_features", "gc_paused", "CARD_COLUMNS", "MERCHANT_COLUMNS",
+           "CONTEXT_COLUMNS", "MERCHANT_STAGE_WIDTH", "CHANNEL_CODES", "ENTRY_MODE_CODES"]
 
 CHANNEL_CODES: dict[str | None, float] = {None: 0.0, "pos": 1.0, "ecom": 2.0, "atm": 3.0,
                                           "moto": 4.0}
 ENTRY_MODE_CODES: dict[str | None, float] = {None: 0.0, "chip": 1.0, "contactless": 2.0,
                                              "swipe": 3.0, "manual": 4.0, "ecom": 5.0}
-
-#: ``amount_of(txn)``: the transaction's amount in the reference currency.
-AmountFn = Callable[[Transaction], float]
-
-
-class TxnInput(NamedTuple):
-    """What the features read from one transaction."""
-
-    event_time: int
-    """Epoch ms the windows use (the stream may clamp a time far ahead of its record)."""
-    amount: float
-    """Amount in the reference currency, major units (0 for a zero-value authorisation)."""
-    merchant_id: str
-    country: str | None
-    lat: float | None
-    lon: float | None
-    channel: str | None
-    entry_mode: str | None
-
-
-def txn_input(txn: Transaction, amount: float, event_time: int | None = None) -> TxnInput:
-    """The feature input of ``txn`` with its reference ``amount`` (and effective event time)."""
-    return TxnInput(
-        txn.event_time if event_time is None else event_time, amount, txn.merchant_id,
-        txn.country, txn.lat, txn.lon, txn.channel, txn.entry_mode,
-    )
-
 
 @contextmanager
 def gc_paused() -> Iterator[None]:

@@ -56,7 +56,7 @@ from state.spec import LABEL_DELAY_DAYS
 from state.windows import NO_TIME, CountWindow
 
 if TYPE_CHECKING:
-    from state.features import TxnInput
+    from state.inputs import TxnInput
 
 #: Buckets a transaction may arrive behind the merchant's newest and still read
 #: exactly what it would have read on time.

@@ -41,7 +41,8 @@ import numpy as np
 from state import keys
 from state.card_store import CARD_WIDTH
 from state.db import DAY_MS, StateDB, StoreIdentity
-from state.features import TxnInput, gc_paused, merchant_step
+from state.features import gc_paused, merchant_step
+from state.inputs import TxnInput
 from state.merchant import MerchantState
 from state.options import StoreOptions
 from state.records import Incarnation, LabelMark, Verdict

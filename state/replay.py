@@ -32,16 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from state.card import CardState
-from state.features import (
-    CARD_COLUMNS,
-    MERCHANT_COLUMNS,
-    AmountFn,
-    TxnInput,
-    card_step,
-    gc_paused,
-    merchant_step,
-    txn_input,
-)
+from state.features import CARD_COLUMNS, MERCHANT_COLUMNS, card_step, gc_paused, merchant_step
+from state.inputs import AmountFn, TxnInput, txn_input
 from state.merchant import MerchantState
 from state.merchant_store import relabels
 from state.options import StoreOptions

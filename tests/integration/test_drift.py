@@ -27,6 +27,7 @@ from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.contracts import DriftSnapshot, Label, Transaction
 from topics.producer import PRODUCER_DEFAULTS
+from topics.registry import DEFAULT_PARTITIONS
 from topics.settings import KafkaSettings
 from training.history import labels
 from training.simulate import SimConfig
@@ -46,17 +47,26 @@ def _shifted(txns: list[Transaction], from_ms: int) -> list[Transaction]:
             else t for t in txns]
 
 
-def _closers(after_ms: int, shards: int) -> list[Transaction]:
-    """One transaction per merchant shard at ``after_ms``: moves every shard's event time on."""
-    merchants: dict[int, str] = {}
+def _first_per_partition(prefix: str, n: int) -> dict[int, str]:
+    found: dict[int, str] = {}
     i = 0
-    while len(merchants) < shards:
-        merchant = f"closer-{i}"
-        merchants.setdefault(murmur2_partition(merchant, shards), merchant)
+    while len(found) < n:
+        found.setdefault(murmur2_partition(f"{prefix}-{i}", n), f"{prefix}-{i}")
         i += 1
-    return [Transaction(transaction_id=f"close-{s}", card_id=f"closer-card-{s}",
-                        merchant_id=merchant, amount=10.0, currency="EUR", event_time=after_ms)
-            for s, merchant in sorted(merchants.items())]
+    return found
+
+
+def _closers(after_ms: int, shards: int, inputs: int) -> list[Transaction]:
+    """One transaction per (input partition, merchant shard) at ``after_ms``.
+
+    A shard's drift clock is the slowest of its input partitions (a watermark):
+    every input partition has to move on for the last window to close.
+    """
+    merchants = _first_per_partition("closer", shards)
+    cards = _first_per_partition("closer-card", inputs)
+    return [Transaction(transaction_id=f"close-{s}-{p}", card_id=card, merchant_id=merchant,
+                        amount=10.0, currency="EUR", event_time=after_ms)
+            for s, merchant in sorted(merchants.items()) for p, card in sorted(cards.items())]
 
 
 def _read_drift(settings: KafkaSettings, consumer: Consumer, into: list[DriftSnapshot]) -> None:
@@ -73,7 +83,7 @@ def test_drift_alerts_after_the_shift_and_labels_give_precision_and_recall(
     shift_at = (start // DAY + 5) * DAY
     txns = _shifted(history.transactions, shift_at)
     end = max(t.event_time for t in txns)
-    closing = _closers(end + 2 * DAY, 8)
+    closing = _closers(end + 2 * DAY, 8, DEFAULT_PARTITIONS)
     # every label known by the end of the stream
     all_labels = [msgspec.structs.replace(lab, label_time=min(lab.label_time, end))
                   for lab in labels(history, legit_labels=True)]

@@ -27,7 +27,7 @@ from export.gates import GateConfig
 from export.lifecycle import Lifecycle
 from export.model import load_model
 from export.release import release
-from flowkit import Collector, flow_env, topic_set, wait_until
+from flowkit import Collector, flow_env, offline_scores, topic_set, wait_until
 from tiny_model import TINY_WORLD, tiny_history, train_tiny
 from topics.admin import ensure_topics
 from topics.producer import PRODUCER_DEFAULTS, produce_waiting
@@ -90,11 +90,6 @@ def test_rejected_model_keeps_the_champion_then_promote_and_rollback_hot_reload(
     settings, proc, collector = flow
     root, a, b = models
     history = tiny_history(WORLD)
-    # the stream gets no labels here: replay the transactions alone
-    X = point_in_time_features(dataclasses.replace(history, is_fraud=np.zeros(len(history), bool)))
-    ids = [t.transaction_id for t in history.transactions]
-    offline = {v: dict(zip(ids, load_model(root / v).predict(X).tolist(), strict=True))
-               for v in (a, b)}
     sent = 0
 
     def send(n: int) -> None:
@@ -132,8 +127,12 @@ def test_rejected_model_keeps_the_champion_then_promote_and_rollback_hot_reload(
     send(100)
     collector.wait_for(sent, [proc])
 
+    proc.stop()
     verdicts = [vs[0] for vs in collector.outcome.verdicts.values()]
     assert collector.outcome.duplicates == 0 and len(verdicts) == sent
+    # the stream gets no labels here: replay the transactions alone, merchants in flow order
+    offline = offline_scores(history.transactions[:sent], [root / a, root / b],
+                             tmp_path / "state")
     for v in verdicts:
         assert abs(v.score - offline[v.model_version][v.transaction_id]) <= 1e-6
     in_time = [v.model_version for v in sorted(verdicts, key=lambda v: v.scored_time)]

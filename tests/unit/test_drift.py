@@ -162,3 +162,39 @@ def test_idle_close_of_a_partition_with_labels_only_empties_it() -> None:
     idle = part.close(idle=True)
     assert idle is not None and idle.windows[(5, "v1")].labels_unknown == 1
     assert not part.has_open_windows  # so notify_at stops asking
+
+
+def test_the_clock_is_the_slowest_input_partition_until_it_goes_idle() -> None:
+    """A backlog reads input partition 1 a day ahead of 0: no row of 0 may count as late."""
+    part = PartitionDrift(0, W, grace_ms=0, idle_seconds=10)
+    one = np.ones(1, dtype=np.int64)
+    for minute in range(5):  # input 1 runs four minutes ahead of input 0
+        times, feats, scores = batch(20, (minute + 4) * W)
+        part.add_scored(META, times, feats, scores, META.thresholds.decide(scores),
+                        inputs=one.repeat(20), now=0.0)
+        times, feats, scores = batch(20, minute * W)
+        part.add_scored(META, times, feats, scores, META.thresholds.decide(scores),
+                        inputs=0 * one.repeat(20), now=0.0)
+        assert part.watermark(now=0.0) < (minute + 1) * W
+    partial = part.close(now=0.0)
+    assert partial is not None and partial.closed_before == 4  # input 0 is in minute 4
+    assert sorted(i for i, _ in partial.windows) == [0, 1, 2, 3]
+    assert all(c.count == 20 + 20 * (i >= 4) for (i, _), c in partial.windows.items())
+    assert part.late_rows == 0
+    # input 0 falls silent: after idle_seconds the clock follows input 1 alone
+    times, feats, scores = batch(1, 9 * W)
+    part.add_scored(META, times, feats, scores, META.thresholds.decide(scores),
+                    inputs=one, now=5.0)
+    assert part.close(now=5.0) is None
+    later = part.close(now=11.0)
+    assert later is not None and later.closed_before == 9
+
+
+def test_an_input_partition_not_heard_from_yet_holds_the_clock_until_idle() -> None:
+    part = PartitionDrift(0, W, grace_ms=0, idle_seconds=10, n_inputs=2)
+    times, feats, scores = batch(20, 5 * W)
+    part.add_scored(META, times, feats, scores, META.thresholds.decide(scores),
+                    inputs=np.ones(20, dtype=np.int64), now=0.0)
+    assert part.close(now=9.0) is None  # input 0 may still bring minutes 0..4
+    partial = part.close(now=10.0)
+    assert partial is not None and partial.closed_before == 5

@@ -14,8 +14,9 @@ import pytest
 from export.errors import FeatureSpecMismatch, ModelLoadError, ParityError, RegistryError
 from export.metadata import PREFIX, ModelMetadata
 from export.model import load_model
-from export.onnx import PARITY_TOLERANCE, check_parity, export_trained, main
+from export.onnx import PARITY_TOLERANCE, check_parity, export_trained
 from export.registry import ModelRegistry
+from export.release import main
 from state.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from tiny_model import train_tiny
 from training.artifact import TrainedModel

@@ -15,7 +15,7 @@ from export.errors import GateError, LifecycleError
 from export.gates import GateConfig, Holdout, champion_checks, minimum_checks, shadow_checks
 from export.lifecycle import Lifecycle
 from export.model import load_model
-from export.onnx import main as export_main
+from export.release import main as export_main
 from export.release import release
 from topics.contracts import DriftSnapshot, LabelFeedback, ShadowSummary
 

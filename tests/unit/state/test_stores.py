@@ -15,7 +15,7 @@ from state import merchant_store as ms
 from state.card_store import CardIn, CardStore
 from state.db import StoreIdentity
 from state.errors import StateFormatError, StateIdentityError
-from state.features import txn_input
+from state.inputs import txn_input
 from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
 from state.options import DAY_MS, StoreOptions
 from state.records import body_digest
