@@ -29,9 +29,10 @@ lint:
 types:
     {{python}} -m mypy
 
-# regenerate topics/schemas/*.json from the contracts
+# regenerate topics/schemas/*.json from the contracts (and the ISO 4217 / rate table check)
 schemas:
     {{python}} -m topics.schema
+    {{python}} -m topics.currency --check
 
 # run a development broker in the foreground (Tansu, memory only)
 broker *ARGS:
@@ -72,6 +73,50 @@ train *ARGS:
 export-onnx *ARGS:
     {{python}} -m export.release {{ARGS}}
 
+# list published model versions: state, gate outcome, test metrics
+models *ARGS:
+    {{python}} -m export.cli models {{ARGS}}
+
+# make VERSION the champion after its gates (audited; the running flow hot-reloads)
+promote VERSION *ARGS:
+    {{python}} -m export.cli promote {{VERSION}} {{ARGS}}
+
+# make the previous champion current again (audited)
+rollback *ARGS:
+    {{python}} -m export.cli rollback {{ARGS}}
+
+# make VERSION the shadow challenger (scored beside the champion, never decides)
+shadow VERSION *ARGS:
+    {{python}} -m export.cli shadow {{VERSION}} {{ARGS}}
+
+# governance commands in full (gates, audit, ...): just governance --help
+governance *ARGS:
+    {{python}} -m export.cli {{ARGS}}
+
+# a labelled history from the topics (transactions + labels known as of a time)
+history *ARGS:
+    {{python}} -m training.history_export {{ARGS}}
+
+# export the history from the topics, train, gate and publish a candidate
+retrain *ARGS:
+    {{python}} -m training.retrain {{ARGS}}
+
+# score a file of transactions offline with a published model (Parquet or CSV out)
+score-file *ARGS:
+    {{python}} -m training.score_file {{ARGS}}
+
+# analyst rules and lists on the rules/lists topics: just rules --help
+rules *ARGS:
+    {{python}} -m rules.cli {{ARGS}}
+
+# run a rule file over a labelled history: hits, precision, overlap with the model
+backtest-rules RULES *ARGS:
+    {{python}} -m rules.backtest {{RULES}} {{ARGS}}
+
+# show the stores of a stopped flow's state directory
+inspect-state DIR:
+    {{python}} -m state.inspect {{DIR}}
+
 # Evidently drift report (HTML): the model's training reference vs the flow's scored samples
 drift-report *ARGS:
     {{python}} -m training.drift_report {{ARGS}}
@@ -79,6 +124,10 @@ drift-report *ARGS:
 # benchmark on the embedded broker: bench/results.json + bench/RESULTS.md (--quick: ~3 min)
 bench *ARGS:
     {{python}} bench/run.py {{ARGS}}
+
+# chaos tier (~15 min): kill -9 x10 over 100k transactions, paused/replaced broker, bad models...
+chaos *ARGS:
+    FRAUD_CHAOS=full {{python}} -m pytest tests/chaos {{ARGS}}
 
 # regenerate the locks from pyproject.toml: everything (dev, CI) and runtime only (image)
 lock:

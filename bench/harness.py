@@ -200,8 +200,12 @@ class Env:
         ensure_topics(settings)
         return settings
 
-    def start(self, module: str, settings: KafkaSettings) -> FlowProcess:
-        """One flow process on ``settings``' topics, with its own state and recovery dirs."""
+    def start(self, module: str, settings: KafkaSettings,
+              metrics_port: int = 0) -> FlowProcess:
+        """One flow process on ``settings``' topics, with its own state and recovery dirs.
+
+        ``metrics_port``: where the flow serves /metrics (0: not served).
+        """
         run = self.work / f"{module}-{self.counter}"
         env = {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
                "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
@@ -211,7 +215,7 @@ class Env:
                # 5-minute windows the flow would publish a drift snapshot per ~60
                # transactions, a load no live stream has. One day per window here.
                "FRAUD_DRIFT_WINDOW_SECONDS": "86400",
-               "FRAUD_METRICS_PORT": "0", "FRAUD_LOG_LEVEL": "WARNING"}
+               "FRAUD_METRICS_PORT": str(metrics_port), "FRAUD_LOG_LEVEL": "WARNING"}
         for logical, name in settings.topic_overrides.items():
             env[f"FRAUD_TOPIC_{logical.upper().replace('-', '_')}"] = name
         return FlowProcess(env, run / "flow.log", recovery_dir=run / "recovery",
@@ -227,3 +231,46 @@ def producer(settings: KafkaSettings, **config: Any) -> Producer:
     from topics.producer import PRODUCER_DEFAULTS
 
     return Producer(settings.client_config(**{**PRODUCER_DEFAULTS, **config}))
+
+
+#: A histogram's cumulative bucket counts: {(metric, labels): {upper bound s: count}}.
+Buckets = dict[tuple[str, frozenset[tuple[str, str]]], dict[float, float]]
+
+
+def scrape_buckets(port: int, metric: str) -> Buckets:
+    """Cumulative bucket counts of every series of the histogram ``metric`` on /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: Buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != metric:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{metric}_bucket":
+                labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                key = (metric, frozenset(labels.items()))
+                out.setdefault(key, {})[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def bucket_quantile(q: float, cumulative: dict[float, float]) -> float | None:
+    """The ``q`` quantile (0-1) of a histogram from cumulative bucket counts, in the unit of
+    the bounds, interpolated linearly inside the bucket (PromQL's ``histogram_quantile``)."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower  # above the largest finite bound
+            width = count - below
+            return lower + (bound - lower) * ((rank - below) / width if width else 0.0)
+        lower, below = bound, count
+    return lower

@@ -5,13 +5,28 @@ moment the load generator produced it) to the moment the bench consumer
 receives its verdict. Each (path, rate) gets fresh topics and a fresh flow
 process: the embedded broker's fetch cost grows with the number of record
 batches in a partition, so a topic that already holds earlier rates' records
-would slow every later rate. The first 2 s of each rate are dropped, the rest
-is cut into 2 s windows; p50/p95/p99 are medians over windows, max over all.
+would slow every later rate.
+
+Statistics, each defined once:
+
+* **steady state**: the records produced from 2 s after the offer starts to
+  its end (the first 2 s, while consumers settle, are dropped);
+* **all records** (``p50``, ``p95``, ``p99``, ``max``): percentiles over every
+  steady-state record;
+* **per window** (``window_p50`` ...): the steady state is cut into 2 s windows
+  of produce time, each window's percentile taken, and the median over windows
+  reported (robust to one slow window; all-records is the stricter figure);
+* **in flow** (produce -> verdict rendered, the flow's ``scored_time``) and
+  **out** (rendered -> consumed by the bench): all-records p50/p99;
+* **stages** (scoring flow only): the flow's own ``fraud_stage_seconds``
+  histogram (broker = record timestamp to fetched by the source, card, merchant,
+  sink = made to handed to the producer, ack = handed to acknowledged), its
+  increase over the steady state, p50/p99 by ``histogram_quantile``
+  interpolation inside the buckets.
+
 A path "kept up" if its backlog drained within 5 s after the offer ended.
-For the flows, ``in_flow`` (produce -> verdict rendered, the flow's
-``scored_time``) and ``out`` (rendered -> consumed by the bench) split the p50
-and p99. ``cpu_cores`` is what the broker, the flow and the bench process used
-while the rate was offered.
+``cpu_cores`` is what the broker, the flow and the bench process used while
+the rate was offered.
 """
 
 from __future__ import annotations
@@ -22,9 +37,20 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import Collector, Env, paced_produce, producer, say
+from bench.harness import (
+    Buckets,
+    Collector,
+    Env,
+    bucket_quantile,
+    paced_produce,
+    producer,
+    say,
+    scrape_buckets,
+)
+from devkit.broker import free_port
 
 PATHS = ("hop", "passthrough", "score")
+STAGES = "fraud_stage_seconds"
 WARMUP = 300
 DROP_MS, WINDOW_MS = 2000, 2000
 DRAIN_S = 5.0
@@ -35,7 +61,7 @@ def _pct(values: np.ndarray) -> dict[str, float]:
 
 
 def summarize(samples: list[tuple[int, float, int]], t0: int, t1: int) -> dict[str, Any]:
-    """Percentiles of the samples produced in [t0 + 2 s, t1): window medians, split, max."""
+    """Statistics of the samples produced in [t0 + 2 s, t1) (see the module docstring)."""
     arr = np.asarray([s for s in samples if t0 + DROP_MS <= s[0] < t1], dtype=np.float64)
     if not len(arr):
         return {"n": 0}
@@ -47,11 +73,27 @@ def summarize(samples: list[tuple[int, float, int]], t0: int, t1: int) -> dict[s
         if len(values) >= 100:
             for q in (50, 95, 99):
                 stats[f"p{q}"].append(float(np.percentile(values, q)))
-    out: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in stats.items() if v}
+    out: dict[str, Any] = {
+        f"p{q}": round(float(np.percentile(total, q)), 1) for q in (50, 95, 99)}
+    out.update({f"window_{k}": round(statistics.median(v), 1) for k, v in stats.items() if v})
     out.update(max=round(float(total.max()), 1), n=len(arr), windows=len(stats["p50"]))
     if arr[0, 2] != arr[0, 0]:  # a verdict: split at the flow's scored_time
         out["in_flow"] = _pct(arr[:, 2] - arr[:, 0])
         out["out"] = _pct(arr[:, 1] - arr[:, 2])
+    return out
+
+
+def stage_breakdown(before: Buckets, after: Buckets) -> dict[str, dict[str, float]]:
+    """p50/p99 (ms) per stage of the observations between two scrapes of the histogram."""
+    out: dict[str, dict[str, float]] = {}
+    for key, counts in sorted(after.items(), key=lambda kv: sorted(kv[0][1])):
+        start = before.get(key, {})
+        delta = {le: c - start.get(le, 0.0) for le, c in counts.items()}
+        stage = dict(key[1])["stage"]
+        stats = {f"p{q}": bucket_quantile(q / 100, delta) for q in (50, 99)}
+        if all(v is not None for v in stats.values()):
+            out[stage] = {k: round(float(v) * 1000, 1) for k, v in stats.items() if v is not None}
+            out[stage]["n"] = delta[max(delta)]
     return out
 
 
@@ -63,8 +105,9 @@ def latency_at(env: Env, path: str, encoded: list[tuple[bytes, bytes]], rate: fl
     out_topic = in_topic if path == "hop" else settings.topic("predictions")
     collector = Collector(settings, out_topic, "hop" if path == "hop" else "verdict")
     collector.start()
+    port = free_port() if path == "score" else 0
     flow = None if path == "hop" else env.start(
-        "flows.score" if path == "score" else "bench.passthrough", settings)
+        "flows.score" if path == "score" else "bench.passthrough", settings, port)
     load = producer(settings)
     n = int(rate * seconds)
     try:
@@ -73,17 +116,21 @@ def latency_at(env: Env, path: str, encoded: list[tuple[bytes, bytes]], rate: fl
         if not collector.wait_for(WARMUP, 120, flow):
             raise RuntimeError(f"latency {path}: warm-up verdicts missing")
         cpu = env.cpu(flow)
+        before = scrape_buckets(port, STAGES) if port else {}
         t0 = int(time.time() * 1000)
         offered = paced_produce(load, in_topic, encoded[WARMUP:WARMUP + n], rate)
         t1 = int(time.time() * 1000)
         used = cpu.take()
         # kept up: the backlog left when the offer ends drains within DRAIN_S
         kept_up = collector.wait_for(WARMUP + n, DRAIN_S, flow)
+        after = scrape_buckets(port, STAGES) if port else {}
     finally:
         if flow is not None:
             flow.stop()
         collector.stop()
     res = summarize(collector.samples, t0, t1)
+    if after:
+        res["stages"] = stage_breakdown(before, after)
     wall = max(1e-3, (t1 - t0) / 1000)
     res.update(offered_per_s=rate, achieved_offer_per_s=round(offered), kept_up=kept_up,
                cpu_cores={k: round(v / wall, 2) for k, v in used.items()})

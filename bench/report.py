@@ -1,4 +1,4 @@
-"""The machine, the targets of issue 6, and the Markdown table (bench/RESULTS.md)."""
+"""The machine, the targets of issues 15 and 18, and the Markdown report (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,10 @@ def _header(res: dict[str, Any]) -> list[str]:
         "interleaved on one pre-loaded topic (fresh output topics and state per run); rate = "
         "(verdicts - 1) / span of the verdicts' Kafka record timestamps (start-up excluded). "
         "Latency: produce moment (record timestamp of the transaction) to verdict consumed by "
-        "the bench, fresh topics and flow process per rate; first 2 s dropped, p50/p95/p99 are "
-        f"medians over 2 s windows ({cfg['latency_seconds']:g} s per rate), max over all. "
+        "the bench, fresh topics and flow process per rate, "
+        f"{cfg['latency_seconds']:g} s offered per rate; steady state = records produced "
+        "after the first 2 s; p50/p95/p99/max over **all** steady-state records; "
+        "'window p99' = median over 2 s windows of each window's p99 (bench/latency.py). "
         f"Components: median of {cfg['component_runs']} runs.", "",
     ]
 
@@ -78,9 +80,10 @@ def _throughput(res: dict[str, Any]) -> list[str]:
 def _latency(res: dict[str, Any]) -> list[str]:
     lat, cfg = res["latency"], res["config"]
     lines = ["## End-to-end latency (ms)", "",
-             "| rate tx/s | path | p50 | p95 | p99 | max | in flow p50/p99 | offered/s | "
-             "CPU cores broker/flow/bench | kept up |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| rate tx/s | path | p50 | p95 | p99 | max | window p99 | in flow p50/p99 | "
+             "offered/s | CPU cores broker/flow/bench | kept up |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    stages: list[str] = []
     for rate in cfg["rates"]:
         for path in ("hop", "passthrough", "score"):
             x = lat.get(path, {}).get(str(int(rate)))
@@ -90,13 +93,32 @@ def _latency(res: dict[str, Any]) -> list[str]:
             cpu = x.get("cpu_cores", {})
             cores = "/".join(str(cpu.get(k, "-")) for k in ("broker", "flow", "bench"))
             lines.append(f"| {rate:,.0f} | {path} | {x.get('p50', '-')} | {x.get('p95', '-')} | "
-                         f"{x.get('p99', '-')} | {x.get('max', '-')} | {split} | "
+                         f"{x.get('p99', '-')} | {x.get('max', '-')} | "
+                         f"{x.get('window_p99', '-')} | {split} | "
                          f"{x.get('achieved_offer_per_s', '-'):,} | {cores} | "
                          f"{'yes' if x['kept_up'] else 'NO'} |")
-    return lines + ["", "hop = plain produce -> consume on one topic (broker floor; flows cross "
-                    "two hops). in flow = produce -> verdict rendered in the flow (its "
-                    "scored_time). Ratio score/pass-through: "
-                    + json.dumps(lat.get("ratio_to_passthrough", {})), ""]
+            for stage in STAGE_ORDER:
+                st = x.get("stages", {}).get(stage)
+                if st:
+                    stages.append(f"| {rate:,.0f} | {stage} | {st['p50']} | {st['p99']} | "
+                                  f"{st['n']:,.0f} |")
+    lines += ["", "hop = plain produce -> consume on one topic (broker floor; flows cross "
+              "two hops). in flow = produce -> verdict rendered in the flow (its "
+              "scored_time). Ratio score/pass-through: "
+              + json.dumps(lat.get("ratio_to_passthrough", {})), ""]
+    if stages:
+        lines += ["### Where the scoring flow's time goes (ms, `fraud_stage_seconds`)", "",
+                  "| rate tx/s | stage | p50 | p99 | observations |", "|---:|---|---:|---:|---:|",
+                  *stages, "",
+                  "broker = record timestamp to fetched by the flow's source; card = fetched to "
+                  "card stage done; merchant = to verdict made (merchant features, model, "
+                  "rules); sink = made to handed to the producer; ack = handed to acknowledged "
+                  "by the broker. One transaction in 8 is observed (plus the last of each sink "
+                  "batch); p50/p99 interpolated inside the histogram's buckets.", ""]
+    return lines
+
+
+STAGE_ORDER = ("broker", "card", "merchant", "sink", "ack")
 
 
 def _memory(res: dict[str, Any]) -> list[str]:
@@ -133,24 +155,39 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15 and 18 acceptance targets against the results, measured in the same run."""
     out = []
     tp = res.get("throughput")
     if tp:
-        out.append({"target": "scoring >= 50% of pass-through",
-                    "measured": f"{tp['ratio']:.0%} (x{tp['ratio'] / 0.5:.2f} of target)",
-                    "met": tp["ratio"] >= 0.5})
+        out.append({"target": "scoring >= 30% of pass-through, one process",
+                    "measured": f"{tp['ratio']:.0%} (x{tp['ratio'] / 0.3:.2f} of target)",
+                    "met": tp["ratio"] >= 0.3})
         s = tp["score"]["tx_per_s"]
         out.append({"target": "scoring >= 25,000 tx/s, one process",
                     "measured": f"{s:,.0f} tx/s (x{s / 25_000:.2f} of target)",
                     "met": s >= 25_000})
-    x = res.get("latency", {}).get("score", {}).get("5000")
-    if x and "p99" in x:
-        out.append({"target": "p99 end-to-end <= 50 ms at 5,000 tx/s",
-                    "measured": f"{x['p99']} ms (x{x['p99'] / 50:.2f} of limit)",
-                    "met": x["p99"] <= 50 and x["kept_up"]})
-    big = res.get("memory", {}).get("1000000")
-    if big:
-        out.append({"target": "peak RSS <= 1 GiB with 1,000,000 cards",
-                    "measured": f"{big['peak_rss_mib']} MiB (x{big['peak_rss_mib'] / 1024:.2f})",
-                    "met": big["peak_rss_mib"] <= 1024})
+    lat = res.get("latency", {})
+    x, hop = lat.get("score", {}).get("5000"), lat.get("hop", {}).get("5000")
+    if x and hop and "p99" in x and "p99" in hop:
+        limit = 2 * hop["p99"] + 10
+        out.append({"target": "at 5,000 tx/s: end-to-end p99 <= two hops' p99 + 10 ms",
+                    "measured": f"{x['p99']} ms vs {limit:.1f} ms (x{x['p99'] / limit:.2f})",
+                    "met": x["p99"] <= limit and x["kept_up"]})
+        if "in_flow" in x:
+            limit = hop["p99"] + 10
+            got = x["in_flow"]["p99"]
+            out.append({"target": "at 5,000 tx/s: produce-to-scored p99 <= one hop's p99 + 10 ms",
+                        "measured": f"{got} ms vs {limit:.1f} ms (x{got / limit:.2f})",
+                        "met": got <= limit})
+        out.append({"target": "at 5,000 tx/s: max <= 3 x p99",
+                    "measured": f"{x['max']} ms vs {3 * x['p99']:.1f} ms",
+                    "met": x["max"] <= 3 * x["p99"]})
+    for cards, x in res.get("memory", {}).items():
+        if int(cards) >= 10_000_000:
+            out.append({"target": f"{int(cards):,} cards: flow process peak RSS <= 512 MiB",
+                        "measured": f"{x['peak_rss_mib']} MiB",
+                        "met": x["peak_rss_mib"] <= 512})
+            out.append({"target": f"{int(cards):,} cards: <= 100 bytes per card on disk",
+                        "measured": f"{x['disk_bytes_per_card']} B",
+                        "met": x["disk_bytes_per_card"] <= 100})
     return out
