@@ -19,7 +19,7 @@ test *ARGS: lint types
 
 # only the fast, pure tests
 test-unit *ARGS:
-    {{python}} -m pytest tests/unit topics state export training flows devkit demo {{ARGS}}
+    {{python}} -m pytest tests/unit topics state export training flows rules devkit demo {{ARGS}}
 
 # ruff: pyflakes, pycodestyle, isort, bugbear, docstrings
 lint:

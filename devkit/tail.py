@@ -130,8 +130,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "topic", metavar="TOPIC",
-        help="logical name (transactions, predictions, labels, drift, dead-letter), mapped "
-        "through the settings, or a real topic name",
+        help=f"logical name ({', '.join(TOPICS)}), mapped through the settings, or a real "
+        "topic name",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true",

@@ -9,7 +9,7 @@
 #   FLOW_RECOVERY_DIR         recovery partitions (default /data/recovery)
 #   FLOW_RECOVERY_PARTITIONS  how many process 0 creates, once, when its recovery
 #                             directory is empty (default 1); fixed from then on
-#   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 10)
+#   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 5)
 #
 # FLOW_*, not FRAUD_*: the flow refuses FRAUD_* variables it does not know.
 #
@@ -23,7 +23,7 @@ set -eu
 
 recovery_dir="${FLOW_RECOVERY_DIR:-/data/recovery}"
 partitions="${FLOW_RECOVERY_PARTITIONS:-1}"
-snapshot="${FLOW_SNAPSHOT_SECONDS:-10}"
+snapshot="${FLOW_SNAPSHOT_SECONDS:-5}"
 host="${HOSTNAME:-$(cat /proc/sys/kernel/hostname)}"
 process_id="${FLOW_PROCESS_ID:-${host##*-}}"
 

@@ -211,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", type=Path, default=Path("models"),
                    help="registry root (default: models)")
+    # also accepted after the command (`just models --models-dir X`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS,
+                        help="registry root (default: models)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def gate_flags(q: argparse.ArgumentParser) -> None:
@@ -222,19 +226,22 @@ def parser() -> argparse.ArgumentParser:
                        help="shadow evidence from this JSON-lines file (`just tail drift --json`) "
                             "instead of the drift topic")
 
-    q = sub.add_parser("models", help="list versions: state, gates, test metrics")
+    q = sub.add_parser("models", parents=[common],
+                       help="list versions: state, gates, test metrics")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
     q.set_defaults(func=cmd_models)
 
-    q = sub.add_parser("gates", help="evaluate a version's gates now (no state change)")
+    q = sub.add_parser("gates", parents=[common],
+                       help="evaluate a version's gates now (no state change)")
     q.add_argument("version")
     q.add_argument("--shadow", action="store_true",
                    help="include shadow evidence even if the version is not the shadow")
     gate_flags(q)
     q.set_defaults(func=cmd_gates)
 
-    q = sub.add_parser("promote", help="make VERSION the champion after its gates")
+    q = sub.add_parser("promote", parents=[common],
+                       help="make VERSION the champion after its gates")
     q.add_argument("version")
     q.add_argument("--force", action="store_true",
                    help="promote although a gate failed (needs --reason; audited)")
@@ -245,17 +252,20 @@ def parser() -> argparse.ArgumentParser:
     gate_flags(q)
     q.set_defaults(func=cmd_promote)
 
-    q = sub.add_parser("rollback", help="make the previous champion current again")
+    q = sub.add_parser("rollback", parents=[common],
+                       help="make the previous champion current again")
     q.add_argument("--reason", default="", help="why (written to the audit log)")
     q.set_defaults(func=cmd_rollback)
 
-    q = sub.add_parser("shadow", help="make VERSION the challenger (models/shadow)")
+    q = sub.add_parser("shadow", parents=[common],
+                       help="make VERSION the challenger (models/shadow)")
     q.add_argument("version", nargs="?")
     q.add_argument("--clear", action="store_true", help="remove the challenger")
     q.add_argument("--reason", default="", help="why (written to the audit log)")
     q.set_defaults(func=cmd_shadow)
 
-    q = sub.add_parser("audit", help="print the audit log")
+    q = sub.add_parser("audit", parents=[common],
+                       help="print the audit log")
     q.add_argument("--limit", type=int, default=50, help="last N records (default 50)")
     q.add_argument("--json", action="store_true", help="raw JSON lines")
     q.set_defaults(func=cmd_audit)

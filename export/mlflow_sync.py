@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from topics.errors import ConfigError
+
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 MODEL_NAME_ENV = "FRAUD_MLFLOW_MODEL_NAME"
@@ -60,7 +62,14 @@ def client_for(uri: str) -> Any:
     """An ``MlflowClient`` on ``uri`` (tracking and registry)."""
     if urlparse(uri).scheme in ("", "file"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    from mlflow import MlflowClient
+    try:
+        from mlflow import MlflowClient
+    except ImportError as exc:
+        raise ConfigError(
+            f"{TRACKING_ENV} is set ({uri}) but MLflow is not installed here: install the "
+            "`mlflow` extra (pip install 'fraudstream[mlflow]'; the dev environment has it), "
+            f"or unset {TRACKING_ENV}"
+        ) from exc
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

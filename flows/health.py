@@ -196,9 +196,10 @@ def topic_identity(settings: KafkaSettings, topic: str, timeout: float = 10.0) -
 
     try:
         found = describe(_admin(settings, timeout), [topic], timeout).get(topic)
-    except KafkaException as exc:
+    except (KafkaException, TimeoutError) as exc:  # a future unanswered within the timeout
         raise BrokerError(
-            f"cannot describe topic {topic!r} on {settings.bootstrap_servers}: {exc}; "
+            f"cannot describe topic {topic!r} on {settings.bootstrap_servers}: "
+            f"{exc or f'no answer within {timeout:g} s'}; "
             f"check {BOOTSTRAP_ENV} and that the broker is running"
         ) from exc
     if found is None:

@@ -19,7 +19,7 @@
 
 Recommended run (see README, "Running the flow"): initialise recovery
 partitions once with ``python -m bytewax.recovery <dir> <n>``, then
-``python -m bytewax.run flows.score -r <dir> -s 1 -b 0``. Scale with processes
+``python -m bytewax.run flows.score -r <dir> -s 5 -b 0``. Scale with processes
 (``-i/-a``), not threads. Step ids below are part of Bytewax's recovery state:
 renaming one orphans its snapshots.
 
@@ -58,7 +58,7 @@ from flows.serving import ModelSource
 from flows.settings import DriftSettings, ScoringSettings
 from rules.book import RuleBook
 from state.card_store import CardStore
-from state.db import StoreIdentity
+from state.db import StoreIdentity, check_state_dir
 from state.inputs import AmountFn
 from state.lock import lock_recovery_dir, lock_state_dir
 from state.merchant_store import MerchantStore
@@ -239,14 +239,24 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     def merchant_shard(merchant_id: str) -> int:
         return murmur2_partition(merchant_id, shards)
 
+    scale = f"{rates.reference}/{rates.version}"
+
+    def card_identity(shard: int) -> StoreIdentity:
+        return StoreIdentity("cards", shard, parts, topic, topic_id, scale)
+
+    def merchant_identity(shard: int) -> StoreIdentity:
+        return StoreIdentity("merchants", shard, shards, topic, topic_id, scale)
+
+    # a state directory of another topic set or rate table is refused now, not at its
+    # shard's first record
+    check_state_dir(settings.state_dir, [*map(card_identity, range(parts)),
+                                         *map(merchant_identity, range(shards))])
+
     def open_cards(shard: int) -> CardStore:
-        return CardStore.open(
-            settings.state_dir, StoreIdentity("cards", shard, parts, topic, topic_id), options)
+        return CardStore.open(settings.state_dir, card_identity(shard), options)
 
     def open_scorer(shard: int, resumed: MerchantSnapshot | None) -> MerchantScorer:
-        store = MerchantStore.open(
-            settings.state_dir, StoreIdentity("merchants", shard, shards, topic, topic_id),
-            options)
+        store = MerchantStore.open(settings.state_dir, merchant_identity(shard), options)
         samples = (
             SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None
@@ -269,7 +279,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     )
     txns = decode(
         "decode-transactions", txn_msgs,
-        TransactionDecoder(settings.max_message_bytes, future), skew,
+        TransactionDecoder(settings.max_message_bytes, future, rates=rates), skew,
         KeyRule(parts, settings.miskeyed),
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.

@@ -13,9 +13,11 @@ Per transaction, with the hits of the rules in force at its event time:
 3. **Otherwise the most severe wins**: decline > review > approve, between the
    model's decision and any active ``review`` hit.
 4. ``tag`` rules never change a decision; they are recorded as hits.
-5. **Shadow rules** are evaluated and counted, and never change anything; the
-   decision they *would* give (every rule treated as active) is reported beside
-   the real one as ``shadow_decision``, for the shadow overlap metric.
+5. **Shadow rules** are evaluated and counted, and never change anything: their
+   hits appear in ``fraud_rule_hits_total{mode="shadow"}`` and, against the
+   model's decision, in ``fraud_rule_model_overlap_total``, so an analyst sees
+   what a rule would catch (and what the model already catches) before it is
+   made active. ``just backtest-rules`` gives the same over a labelled history.
 
 Hits are listed active first, then by ``priority`` (higher first), then by rule
 id; the decision's author (``decided_by``) is the first active hit whose action

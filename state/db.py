@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Self, cast
 
@@ -47,6 +47,8 @@ class StoreIdentity:
     """The ``transactions`` topic whose records built the state."""
     topic_id: str = ""
     """The broker's id of that topic ('' where the broker reports none)."""
+    amounts: str = ""
+    """``<reference currency>/<rate-table version>`` the stored amounts were converted with."""
 
     def describe(self) -> str:
         """Human-readable form for messages."""
@@ -211,8 +213,35 @@ class StateDB:
         self.db.close()
 
 
-def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity) -> None:
-    """Stamp a new store; refuse one written by other code or for something else."""
+def check_state_dir(state_dir: Path, expected: Sequence[StoreIdentity]) -> int:
+    """Refuse, before anything runs, a state directory written for something else.
+
+    Opens every existing store of ``expected`` (``<state_dir>/<role>/<shard>``)
+    read-only and checks its format and identity; returns how many were found.
+    Raises :class:`StateFormatError`, :class:`StateIdentityError` or
+    :class:`StoreIOError` (cannot open).
+    """
+    found = 0
+    for identity in expected:
+        path = Path(state_dir) / identity.role / str(identity.shard)
+        if not (path / "CURRENT").exists():
+            continue
+        try:
+            db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True),
+                                 access_type=rocksdict.AccessType.read_only())
+        except Exception as exc:
+            raise StoreIOError(f"cannot open RocksDB at {path} to check it: {exc}") from exc
+        try:
+            _check(db, path, identity, stamp=False)
+        finally:
+            db.close()
+        found += 1
+    return found
+
+
+def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool = True
+           ) -> None:
+    """Stamp a new store (``stamp``); refuse one written by other code or for something else."""
     expected = _format(identity.role)
     found = db.get(keys.FORMAT_KEY)
     stored = db.get(keys.IDENTITY_KEY)
@@ -224,10 +253,11 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity) -> None:
                 f"{path} holds data but no format stamp (written by an older fraudstream): "
                 "delete the state directory and the recovery directory, then restart"
             )
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        batch.put(keys.FORMAT_KEY, expected)
-        batch.put(keys.IDENTITY_KEY, json.dumps(asdict(identity), sort_keys=True).encode())
-        db.write(batch)
+        if stamp:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(keys.FORMAT_KEY, expected)
+            batch.put(keys.IDENTITY_KEY, json.dumps(asdict(identity), sort_keys=True).encode())
+            db.write(batch)
         return
     if found != expected:
         raise StateFormatError(
@@ -236,6 +266,14 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity) -> None:
             "(FRAUD_STATE_DIR and -r), then restart to rebuild from the topic"
         )
     have = StoreIdentity(**cast(dict[str, Any], json.loads(stored))) if stored else None
+    if (have is not None and have != identity
+            and replace(have, amounts=identity.amounts) == identity):
+        raise StateIdentityError(
+            f"{path} holds amounts converted to {have.amounts or 'an unrecorded rate table'}; "
+            f"the model converts to {identity.amounts}: card and merchant history would mix "
+            "two scales. Serve a model trained on the same rate table, or delete the state "
+            "and recovery directories to rebuild from the topic"
+        )
     if have != identity:
         what = have.describe() if have is not None else "nothing recorded"
         raise StateIdentityError(

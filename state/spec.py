@@ -10,9 +10,10 @@ v2 against v1: every amount is in the model's **reference currency** (default
 EUR; the cardholder billing amount when the message carries one, see
 :func:`topics.currency.reference_amount`), amount 0 (a zero-value authorisation)
 is a transaction like any other, merchant state covers all traffic (not one
-input partition's share), labels never move a window's clock, and four features
-are new: ``card_zero_count_24h`` and the delay-aligned merchant risk over 1, 7
-and 30 days.
+input partition's share) in closed, anchored windows, labels never move a
+window's clock, and seven features are new: ``card_zero_count_24h``, the
+delay-aligned merchant risk over 1, 7 and 30 days, the merchant's fraud labels
+known over 7 days and its "familiar" fraud over 7 and 30 days (see the table).
 
 >>> N_FEATURES == len(FEATURE_NAMES) and FEATURE_NAMES[0]
 'card_count_10m'

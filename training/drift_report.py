@@ -8,7 +8,7 @@ sampled while scoring (Parquet under ``FRAUD_SAMPLE_DIR``, see
 report's model version are used, deduplicated by transaction id, optionally the
 last ``--window-minutes`` of event time. The HTML report holds:
 
-- data drift of the 36 features, the score and the decision: a per-column test
+- data drift of every feature of the spec, the score and the decision: a per-column test
   (Evidently picks it from the data: Wasserstein distance or K-S for numeric
   columns, Jensen-Shannon or chi-squared for categories), the share of drifted
   columns, and each column's reference and current distributions;

@@ -1,7 +1,7 @@
 """Score a file of transactions offline: the stream's feature path, model, thresholds and reasons.
 
 ``python -m training.score_file --data transactions.parquet --out verdicts.parquet``
-(``just score-file DATA=...``) reads a file in the bring-your-own history format
+(``just score-file --data FILE --out FILE``) reads a file in the bring-your-own history format
 (:mod:`training.history`; ``is_fraud``/``label_time`` are optional here: without
 them no label feeds the label-based merchant features, as in a stream without a
 ``labels`` topic), replays it through ``state`` for point-in-time features

@@ -933,7 +933,7 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     from training.history import HistoryError
 
     try:
-        train_history_file(args.data, args.out, cfg, say, skip_invalid=args.skip_invalid)
+        trained = train_history_file(args.data, args.out, cfg, say, skip_invalid=args.skip_invalid)
     except HistoryError as exc:
         print(f"error: {exc.headline}", file=sys.stderr)
         if len(exc.problems) > 1:
@@ -943,6 +943,11 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     except FraudStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from training.tracking import log_training_run
+
+    run_id = log_training_run(trained, args.out)  # only with MLFLOW_TRACKING_URI set
+    if run_id:
+        say(f"MLflow run {run_id}")
     return 0
 
 

@@ -242,3 +242,30 @@ def test_replay_counts_repeats_and_conflicts(events_factory: Factory) -> None:
 
 def contents_of(pipe: Pipeline) -> dict[bytes, bytes]:
     return {**dict(pipe.cards.db.db.items()), **dict(pipe.merchants.db.db.items())}
+
+
+def test_a_foreign_state_directory_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from state.db import check_state_dir
+
+    CardStore.open(tmp_path, CARDS).close()
+    assert check_state_dir(tmp_path, [CARDS]) == 1
+    assert check_state_dir(tmp_path / "empty", [CARDS]) == 0
+    recreated = StoreIdentity("cards", 0, 1, "transactions", "id-2")
+    with pytest.raises(StateIdentityError, match="id-1"):
+        check_state_dir(tmp_path, [recreated])
+    # the check stamps nothing: a new store is still stamped on first open
+    assert check_state_dir(tmp_path, [StoreIdentity("merchants", 0, 8, "t", "x")]) == 0
+    assert not (tmp_path / "merchants").exists()
+
+
+def test_state_built_with_another_rate_table_is_refused(tmp_path: Path) -> None:
+    import dataclasses
+
+    from state.db import check_state_dir
+
+    eur_a = dataclasses.replace(CARDS, amounts="EUR/table-a")
+    CardStore.open(tmp_path, eur_a).close()
+    with pytest.raises(StateIdentityError, match="EUR/table-a.*EUR/table-b"):
+        check_state_dir(tmp_path, [dataclasses.replace(CARDS, amounts="EUR/table-b")])
+    with pytest.raises(StateIdentityError, match="mix two scales"):
+        CardStore.open(tmp_path, dataclasses.replace(CARDS, amounts="USD/table-a"))
