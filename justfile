@@ -109,9 +109,16 @@ score-file *ARGS:
 rules *ARGS:
     {{python}} -m rules.cli {{ARGS}}
 
-# run a rule file over a labelled history: hits, precision, overlap with the model
+# run a rule file over a labelled history: just backtest-rules RULES_FILE DATA=history [options]
+[positional-arguments]
 backtest-rules RULES *ARGS:
-    {{python}} -m rules.backtest {{RULES}} {{ARGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rules="$1"; shift; data="{{DATA}}"; rest=()
+    for arg in "$@"; do
+        case "$arg" in DATA=*) data="${arg#DATA=}" ;; *) rest+=("$arg") ;; esac
+    done
+    exec {{python}} -m rules.backtest "$rules" --data "$data" "${rest[@]}"
 
 # show the stores of a stopped flow's state directory
 inspect-state DIR:

@@ -11,7 +11,9 @@ measured in the same run:
 2. latency under a steady offered rate (:mod:`bench.latency`): a plain topic
    hop (the broker's floor), the pass-through flow and the scoring flow;
 3. components in process (:mod:`bench.components`);
-4. memory and disk with 100,000 and 1,000,000 cards (``bench/state_bench.py``,
+4. analyst rules: µs per transaction with 1, 10 and 100 active rules
+   (``bench/rules_bench.py``);
+5. memory and disk with 100,000 and 1,000,000 cards (``bench/state_bench.py``,
    one fresh process per size, both at once: they use a core each).
 
 Each phase prints its progress and duration; the total goes into the results.
@@ -46,7 +48,7 @@ from topics.contracts import Transaction  # noqa: E402
 from topics.settings import KafkaSettings  # noqa: E402
 from training.simulate import SimConfig, simulated_history  # noqa: E402
 
-ALL_PARTS = ("throughput", "latency", "components", "memory")
+ALL_PARTS = ("throughput", "latency", "components", "rules", "memory")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -77,6 +79,19 @@ def memory(sizes: list[tuple[int, int, int]]) -> dict[str, Any]:
         out[str(cards)] = {**json.loads(stdout[stdout.index("{"):]), "txns_per_card": 1}
         say(f"memory {cards:,} cards: peak RSS {out[str(cards)]['peak_rss_mib']} MiB, "
             f"{out[str(cards)]['disk_bytes_per_card']} B/card on disk")
+    return out
+
+
+def rules_cost(quick: bool) -> dict[str, Any]:
+    """``bench/rules_bench.py --json``: µs per transaction with 1, 10 and 100 active rules."""
+    cmd = [sys.executable, str(ROOT / "bench" / "rules_bench.py"), "--json",
+           "--batches", "10" if quick else "40", "--rounds", "3" if quick else "5"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode:
+        raise RuntimeError(f"rules_bench failed ({done.returncode}): {done.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    say(f"rules: 100 active rules {out['rules_100_us_per_txn']} µs/txn, "
+        f"10 rules {out['rules_10_us_per_txn']} µs/txn")
     return out
 
 
@@ -158,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if "components" in parts:
             with phase("components"):
                 res["components"] = components(txns[:n], model, n_state, component_runs)
+        if "rules" in parts:
+            with phase("rules"):
+                res["rules"] = rules_cost(quick)
         if "memory" in parts:
             with phase("memory"):
                 res["memory"] = memory(sizes)

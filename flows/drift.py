@@ -31,14 +31,15 @@ proportions floored at :data:`PSI_FLOOR`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from export.metadata import ModelMetadata
 from flows import metrics
-from topics.contracts import DriftSnapshot, LabelFeedback, ShadowSummary
+from topics.contracts import DriftSnapshot, LabelFeedback, RuleHits, ShadowSummary
 
 DECISIONS = ("approve", "review", "decline")
 
@@ -148,6 +149,15 @@ class WindowCounts:
     shadow: np.ndarray = field(default_factory=lambda: np.zeros(7))
     """Shadow pairs: n, agreements, sum x, sum y, sum x², sum y², sum xy."""
     shadow_labels: np.ndarray = field(default_factory=_label_matrix)
+    rules: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """(rule id, mode) -> [hits, hits the model alone flagged]."""
+
+    def add_rule_hits(self, hits: dict[tuple[str, str], list[int]]) -> None:
+        """Add analyst rule hit counts (same shape as :attr:`rules`)."""
+        for key, (n, flagged) in hits.items():
+            mine = self.rules.setdefault(key, [0, 0])
+            mine[0] += n
+            mine[1] += flagged
 
     def add_scored(
         self, reference: Reference, bins: np.ndarray, scores: np.ndarray, codes: np.ndarray
@@ -190,6 +200,7 @@ class WindowCounts:
         self.shadow_version = self.shadow_version or other.shadow_version
         self.shadow += other.shadow
         self.shadow_labels += other.shadow_labels
+        self.add_rule_hits(other.rules)
 
 
 def feedback(matrix: np.ndarray) -> LabelFeedback | None:
@@ -255,6 +266,8 @@ def snapshot(
         alerts=alerts, psi_threshold=psi_threshold, partitions=partitions, complete=complete,
         labels=feedback(counts.labels), labels_unknown=counts.labels_unknown,
         shadow=_shadow_summary(counts),
+        rules=[RuleHits(rule_id=rule_id, mode=cast(Any, mode), hits=n, model_flagged=flagged)
+               for (rule_id, mode), (n, flagged) in sorted(counts.rules.items())],
     )
 
 
@@ -404,6 +417,31 @@ class PartitionDrift:
                 counts.add_shadow(version, scores[rows], s_scores[rows],
                                   s_decisions[rows] == decisions[rows])
         return late
+
+    def add_rule_hits(self, version: str, event_times: np.ndarray,
+                      hits: Sequence[Sequence[tuple[str, str]]], model_flagged: np.ndarray,
+                      ) -> None:
+        """Count analyst rule hits in the rows' windows.
+
+        ``hits[i]``: the (rule id, mode) pairs that hit row ``i`` (event time
+        ``event_times[i]`` ms); ``model_flagged[i]``: whether the model alone
+        reviewed or declined it. Rows of a closed window are not counted (as late rows).
+        """
+        per_window: dict[int, dict[tuple[str, str], list[int]]] = {}
+        for t, row_hits, flagged in zip(event_times.tolist(), hits, model_flagged.tolist(),
+                                        strict=True):
+            if not row_hits:
+                continue
+            index = int(t) // self.window_ms
+            if self._late(index):
+                continue
+            counts = per_window.setdefault(index, {})
+            for key in row_hits:
+                c = counts.setdefault(key, [0, 0])
+                c[0] += 1
+                c[1] += int(flagged)
+        for index, counts in per_window.items():
+            self._window((index, version)).add_rule_hits(counts)
 
     def add_unknown(self, count: int, live_version: str) -> None:
         """Count labels whose transaction never arrived within the horizon (oldest open window)."""

@@ -247,7 +247,8 @@ class MerchantScorer:
             metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(results) - agree)
         self._scored = {"live": live, "shadow": shadow, "scores": scores,
                         "decisions": decisions, "shadow_scores": shadow_scores,
-                        "shadow_decisions": shadow_decisions}
+                        "shadow_decisions": shadow_decisions, "outcome": outcome,
+                        "model_decisions": model_decisions}
         now = self.clock()
         now_ms = int(now * 1000)
         version, spec_version = live.version, live.model.feature_spec_version
@@ -315,6 +316,12 @@ class MerchantScorer:
                                  len(fresh))
             self.drift.add_scored(live.model.metadata, event_times, features, s["scores"],
                                   s["decisions"], pair, inputs)
+            outcome = s["outcome"]
+            if outcome is not None and any(outcome.hits):
+                self.drift.add_rule_hits(
+                    live.version, event_times,
+                    [[(h.rule_id, h.mode) for h in row] for row in outcome.hits],
+                    s["model_decisions"] != "approve")
         if self.samples is not None:
             self.samples.offer(
                 [outs[i].first.seq for i in fresh],  # type: ignore[union-attr]

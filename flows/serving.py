@@ -4,8 +4,8 @@
 the ``models/current`` link) and, when polled between batches, at most every
 ``interval`` seconds, checks whether the file behind the path changed. A new
 model is loaded and checked (feature spec, graph shapes and a probe prediction,
-rate table) *before* it replaces the old one; a corrupt or mismatched model is refused with a log line
-and ``fraud_model_reloads_total{outcome="refused"}``, and the old one keeps
+rate table) *before* it replaces the old one; a corrupt or mismatched model is
+refused with a log line and ``fraud_model_reloads_total{outcome="refused"}``, and the old one keeps
 serving. A batch is always scored by one model, whose version every verdict
 names; replayed offsets re-emit their stored verdicts, so no transaction is
 scored twice across a swap.

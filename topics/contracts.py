@@ -329,6 +329,16 @@ class ShadowSummary(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     labels: LabelFeedback | None = None
 
 
+class RuleHits(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """One analyst rule's hits over a window: how often, and how often the model agreed."""
+
+    rule_id: str
+    mode: Literal["active", "shadow"]
+    hits: Annotated[int, msgspec.Meta(ge=0, description="Transactions the rule hit.")]
+    model_flagged: Annotated[int, msgspec.Meta(
+        ge=0, description="Of those, the ones the model alone would review or decline.")] = 0
+
+
 class DriftSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Drift, decisions and label feedback of one model version over one event-time window.
 
@@ -355,6 +365,8 @@ class DriftSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         int, msgspec.Meta(ge=0, description="Labels whose transaction has no stored verdict.")
     ] = 0
     shadow: ShadowSummary | None = None
+    rules: list[RuleHits] = []
+    """Analyst rule hits in the window (active and shadow rules), by rule id."""
     schema_version: int = 1
 
     SCHEMA_VERSION = 1

@@ -115,3 +115,45 @@ def test_the_rule_book_survives_a_restart_from_the_snapshot(
     scorer = restored._opened(0)
     assert scorer.rules is not None and scorer.rules.has_rules
     assert scorer.rules.version == version
+
+
+def test_rule_hits_and_their_overlap_with_the_model_reach_the_drift_snapshot(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.drift import DriftAggregator, DriftPartial
+
+    window = 10 * MIN
+    stages = Stages(tmp_path, _source(tiny_model_dir), drift_window_ms=window)
+    stages.publish_rules("rules", [
+        ("big", rule("big", "amount_reference > 5000.0", action="review")),
+        ("all", rule("all", "amount_reference >= 0.0", mode="shadow")),
+    ])
+    batch = [txn(i, card=f"c-{i % 7}", amount=9000.0 if i % 4 == 0 else 20.0)
+             for i in range(40)]
+    stages.feed(sourced(batch, stages.parts))
+    # every input partition moves two windows on: the first windows close everywhere
+    stages.feed(sourced([txn(100 + p, card=f"c-{p}", t=T0 + 3 * window) for p in range(7)],
+                        stages.parts))
+    for logic in stages.merchants.values():
+        stages.outputs.extend(logic.on_notify()[0])  # idle shards hand their windows on
+    agg = DriftAggregator(stages.shards, window, psi_threshold=0.2, min_count=1,
+                          flush_seconds=60)
+    snaps = [s for o in stages.outputs if isinstance(o, DriftPartial)
+             for s in agg.add(o, now=0.0)]
+    snaps += agg.flush(now=120.0)
+    assert agg.late_partials == 0
+    expected: dict[tuple[str, str], list[int]] = {}
+    for v in stages.verdicts():
+        flagged = (v.model_decision or v.decision) != "approve"
+        for h in v.rule_hits:
+            c = expected.setdefault((h.rule_id, h.mode), [0, 0])
+            c[0] += 1
+            c[1] += int(flagged)
+    got: dict[tuple[str, str], list[int]] = {}
+    for s in snaps:
+        for r in s.rules:
+            c = got.setdefault((r.rule_id, r.mode), [0, 0])
+            c[0] += r.hits
+            c[1] += r.model_flagged
+    assert got == expected
+    assert got[("all", "shadow")][0] == 47 and got[("big", "active")][0] == 10
