@@ -101,9 +101,20 @@ history *ARGS:
 retrain *ARGS:
     {{python}} -m training.retrain {{ARGS}}
 
-# score a file of transactions offline with a published model (Parquet or CSV out)
+# score a file offline with a published model: just score-file DATA=txns.parquet [OUT=verdicts.parquet]
+[positional-arguments]
 score-file *ARGS:
-    {{python}} -m training.score_file {{ARGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rest=()
+    for arg in "$@"; do
+        case "$arg" in
+            DATA=*) rest+=(--data "${arg#DATA=}") ;;
+            OUT=*) rest+=(--out "${arg#OUT=}") ;;
+            *) rest+=("$arg") ;;
+        esac
+    done
+    exec {{python}} -m training.score_file "${rest[@]}"
 
 # analyst rules and lists on the rules/lists topics: just rules --help
 rules *ARGS:

@@ -1,7 +1,7 @@
 """Score a file of transactions offline: the stream's feature path, model, thresholds and reasons.
 
 ``python -m training.score_file --data transactions.parquet --out verdicts.parquet``
-(``just score-file --data FILE --out FILE``) reads a file in the bring-your-own history format
+(``just score-file DATA=FILE [OUT=FILE]``) reads a file in the bring-your-own history format
 (:mod:`training.history`; ``is_fraud``/``label_time`` are optional here: without
 them no label feeds the label-based merchant features, as in a stream without a
 ``labels`` topic), replays it through ``state`` for point-in-time features
@@ -125,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.score_file", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="transactions (.parquet or .csv)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="verdicts file (.parquet, or .csv for CSV)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="verdicts file (.parquet, or .csv for CSV; default: "
+                        "<data>.verdicts.parquet beside the data)")
     p.add_argument("--model", type=Path, default=Path("models/current"),
                    help="model file or directory (default models/current)")
     p.add_argument("--reasons", type=int, default=3, choices=range(0, 6), metavar="N",
@@ -160,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"{len(history):,} transactions; replaying through state for point-in-time features")
     columns = score_history(history, model, args.reasons,
                             lambda n: say(f"  replayed {n:,} transactions"))
+    if args.out is None:
+        args.out = args.data.with_name(f"{args.data.stem}.verdicts.parquet")
     write_verdicts(columns, args.out)
     decisions = columns["decision"]
     counts = {d: decisions.count(d) for d in ("approve", "review", "decline")}
