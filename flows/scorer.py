@@ -91,6 +91,8 @@ class MerchantScorer:
         self.samples = samples
         self.rules = rules
         self.shard = shard
+        if rules is not None:  # restored from a snapshot: its rules count from 0 here
+            _zero_rule_series(rules)
         self._unknown_seen = store.unknown_labels
         self._scored: dict[str, Any] = {}
 
@@ -116,6 +118,7 @@ class MerchantScorer:
                 log.info("%s %s %s (rule set %s)", topic, result.key, result.change,
                          self.rules.version)
         metrics.RULE_SET.info({"version": self.rules.version})
+        _zero_rule_series(self.rules)
         return out
 
     # --- labels ------------------------------------------------------------------------
@@ -357,3 +360,17 @@ class MerchantScorer:
         inputs = np.fromiter((results[i].item.partition for i in idx), np.int64, len(idx))
         self.drift.add_scored(metadata, event_times, features, scores, decisions, pair, inputs)
 
+
+def _zero_rule_series(book: RuleBook) -> None:
+    """Export every enabled rule's hit, overlap and error series at 0 until it first counts.
+
+    A counter series that appears only on its first hit breaks ``rate()`` over it and
+    hides quiet rules from the dashboards (Prometheus naming/instrumentation practice:
+    initialise label sets you know of).
+    """
+    for c in book.compiled():
+        rule = c.rule
+        metrics.RULE_HITS.labels(rule_id=rule.id, mode=rule.mode)
+        for model in ("true", "false"):
+            metrics.RULE_OVERLAP.labels(rule_id=rule.id, mode=rule.mode, model=model)
+        metrics.RULE_ERRORS.labels(rule_id=rule.id)

@@ -25,8 +25,10 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
+from deploy.manifests import run_seed
 from deploy.queries import PENDING_LIVE, ROOT, alert_rules, dashboard_queries, metric_names
 from devkit.broker import EmbeddedBroker, free_port
+from export.registry import CURRENT
 from topics.admin import ensure_topics
 from topics.contracts import Label, Transaction
 from topics.producer import PRODUCER_DEFAULTS
@@ -110,6 +112,17 @@ def start_cluster(settings: KafkaSettings, model_dir: Path, work: Path) -> Clust
     return Cluster(procs, ports, logs)
 
 
+def publish_rules(settings: KafkaSettings) -> None:
+    """Publish the example rule book as an analyst would (``just rules add``)."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+           "FRAUD_TOPIC_PREFIX": settings.topic_prefix}
+    result = subprocess.run(
+        [sys.executable, "-m", "rules.cli", "add", str(ROOT / "rules/examples/policies.yaml"),
+         "--effective-in", "0"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def sample_value(text: str, name: str) -> float:
     """Sum of every sample of ``name`` (any labels) in a Prometheus text exposition."""
     pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.M)
@@ -176,15 +189,28 @@ def wait_for(
         time.sleep(0.5)
 
 
+@pytest.fixture()
+def seeded_current(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """``/models/current`` as the StatefulSet's seed-models step leaves it on a new volume."""
+    registry = tmp_path / "models"
+    registry.mkdir()
+    result = run_seed(tiny_model_dir, registry)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return registry / CURRENT
+
+
 def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
-    topics: KafkaSettings, tiny_model_dir: Path, tmp_path: Path
+    topics: KafkaSettings, seeded_current: Path, tmp_path: Path
 ) -> None:
     queried = {m for q in dashboard_queries() for m in metric_names(q)}
     queried |= {m for rule in alert_rules() for m in metric_names(rule["expr"])}
     queried.discard("up")  # Prometheus's own series for every target
     queried -= set(PENDING_LIVE)  # not wired into flows.score yet (checked below)
+    version = Path(os.readlink(seeded_current)).name
+    publish_rules(topics)  # the rule series exist from the moment a rule is in force
     txns = produce(topics, seed=1)
-    cluster = start_cluster(topics, tiny_model_dir, tmp_path)
+    # FRAUD_MODEL_PATH=<registry>/current, as in the StatefulSet (configmap.yaml)
+    cluster = start_cluster(topics, seeded_current, tmp_path)
     try:
         wait_for(cluster, N_TRANSACTIONS, set())
         end = max(t.event_time for t in txns)
@@ -192,7 +218,9 @@ def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
         wait_for(cluster, N_TRANSACTIONS, set(), counter="fraud_labels_total")
         produce(topics, seed=3, count=200, start_ms=end + 60_000)  # closes the drift windows
         texts = wait_for(cluster, N_TRANSACTIONS + 200, queried)
-        assert all("fraud_model_info{" in t for t in texts)  # both processes serve metrics
+        # both processes serve metrics, and the model the seed step made current
+        assert all(f'version="{version}"' in t for t in texts if "fraud_model_info{" in t)
+        assert all("fraud_model_info{" in t for t in texts)
         wired = set(PENDING_LIVE) & set().union(*(exported(t) for t in texts))
         assert not wired, f"{sorted(wired)} are exported now: delete them from PENDING_LIVE"
         assert sum(sample_value(t, "fraud_dead_letters_total") for t in texts) == 2
@@ -204,7 +232,7 @@ def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
 
     # Restart from recovery with more traffic: it resumes, it does not start over.
     produce(topics, seed=2)
-    cluster = start_cluster(topics, tiny_model_dir, tmp_path)
+    cluster = start_cluster(topics, seeded_current, tmp_path)
     try:
         texts = wait_for(cluster, N_TRANSACTIONS, set())
         time.sleep(2)
