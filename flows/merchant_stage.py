@@ -26,6 +26,7 @@ from flows.card_stage import CardResult
 from flows.decode import DeadLetterRecord, Sourced
 from flows.drift import DriftPartial, PartitionDrift
 from flows.kafka import RawRecord, SinkRecord
+from flows.routing import shard_key
 from flows.scorer import MerchantScorer
 from state.errors import StaleStateError
 from topics.contracts import Label
@@ -42,7 +43,7 @@ class RuleRecord(NamedTuple):
 
 def broadcast(record: RawRecord, shards: int) -> list[tuple[str, RuleRecord]]:
     """A rule or list record keyed to every merchant shard (each keeps its own rule book)."""
-    return [(str(s), RuleRecord(s, record)) for s in range(shards)]
+    return [(shard_key(s), RuleRecord(s, record)) for s in range(shards)]
 
 
 MerchantInput = CardResult | Sourced[Label] | RuleRecord

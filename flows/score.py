@@ -52,6 +52,7 @@ from flows.decode import DeadLetterRecord, KeyRule, SkewRule, Sourced, decode
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
 from flows.kafka import SinkRecord
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, broadcast
+from flows.routing import shard_key
 from flows.samples import SampleWriter
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
@@ -288,7 +289,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     labels = decode(
         "decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes, future), skew,
     )
-    by_card = op.key_on("key-by-card", txns.oks, lambda s: str(card_shard(s.value.card_id)))
+    by_card = op.key_on("key-by-card", txns.oks,
+                        lambda s: shard_key(card_shard(s.value.card_id)))
     carded = op.branch(
         "split-card", op.key_rm("unkey-card", op.stateful_batch(
             "card", by_card,
@@ -299,7 +301,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     )
     merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks)
     by_merchant = op.key_on("key-by-merchant", merchant_in,
-                            lambda x: str(merchant_shard(merchant_of(x))))
+                            lambda x: shard_key(merchant_shard(merchant_of(x))))
     # Rules and lists: every merchant shard keeps a rule book, so each gets every record.
     rule_msgs = op.merge(
         "rule-records",

@@ -1,8 +1,8 @@
 """k8s/README.md's shard-owner table is what Bytewax really does.
 
-The flow keys its card stage and its merchant stage by the shard number as a string
-(``"0"`` ... ``"7"``, flows/score.py ``key-by-card`` / ``key-by-merchant``); Bytewax sends
-each key to a worker by a hash over the worker count. The README tells operators which
+The flow keys its card stage and its merchant stage by :func:`flows.routing.shard_key`
+(flows/score.py ``key-by-card`` / ``key-by-merchant``); Bytewax sends each key to a
+worker by a hash over the worker count. The README tells operators which
 process owns which ``cards/<shard>`` and ``merchants/<shard>`` directory for 1, 2, 4 and 8
 processes (one worker each); this test routes the same keys through Bytewax's own
 exchange, in one process with as many workers (a cluster of N processes with one worker
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from deploy.queries import K8S
+from flows.routing import ROUTE_KEYS, shard_key
 
 README = K8S / "README.md"
 
@@ -72,9 +73,16 @@ def owners(workers: int, keys: list[str]) -> dict[str, int]:
 
 @pytest.mark.parametrize("processes", sorted(readme_table()))
 def test_the_readme_says_which_process_owns_which_shard(processes: int) -> None:
-    keys = [str(s) for s in range(8)]
+    keys = [shard_key(s) for s in range(8)]
     routed = owners(processes, keys)
     assert [routed[k] for k in keys] == readme_table()[processes]
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8, 64])
+def test_every_route_key_lands_on_shard_modulo_workers(workers: int) -> None:
+    """Even spread for every worker count dividing 64 (a Bytewax hash change fails here)."""
+    routed = owners(workers, list(ROUTE_KEYS))
+    assert [routed[k] for k in ROUTE_KEYS] == [s % workers for s in range(len(ROUTE_KEYS))]
 
 
 def test_the_table_covers_the_shipped_replica_count() -> None:
