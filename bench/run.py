@@ -13,7 +13,7 @@ measured in the same run:
 3. components in process (:mod:`bench.components`);
 4. analyst rules: µs per transaction with 1, 10 and 100 active rules
    (``bench/rules_bench.py``);
-5. memory and disk with 100,000 and 1,000,000 cards (``bench/state_bench.py``,
+5. memory and disk with 1,000,000 and 10,000,000 cards (``bench/state_bench.py``,
    one fresh process per size, both at once: they use a core each).
 
 Each phase prints its progress and duration; the total goes into the results.
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                             "rates": [2000.0, 5000.0, 10000.0],
                             "seconds": 6.0 if quick else 8.0}
     component_runs, n_state = 3, (10_000 if quick else 30_000)
-    sizes = [(100_000, 20_000, 20_000)] if quick else [(100_000, 100_000, 0),
-                                                       (1_000_000, 100_000, 50_000)]
+    sizes = [(100_000, 20_000, 20_000)] if quick else [(1_000_000, 100_000, 50_000),
+                                                       (10_000_000, 100_000, 50_000)]
     parts = set(args.only.split(","))
     os.chdir(ROOT)  # the flow processes import bench.passthrough / flows.score from here
     phase = Phases()
