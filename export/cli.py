@@ -130,7 +130,8 @@ def cmd_models(args: argparse.Namespace) -> None:
                       f"{m['auc_roc']:.4f}" if "auc_roc" in m else "-",
                       f"{m['average_precision']:.4f}" if "average_precision" in m else "-",
                       pr, style=STYLE.get(rec.state, ""))
-    console = Console(width=args.width)
+    # a pipe or a log gets the whole table (rich would squeeze it to 80 columns)
+    console = Console(width=args.width or (None if sys.stdout.isatty() else 160))
     if not rows:
         console.print(f"no models in {lifecycle.root}; publish one with `just export-onnx`")
         return
@@ -229,7 +230,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("models", parents=[common],
                        help="list versions: state, gates, test metrics")
     q.add_argument("--json", action="store_true", help="machine-readable output")
-    q.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
+    q.add_argument("--width", type=int, default=None,
+                   help="table width (default: the terminal's; 160 when not a terminal)")
     q.set_defaults(func=cmd_models)
 
     q = sub.add_parser("gates", parents=[common],

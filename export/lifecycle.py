@@ -336,7 +336,9 @@ class Lifecycle:
         if rec.state == "rejected":
             why = "; ".join((rec.gates or {}).get("reasons", []))
             raise LifecycleError(
-                f"{version} was rejected at export ({why}); a rejected model does not ride along"
+                f"{version} was rejected at export ({why}); a rejected model does not ride "
+                "along: retrain with `--gate NAME=VALUE` limits you accept, "
+                f"or `just promote {version} --force --reason ...`"
             )
         previous = self.shadow()
         self.registry.set_shadow(version)
