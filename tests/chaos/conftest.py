@@ -1,0 +1,62 @@
+"""The chaos tier: which tests run, and its own broker.
+
+``FRAUD_CHAOS=full`` (what ``just chaos`` sets) runs every chaos test; unset (or
+``quick``) runs only the quick set, the tests marked with :func:`chaos.chaoskit.quick`,
+so the default ``pytest`` run and CI stay inside their time budget. The variable is
+removed from this process's environment as soon as it is read: the flow processes
+inherit the environment and refuse any ``FRAUD_*`` variable they do not know.
+
+The tier starts its own embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), so
+the heavy streams here do not slow the integration tests' broker; the broker
+scenarios start further brokers of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chaos.chaoskit import QUICK
+
+from devkit.broker import EmbeddedBroker
+from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+
+CHAOS_ENV = "FRAUD_CHAOS"
+MODES = ("quick", "full")
+_MODE = os.environ.pop(CHAOS_ENV, "").strip().lower() or "quick"
+HERE = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse an unknown tier name at once."""
+    if _MODE not in MODES:
+        raise pytest.UsageError(f"{CHAOS_ENV}={_MODE!r}: expected one of {', '.join(MODES)}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which chaos set runs."""
+    return f"chaos tier: {_MODE} ({CHAOS_ENV}=full runs every scenario)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside ``FRAUD_CHAOS=full``, skip the chaos tests that are not in the quick set."""
+    if _MODE == "full":
+        return
+    skip = pytest.mark.skip(reason="full chaos tier: run `just chaos`")
+    for item in items:
+        if HERE not in Path(item.path).parents:
+            continue
+        if not getattr(getattr(item, "function", None), QUICK, False):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    """Settings pointing at the chaos tier's broker."""
+    if os.environ.get(BOOTSTRAP_ENV, "").strip():
+        yield KafkaSettings.from_env()
+        return
+    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("chaos-broker")) as broker:
+        yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
