@@ -438,6 +438,7 @@ class TopicWatch:
             "topic", topic)
 
     def _unreachable(self, now: float, exc: BaseException) -> InputTopicError | None:
+        exc = exc if str(exc) else TimeoutError(f"no answer within {self.timeout_s:g} s")
         if self._down_since is None:
             self._down_since = now
             log.warning("broker %s not answering the input check: %s",

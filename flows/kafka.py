@@ -322,15 +322,32 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord, None]):
                 "the flow stops so that recovery produces them again"
             )
 
+    def _flush(self) -> BaseException | None:
+        """Wait for every ack, in 1-s slices that notice a fatal stop (a lost broker).
+
+        A plain ``flush()`` waits up to ``message.timeout.ms`` (5 min by default), past
+        the stop's grace: the flow would then end with exit 124 instead of the
+        fault's one-line message. Returns the fatal error that cut the wait short.
+        """
+        while self._producer.flush(1.0):
+            request = lifecycle.current_request()
+            if request is not None and request.error is not None:
+                return request.error
+        return None
+
     def snapshot(self) -> None:
         started = time.time()
-        self._producer.flush()
+        fault = self._flush()
+        if fault is not None:  # the epoch must not commit: its outputs are not acknowledged
+            raise fault
         metrics.STAGE_SECONDS.labels(stage="ack").observe(time.time() - started)
         self._check()
 
     def close(self) -> None:
-        self._producer.flush()
-        self._check()
+        # Bytewax also closes a sink while it unwinds from an error: raising here would
+        # abort the process, so a fatal stop leaves the unacknowledged records to recovery
+        if self._flush() is None:
+            self._check()
 
 
 class CheckedSink(FixedPartitionedSink[SinkRecord, None]):

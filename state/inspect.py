@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import rocksdict
 
 from state import keys
 from state.options import StoreOptions
-from state.records import Verdict
+from state.records import LabelMark, Verdict
 
 
 def stores(state_dir: Path) -> Iterator[tuple[str, int, Path]]:
@@ -38,16 +38,31 @@ def _open(path: Path) -> rocksdict.Rdict:
 
 def merchant_order(state_dir: Path) -> dict[str, tuple[int, int]]:
     """Transaction id -> (merchant shard, sequence number) of every stored verdict."""
+    return _sequenced(state_dir, keys.VERDICT, lambda raw: Verdict.decode(raw).seq)
+
+
+def label_order(state_dir: Path) -> dict[str, tuple[int, int]]:
+    """Transaction id -> (merchant shard, sequence number) of every label applied.
+
+    The sequence numbers are those of :func:`merchant_order`: together they give the
+    order in which each merchant shard applied labels and scored transactions.
+    """
+    return _sequenced(state_dir, keys.LABEL, lambda raw: LabelMark.decode(raw).seq)
+
+
+def _sequenced(state_dir: Path, prefix: bytes, seq_of: Callable[[bytes], int]
+               ) -> dict[str, tuple[int, int]]:
+    """Transaction id -> (merchant shard, seq_of(value)) of the merchant records at ``prefix``."""
     out: dict[str, tuple[int, int]] = {}
     for role, shard, path in stores(state_dir):
         if role != "merchants":
             continue
         db = _open(path)
         try:
-            for key, value in db.items(from_key=keys.VERDICT):
-                if not isinstance(key, bytes) or not key.startswith(keys.VERDICT):
+            for key, value in db.items(from_key=prefix):
+                if not isinstance(key, bytes) or not key.startswith(prefix):
                     break
-                out[key[1:].decode()] = (shard, Verdict.decode(value).seq)
+                out[key[1:].decode()] = (shard, seq_of(value))
         finally:
             db.close()
     return out

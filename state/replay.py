@@ -26,7 +26,7 @@ when done, which is several times faster than interleaving and keeps memory flat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ def replay_matrix(
     amount_of: AmountFn | None = None,
     event_time_of: Callable[[Transaction], int] | None = None,
     merchant_order: Sequence[int] | None = None,
+    label_ranks: Mapping[str, float] | None = None,
     stats: ReplayStats | None = None,
     label_horizon_ms: int = StoreOptions.label_horizon_ms,
 ) -> tuple[list[Transaction], np.ndarray]:
@@ -74,11 +75,17 @@ def replay_matrix(
     rate table in EUR); ``event_time_of`` the event time the stream used (default:
     ``txn.event_time``). ``merchant_order``, if given, lists transaction positions
     (indices into the returned list) in the order the merchant stage processed
-    them. Raises ``ValueError`` if it is not a permutation.
+    them. Raises ``ValueError`` if it is not a permutation. ``label_ranks``, with
+    ``merchant_order``, places labels among them: the label of transaction id ``k`` is
+    applied after the transactions ranked below ``label_ranks[k]`` in ``merchant_order``
+    (a label without a rank is applied before its merchant's first transaction). With
+    both read from a stopped flow's stores (:mod:`state.inspect`), the replay repeats
+    the merchant stage's own sequence, labels included: a label read behind a partition
+    that ran ahead in a backlog is then missed by the same transactions as in the stream.
     """
     amount_of = amount_of or reference_amounts()
     with gc_paused():
-        return _replay(events, amount_of, event_time_of, merchant_order,
+        return _replay(events, amount_of, event_time_of, merchant_order, label_ranks,
                        stats if stats is not None else ReplayStats(), label_horizon_ms)
 
 
@@ -93,7 +100,8 @@ def reference_amounts(reference: str = "EUR") -> AmountFn:
 def _replay(
     events: Iterable[Transaction | Label], amount_of: AmountFn,
     event_time_of: Callable[[Transaction], int] | None,
-    merchant_order: Sequence[int] | None, stats: ReplayStats, label_horizon_ms: int,
+    merchant_order: Sequence[int] | None, label_ranks: Mapping[str, float] | None,
+    stats: ReplayStats, label_horizon_ms: int,
 ) -> tuple[list[Transaction], np.ndarray]:
     txns: list[Transaction] = []
     inputs: list[TxnInput] = []
@@ -131,7 +139,7 @@ def _replay(
             by_merchant.setdefault(event.merchant_id, []).append(i)
     stats.transactions = len(txns)
     if merchant_order is not None:
-        _merchant_sequences(txns, merchant_order, by_merchant)
+        _merchant_sequences(txns, merchant_order, by_merchant, label_ranks or {})
     matrix = np.empty((len(txns), N_FEATURES), dtype=np.float32)
     filler = _Filler(matrix, CARD_COLUMNS)
     for indices in by_card.values():
@@ -172,16 +180,25 @@ def _replay(
 
 
 def _merchant_sequences(txns: list[Transaction], order: Sequence[int],
-                        by_merchant: dict[str, list[int | Label]]) -> None:
+                        by_merchant: dict[str, list[int | Label]],
+                        label_ranks: Mapping[str, float]) -> None:
     """Put transaction positions into their merchants' sequences in ``order``.
 
-    Labels already there keep their place before the transactions: where a label
-    falls changes no feature (see :mod:`state.merchant`).
+    Labels already there go before the transactions unless ``label_ranks`` places
+    them among them (see :func:`replay_matrix`).
     """
     if sorted(order) != list(range(len(txns))):
         raise ValueError("merchant_order must list every transaction position exactly once")
     for i in order:
         by_merchant.setdefault(txns[i].merchant_id, []).append(i)
+    if not label_ranks:
+        return
+    rank_of = {i: rank for rank, i in enumerate(order)}
+    for merchant, items in by_merchant.items():
+        if any(isinstance(x, Label) and x.transaction_id in label_ranks for x in items):
+            by_merchant[merchant] = sorted(items, key=lambda x: (
+                label_ranks.get(x.transaction_id, -1.0) if isinstance(x, Label)
+                else float(rank_of[x])))
 
 
 def replay(

@@ -187,9 +187,13 @@ def test_kill_9_at_ten_random_points_changes_no_verdict_no_drift_window_no_label
     changed = [t for t, vs in run.outcome.verdicts.items()
                if len({msgspec.json.encode(v) for v in vs}) != 1]
     assert not changed, f"{len(changed)} transactions got different verdicts, e.g. {changed[:3]}"
-    (offline,) = offline_scores(stream.txns, [tiny_model_dir], run.state_dir).values()
-    off = [t for t, vs in run.outcome.verdicts.items() if abs(vs[0].score - offline[t]) > 1e-6]
-    assert not off, f"{len(off)} scores differ from offline replay, e.g. {off[:3]}"
+    for result in (fault_free, run):
+        (offline,) = offline_scores(stream.events, [tiny_model_dir], result.state_dir).values()
+        off = {t: (vs[0].score, offline[t]) for t, vs in result.outcome.verdicts.items()
+               if abs(vs[0].score - offline[t]) > 1e-6}
+        assert not off, (f"{'fault-free' if result is fault_free else 'killed'} run: {len(off)} "
+                         f"scores differ from offline replay (stream, replay): "
+                         f"{sorted(off.items())[:5]}")
     assert run.outcome.duplicates > 0, "no verdict was re-emitted: recovery did not run"
     assert sum(k.reemitted for k in run.kills) == run.outcome.duplicates
 

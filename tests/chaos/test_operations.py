@@ -17,9 +17,9 @@ model push would:
   refused at start (exit 2, one line) and on hot reload (the old model keeps
   serving, every verdict names it).
 
-Covered elsewhere, not repeated here: a paused, lost or emptied broker and deleted,
-re-created or re-partitioned topics (``tests/integration/test_health.py``, on the
-input watch), a corrupt or other-spec model on reload
+Covered elsewhere, not repeated here: a paused, lost or replaced broker on the real
+flow (``test_broker_faults.py``), deleted, re-created or re-partitioned topics
+(``tests/integration/test_health.py``, on the input watch), a corrupt or other-spec model on reload
 (``tests/integration/test_model_lifecycle.py``), the probe on a really narrower export
 (``tests/unit/export/test_probe.py``), kill -9 (``test_kill9.py``).
 """
