@@ -163,7 +163,7 @@ drift-report *ARGS:
 bench *ARGS:
     {{python}} bench/run.py "$@"
 
-# chaos tier (~15 min): kill -9 x10 over 100k transactions, paused/replaced broker, bad models...
+# chaos tier (~6 min): kill -9 x10 over 100k transactions, paused/replaced/lost broker, bad models, signals
 [positional-arguments]
 chaos *ARGS:
     FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"

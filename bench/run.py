@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None,
                         help="throughput runs per flow (default 3, quick 2)")
     parser.add_argument("--transactions", type=int, default=None,
-                        help="pre-loaded transactions (default 500000, quick 60000)")
+                        help="pre-loaded transactions (default 200000, quick 60000)")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "current",
                         help="ONNX model (default models/current; a tiny one is trained if "
                              "missing)")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for results.json and RESULTS.md (default bench/)")
     args = parser.parse_args(argv)
     quick = args.quick
-    n = args.transactions or (60_000 if quick else 500_000)
+    n = args.transactions or (60_000 if quick else 200_000)
     opts: dict[str, Any] = {"runs": args.runs or (2 if quick else 3),
                             "rates": [2000.0, 5000.0, 10000.0],
                             "seconds": 6.0 if quick else 8.0}
