@@ -25,6 +25,13 @@ from topics.producer import PRODUCER_DEFAULTS, produce_waiting
 from topics.settings import KafkaSettings
 from training.history import events
 
+#: The simulated gateway batches its authorisations for up to 50 ms, like any Kafka producer
+#: under load. With 5 ms each partition gets record batches of one or two transactions at
+#: 1,000 tx/s, and the embedded broker's fetches slow as a topic fills with such tiny batches:
+#: the demo's p99 grew 6x in 30 s, all of it in the flow's ``broker`` stage (records waiting
+#: to be fetched); with 50 ms it stays flat (README "Performance").
+TRAFFIC_PRODUCER = {"linger.ms": 50}
+
 INVALID_EVERY = 997  # one malformed message per this many transactions
 #: Longest wait for the warm-up's verdicts before the live part starts anyway (s).
 WARM_UP_WAIT_S = 300.0
@@ -67,7 +74,7 @@ class Traffic(threading.Thread):
 
     def _produce(self) -> None:
         settings, tally = self.settings, self.tally
-        producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+        producer = Producer(settings.client_config(**{**PRODUCER_DEFAULTS, **TRAFFIC_PRODUCER}))
         txn_topic, label_topic = settings.topic("transactions"), settings.topic("labels")
         bucket: TokenBucket | None = None
         for event in events(self.world.history):
