@@ -12,60 +12,60 @@ default:
 # the end-to-end demo on the embedded broker (see README: Quick start)
 [positional-arguments]
 demo *ARGS:
-    {{python}} -m demo "$@"
+    @{{python}} -m demo "$@"
 
 # lint, types and every test tier (unit, flow, integration); the CI command
 [positional-arguments]
 test *ARGS: lint types
-    {{python}} -m pytest "$@"
+    @{{python}} -m pytest "$@"
 
 # only the fast, pure tests
 [positional-arguments]
 test-unit *ARGS:
-    {{python}} -m pytest tests/unit topics state export training flows rules devkit demo "$@"
+    @{{python}} -m pytest tests/unit topics state export training flows rules devkit demo "$@"
 
 # ruff: pyflakes, pycodestyle, isort, bugbear, docstrings
 lint:
-    {{python}} -m ruff check .
+    @{{python}} -m ruff check .
 
 # mypy on the packages
 types:
-    {{python}} -m mypy
+    @{{python}} -m mypy
 
 # regenerate topics/schemas/*.json from the contracts (and the ISO 4217 / rate table check)
 schemas:
-    {{python}} -m topics.schema
-    {{python}} -m topics.currency --check
+    @{{python}} -m topics.schema
+    @{{python}} -m topics.currency --check
 
 # run a development broker in the foreground (Tansu, memory only)
 [positional-arguments]
 broker *ARGS:
-    {{python}} -m devkit.broker "$@"
+    @{{python}} -m devkit.broker "$@"
 
 # create every topic of the registry, idempotently
 [positional-arguments]
 topics *ARGS:
-    {{python}} -m devkit.topics "$@"
+    @{{python}} -m devkit.topics "$@"
 
 # produce transactions (synthetic or from a file); --help for options
 [positional-arguments]
 produce *ARGS:
-    {{python}} -m devkit.produce "$@"
+    @{{python}} -m devkit.produce "$@"
 
 # print records of a topic; --help for options
 [positional-arguments]
 tail TOPIC *ARGS:
-    {{python}} -m devkit.tail "$@"
+    @{{python}} -m devkit.tail "$@"
 
 # publish fraud labels from a CSV, Parquet or JSON-lines file; --help for options
 [positional-arguments]
 labels FILE *ARGS:
-    {{python}} -m devkit.labels "$@"
+    @{{python}} -m devkit.labels "$@"
 
 # simulate a labelled history (Parquet) with fraud scenarios
 [positional-arguments]
 simulate *ARGS:
-    {{python}} -m training.simulate "$@"
+    @{{python}} -m training.simulate "$@"
 
 # train the ensemble on a labelled history: just train DATA=path/to/history.parquet [options]
 [positional-arguments]
@@ -81,42 +81,42 @@ train *ARGS:
 # export the trained ensemble to ONNX and publish it under models/
 [positional-arguments]
 export-onnx *ARGS:
-    {{python}} -m export.release "$@"
+    @{{python}} -m export.release "$@"
 
 # list published model versions: state, gate outcome, test metrics
 [positional-arguments]
 models *ARGS:
-    {{python}} -m export.cli models "$@"
+    @{{python}} -m export.cli models "$@"
 
 # make VERSION the champion after its gates (audited; the running flow hot-reloads)
 [positional-arguments]
 promote VERSION *ARGS:
-    {{python}} -m export.cli promote "$@"
+    @{{python}} -m export.cli promote "$@"
 
 # make the previous champion current again (audited)
 [positional-arguments]
 rollback *ARGS:
-    {{python}} -m export.cli rollback "$@"
+    @{{python}} -m export.cli rollback "$@"
 
 # make VERSION the shadow challenger (scored beside the champion, never decides)
 [positional-arguments]
 shadow VERSION *ARGS:
-    {{python}} -m export.cli shadow "$@"
+    @{{python}} -m export.cli shadow "$@"
 
 # governance commands in full (gates, audit, ...): just governance --help
 [positional-arguments]
 governance *ARGS:
-    {{python}} -m export.cli "$@"
+    @{{python}} -m export.cli "$@"
 
 # a labelled history from the topics (transactions + labels known as of a time)
 [positional-arguments]
 history *ARGS:
-    {{python}} -m training.history_export "$@"
+    @{{python}} -m training.history_export "$@"
 
 # export the history from the topics, train, gate and publish a candidate
 [positional-arguments]
 retrain *ARGS:
-    {{python}} -m training.retrain "$@"
+    @{{python}} -m training.retrain "$@"
 
 # score a file offline with a published model: just score-file DATA=txns.parquet [OUT=verdicts.parquet]
 [positional-arguments]
@@ -136,7 +136,7 @@ score-file *ARGS:
 # analyst rules and lists on the rules/lists topics: just rules --help
 [positional-arguments]
 rules *ARGS:
-    {{python}} -m rules.cli "$@"
+    @{{python}} -m rules.cli "$@"
 
 # run a rule file over a labelled history: just backtest-rules RULES_FILE DATA=history [options]
 [positional-arguments]
@@ -151,22 +151,22 @@ backtest-rules RULES *ARGS:
 
 # show the stores of a stopped flow's state directory
 inspect-state DIR:
-    {{python}} -m state.inspect {{DIR}}
+    @{{python}} -m state.inspect {{DIR}}
 
 # Evidently drift report (HTML): the model's training reference vs the flow's scored samples
 [positional-arguments]
 drift-report *ARGS:
-    {{python}} -m training.drift_report "$@"
+    @{{python}} -m training.drift_report "$@"
 
 # benchmark on the embedded broker: bench/results.json + bench/RESULTS.md (--quick: ~3 min)
 [positional-arguments]
 bench *ARGS:
-    {{python}} bench/run.py "$@"
+    @{{python}} bench/run.py "$@"
 
 # chaos tier (~6 min): kill -9 x10 over 100k transactions, paused/replaced/lost broker, bad models, signals
 [positional-arguments]
 chaos *ARGS:
-    FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"
+    @FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"
 
 # regenerate the locks from pyproject.toml: everything (dev, CI) and runtime only (image)
 lock:

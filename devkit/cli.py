@@ -6,6 +6,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from confluent_kafka import KafkaException
+
 from topics.errors import FraudStreamError
 
 
@@ -24,5 +26,11 @@ def run_cli(
         return 0
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:  # a client error the command did not name: one line
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        print(f"error: Kafka: {text}; check KAFKA_BOOTSTRAP_SERVERS, that the broker is "
+              "running, and any FRAUD_KAFKA_* setting", file=sys.stderr)
         return 1
     return 0

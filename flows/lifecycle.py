@@ -340,8 +340,8 @@ def _text_rules(text: str) -> Diagnosis | None:
     if "recovery directory" in low and "does not exist" in low:
         return Diagnosis(
             _one_line(text.split("): ", 1)[-1].split(";")[0]),
-            "create its partitions once with `python -m bytewax.recovery DIR N` "
-            "(docker/fraud-flow.sh does this for process 0)",
+            "create it and its partitions once with `mkdir -p DIR && python -m bytewax.recovery "
+            "DIR N` (docker/fraud-flow.sh does this for process 0)",
         )
     if ("timely communication error" in low or "send thread panic" in low
             or "recv thread panic" in low or "error connecting to worker" in low):
@@ -378,7 +378,8 @@ def diagnose(exc: BaseException) -> Diagnosis | None:
         if name in {"NoPartitionsError", "MissingPartitionsError", "InconsistentPartitionsError"}:
             return Diagnosis(
                 f"Bytewax recovery partitions: {_one_line(str(e))}",
-                "create them once with `python -m bytewax.recovery DIR N` on the process that "
+                "create them once with `mkdir -p DIR && python -m bytewax.recovery DIR N` on the "
+                "process that "
                 "holds them (process 0 in docker/fraud-flow.sh); never mix directories of "
                 "different runs",
             )

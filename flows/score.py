@@ -18,7 +18,7 @@
         drift: merge all shards, PSI vs the model's reference ─▶ drift
 
 Recommended run (see README, "Running the flow"): initialise recovery
-partitions once with ``python -m bytewax.recovery <dir> <n>``, then
+partitions once with ``mkdir -p <dir> && python -m bytewax.recovery <dir> <n>``, then
 ``python -m bytewax.run flows.score -r <dir> -s 5 -b 0``. Scale with processes
 (``-i/-a``), not threads. Step ids below are part of Bytewax's recovery state:
 renaming one orphans its snapshots.

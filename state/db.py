@@ -274,6 +274,14 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool
             "two scales. Serve a model trained on the same rate table, or delete the state "
             "and recovery directories to rebuild from the topic"
         )
+    if have is not None and have != identity and replace(have, shards=identity.shards) == identity:
+        setting = ("FRAUD_MERCHANT_SHARDS" if identity.role == "merchants"
+                   else f"the partition count of {identity.topic!r}")
+        raise StateIdentityError(
+            f"{path} was made with {have.shards} {identity.role} shards, this run has "
+            f"{identity.shards}: {setting} changed. Set it back, or delete the state and "
+            "recovery directories to rebuild from the topic (shards cannot be re-split in place)"
+        )
     if have != identity:
         what = have.describe() if have is not None else "nothing recorded"
         raise StateIdentityError(

@@ -229,16 +229,16 @@ def lock_recovery_dir(recovery_dir: Path) -> DirectoryLock | None:
     recovery_dir = Path(recovery_dir)
     if not recovery_dir.is_dir():
         raise StateError(
-            f"recovery directory {recovery_dir} does not exist; create its partitions once with "
-            f"`python -m bytewax.recovery {recovery_dir} N` (docker/fraud-flow.sh does it for "
-            "process 0)"
+            f"recovery directory {recovery_dir} does not exist; create it and its partitions "
+            f"once with `mkdir -p {recovery_dir} && python -m bytewax.recovery {recovery_dir} N` "
+            "(docker/fraud-flow.sh does it for process 0)"
         )
     if not any(recovery_dir.glob("*.sqlite3")):
         return None
     return lock_directory(
         recovery_dir, purpose="recovery directory (-r, FLOW_RECOVERY_DIR)",
         remedy=("one flow process owns a recovery directory: stop that process first, or give "
-                "this one its own recovery directory (python -m bytewax.recovery DIR N creates "
-                "one); never share one between flows"),
+                "this one its own recovery directory (mkdir -p DIR && python -m bytewax.recovery "
+                "DIR N creates one); never share one between flows"),
         create=False,
     )

@@ -123,8 +123,8 @@ def test_a_shared_recovery_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_missing_recovery_directory_says_how_to_create_it(tmp_path: Path) -> None:
-    with pytest.raises(StateError, match=r"does not exist; create its partitions once with "
-                                         r"`python -m bytewax.recovery"):
+    with pytest.raises(StateError, match=r"does not exist; create it and its partitions once "
+                                         r"with `mkdir -p \S+ && python -m bytewax.recovery"):
         lock_recovery_dir(tmp_path / "nope")
     assert not (tmp_path / "nope").exists()
     (tmp_path / "empty").mkdir()  # a cluster's process 1..n: no partitions, nothing to guard

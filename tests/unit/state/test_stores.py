@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import random
 from collections.abc import Callable, Sequence
@@ -229,6 +230,14 @@ def test_identity_and_format_are_checked(tmp_path: Path) -> None:
         CardStore.open(tmp_path, CARDS)
 
 
+def test_a_changed_shard_count_is_named_as_such(tmp_path: Path) -> None:
+    MerchantStore.open(tmp_path, MERCHANTS).close()
+    fewer = dataclasses.replace(MERCHANTS, shards=4)
+    with pytest.raises(StateIdentityError, match=r"made with 1 merchants shards, this run has 4: "
+                                                 r"FRAUD_MERCHANT_SHARDS changed"):
+        MerchantStore.open(tmp_path, fewer)
+
+
 def test_replay_counts_repeats_and_conflicts(events_factory: Factory) -> None:
     events = events_factory(4, 50)
     txns = [e for e in events if isinstance(e, Transaction)]
@@ -259,8 +268,6 @@ def test_a_foreign_state_directory_is_refused_before_anything_runs(tmp_path: Pat
 
 
 def test_state_built_with_another_rate_table_is_refused(tmp_path: Path) -> None:
-    import dataclasses
-
     from state.db import check_state_dir
 
     eur_a = dataclasses.replace(CARDS, amounts="EUR/table-a")
