@@ -230,7 +230,11 @@ def test_foreign_currency_is_compared_in_the_reference_currency(run: Run) -> Non
 
 
 def test_future_stamped_event_does_not_blind_velocity(run: Run) -> None:
-    """An event time far ahead of its record timestamp never moves the card's clock."""
+    """An event time far ahead of its record timestamp never moves the card's clock.
+
+    Every case folder of this kind (``future-stamped*``, e.g.
+    ``future-stamped-event-blinds-velocity``).
+    """
     records = _records(run, "future-stamped")
     skew = 5 * 60_000
     ahead = [j["transaction_id"] for r in records if (j := r.json) is not None
@@ -245,7 +249,10 @@ def test_future_stamped_event_does_not_blind_velocity(run: Run) -> None:
 
 
 def test_null_key_records_are_routed_to_their_card(run: Run) -> None:
-    """Records produced without a key reach their card's state: no split velocity."""
+    """Records produced without a key reach their card's state: no split velocity.
+
+    Every case folder of this kind (``null-key*``, e.g. ``null-key-partition-split``).
+    """
     records = _records(run, "null-key")
     case, control = _pair(records, lambda r, j: r.key is None)
     a, b = _final(records, case), _final(records, control)
