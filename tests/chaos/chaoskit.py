@@ -262,6 +262,10 @@ def implied_drift(stream: LabelledStream, decision: Mapping[str, str]
 # --- flows --------------------------------------------------------------------------------
 
 
+#: :func:`start`'s signature, as the ``launch`` fixture hands it out (conftest.py).
+Launch = Callable[..., tuple[FlowProcess, int]]
+
+
 def start(env: Mapping[str, str], work: Path, *, snapshot_seconds: int = 1,
           recovery: bool = True, log: str = "flow.log") -> tuple[FlowProcess, int]:
     """A flow process with its own metrics port; returns it and the port."""

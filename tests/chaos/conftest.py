@@ -14,13 +14,15 @@ scenarios start further brokers of their own.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chaos.chaoskit import QUICK
+from chaos.chaoskit import QUICK, Launch, start
 
 from devkit.broker import EmbeddedBroker
+from devkit.process import FlowProcess
+from flowkit import Collector
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
 CHAOS_ENV = "FRAUD_CHAOS"
@@ -60,3 +62,35 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         return
     with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("chaos-broker")) as broker:
         yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """:func:`chaos.chaoskit.start`, with every process it started killed at teardown."""
+    started: list[FlowProcess] = []
+
+    def _launch(*args: object, **kwargs: object) -> tuple[FlowProcess, int]:
+        flow, port = start(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(flow)
+        return flow, port
+
+    yield _launch
+    for flow in started:
+        flow.kill()
+
+
+@pytest.fixture
+def collect() -> Iterator[Callable[[KafkaSettings], Collector]]:
+    """Start a :class:`~flowkit.Collector` of a topic set; stopped at teardown."""
+    running: list[Collector] = []
+
+    def _collect(settings: KafkaSettings) -> Collector:
+        collector = Collector(settings)
+        collector.start()
+        running.append(collector)
+        return collector
+
+    yield _collect
+    for collector in running:
+        if collector.is_alive():
+            collector.stop()

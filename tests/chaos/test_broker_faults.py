@@ -35,11 +35,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from chaos.chaoskit import Feed, exit_of, lines_with, produce, quick, settle, start
+from chaos.chaoskit import Feed, Launch, exit_of, lines_with, produce, quick, settle
 from confluent_kafka import KafkaError, Producer
 
 from devkit.broker import EmbeddedBroker
-from devkit.process import FlowProcess
 from flowkit import Collector, Samples, flow_env, metric, scrape, topic_set, wait_until
 from flows.lifecycle import DEBUG_LOG_NAME
 from tiny_model import tiny_history
@@ -59,7 +58,6 @@ GRACE_S = 30
 #: Exit status of a failure while running (flows.lifecycle.EXIT_FAILED).
 FAILED = 1
 
-Launch = Callable[..., tuple[FlowProcess, int]]
 
 
 @pytest.fixture(scope="module")
@@ -67,36 +65,6 @@ def txns() -> list[Transaction]:
     return list(tiny_history(WORLD).transactions)
 
 
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """:func:`chaos.chaoskit.start`, with every process it started killed at teardown."""
-    started: list[FlowProcess] = []
-
-    def _launch(*args: object, **kwargs: object) -> tuple[FlowProcess, int]:
-        flow, port = start(*args, **kwargs)  # type: ignore[arg-type]
-        started.append(flow)
-        return flow, port
-
-    yield _launch
-    for flow in started:
-        flow.kill()
-
-
-@pytest.fixture
-def collect() -> Iterator[Callable[[KafkaSettings], Collector]]:
-    """Start a :class:`~flowkit.Collector` of a topic set; stopped at teardown."""
-    running: list[Collector] = []
-
-    def _collect(settings: KafkaSettings) -> Collector:
-        collector = Collector(settings)
-        collector.start()
-        running.append(collector)
-        return collector
-
-    yield _collect
-    for collector in running:
-        if collector.is_alive():
-            collector.stop()
 
 
 @pytest.fixture

@@ -29,20 +29,20 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from chaos.chaoskit import (
     Feed,
+    Launch,
     exit_of,
     narrow_graph,
     produce,
     quick,
     refusal,
     settle,
-    start,
 )
 from confluent_kafka.admin import AdminClient
 
@@ -72,7 +72,6 @@ LONG_SNAPSHOT_S = 120
 SAMPLE_RATE = 0.1
 REFUSED = 2
 
-Launch = Callable[..., tuple[FlowProcess, int]]
 
 
 @pytest.fixture(scope="module")
@@ -80,36 +79,6 @@ def txns() -> list[Transaction]:
     return list(tiny_history(WORLD).transactions)
 
 
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """:func:`chaos.chaoskit.start`, with every process it started killed at teardown."""
-    started: list[FlowProcess] = []
-
-    def _launch(*args: object, **kwargs: object) -> tuple[FlowProcess, int]:
-        flow, port = start(*args, **kwargs)  # type: ignore[arg-type]
-        started.append(flow)
-        return flow, port
-
-    yield _launch
-    for flow in started:
-        flow.kill()
-
-
-@pytest.fixture
-def collect() -> Iterator[Callable[[KafkaSettings], Collector]]:
-    """Start a :class:`~flowkit.Collector` of a topic set; stopped at teardown."""
-    running: list[Collector] = []
-
-    def _collect(settings: KafkaSettings) -> Collector:
-        collector = Collector(settings)
-        collector.start()
-        running.append(collector)
-        return collector
-
-    yield _collect
-    for collector in running:
-        if collector.is_alive():
-            collector.stop()
 
 
 def verdicts(collector: Collector) -> int:
