@@ -25,7 +25,14 @@ from typing import Any
 import msgspec
 
 from devkit.cli import run_cli
-from devkit.produce import FORMATS, detect_format, produce_records, require_topic, resolve_topic
+from devkit.produce import (
+    FORMATS,
+    detect_format,
+    json_lines,
+    produce_records,
+    require_topic,
+    resolve_topic,
+)
 from devkit.progress import counting
 from topics.contracts import Label
 from topics.errors import FraudStreamError, InputError
@@ -38,7 +45,6 @@ COLUMNS = (*REQUIRED, "source")
 MAX_PROBLEMS = 20
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
-_BOM = b"\xef\xbb\xbf"
 
 Row = tuple[str, dict[str, Any]]  # (where, fields)
 
@@ -74,20 +80,8 @@ def _rows_csv(path: Path) -> Iterator[Row]:
 
 
 def _rows_jsonl(path: Path) -> Iterator[Row]:
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if line_no == 1:
-                line = line.removeprefix(_BOM)
-            if not line.strip():
-                continue
-            where = f"line {line_no}"
-            try:
-                obj = msgspec.json.decode(line)
-            except msgspec.DecodeError as exc:
-                raise InputError(f"{path}: {where}: not valid JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}: {where}: expected a JSON object")
-            yield where, {k: v for k, v in obj.items() if k in COLUMNS and v is not None}
+    for line_no, obj in json_lines(path):
+        yield f"line {line_no}", {k: v for k, v in obj.items() if k in COLUMNS and v is not None}
 
 
 def _rows_parquet(path: Path) -> Iterator[Row]:

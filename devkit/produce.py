@@ -223,21 +223,30 @@ def _row_to_transaction(row: dict[str, Any], where: str, strict: bool) -> Transa
         raise InputError(f"{where}: {exc}") from exc
 
 
-def _read_jsonl(path: Path) -> Iterator[Transaction]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` per non-blank line of a JSON-lines file.
+
+    A leading UTF-8 BOM is ignored (RFC 8259 8.1: a parser may ignore it). Raises
+    :class:`InputError` naming the file and line of a line that is not a JSON object.
+    """
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
             if line_no == 1:
-                line = line.removeprefix(_BOM)  # RFC 8259 8.1: a parser may ignore it
+                line = line.removeprefix(_BOM)
             if not line.strip():
                 continue
-            where = f"{path} line {line_no}"
             try:
-                row = msgspec.json.decode(line)
+                obj = msgspec.json.decode(line)
             except msgspec.DecodeError as exc:
-                raise InputError(f"{where}: not valid JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise InputError(f"{where}: expected a JSON object")
-            yield _row_to_transaction(row, where, strict=True)
+                raise InputError(f"{path} line {line_no}: not valid JSON: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path} line {line_no}: expected a JSON object")
+            yield line_no, obj
+
+
+def _read_jsonl(path: Path) -> Iterator[Transaction]:
+    for line_no, row in json_lines(path):
+        yield _row_to_transaction(row, f"{path} line {line_no}", strict=True)
 
 
 def _read_csv(path: Path) -> Iterator[Transaction]:
