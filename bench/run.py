@@ -68,7 +68,7 @@ def memory(sizes: list[tuple[int, int, int]]) -> dict[str, Any]:
     procs = {}
     for cards, real, probe in sizes:
         cmd = [sys.executable, str(ROOT / "bench" / "state_bench.py"), "--cards", str(cards),
-               "--txns-per-card", "1", "--replay-txns", "0", "--real-cards", str(real),
+               "--txns-per-card", "1", "--real-cards", str(real),
                "--probe-txns", str(probe)]
         procs[cards] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     out = {}

@@ -165,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-txns", type=int, default=50_000,
                         help="transactions on random cards after the fill")
     parser.add_argument("--batch", type=int, default=256, help="probe batch size")
-    parser.add_argument("--replay-txns", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
