@@ -74,7 +74,7 @@ def components(txns: list[Transaction], model_path: Path, n_state: int,
                runs: int) -> dict[str, Any]:
     """Median of ``runs`` timings of each component; the state ones on ``n_state`` txns."""
     from export.model import load_model
-    from export.reasons import ReasonExplainer
+    from scoring.reasons import ReasonExplainer
     from state.replay import replay_matrix
     from topics.validation import TransactionDecoder
 

@@ -1,11 +1,10 @@
 """The card stage's Bytewax step: one :class:`~state.card_store.CardStore` per card shard.
 
-Records arrive keyed by their card's partition (murmur2 of the card id): a
-correctly keyed card's records come from that one partition in offset order,
-and mis-keyed ones are routed here from other partitions. Within a batch each
-source partition's records keep their order; records from different partitions
-are merged by event time (so a burst produced without a key is applied in
-event-time order as far as one batch reaches).
+A card shard gets, from every ``transactions`` partition, its records (a correctly
+keyed card's come from its own partition, in offset order; mis-keyed ones are
+routed here from others) and where that partition stands in event time. Within a
+batch each source partition's records keep their order; records from different
+partitions are merged by event time.
 
 Mis-keyed records (on another partition than their card's: produced without a
 key, with another key or partitioner) arrive from several partitions at slightly
@@ -14,16 +13,22 @@ the one being scored, they are **held** for ``hold_ms`` (and so is any record of
 card that has records held), then applied together in event-time order. Correctly
 keyed cards are never held.
 
-The step's recovery snapshot is the store's sequence number and the held
-records: a store found *behind* it on resume (a lost or stale state volume) would
-silently skip transactions, so the step stops instead and says what to do.
+Results go to the merchant shards as :class:`~flows.items.CardRows`, each shard
+also told how far this card shard has got in event time (the smallest progress of
+its inputs and of the records it holds), so the merchant stage knows what has
+arrived (:mod:`state.reorder`).
+
+The step's recovery snapshot is the store's sequence number, the held records and
+the inputs' progress: a store found *behind* it on resume (a lost or stale state
+volume) would silently skip transactions, so the step stops instead and says what
+to do.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -32,95 +37,93 @@ import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
-from flows.decode import DeadLetterRecord, Sourced
+from flows.decode import MARKER_MS, DeadLetterRecord
+from flows.items import CardRows, CardWork, Decoded, MerchantWork
+from flows.routing import shard_key
 from state import card_store as cs
-from state.card_store import CardIn, CardStore
+from state.card_store import CardBatch, CardStore
 from state.errors import StaleStateError
-from state.inputs import AmountFn, TxnInput, txn_input
+from state.inputs import FeatureInputs
+from state.kernels.windows import NO_TIME
+from state.partitioning import murmur2_partitions
 from state.records import body_digest
+from state.reorder import Watermark
 from topics.contracts import Transaction
 from topics.deadletter import dead_letter
 from topics.validation import Rejection
 
 _encode = msgspec.json.Encoder().encode
+#: ``amounts(txns)``: reference-currency amounts (float64 array) of decoded transactions.
+Amounts = Callable[[list[Transaction]], np.ndarray]
+CardOutput = tuple[str, MerchantWork] | DeadLetterRecord
 
 
-class CardResult(NamedTuple):
-    """A transaction on its way to the merchant stage, with its card group."""
-
-    item: Sourced[Transaction]
-    features: TxnInput
-    body: int
-    row: np.ndarray | None
-    """Card group (float32); None for a repeat whose row the card store no longer keeps."""
-    carded: float = 0.0
-    """When the card stage was done with it (epoch seconds; per-stage latency)."""
-
-
-def merge_partitions(values: Sequence[Sourced[Transaction]]) -> list[Sourced[Transaction]]:
+def merge_partitions(txns: Decoded[Transaction]) -> Decoded[Transaction]:
     """Keep each source partition's order; interleave partitions by event time."""
-    first = values[0].partition
-    if all(v.partition == first for v in values):
-        return list(values)
-    runs: dict[int, list[Sourced[Transaction]]] = {}
-    for v in values:
-        runs.setdefault(v.partition, []).append(v)
-    return list(heapq.merge(*runs.values(), key=lambda v: v.event_ms))
+    parts = txns.partition
+    if not len(parts) or (parts == parts[0]).all():
+        return txns
+    runs = [np.flatnonzero(parts == p).tolist() for p in np.unique(parts)]
+    times = txns.event_ms
+    order = [i for _, i in heapq.merge(*[[(times[i], i) for i in run] for run in runs],
+                                       key=lambda x: x[0])]
+    return txns.take(np.asarray(order, dtype=np.int64))
 
 
-def conflict_letter(item: Sourced[Transaction], topic: str, first_partition: int,
-                    first_offset: int) -> DeadLetterRecord:
+def conflict_letter(txn: Transaction, partition: int, offset: int, ingest_ms: int, topic: str,
+                    first_partition: int, first_offset: int) -> DeadLetterRecord:
     """The dead letter of a transaction id seen before with another body."""
     metrics.DUPLICATES.labels(kind="conflict").inc()
     metrics.DEAD_LETTERS.labels(error_class="duplicate_conflict").inc()
-    txn = item.value
     rejection = Rejection(
         "duplicate_conflict",
         f"transaction_id {txn.transaction_id[:60]!r} was already scored from partition "
         f"{first_partition} offset {first_offset} with another body; this one (partition "
-        f"{item.partition} offset {item.offset}) is refused: give a corrected transaction a "
-        "new id",
+        f"{partition} offset {offset}) is refused: give a corrected transaction a new id",
     )
     value = _encode(txn)  # the decoded transaction (its raw bytes stay on the input topic)
     record = dead_letter(
-        source_topic=topic, partition=item.partition, offset=item.offset,
-        key=txn.card_id.encode(), value=value, rejection=rejection,
-        record_time_ms=item.ingest_ms, first_partition=first_partition,
-        first_offset=first_offset,
+        source_topic=topic, partition=partition, offset=offset, key=txn.card_id.encode(),
+        value=value, rejection=rejection, record_time_ms=ingest_ms,
+        first_partition=first_partition, first_offset=first_offset,
     )
     return DeadLetterRecord(txn.card_id.encode(), _encode(record))
 
 
 class CardSnapshot(NamedTuple):
-    """What Bytewax keeps for a card shard: the store's sequence number, the held records."""
+    """What Bytewax keeps for a card shard: sequence number, held records, inputs' progress."""
 
     seq: int
-    held: tuple[Sourced[Transaction], ...] = ()
+    held: Decoded[Transaction] | None = None
+    inputs: Watermark | None = None
 
 
-class CardLogic(StatefulBatchLogic[Sourced[Transaction], CardResult | DeadLetterRecord,
-                                   CardSnapshot]):
+class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
     """Bytewax adapter of one card shard's store (opened at the first batch)."""
 
-    def __init__(self, open_store: Callable[[int], CardStore], shard_of: Callable[[str], int],
-                 amount_of: AmountFn, topic: str, resumed: CardSnapshot | None,
+    def __init__(self, open_store: Callable[[int], CardStore], amounts: Amounts, topic: str,
+                 partitions: int, merchant_shards: int, resumed: CardSnapshot | None,
                  hold_ms: int = 0, clock: Callable[[], float] = time.time) -> None:
         self._open_store = open_store
-        self._shard_of = shard_of
-        self._amount_of = amount_of
+        self._amounts = amounts
         self._topic = topic
+        self._merchant_shards = merchant_shards
         self._resume = resumed.seq if resumed is not None else None
         self._store: CardStore | None = None
         self._shard = -1
         self._hold_s = hold_ms / 1000
         self._clock = clock
-        self._held: list[Sourced[Transaction]] = list(resumed.held) if resumed else []
-        self._release_at = clock() + self._hold_s if self._held else 0.0
+        self._held = resumed.held if resumed is not None else None
+        self._inputs = (resumed.inputs if resumed is not None and resumed.inputs is not None
+                        else Watermark())
+        self._inputs.expect(range(partitions))  # none is known to be idle yet
+        self._release_at = clock() + self._hold_s if self._held is not None else 0.0
+        self._told: dict[int, tuple[int, bool]] = {}
 
-    def _opened(self, card_id: str) -> CardStore:
+    def _opened(self, shard: int) -> CardStore:
         if self._store is None:
-            self._shard = self._shard_of(card_id)
-            store = self._open_store(self._shard)
+            self._shard = shard
+            store = self._open_store(shard)
             if self._resume is not None and store.seq < self._resume:
                 store.close()
                 raise StaleStateError(
@@ -133,79 +136,135 @@ class CardLogic(StatefulBatchLogic[Sourced[Transaction], CardResult | DeadLetter
             self._store = store
         return self._store
 
-    def on_batch(self, values: list[Sourced[Transaction]]
-                 ) -> tuple[list[CardResult | DeadLetterRecord], bool]:
-        """Apply the batch to the card store (mis-keyed records held); conflicts: dead letters."""
-        self._opened(values[0].value.card_id)
-        ordered = merge_partitions(values)
-        if self._hold_s > 0:
-            ordered = self._hold(ordered)
-        return self._apply(ordered), False
+    def on_batch(self, values: list[CardWork]) -> tuple[list[CardOutput], bool]:
+        """Apply the batch to the card store (mis-keyed records held); tell the merchants."""
+        self._opened(values[0].shard)
+        parts = []
+        for work in values:
+            self._inputs.heard(work.source, work.progress, work.idle)
+            if work.txns is not None and len(work.txns):
+                parts.append(work.txns)
+        ready = merge_partitions(Decoded.concat(parts)) if parts else None
+        if ready is not None and self._hold_s > 0:
+            ready = self._hold(ready)
+        if ready is None and self._held is not None and self._clock() >= self._release_at:
+            ready = self._release()
+        return self._apply(ready), False
 
-    def _hold(self, ordered: list[Sourced[Transaction]]) -> list[Sourced[Transaction]]:
+    def _hold(self, ordered: Decoded[Transaction]) -> Decoded[Transaction] | None:
         """Hold mis-keyed records and their cards' records; release them when due."""
-        held_cards = {s.value.card_id for s in self._held}
-        ready: list[Sourced[Transaction]] = []
-        for s in ordered:
-            if s.partition != self._shard or s.value.card_id in held_cards:
-                if not self._held:
-                    self._release_at = self._clock() + self._hold_s
-                self._held.append(s)
-                held_cards.add(s.value.card_id)
-            else:
-                ready.append(s)
-        if self._held and self._clock() >= self._release_at:
-            ready += self._release()
-        return ready
+        cards = [t.card_id for t in ordered.values]
+        held_cards = {t.card_id for t in self._held.values} if self._held is not None else set()
+        away = ordered.partition != self._shard
+        if not away.any() and not held_cards:
+            return ordered
+        hold = np.fromiter((a or c in held_cards for a, c in zip(away.tolist(), cards,
+                                                                 strict=True)),
+                           bool, len(cards))
+        if hold.any():  # a held card's later records wait with it
+            held_cards.update(c for c, h in zip(cards, hold.tolist(), strict=True) if h)
+            hold |= np.fromiter((c in held_cards for c in cards), bool, len(cards))
+            if self._held is None:
+                self._release_at = self._clock() + self._hold_s
+            taken = ordered.take(np.flatnonzero(hold))
+            self._held = taken if self._held is None else Decoded.concat([self._held, taken])
+        ready = ordered.take(np.flatnonzero(~hold)) if hold.any() else ordered
+        if self._held is not None and self._clock() >= self._release_at:
+            released = self._release()
+            ready = Decoded.concat([ready, released]) if len(ready) else released
+        return ready if len(ready) else None
 
-    def _release(self) -> list[Sourced[Transaction]]:
-        held, self._held = self._held, []
-        return sorted(held, key=lambda s: s.event_ms)  # stable: a partition keeps its order
+    def _release(self) -> Decoded[Transaction]:
+        held, self._held = self._held, None
+        assert held is not None
+        return held.take(np.argsort(held.event_ms, kind="stable"))  # a partition keeps its order
 
     def notify_at(self) -> datetime | None:
         """When held mis-keyed records are due."""
-        return datetime.fromtimestamp(self._release_at, tz=UTC) if self._held else None
+        return (datetime.fromtimestamp(self._release_at, tz=UTC) if self._held is not None
+                else None)
 
-    def on_notify(self) -> tuple[list[CardResult | DeadLetterRecord], bool]:
+    def on_notify(self) -> tuple[list[CardOutput], bool]:
         """Apply the held records now that their hold is over."""
-        return self._apply(self._release()), False
+        return self._apply(self._release() if self._held is not None else None), False
 
-    def on_eof(self) -> tuple[list[CardResult | DeadLetterRecord], bool]:
+    def on_eof(self) -> tuple[list[CardOutput], bool]:
         """End of the input: apply whatever is held."""
-        return self._apply(self._release()), False
+        return self._apply(self._release() if self._held is not None else None), False
 
-    def _apply(self, ordered: list[Sourced[Transaction]]
-               ) -> list[CardResult | DeadLetterRecord]:
-        if not ordered:
-            return []
-        store = self._opened(ordered[0].value.card_id)
-        amount_of = self._amount_of
-        items = [
-            CardIn(s.value, txn_input(s.value, amount_of(s.value), s.event_ms),
-                   body_digest(s.value), s.partition, s.offset)
-            for s in ordered
-        ]
-        outs = store.process(items)
+    def progress(self) -> tuple[int, bool]:
+        """How far this shard has got, and whether it is idle.
+
+        The progress is its inputs' watermark, held records excluded; idle means every
+        input is idle and nothing is held.
+        """
+        watermark = self._inputs.update()
+        inputs = self._inputs
+        idle = all(inputs.idle.get(name, False) for name in inputs.progress)
+        if self._held is not None and len(self._held):
+            watermark = min(watermark, int(self._held.event_ms.min()) - 1)
+            idle = False
+        return watermark, idle
+
+    def _apply(self, ready: Decoded[Transaction] | None) -> list[CardOutput]:
+        if self._shard < 0:
+            return []  # nothing heard yet: nothing to say
+        out: list[CardOutput] = []
+        routed: dict[int, CardRows] = {}
+        if ready is not None and len(ready):
+            rows, dead = self._process(ready)
+            out += dead
+            if rows is not None:
+                shards = murmur2_partitions([t.merchant_id for t in rows.txns.values],
+                                            self._merchant_shards)
+                for s in np.unique(shards).tolist():
+                    index = np.flatnonzero(shards == s)
+                    routed[s] = rows if len(index) == len(rows) else rows.take(index)
+        progress, idle = self.progress()
+        source = ("cards", self._shard)
+        for s in range(self._merchant_shards):
+            part = routed.get(s)
+            last, was_idle = self._told.get(s, (NO_TIME, False))
+            if part is None and progress - last < MARKER_MS and idle == was_idle:
+                continue
+            self._told[s] = (progress, idle)
+            out.append((shard_key(s), MerchantWork(s, source, progress, idle, part)))
+        return out
+
+    def _process(self, ready: Decoded[Transaction]
+                 ) -> tuple[CardRows | None, list[DeadLetterRecord]]:
+        store = self._opened(self._shard)
+        txns = ready.values
+        amounts = self._amounts(txns)
+        body = np.fromiter((body_digest(t) for t in txns), np.uint64, len(txns))
+        batch = CardBatch([t.transaction_id for t in txns], [t.card_id for t in txns], body,
+                          ready.partition, ready.offset,
+                          FeatureInputs.of(txns, amounts, ready.event_ms))
+        outcome = store.process(batch)
         carded = self._clock()
-        result: list[CardResult | DeadLetterRecord] = []
-        for s, it, out in zip(ordered, items, outs, strict=True):
-            if out.kind == cs.CONFLICT:
-                assert out.first is not None
-                result.append(conflict_letter(s, self._topic, out.first.partition,
-                                              out.first.offset))
-            else:
-                result.append(CardResult(s, it.features, it.body, out.row, carded))
-        return result
+        conflict = outcome.kind == cs.CONFLICT
+        dead = [conflict_letter(txns[i], int(ready.partition[i]), int(ready.offset[i]),
+                                int(ready.ingest_ms[i]), self._topic,
+                                int(outcome.first_partition[i]), int(outcome.first_offset[i]))
+                for i in np.flatnonzero(conflict).tolist()]
+        keep = np.flatnonzero(~conflict)
+        if not len(keep):
+            return None, dead
+        rows = CardRows(ready, body, amounts, outcome.rows, outcome.has_row,
+                        np.full(len(txns), carded))
+        return (rows if len(keep) == len(txns) else rows.take(keep)), dead
 
     def snapshot(self) -> CardSnapshot:
-        """The store's sequence number (see :meth:`state.db.StateDB.checkpoint`), held records."""
+        """The store's sequence number, the held records, the inputs' progress."""
         metrics.LAST_SNAPSHOT.set(time.time())
         if self._store is not None:
             metrics.STATE_BYTES.labels(store=f"cards/{self._shard}").set(
                 self._store.db.approximate_disk_bytes())
         seq = (self._store.checkpoint() if self._store is not None
                else self._resume if self._resume is not None else 0)
-        return CardSnapshot(seq, tuple(self._held))
+        inputs = Watermark(dict(self._inputs.progress), dict(self._inputs.idle),
+                           self._inputs.value)
+        return CardSnapshot(seq, self._held, inputs)
 
     def close(self) -> None:
         """Close the store (end of the stream)."""

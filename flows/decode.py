@@ -1,4 +1,4 @@
-"""Bytewax operator: raw Kafka messages in, typed records (oks) and dead letters (errs) out.
+"""Decode steps: one raw poll in, decoded columns addressed to their shards (oks) and dead letters.
 
 Time rules are judged against the record's Kafka timestamp, never the wall
 clock, so a replayed message gets the same answer and a re-emitted dead letter
@@ -6,49 +6,40 @@ is byte-identical. An event time further ahead of its record's timestamp than
 the allowed clock skew (:class:`SkewRule`) never moves a window clock: it is
 clamped to the record timestamp (the default: the transaction is still scored,
 and its verdict says so) or dead-lettered, by configuration, and counted.
+
+Each poll of a partition also says where that partition stands in event time
+(its progress, or that it is idle): every shard downstream hears it, so the
+merchant stage knows what has arrived (:mod:`state.reorder`). Shards that get no
+records from a poll get that news at most every :data:`MARKER_MS` of event time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 import bytewax.operators as op
 import msgspec
+import numpy as np
 from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Stream, operator
 
-from flows import metrics
-from flows.kafka import RawRecord, SinkRecord
-from state.partitioning import murmur2_partition
+from flows import alignment, metrics
+from flows.items import CardWork, Decoded, MerchantWork
+from flows.kafka import RawBatch, RawRecord, SinkRecord
+from flows.routing import shard_key
+from state.kernels.windows import NO_TIME
+from state.partitioning import murmur2_partitions
 from topics.contracts import Label, Transaction
 from topics.deadletter import dead_letter
 from topics.validation import ContractDecoder, Rejection
 
-T = TypeVar("T", bound=msgspec.Struct)
+T = TypeVar("T", Transaction, Label)
 
 _encode = msgspec.json.Encoder().encode
-
-
-class Sourced(NamedTuple, Generic[T]):
-    """A decoded record and where it came from."""
-
-    value: T
-    partition: int
-    offset: int
-    ingest_ms: int
-    """Kafka record timestamp: when the message reached the broker."""
-    event_ms: int
-    """The time the windows use: the record's event (or label) time, clamped to
-    ``ingest_ms`` when it was further ahead than the allowed skew."""
-    fetched: float = 0.0
-    """When the source handed the record on (epoch seconds; per-stage latency)."""
-
-    @property
-    def clamped(self) -> bool:
-        """Whether the event time was clamped (see :class:`SkewRule`)."""
-        return self.event_ms != _time_of(self.value)
+#: Event time (ms) a partition must advance before shards without its records hear of it.
+MARKER_MS = 10_000
 
 
 class DeadLetterRecord(NamedTuple):
@@ -91,19 +82,13 @@ class KeyRule:
     partitions: int
     policy: str = "route"
 
-    def check(self, txn: Transaction, msg: RawRecord) -> Rejection | None:
-        """None when the record may go on; a rejection when it is refused."""
-        expected = murmur2_partition(txn.card_id, self.partitions)
-        if expected == msg.partition:
-            return None
-        metrics.MISKEYED.labels(action=self.policy).inc()
-        if self.policy == "route":
-            return None
+    def refusal(self, card_id: str, partition: int, expected: int) -> Rejection:
+        """The dead-letter reason of a refused mis-keyed record."""
         return Rejection(
             "mis_keyed",
-            f"record on partition {msg.partition}, but card {txn.card_id[:40]!r} belongs to "
+            f"record on partition {partition}, but card {card_id[:40]!r} belongs to "
             f"partition {expected}: produce transactions with key = card_id and the murmur2 "
-            "partitioner (Java default; librdkafka partitioner=murmur2_random)",
+            "partition (Java default; librdkafka partitioner=murmur2_random)",
         )
 
 
@@ -113,36 +98,6 @@ def _time_of(value: object) -> int:
     if isinstance(value, Label):
         return value.label_time
     raise TypeError(f"no event time on {type(value).__name__}")
-
-
-def classify(
-    msg: RawRecord, decoder: ContractDecoder[T], now_ms: int, skew: SkewRule = SkewRule(),
-    keys: KeyRule | None = None,
-) -> Sourced[T] | DeadLetterRecord:
-    """Decode one message into a sourced record, or the dead-letter record that replaces it."""
-    partition, offset = msg.partition, msg.offset
-    ingest_ms = msg.timestamp_ms if msg.timestamp_ms > 0 else now_ms
-    result = decoder.decode(msg.value, ingest_ms)
-    if keys is not None and isinstance(result, Transaction):
-        refused = keys.check(result, msg)
-        if refused is not None:
-            expected = murmur2_partition(result.card_id, keys.partitions)
-            return reject(msg, refused, expected_partition=expected)
-    if not isinstance(result, Rejection):
-        t = _time_of(result)
-        used = skew.apply(t, ingest_ms)
-        if used is not None:
-            if used != t:
-                metrics.CLAMPED.labels(topic=msg.topic).inc()
-            return Sourced(result, partition, offset, ingest_ms, used, msg.fetched)
-        result = Rejection(
-            "future_event_time",
-            f"{'event_time' if isinstance(result, Transaction) else 'label_time'}: "
-            f"{(t - ingest_ms) / 60_000:.1f} min ahead of the record's Kafka timestamp, "
-            f"over the allowed clock skew of {skew.max_ms / 60_000:g} min "
-            "(FRAUD_MAX_SKEW_SECONDS); stamp times in UTC",
-        )
-    return reject(msg, result)
 
 
 def reject(msg: RawRecord, rejection: Rejection, **details: int) -> DeadLetterRecord:
@@ -156,28 +111,211 @@ def reject(msg: RawRecord, rejection: Rejection, **details: int) -> DeadLetterRe
     return DeadLetterRecord(msg.key, _encode(record))
 
 
-@operator
-def decode(
-    step_id: str,
-    up: Stream[RawRecord],
-    decoder: ContractDecoder[T],
-    skew: SkewRule = SkewRule(),
-    keys: KeyRule | None = None,
-    clock: Callable[[], float] | None = None,
-) -> KafkaOpOut[Sourced[T], SinkRecord]:
-    """Split raw messages into decoded records and dead-letter records; never raises.
+def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: int,
+                 skew: SkewRule = SkewRule()
+                 ) -> tuple[Decoded[T], list[RawRecord], list[DeadLetterRecord]]:
+    """Decode a poll: the valid records as columns (with their raw records) and dead letters."""
+    values: list[T] = []
+    kept: list[RawRecord] = []
+    ingest: list[int] = []
+    used: list[int] = []
+    dead: list[DeadLetterRecord] = []
+    clamped = 0
+    for msg in records:
+        ingest_ms = msg.timestamp_ms if msg.timestamp_ms > 0 else now_ms
+        result = decoder.decode(msg.value, ingest_ms)
+        if not isinstance(result, Rejection):
+            t = _time_of(result)
+            at = skew.apply(t, ingest_ms)
+            if at is not None:
+                if at != t:
+                    clamped += 1
+                values.append(result)
+                kept.append(msg)
+                ingest.append(ingest_ms)
+                used.append(at)
+                continue
+            result = Rejection(
+                "future_event_time",
+                f"{'event_time' if isinstance(result, Transaction) else 'label_time'}: "
+                f"{(t - ingest_ms) / 60_000:.1f} min ahead of the record's Kafka timestamp, "
+                f"over the allowed clock skew of {skew.max_ms / 60_000:g} min "
+                "(FRAUD_MAX_SKEW_SECONDS); stamp times in UTC",
+            )
+        dead.append(reject(msg, result))
+    if clamped and records:
+        metrics.CLAMPED.labels(topic=records[0].topic).inc(clamped)
+    n = len(values)
+    decoded = Decoded(
+        values,
+        np.fromiter((m.partition for m in kept), np.int32, n),
+        np.fromiter((m.offset for m in kept), np.int64, n),
+        np.asarray(ingest, dtype=np.int64),
+        np.asarray(used, dtype=np.int64),
+        np.fromiter((m.fetched for m in kept), np.float64, n),
+    )
+    return decoded, kept, dead
 
-    ``clock`` stands in for a missing record timestamp (records always carry one on
-    Kafka 0.10+; tests may pass their own).
+
+@dataclass
+class _Progress:
+    """Per process: each source partition's progress, and what each shard last heard of it."""
+
+    heard: dict[int, int] = field(default_factory=dict)
+    told: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)
+
+    def advance(self, partition: int, decoded: Decoded[T]) -> int:
+        if len(decoded):
+            newest = int(decoded.event_ms.max())
+            if newest > self.heard.get(partition, NO_TIME):
+                self.heard[partition] = newest
+        return self.heard.get(partition, NO_TIME)
+
+    def due(self, partition: int, shard: int, progress: int, idle: bool, has_rows: bool
+            ) -> bool:
+        """Whether ``shard`` should hear now (and note that it did)."""
+        last = self.told.get((partition, shard))
+        if (not has_rows and last is not None and last[1] == idle
+                and progress - last[0] < MARKER_MS):
+            return False
+        self.told[(partition, shard)] = (progress, idle)
+        return True
+
+
+def _grouped(shards: np.ndarray) -> dict[int, np.ndarray]:
+    """Row indices per shard (in row order)."""
+    if len(shards) and (shards == shards[0]).all():
+        return {int(shards[0]): np.arange(len(shards))}
+    return {int(s): np.flatnonzero(shards == s) for s in np.unique(shards)}
+
+
+class TransactionRouter:
+    """Decoded ``transactions`` polls -> ``(card shard key, CardWork)`` for every card shard.
+
+    A record goes to its card's shard (murmur2 of ``card_id``), also when produced on
+    another partition (``route``), unless ``keys`` refuses it (a dead letter). Every
+    shard hears where the partition stands (see :data:`MARKER_MS`).
+    """
+
+    def __init__(self, keys: KeyRule, topic: str = "transactions") -> None:
+        self.keys = keys
+        self.topic = topic
+        self._progress = _Progress()
+
+    def route(self, partition: int, decoded: Decoded[Transaction], kept: list[RawRecord],
+              idle: bool = False) -> list[tuple[str, CardWork] | DeadLetterRecord]:
+        """The shards' work for one poll of ``partition`` (``kept``: the raw records)."""
+        keys, q = self.keys, partition
+        out: list[tuple[str, CardWork] | DeadLetterRecord] = []
+        routed: dict[int, np.ndarray] = {}
+        if len(decoded):
+            home = murmur2_partitions([t.card_id for t in decoded.values], keys.partitions)
+            wrong = home != q
+            if wrong.any():
+                metrics.MISKEYED.labels(action=keys.policy).inc(int(wrong.sum()))
+                if keys.policy != "route":
+                    for i in np.flatnonzero(wrong).tolist():
+                        txn = decoded.values[i]
+                        out.append(reject(kept[i], keys.refusal(txn.card_id, q, int(home[i])),
+                                          expected_partition=int(home[i])))
+                    good = np.flatnonzero(~wrong)
+                    decoded, home = decoded.take(good), home[good]
+            routed = _grouped(home)
+        p = self._progress.advance(q, decoded)
+        alignment.heard(self.topic, q, p)
+        for s in range(keys.partitions):
+            rows = routed.get(s)
+            if self._progress.due(q, s, p, idle, rows is not None):
+                part = None if rows is None else (
+                    decoded if len(rows) == len(decoded) else decoded.take(rows))
+                out.append((shard_key(s), CardWork(s, q, p, idle, part)))
+        return out
+
+
+class LabelRouter:
+    """Decoded ``labels`` polls -> ``(merchant shard key, MerchantWork)`` for every shard.
+
+    A label goes to its ``merchant_id``'s shard; every shard hears where the partition
+    stands (see :data:`MARKER_MS`).
+    """
+
+    def __init__(self, merchant_shards: int) -> None:
+        self.shards = merchant_shards
+        self._progress = _Progress()
+
+    def route(self, partition: int, decoded: Decoded[Label], idle: bool = False
+              ) -> list[tuple[str, MerchantWork]]:
+        """The shards' work for one poll of ``partition``."""
+        q = partition
+        routed: dict[int, np.ndarray] = {}
+        if len(decoded):
+            routed = _grouped(murmur2_partitions([lab.merchant_id for lab in decoded.values],
+                                                 self.shards))
+        p = self._progress.advance(q, decoded)
+        out: list[tuple[str, MerchantWork]] = []
+        for s in range(self.shards):
+            rows = routed.get(s)
+            if self._progress.due(q, s, p, idle, rows is not None):
+                part = None if rows is None else decoded.take(rows)
+                out.append((shard_key(s), MerchantWork(s, ("labels", q), p, idle, part)))
+        return out
+
+
+@operator
+def decode_transactions(
+    step_id: str, up: Stream[RawBatch], decoder: ContractDecoder[Transaction],
+    skew: SkewRule, keys: KeyRule, clock: Callable[[], float] | None = None,
+) -> KafkaOpOut[tuple[str, CardWork], DeadLetterRecord]:
+    """Polls of ``transactions`` -> :class:`TransactionRouter` work, and dead letters.
+
+    Never raises.
     """
     import time
 
     now = clock or time.time
+    router: TransactionRouter | None = None
 
-    def classify_batch(batch: list[RawRecord]) -> list[Sourced[T] | DeadLetterRecord]:
-        now_ms = int(now() * 1000)
-        return [classify(msg, decoder, now_ms, skew, keys) for msg in batch]
+    def run(batch: RawBatch) -> list[tuple[str, CardWork] | DeadLetterRecord]:
+        nonlocal router
+        if router is None:
+            router = TransactionRouter(keys, batch.topic)
+        decoded, kept, dead = decode_batch(batch.records, decoder, int(now() * 1000), skew)
+        out: list[tuple[str, CardWork] | DeadLetterRecord] = list(dead)
+        return out + router.route(batch.partition, decoded, kept, batch.idle)
 
-    classified = op.flat_map_batch("classify", up, classify_batch)
-    branch = op.branch("split", classified, lambda item: isinstance(item, Sourced))
-    return KafkaOpOut(branch.trues, branch.falses)  # type: ignore[arg-type]
+    decoded_stream = op.flat_map("decode", up, run)
+    split = op.branch("split", decoded_stream,
+                      lambda item: not isinstance(item, DeadLetterRecord))
+    return KafkaOpOut(split.trues, split.falses)  # type: ignore[arg-type]
+
+
+@operator
+def decode_labels(
+    step_id: str, up: Stream[RawBatch], decoder: ContractDecoder[Label], skew: SkewRule,
+    merchant_shards: int, clock: Callable[[], float] | None = None,
+) -> KafkaOpOut[tuple[str, MerchantWork], DeadLetterRecord]:
+    """Polls of ``labels`` -> :class:`LabelRouter` work, and dead letters. Never raises."""
+    import time
+
+    now = clock or time.time
+    router = LabelRouter(merchant_shards)
+
+    def run(batch: RawBatch) -> list[tuple[str, MerchantWork] | DeadLetterRecord]:
+        decoded, _, dead = decode_batch(batch.records, decoder, int(now() * 1000), skew)
+        out: list[tuple[str, MerchantWork] | DeadLetterRecord] = list(dead)
+        return out + router.route(batch.partition, decoded, batch.idle)
+
+    decoded_stream = op.flat_map("decode", up, run)
+    split = op.branch("split", decoded_stream,
+                      lambda item: not isinstance(item, DeadLetterRecord))
+    return KafkaOpOut(split.trues, split.falses)  # type: ignore[arg-type]
+
+
+def records(batch: RawBatch) -> list[RawRecord]:
+    """The records of a poll (for the ``rules`` and ``lists`` topics, read record by record)."""
+    return batch.records
+
+
+__all__ = ["DeadLetterRecord", "KeyRule", "LabelRouter", "SinkRecord", "SkewRule",
+           "TransactionRouter", "decode_batch", "decode_labels", "decode_transactions",
+           "records", "reject"]

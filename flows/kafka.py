@@ -2,8 +2,12 @@
 
 The source is Bytewax's ``KafkaSource`` made lean: the same partitions
 (``<index>-<topic>``), resume state (next offset) and lag gauge
-(``bytewax_kafka_consumer_lag``), but records are plain tuples instead of
-frozen dataclasses, which cost about 2 µs per message in the hot loop.
+(``bytewax_kafka_consumer_lag``), but a poll of one partition is **one item**, a
+:class:`RawBatch` of plain tuples, so the dataflow moves batches, not records.
+A partition with nothing to read for ``idle_ms`` says so once (an empty batch with
+``idle``), so event-time watermarks downstream do not wait for it
+(:mod:`state.reorder`); a ``transactions`` partition that runs too far ahead of the
+watermark in event time is paused (:mod:`flows.alignment`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from flows import lifecycle, metrics
+from flows import alignment, lifecycle, metrics
+from flows.items import SinkBatch
 from topics.admin import partition_count
 from topics.errors import BrokerError
 from topics.producer import produce_waiting
@@ -47,6 +52,16 @@ class RawRecord(NamedTuple):
     """Kafka record timestamp (0: none)."""
     fetched: float = 0.0
     """When the source handed it to the dataflow (epoch seconds; per-stage latency)."""
+
+
+class RawBatch(NamedTuple):
+    """The records of one poll of one partition (one dataflow item), or an idle notice."""
+
+    topic: str
+    partition: int
+    records: list[RawRecord]
+    idle: bool = False
+    """Nothing to read on the partition for the source's ``idle_ms`` (``records`` empty)."""
 
 
 class SinkRecord(NamedTuple):
@@ -159,42 +174,59 @@ class _TopicReader:
             self._readers.pop(self.key, None)
 
 
-class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
+class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
     """One topic partition, read through its process's :class:`_TopicReader`.
 
     Its snapshot is the next offset to read. After an empty poll the partition
     is asked again in ``idle_s`` (Bytewax's own default, 1 ms, when None), so idle
-    topics cost next to nothing.
+    topics cost next to nothing. After ``idle_ms`` without a record it hands on one
+    idle notice; while :mod:`flows.alignment` holds it back it reads nothing (and is
+    not idle).
     """
 
     def __init__(
         self, reader: _TopicReader, partition: int, offset: int, batch_size: int,
-        idle_s: float | None = None,
+        idle_s: float | None = None, idle_ms: int = 2000, aligned: bool = False,
     ) -> None:
         self._reader, self._partition, self._offset = reader, partition, offset
         self._batch_size = batch_size
         self._idle_s = idle_s
+        self._idle_after = idle_ms / 1000
+        self._aligned = aligned
         self._awake: datetime | None = None
+        self._last_data = time.time()
+        self._said_idle = False
         reader.add(partition, offset)
         self._queue = reader.queues[partition]
 
-    def next_batch(self) -> list[RawRecord]:
+    def next_batch(self) -> list[RawBatch]:
         lifecycle.check_stop()  # a requested stop ends the input: the dataflow drains
         queue, reader, partition = self._queue, self._reader, self._partition
+        now = time.time()
+        if self._aligned and alignment.ahead(reader.topic, partition):
+            self._last_data = now  # held back on purpose: not idle
+            self._awake = datetime.fromtimestamp(now + alignment.PAUSE_S, tz=UTC)
+            return []
         if not queue:
             reader.fill(self._batch_size)
             if not queue and partition in reader.eof:
                 raise StopIteration
         n = min(len(queue), self._batch_size)
-        out = [queue.popleft() for _ in range(n)]
-        if out:
+        if n:
+            out = [queue.popleft() for _ in range(n)]
             self._offset = out[-1].offset + 1
             reader.next_offset[partition] = self._offset
             CONSUMED[(reader.topic, partition)] = self._offset
             self._awake = None
-        elif self._idle_s is not None:
-            self._awake = datetime.fromtimestamp(time.time() + self._idle_s, tz=UTC)
-        return out
+            self._last_data = now
+            self._said_idle = False
+            return [RawBatch(reader.topic, partition, out)]
+        if self._idle_s is not None:
+            self._awake = datetime.fromtimestamp(now + self._idle_s, tz=UTC)
+        if not self._said_idle and now - self._last_data >= self._idle_after:
+            self._said_idle = True
+            return [RawBatch(reader.topic, partition, [], idle=True)]
+        return []
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -206,17 +238,20 @@ class _SourcePartition(StatefulSourcePartition[RawRecord, int]):
         self._reader.close()
 
 
-class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
+class LeanKafkaSource(FixedPartitionedSource[RawBatch, int]):
     """Every partition of one topic, from the beginning or the resumed offset."""
 
     def __init__(
         self, settings: KafkaSettings, topic: str, *, tail: bool, batch_size: int,
         config: dict[str, str] | None = None, idle_s: float | None = None,
+        idle_ms: int = 2000, aligned: bool = False,
     ) -> None:
         self._settings, self._topic = settings, topic
         self._tail, self._batch_size = tail, batch_size
         self._config = config or {}
         self._idle_s = idle_s
+        self._idle_ms = idle_ms
+        self._aligned = aligned
 
     def list_parts(self) -> list[str]:
         """Bytewax's partition names: ``<index>-<topic>``."""
@@ -237,28 +272,33 @@ class LeanKafkaSource(FixedPartitionedSource[RawRecord, int]):
         }
         start = OFFSET_BEGINNING if resume_state is None else resume_state
         reader = _TopicReader.of(self, step_id, topic, config)
-        return _SourcePartition(reader, int(index), start, self._batch_size, self._idle_s)
+        return _SourcePartition(reader, int(index), start, self._batch_size, self._idle_s,
+                                self._idle_ms, self._aligned)
 
 
 def source(
     settings: KafkaSettings, logical: str, *, tail: bool = True, batch_size: int = 1000,
-    config: dict[str, str] | None = None, idle_s: float | None = None,
+    config: dict[str, str] | None = None, idle_s: float | None = None, idle_ms: int = 2000,
+    aligned: bool = False,
 ) -> LeanKafkaSource:
     """Read one registry topic from the beginning; offsets live in Bytewax's recovery store.
 
     ``config`` overrides :data:`SOURCE_DEFAULTS` for this topic (``FRAUD_KAFKA_*``
     still wins). ``idle_s``: after an empty poll, ask that partition again this much
-    later (None: 1 ms; labels and rules can wait longer). A consumer error stops the
-    flow (it resumes from its last snapshot), so only records reach the stream.
+    later (None: 1 ms; labels and rules can wait longer). ``idle_ms``: a partition
+    with nothing to read this long hands on an idle notice. ``aligned``: pause a
+    partition that runs ahead of the event-time watermark (:mod:`flows.alignment`).
+    A consumer error stops the flow (it resumes from its last snapshot), so only
+    records reach the stream.
     """
     return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size,
-                           config=config, idle_s=idle_s)
+                           config=config, idle_s=idle_s, idle_ms=idle_ms, aligned=aligned)
 
 
 def read(
     step_id: str, flow: Dataflow, settings: KafkaSettings, logical: str,
     **options: int | bool | float | dict[str, str],
-) -> Stream[RawRecord]:
+) -> Stream[RawBatch]:
     """Input step over one registry topic (``options``: see :func:`source`)."""
     return op.input(step_id, flow, source(settings, logical, **options))  # type: ignore[arg-type]
 
@@ -285,7 +325,7 @@ class _Deliveries:
         return found
 
 
-class _CheckedPartition(StatefulSinkPartition[SinkRecord, None]):
+class _CheckedPartition(StatefulSinkPartition[SinkRecord | SinkBatch, None]):
     """Produce without waiting; before Bytewax snapshots an epoch, wait for every ack.
 
     ``write_batch`` hands records to the producer and returns at once, so the worker
@@ -304,15 +344,22 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord, None]):
         if err is not None:
             self._failures.append(str(err))
 
-    def write_batch(self, values: list[SinkRecord]) -> None:
+    def write_batch(self, values: list[SinkRecord | SinkBatch]) -> None:
         handed = time.time()
-        for key, value, *_ in values:
-            produce_waiting(self._producer, self._topic, value, key, self._on_delivery)
-        self._producer.poll(0)  # serve delivery reports of earlier batches
+        made = 0.0
+        producer, topic, report = self._producer, self._topic, self._on_delivery
+        for item in values:
+            if isinstance(item, SinkBatch):
+                for key, value in item.records:
+                    produce_waiting(producer, topic, value, key, report)
+                made = item.made or made
+            else:
+                produce_waiting(producer, topic, item.value, item.key, report)
+                made = item.scored or made
+        producer.poll(0)  # serve delivery reports of earlier batches
         self._check()
-        scored = values[-1][2] if len(values[-1]) > 2 else 0.0
-        if scored:
-            metrics.STAGE_SECONDS.labels(stage="sink").observe(max(0.0, handed - scored))
+        if made:
+            metrics.STAGE_SECONDS.labels(stage="sink").observe(max(0.0, handed - made))
 
     def _check(self) -> None:
         if self._failures:
@@ -350,7 +397,7 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord, None]):
             self._check()
 
 
-class CheckedSink(FixedPartitionedSink[SinkRecord, None]):
+class CheckedSink(FixedPartitionedSink[SinkRecord | SinkBatch, None]):
     """Bytewax's ``KafkaSink``, except that no record is lost silently and no batch waits.
 
     Bytewax's sink ignores delivery reports, so a record that failed after its
@@ -380,9 +427,12 @@ def sink(settings: KafkaSettings, logical: str) -> CheckedSink:
     return CheckedSink(settings, logical)
 
 
-def keyed(record: SinkRecord | Any) -> tuple[str, Any]:
-    """``(routing key, record)`` for :class:`CheckedSink`."""
-    key = record[0]
+def keyed(record: SinkRecord | SinkBatch | Any) -> tuple[str, Any]:
+    """``(routing key, record)`` for :class:`CheckedSink` (a batch: by its first key)."""
+    if isinstance(record, SinkBatch):
+        key = record.records[0][0] if record.records else None
+    else:
+        key = record[0]
     return (key.decode("utf-8", "replace") if key else ""), record
 
 

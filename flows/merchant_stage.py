@@ -1,12 +1,18 @@
 """The merchant stage's Bytewax step: one :class:`~flows.scorer.MerchantScorer` per shard.
 
-Fed every transaction (from the card stage) and every label of the shard's
-merchants, and a copy of every ``rules`` and ``lists`` record (broadcast to every
-shard, :func:`broadcast`). Its recovery snapshot holds the store's sequence
-number, the open drift windows and the rule book, so a crash loses no drift
-count and no rule: the windows resume from the snapshot, verdicts stored after it
-are counted again as they are replayed (see :class:`~state.records.Incarnation`),
-and re-read rule records are no-ops.
+Fed the card stage's results for the shard's merchants from every card shard,
+every label of its merchants, and a copy of every ``rules`` and ``lists`` record
+(broadcast to every shard, :func:`broadcast`). Rules and lists apply as they
+arrive; transactions and labels wait in an :class:`~state.reorder.EventTimeOrder`
+until the watermark over every card shard and ``labels`` partition lets them go,
+and are applied in event-time order, so the merchant features equal the offline
+replay's whatever order the partitions are read in.
+
+Its recovery snapshot holds the store's sequence number, the open drift windows,
+the rule book and the reorder buffer with the inputs' progress, so a crash loses
+no drift count, no rule and no buffered transaction: verdicts stored after the
+snapshot are counted again as they are replayed (see
+:class:`~state.records.Incarnation`), and re-read rule records are no-ops.
 
 A shard idle for ``idle_seconds`` hands its open drift windows on, so the end of
 a stream (or a quiet shard) does not hold them back forever.
@@ -14,6 +20,7 @@ a stream (or a quiet shard) does not hold them back forever.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,17 +28,18 @@ from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows import metrics
-from flows.card_stage import CardResult
-from flows.decode import DeadLetterRecord, Sourced
+from flows import alignment, metrics
+from flows.decode import DeadLetterRecord
 from flows.drift import DriftPartial, PartitionDrift
-from flows.kafka import RawRecord, SinkRecord
+from flows.items import CardRows, Decoded, MerchantWork, SinkBatch
+from flows.kafka import RawRecord
 from flows.routing import shard_key
 from flows.scorer import MerchantScorer
 from state.errors import StaleStateError
+from state.reorder import EVERYTHING, EventTimeOrder
 from topics.contracts import Label
 
-MerchantOutput = SinkRecord | DeadLetterRecord | DriftPartial
+MerchantOutput = SinkBatch | DeadLetterRecord | DriftPartial
 
 
 class RuleRecord(NamedTuple):
@@ -46,7 +54,7 @@ def broadcast(record: RawRecord, shards: int) -> list[tuple[str, RuleRecord]]:
     return [(shard_key(s), RuleRecord(s, record)) for s in range(shards)]
 
 
-MerchantInput = CardResult | Sourced[Label] | RuleRecord
+MerchantInput = MerchantWork | RuleRecord
 
 
 class MerchantSnapshot(NamedTuple):
@@ -56,30 +64,33 @@ class MerchantSnapshot(NamedTuple):
     drift: PartitionDrift | None
     rules: bytes | None = None
     """The rule book (:meth:`rules.book.RuleBook.snapshot`)."""
+    order: EventTimeOrder[CardRows, Decoded[Label]] | None = None
+    """Transactions and labels waiting for the watermark, and the inputs' progress."""
 
 
 class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSnapshot]):
     """Bytewax adapter of one merchant shard (its scorer is opened at the first batch)."""
 
     def __init__(self, open_scorer: Callable[[int, MerchantSnapshot | None], MerchantScorer],
-                 shard_of: Callable[[str], int], resumed: MerchantSnapshot | None,
-                 idle_seconds: float) -> None:
+                 resumed: MerchantSnapshot | None, idle_seconds: float, card_shards: int,
+                 label_partitions: int, reorder_max: int = 200_000) -> None:
         self._open_scorer = open_scorer
-        self._shard_of = shard_of
         self._resumed = resumed
         self._idle_seconds = idle_seconds
         self._scorer: MerchantScorer | None = None
         self._last_batch = time.time()
-
-    def _shard(self, value: MerchantInput) -> int:
-        if isinstance(value, RuleRecord):
-            return value.shard
-        if isinstance(value, CardResult):
-            return self._shard_of(value.item.value.merchant_id)
-        return self._shard_of(value.value.merchant_id)
+        order = resumed.order if resumed is not None and resumed.order is not None else None
+        self._order: EventTimeOrder[CardRows, Decoded[Label]] = (
+            order or EventTimeOrder(reorder_max))
+        self._order.limit = reorder_max
+        self._order.watermark.expect([("cards", s) for s in range(card_shards)]
+                                     + [("labels", q) for q in range(label_partitions)])
+        self._counted = (self._order.late, self._order.late_labels, self._order.forced)
+        self._shard = -1
 
     def _opened(self, shard: int) -> MerchantScorer:
         if self._scorer is None:
+            self._shard = shard
             resumed = self._resumed
             scorer = self._open_scorer(shard, resumed)
             store = scorer.store
@@ -98,19 +109,62 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         return self._scorer
 
     def on_batch(self, values: list[MerchantInput]) -> tuple[list[MerchantOutput], bool]:
-        """Apply rules and labels, score the transactions; hand on closed drift windows."""
-        scorer = self._opened(self._shard(values[0]))
-        rules = [v.record for v in values if isinstance(v, RuleRecord)]
-        labels = [v.value for v in values if isinstance(v, Sourced)]
-        txns = [v for v in values if isinstance(v, CardResult)]
+        """Apply rules and labels, buffer transactions; score what the watermark releases."""
+        first = values[0]
+        scorer = self._opened(first.shard)
         self._last_batch = time.time()
-        out: list[MerchantOutput] = list(scorer.apply_rules(rules)) if rules else []
-        scorer.apply_labels(labels)
-        out += scorer.score(txns)
+        order = self._order
+        out: list[MerchantOutput] = []
+        rules = [v.record for v in values if isinstance(v, RuleRecord)]
+        if rules:
+            out += scorer.apply_rules(rules)
+        for v in values:
+            if isinstance(v, RuleRecord):
+                continue
+            order.watermark.heard(v.source, v.progress, v.idle)
+            if isinstance(v.rows, CardRows):
+                order.add_txns(v.rows)
+            elif v.rows is not None:
+                order.add_labels(v.rows)
+        out += self._release(scorer)
+        return out, False
+
+    def _release(self, scorer: MerchantScorer, everything: bool = False) -> list[MerchantOutput]:
+        order = self._order
+        if everything:
+            order.watermark.value = EVERYTHING
+        out: list[MerchantOutput] = []
+        for is_label, chunk in order.release(CardRows.concat, Decoded.concat):
+            if is_label:
+                scorer.apply_labels(chunk.values)  # type: ignore[union-attr]
+                continue
+            verdicts, dead = scorer.score(chunk)  # type: ignore[arg-type]
+            if verdicts is not None:
+                out.append(verdicts)
+            out += dead
         partial = scorer.drift.close() if scorer.drift is not None else None
         if partial is not None:
             out.append(partial)
-        return out, False
+        self._metrics()
+        return out
+
+    def _metrics(self) -> None:
+        order = self._order
+        late, labels, forced = (now - then for now, then in zip(
+            (order.late, order.late_labels, order.forced), self._counted, strict=True))
+        if late:
+            metrics.EVENT_TIME_LATE.labels(kind="transaction").inc(late)
+        if labels:
+            metrics.EVENT_TIME_LATE.labels(kind="label").inc(labels)
+        if forced:
+            metrics.REORDER_FORCED.inc(forced)
+        self._counted = (order.late, order.late_labels, order.forced)
+        shard = str(self._shard)
+        metrics.REORDER_BUFFERED.labels(shard=shard).set(order.buffered)
+        watermark = order.watermark.value
+        if 0 < watermark < EVERYTHING:
+            metrics.WATERMARK.labels(shard=shard).set(watermark / 1000)
+        alignment.watermark_at(self._shard, watermark)
 
     def notify_at(self) -> datetime | None:
         """When to hand open drift windows on if nothing arrives (idle shard)."""
@@ -126,26 +180,27 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         return ([partial] if partial is not None else []), False
 
     def on_eof(self) -> tuple[list[MerchantOutput], bool]:
-        """End of the input: write the buffered sample rows."""
-        if self._scorer is not None and self._scorer.samples is not None:
+        """End of the input: score everything still waiting, write the buffered sample rows."""
+        if self._scorer is None:
+            return [], False
+        out = self._release(self._scorer, everything=True)
+        if self._scorer.samples is not None:
             self._scorer.samples.flush()
-        return [], False
+        return out, False
 
     def snapshot(self) -> MerchantSnapshot:
-        """The store's sequence number and a copy of the open drift windows."""
+        """The store's sequence number and copies of the drift windows and reorder buffer."""
         metrics.LAST_SNAPSHOT.set(time.time())
+        order = copy.deepcopy(self._order)  # Bytewax pickles it later: hand over a frozen copy
         if self._scorer is None:
-            return self._resumed or MerchantSnapshot(0, None)
+            resumed = self._resumed
+            return MerchantSnapshot(resumed.seq if resumed else 0,
+                                    resumed.drift if resumed else None,
+                                    resumed.rules if resumed else None, order)
         scorer = self._scorer
         identity = scorer.store.db.identity
         metrics.STATE_BYTES.labels(store=f"merchants/{identity.shard}").set(
             scorer.store.db.approximate_disk_bytes())
-        return MerchantSnapshot(scorer.store.checkpoint(), _copy(scorer.drift),
-                                scorer.rules.snapshot() if scorer.rules is not None else None)
-
-
-def _copy(drift: PartitionDrift | None) -> PartitionDrift | None:
-    """A frozen copy for Bytewax, which pickles snapshots later."""
-    import copy
-
-    return copy.deepcopy(drift)
+        return MerchantSnapshot(scorer.store.checkpoint(), copy.deepcopy(scorer.drift),
+                                scorer.rules.snapshot() if scorer.rules is not None else None,
+                                order)

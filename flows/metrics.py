@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from topics.contracts import DriftSnapshot
@@ -155,6 +157,27 @@ RULE_ERRORS = Counter(
     "the rule did not hit them.",
     ["rule_id"],
 )
+EVENT_TIME_LATE = Counter(
+    "fraud_event_time_late_total",
+    "Transactions and labels that reached the merchant stage behind its event-time watermark "
+    "(read after transactions two hours later were scored): their effect on merchant "
+    "features may differ from the event-time answer.",
+    ["kind"],
+)
+REORDER_FORCED = Counter(
+    "fraud_reorder_forced_total",
+    "Transactions released ahead of the watermark because the merchant stage's reorder "
+    "buffer was full (FRAUD_REORDER_MAX).",
+)
+REORDER_BUFFERED = Gauge(
+    "fraud_reorder_buffered", "Transactions waiting in a merchant shard for the watermark.",
+    ["shard"],
+)
+WATERMARK = Gauge(
+    "fraud_merchant_watermark_seconds",
+    "Event time (epoch s) below which every input has arrived, per merchant shard.",
+    ["shard"],
+)
 RULE_SET = Info("fraud_rule_set", "The rule set in force (version of its rules and lists).")
 LAST_SNAPSHOT = Gauge(
     "fraud_last_snapshot_timestamp_seconds",
@@ -212,3 +235,26 @@ def observe_snapshot(snap: DriftSnapshot) -> None:
         SHADOW_AGREEMENT_RATIO.set(snap.shadow.agreement)
         if snap.shadow.score_correlation is not None:
             SHADOW_CORRELATION.set(snap.shadow.score_correlation)
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """Observe every value of ``values`` in ``histogram`` (a label-less child) at once.
+
+    One numpy pass and one update per bucket instead of one ``observe`` call per value
+    (prometheus_client keeps a histogram as per-bucket counters and a sum: ``_buckets``,
+    ``_upper_bounds``, ``_sum``). Falls back to ``observe`` if those internals change.
+    """
+    if not len(values):
+        return
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None or len(buckets) != len(bounds):
+        for v in np.asarray(values, dtype=np.float64).tolist():
+            histogram.observe(v)
+        return
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    for i, count in enumerate(np.bincount(index, minlength=len(bounds)).tolist()):
+        if count:
+            buckets[i].inc(count)
+    total.inc(float(np.sum(values)))

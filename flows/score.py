@@ -36,37 +36,44 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import bytewax.operators as op
 import msgspec
+import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
-from export.metadata import Thresholds
-from export.model import ScoringModel, load_model
-from flows import health, kafka, lifecycle, metrics
-from flows.card_stage import CardLogic, CardResult
-from flows.decode import DeadLetterRecord, KeyRule, SkewRule, Sourced, decode
+from export.model import load_model
+from flows import alignment, health, kafka, lifecycle, metrics
+from flows.card_stage import CardLogic
+from flows.decode import (
+    DeadLetterRecord,
+    KeyRule,
+    SkewRule,
+    decode_labels,
+    decode_transactions,
+    records,
+)
 from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
+from flows.items import SinkBatch
 from flows.kafka import SinkRecord
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, broadcast
-from flows.routing import shard_key
 from flows.samples import SampleWriter
 from flows.scorer import MerchantScorer
-from flows.serving import ModelSource
+from flows.serving import ModelSource, check_rates, model_rates
 from flows.settings import DriftSettings, ScoringSettings
 from rules.book import RuleBook
+from scoring.serving import serving_thresholds
 from state.card_store import CardStore
 from state.db import StoreIdentity, check_state_dir
-from state.inputs import AmountFn
 from state.lock import lock_recovery_dir, lock_state_dir
 from state.merchant_store import MerchantStore
 from state.options import StoreOptions
-from state.partitioning import murmur2_partition
 from topics.admin import partition_count
-from topics.contracts import DriftSnapshot, Label
+from topics.contracts import DriftSnapshot, Transaction
 from topics.currency import RateTable, reference_amount
 from topics.errors import ConfigError, FraudStreamError
 from topics.validation import LabelDecoder, TransactionDecoder
@@ -129,60 +136,14 @@ def drift_aggregator(
     )
 
 
-def serving_thresholds(settings: ScoringSettings, model: ScoringModel) -> Thresholds:
-    """The model's thresholds, with the ``FRAUD_*_THRESHOLD`` overrides (0.0 included)."""
-    review, decline = model.thresholds.review, model.thresholds.decline
-    if settings.review_threshold is not None:
-        review = settings.review_threshold
-    if settings.decline_threshold is not None:
-        decline = settings.decline_threshold
-    if review > decline:
-        raise ConfigError(
-            f"review threshold {review} would be above decline threshold {decline}; "
-            "set FRAUD_REVIEW_THRESHOLD and FRAUD_DECLINE_THRESHOLD together"
-        )
-    policy = model.thresholds.policy
-    if (review, decline) != (model.thresholds.review, model.thresholds.decline):
-        policy = f"overridden by FRAUD_*_THRESHOLD (model: {policy})"
-    return Thresholds(review=review, decline=decline, policy=policy)
-
-
-def model_rates(model: ScoringModel) -> RateTable:
-    """The reference currency and rate table the model's amount features were built with."""
-    context = getattr(model.metadata, "feature_context", None) or {}
-    table = context.get("rate_table")
-    if not table:
-        raise ConfigError(
-            f"model {model.version} records no rate table (feature context); retrain and "
-            "export it with this code: just train DATA=<history> then just export-onnx"
-        )
-    return RateTable.from_dict(table)
-
-
-def check_rates(rates: RateTable) -> Any:
-    """A model check: its amount features must use the flow's reference currency and rates."""
-
-    def check(model: ScoringModel) -> None:
-        theirs = model_rates(model)
-        if theirs != rates:
-            raise ConfigError(
-                f"model {model.version} converts amounts with rate table {theirs.version} to "
-                f"{theirs.reference}; this flow's state uses {rates.version} to "
-                f"{rates.reference}: card history would mix two scales. Retrain on the same "
-                "table, or restart the flow on a fresh state directory"
-            )
-
-    return check
-
-
-def model_source(
-    settings: ScoringSettings, path: Any, rates: RateTable, role: str
-) -> ModelSource:
+def model_source(settings: ScoringSettings, path: Any, rates: RateTable, role: str
+                 ) -> ModelSource:
     """A hot-reloaded model: the champion gets the threshold overrides, a shadow its own."""
     return ModelSource(
         path,
-        thresholds=(lambda m: serving_thresholds(settings, m)) if role == "champion"
-        else (lambda m: m.thresholds),
+        thresholds=(lambda m: serving_thresholds(m, settings.review_threshold,
+                                                 settings.decline_threshold))
+        if role == "champion" else (lambda m: m.thresholds),
         check=check_rates(rates),
         max_reasons=settings.reason_codes,
         interval=settings.model_reload_seconds,
@@ -190,16 +151,10 @@ def model_source(
     )
 
 
-def amounts(rates: RateTable) -> AmountFn:
-    """Reference-currency amount of a transaction with ``rates`` (billing amount first)."""
-    return lambda txn: reference_amount(txn, rates)
-
-
-def merchant_of(item: CardResult | Sourced[Label]) -> str:
-    """The merchant id of a card-stage result or a label."""
-    if isinstance(item, CardResult):
-        return item.item.value.merchant_id
-    return item.value.merchant_id
+def amounts(rates: RateTable) -> Callable[[list[Transaction]], np.ndarray]:
+    """Reference-currency amounts of transactions with ``rates`` (billing amount first)."""
+    return lambda txns: np.fromiter((reference_amount(t, rates) for t in txns), np.float64,
+                                    len(txns))
 
 
 def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
@@ -214,6 +169,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         check_rates(rates)(load_model(settings.shadow_model_path))
     topic = settings.kafka.topic("transactions")
     parts = n_partitions or partition_count(settings.kafka, topic)
+    label_parts = partition_count(settings.kafka, settings.kafka.topic("labels"))
     shards = settings.merchant_shards
     champion = model_source(settings, settings.model_path, rates, "champion")
     shadow = (
@@ -233,12 +189,6 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         live.thresholds.review, live.thresholds.decline,
         shadow.current.version if shadow else "none", parts, topic, shards, settings.state_dir,
     )
-
-    def card_shard(card_id: str) -> int:
-        return murmur2_partition(card_id, parts)
-
-    def merchant_shard(merchant_id: str) -> int:
-        return murmur2_partition(merchant_id, shards)
 
     scale = f"{rates.reference}/{rates.version}"
 
@@ -274,55 +224,55 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
 
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
     future = settings.max_skew_ms if settings.skew_policy == "dead-letter" else _NO_FUTURE_LIMIT
+    alignment.configure(settings.align_ms)
+    idle = settings.input_idle_ms
     flow = Dataflow("fraud-score")
-    txn_msgs = kafka.read(
-        "transactions-in", flow, settings.kafka, "transactions", batch_size=settings.batch_max
-    )
-    txns = decode(
-        "decode-transactions", txn_msgs,
+    txn_polls = kafka.read("transactions-in", flow, settings.kafka, "transactions",
+                           batch_size=settings.batch_max, idle_ms=idle, aligned=True)
+    txns = decode_transactions(
+        "decode-transactions", txn_polls,
         TransactionDecoder(settings.max_message_bytes, future, rates=rates), skew,
         KeyRule(parts, settings.miskeyed),
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
-    label_msgs = kafka.read("labels-in", flow, settings.kafka, "labels",
-                            config={"fetch.wait.max.ms": "200"}, idle_s=0.05)
-    labels = decode(
-        "decode-labels", label_msgs, LabelDecoder(settings.max_message_bytes, future), skew,
+    label_polls = kafka.read("labels-in", flow, settings.kafka, "labels",
+                             config={"fetch.wait.max.ms": "200"}, idle_s=0.05, idle_ms=idle)
+    labels = decode_labels(
+        "decode-labels", label_polls, LabelDecoder(settings.max_message_bytes, future), skew,
+        shards,
     )
-    by_card = op.key_on("key-by-card", txns.oks,
-                        lambda s: shard_key(card_shard(s.value.card_id)))
     carded = op.branch(
         "split-card", op.key_rm("unkey-card", op.stateful_batch(
-            "card", by_card,
-            lambda resume: CardLogic(open_cards, card_shard, amounts(rates), topic, resume,
+            "card", txns.oks,
+            lambda resume: CardLogic(open_cards, amounts(rates), topic, parts, shards, resume,
                                      settings.miskeyed_hold_ms),
         )),
-        lambda x: isinstance(x, CardResult),
+        lambda x: not isinstance(x, DeadLetterRecord),
     )
-    merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks)
-    by_merchant = op.key_on("key-by-merchant", merchant_in,
-                            lambda x: shard_key(merchant_shard(merchant_of(x))))
     # Rules and lists: every merchant shard keeps a rule book, so each gets every record.
-    rule_msgs = op.merge(
+    rule_polls = op.merge(
         "rule-records",
         kafka.read("rules-in", flow, settings.kafka, "rules", idle_s=0.1,
                    config={"fetch.wait.max.ms": "200"}),
         kafka.read("lists-in", flow, settings.kafka, "lists", idle_s=0.1,
                    config={"fetch.wait.max.ms": "200"}),
     )
-    to_shards = op.flat_map("broadcast-rules", rule_msgs, lambda r: broadcast(r, shards))
+    to_shards = op.flat_map("broadcast-rules", rule_polls,
+                            lambda poll: [item for r in records(poll)
+                                          for item in broadcast(r, shards)])
+    merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks, to_shards)
     scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
-        "merchant", op.merge("merchant-and-rules", by_merchant, to_shards),
-        lambda resumed: MerchantLogic(open_scorer, merchant_shard, resumed,
-                                      drift.flush_seconds),
+        "merchant", merchant_in,
+        lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds, parts,
+                                      label_parts, settings.reorder_max),
     ))
-    verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkRecord))
+    verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkBatch))
     kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions")
     rest: Any = op.branch("split-drift", verdicts.falses,
                           lambda x: isinstance(x, DriftPartial))
     dead: Stream[Any] = op.merge("dead-letters", txns.errs, labels.errs,
-                    cast(Stream[DeadLetterRecord], carded.falses),
-                    cast(Stream[DeadLetterRecord], rest.falses))
+                                 cast(Stream[DeadLetterRecord], carded.falses),
+                                 cast(Stream[DeadLetterRecord], rest.falses))
     kafka.write("dead-letter-out", dead, settings.kafka, "dead-letter")
     partials = op.key_on("key-drift", cast(Stream[DriftPartial], rest.trues), lambda _: "all")
     snapshots = op.stateful_batch(

@@ -1,17 +1,18 @@
-"""Score one merchant shard's transactions: merchant features, ONNX, decision, reasons, verdict.
+"""One merchant shard between the card stage and ``predictions``: store, scoring room, drift.
 
-Plain Python over a :class:`~state.merchant_store.MerchantStore` and a
-:class:`~flows.serving.ModelSource` (the hot-reloaded champion, plus an optional
-shadow), so it is tested without Kafka; the Bytewax step in
-:mod:`flows.merchant_stage` only feeds it batches.
+Plain Python over a :class:`~state.merchant_store.MerchantStore`, the scoring room
+(:mod:`scoring`) and the hot-reloaded models (:class:`~flows.serving.ModelSource`),
+so it is tested without Kafka; the Bytewax step in :mod:`flows.merchant_stage` only
+feeds it batches in event-time order.
 
-New transactions of a batch are scored in one ONNX call, the analyst rules and
-lists in force (a :class:`~rules.book.RuleBook`) are evaluated over the same rows,
-and each verdict is committed in the same RocksDB ``WriteBatch`` as the merchant
-state it was computed from. A transaction id already scored gets its stored verdict bytes
-again: a producer re-delivery (counted in ``fraud_duplicate_transactions_total``)
-or a replay after a crash (``fraud_replayed_verdicts_total``; its drift counts
-and label joins, lost with the crashed process's memory, are redone).
+New transactions of a batch are scored in one ONNX call per model, the analyst
+rules and lists in force are evaluated over the same rows, and each verdict is
+committed in the same RocksDB ``WriteBatch`` as the merchant state it was computed
+from. A transaction id already scored gets its stored verdict bytes again: a
+producer re-delivery (counted in ``fraud_duplicate_transactions_total``) or a
+replay after a crash (``fraud_replayed_verdicts_total``; its drift counts and
+label joins, lost with the crashed process's memory, are redone). Metrics are
+observed once per batch.
 """
 
 from __future__ import annotations
@@ -25,22 +26,24 @@ import msgspec
 import numpy as np
 
 from flows import metrics
-from flows.card_stage import CardResult, merge_partitions
+from flows.card_stage import conflict_letter
 from flows.decode import DeadLetterRecord, reject
 from flows.drift import Judged, PartitionDrift
-from flows.kafka import RawRecord, SinkRecord
+from flows.items import CardRows, SinkBatch
+from flows.kafka import RawRecord
 from flows.samples import SampleWriter
-from flows.serving import ModelSource, Serving
-from rules.batch import RuleBatch
-from rules.book import Message, Outcome, Refused, RuleBook
+from flows.serving import ModelSource
+from rules.book import Message, Refused, RuleBook
+from scoring.decide import Decided, decide
+from scoring.render import render
+from scoring.serving import Serving
 from state import merchant_store as ms
-from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
+from state.inputs import FeatureInputs
+from state.merchant_store import LabelJoin, MerchantBatch, MerchantStore
 from state.records import Verdict
-from state.spec import FEATURE_NAMES
-from topics.contracts import Label, Prediction, ReasonCode, RuleHit
+from topics.contracts import Label
 from topics.validation import Rejection
 
-_encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +68,7 @@ def judged(verdict: Verdict) -> Judged:
 
 
 class MerchantScorer:
-    """Everything between a card-stage result and its verdict, for one merchant shard."""
+    """Everything between card-stage results and their verdicts, for one merchant shard."""
 
     def __init__(
         self,
@@ -94,7 +97,7 @@ class MerchantScorer:
         if rules is not None:  # restored from a snapshot: its rules count from 0 here
             _zero_rule_series(rules)
         self._unknown_seen = store.unknown_labels
-        self._scored: dict[str, Any] = {}
+        self._decided: Decided | None = None
 
     # --- rules and lists ---------------------------------------------------------------
     def apply_rules(self, records: Sequence[RawRecord]) -> list[DeadLetterRecord]:
@@ -126,8 +129,11 @@ class MerchantScorer:
         """Apply labels to merchant state (idempotent by id) and feed back their verdicts."""
         if not labels:
             return
-        for label in labels:
-            metrics.LABELS.labels(is_fraud=str(label.is_fraud).lower()).inc()
+        fraud = sum(1 for label in labels if label.is_fraud)
+        if fraud:
+            metrics.LABELS.labels(is_fraud="true").inc(fraud)
+        if len(labels) - fraud:
+            metrics.LABELS.labels(is_fraud="false").inc(len(labels) - fraud)
         self._feedback(self.store.apply_labels(labels))
 
     def _feedback(self, joins: Sequence[LabelJoin]) -> None:
@@ -148,77 +154,124 @@ class MerchantScorer:
                 self.drift.add_unknown(unknown, live)
 
     # --- transactions ------------------------------------------------------------------
-    def score(self, batch: Sequence[CardResult]) -> list[SinkRecord | DeadLetterRecord]:
-        """Verdicts (fresh or re-emitted) and dead letters for ``batch`` (one shard)."""
-        if not batch:
-            return []
+    def score(self, rows: CardRows) -> tuple[SinkBatch | None, list[DeadLetterRecord]]:
+        """Verdicts (fresh or re-emitted) and dead letters for ``rows`` (event-time order)."""
+        if not len(rows):
+            return None, []
         started = time.perf_counter()
-        ordered = merge_partitions([r.item for r in batch])
-        by_item = {id(r.item): r for r in batch}
-        results = [by_item[id(item)] for item in ordered]
+        txns = rows.txns
+        values = txns.values
         live = self.champion.poll()  # one model per batch: swaps happen between batches
         shadow = self.shadow.poll() if self.shadow is not None else None
-        items = [MerchantIn(r.item.value, r.features, r.body, r.item.partition, r.item.offset,
-                            r.row) for r in results]
+        batch = MerchantBatch([t.transaction_id for t in values], [t.merchant_id for t in values],
+                              rows.body, txns.partition, txns.offset,
+                              FeatureInputs.of(values, rows.amount, txns.event_ms), rows.rows,
+                              rows.has_row)
+        self._decided = None
 
-        def render(positions: Sequence[int], matrix: np.ndarray) -> list[bytes]:
-            return self._render([results[i] for i in positions], matrix, live, shadow)
+        def score_rows(positions: np.ndarray, matrix: np.ndarray) -> list[bytes]:
+            picked = [values[i] for i in positions.tolist()]
+            decided = decide(matrix, picked, rows.amount[positions], live, shadow, self.rules)
+            self._decided = decided
+            return render(decided, picked, txns.ingest_ms[positions],
+                          txns.clamped[positions], rows.amount[positions],
+                          self.reference_currency, int(self.clock() * 1000))
 
-        outs, joins = self.store.process(items, render)
-        now = self.clock()
-        out: list[SinkRecord | DeadLetterRecord] = []
-        fresh: list[int] = []
-        replays: list[int] = []
-        for i, (r, o) in enumerate(zip(results, outs, strict=True)):
-            key = r.item.value.transaction_id.encode()
-            if o.kind == ms.CONFLICT:
-                assert o.first is not None
-                out.append(self._conflict(r, o.first))
-                continue
-            if o.kind == ms.MISSING:
-                metrics.REPLAY_SKIPPED.inc()
-                log.warning("transaction %r: no stored verdict and no card row (older than "
-                            "the recent-row retention); skipped", r.item.value.transaction_id)
-                continue
-            assert o.output is not None
-            out.append(SinkRecord(key, o.output, now))
-            if o.kind == ms.FRESH:
-                fresh.append(i)
-            elif o.kind == ms.REPLAY:
-                replays.append(i)
-            else:
-                metrics.DUPLICATES.labels(kind="redelivery").inc()
-        if replays:
+        outcome, joins = self.store.process(batch, score_rows)
+        made = self.clock()
+        kind = outcome.kind
+        dead = [conflict_letter(values[i], int(txns.partition[i]), int(txns.offset[i]),
+                                int(txns.ingest_ms[i]), self.topic,
+                                outcome.first[i].partition,  # type: ignore[union-attr]
+                                outcome.first[i].offset)  # type: ignore[union-attr]
+                for i in np.flatnonzero(kind == ms.CONFLICT).tolist()]
+        missing = np.flatnonzero(kind == ms.MISSING)
+        if len(missing):
+            metrics.REPLAY_SKIPPED.inc(len(missing))
+            log.warning("%d transactions without a stored verdict or a card row (older than "
+                        "the recent-row retention), e.g. %r; skipped", len(missing),
+                        values[int(missing[0])].transaction_id)
+        sent = np.flatnonzero((kind != ms.CONFLICT) & (kind != ms.MISSING)).tolist()
+        out = SinkBatch([(values[i].transaction_id.encode(), outcome.output[i])  # type: ignore[misc]
+                         for i in sent], made) if sent else None
+        repeats = int(np.count_nonzero(kind == ms.REPEAT))
+        if repeats:
+            metrics.DUPLICATES.labels(kind="redelivery").inc(repeats)
+        replays = np.flatnonzero(kind == ms.REPLAY)
+        if len(replays):
             metrics.REPLAYED.inc(len(replays))
-            self._recount(results, outs, replays, live)
-        if fresh:
-            self._observe(results, outs, fresh)
+            self._recount(rows, outcome, replays, live)
+        fresh = np.flatnonzero(kind == ms.FRESH)
+        if len(fresh) and self._decided is not None:
+            self._observe(rows, outcome, fresh, self._decided, made)
         self._feedback(joins)
-        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_SIZE.observe(len(rows))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return out
+        return out, dead
 
-    def _conflict(self, r: CardResult, first: Verdict) -> DeadLetterRecord:
-        from flows.card_stage import conflict_letter
+    def _observe(self, rows: CardRows, outcome: ms.MerchantOutcome, fresh: np.ndarray,
+                 decided: Decided, made: float) -> None:
+        """Metrics, drift windows and the vector sample of the batch's new verdicts."""
+        txns = rows.txns
+        live = decided.champion
+        decisions = decided.decision
+        for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
+            metrics.VERDICTS.labels(decision=str(decision), model_version=live.version).inc(
+                int(count))
+        metrics.TRANSACTIONS_IN.inc(len(fresh))
+        ingest = txns.ingest_ms[fresh]
+        metrics.observe_many(metrics.LATENCY_SECONDS, np.maximum(0.0, made - ingest / 1000))
+        sampled = fresh[txns.offset[fresh] % 8 == 0]  # stage timings, one in eight
+        fetched = txns.fetched[sampled]
+        timed = sampled[fetched > 0]
+        if len(timed):
+            stage = metrics.STAGE_SECONDS.labels
+            fetched = txns.fetched[timed]
+            metrics.observe_many(stage(stage="broker"),
+                                 np.maximum(0.0, fetched - txns.ingest_ms[timed] / 1000))
+            metrics.observe_many(stage(stage="card"),
+                                 np.maximum(0.0, rows.carded[timed] - fetched))
+            metrics.observe_many(stage(stage="merchant"),
+                                 np.maximum(0.0, made - rows.carded[timed]))
+        if decided.shadow is not None and decided.shadow_decision is not None:
+            agree = int(np.count_nonzero(decided.shadow_decision == decisions))
+            metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
+            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(decisions) - agree)
+        if decided.rules is not None:
+            self._rule_metrics(decided)
+        if self.drift is None and self.samples is None:
+            return
+        features = outcome.rows[fresh]
+        event_times = txns.event_ms[fresh]
+        if self.drift is not None:
+            pair = None
+            if (decided.shadow is not None and decided.shadow_scores is not None
+                    and decided.shadow_decision is not None):
+                pair = (decided.shadow.version, decided.shadow_scores, decided.shadow_decision)
+            self.drift.add_scored(live.model.metadata, event_times, features, decided.scores,
+                                  decisions, pair, txns.partition[fresh].astype(np.int64))
+            outcome_rules = decided.rules
+            if outcome_rules is not None and any(outcome_rules.hits):
+                self.drift.add_rule_hits(
+                    live.version, event_times,
+                    [[(h.rule_id, h.mode) for h in row] for row in outcome_rules.hits],
+                    decided.model_decision != "approve")
+        if self.samples is not None:
+            self.samples.offer(
+                [outcome.first[i].seq for i in fresh.tolist()],
+                txns.partition[fresh], txns.offset[fresh],
+                [txns.values[i].transaction_id for i in fresh.tolist()],
+                event_times, features, decided.scores, decisions, live.version,
+            )
 
-        return conflict_letter(r.item, self.topic, first.partition, first.offset)
-
-    def _evaluate_rules(self, results: Sequence[CardResult], features: np.ndarray,
-                        scores: np.ndarray, decisions: np.ndarray) -> Outcome | None:
-        """The rules in force over the batch (None when the book holds none)."""
-        book = self.rules
-        if book is None or not book.has_rules:
-            return None
-        batch = RuleBatch.from_transactions(
-            [r.item.value for r in results], features, FEATURE_NAMES, scores, decisions,
-            amount_reference=np.fromiter((r.features.amount for r in results), np.float64,
-                                         len(results)),
-        )
-        outcome = book.evaluate(batch)
+    @staticmethod
+    def _rule_metrics(decided: Decided) -> None:
+        outcome = decided.rules
+        assert outcome is not None
         for (rule_id, mode), hits in outcome.counts.items():
             if hits:
                 metrics.RULE_HITS.labels(rule_id=rule_id, mode=mode).inc(hits)
-        flagged_by_model = decisions != "approve"
+        flagged_by_model = (decided.model_decision != "approve").tolist()
         for i, hits_i in enumerate(outcome.hits):
             for h in hits_i:
                 metrics.RULE_OVERLAP.labels(
@@ -226,139 +279,30 @@ class MerchantScorer:
                     model=str(bool(flagged_by_model[i])).lower()).inc()
         for rule_id, n in outcome.errors.items():
             metrics.RULE_ERRORS.labels(rule_id=rule_id).inc(n)
-        return outcome
 
-    def _render(
-        self, results: Sequence[CardResult], features: np.ndarray, live: Serving,
-        shadow: Serving | None,
-    ) -> list[bytes]:
-        scores = live.model.predict(features)
-        model_decisions = live.thresholds.decide(scores)
-        outcome = self._evaluate_rules(results, features, scores, model_decisions)
-        decisions = outcome.decision if outcome is not None else model_decisions
-        flagged = np.flatnonzero(model_decisions != "approve")
-        reasons: dict[int, list[ReasonCode]] = {}
-        if flagged.size:
-            explained = live.explainer.explain(features[flagged], scores[flagged])
-            reasons = dict(zip(flagged.tolist(), explained, strict=True))
-        shadow_scores = shadow_decisions = None
-        if shadow is not None:
-            shadow_scores = shadow.model.predict(features)
-            shadow_decisions = shadow.thresholds.decide(shadow_scores)
-            agree = int(np.count_nonzero(shadow_decisions == decisions))
-            metrics.SHADOW_AGREEMENT.labels(agree="true").inc(agree)
-            metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(results) - agree)
-        self._scored = {"live": live, "shadow": shadow, "scores": scores,
-                        "decisions": decisions, "shadow_scores": shadow_scores,
-                        "shadow_decisions": shadow_decisions, "outcome": outcome,
-                        "model_decisions": model_decisions}
-        now = self.clock()
-        now_ms = int(now * 1000)
-        version, spec_version = live.version, live.model.feature_spec_version
-        shadow_version = shadow.version if shadow is not None else None
-        currency = self.reference_currency
-        out = []
-        for i, r in enumerate(results):
-            item = r.item
-            txn = item.value
-            prediction = Prediction(
-                transaction_id=txn.transaction_id,
-                card_id=txn.card_id,
-                event_time=txn.event_time,
-                score=float(scores[i]),
-                decision=str(decisions[i]),  # type: ignore[arg-type]
-                model_version=version,
-                feature_spec_version=spec_version,
-                reasons=reasons.get(i, []),
-                ingest_time=item.ingest_ms,
-                scored_time=now_ms,
-                event_time_clamped=item.event_ms != txn.event_time,
-                amount_reference=round(r.features.amount, 6),
-                reference_currency=currency,
-            )
-            if outcome is not None:
-                if outcome.hits[i]:
-                    prediction.rule_hits = [RuleHit(
-                        rule_id=h.rule_id, version=h.version, action=h.action, mode=h.mode,
-                        text=h.text) for h in outcome.hits[i]]
-                    prediction.reasons = outcome.reasons(i) + prediction.reasons
-                if decisions[i] != model_decisions[i]:
-                    prediction.model_decision = str(model_decisions[i])  # type: ignore[assignment]
-                prediction.rule_set_version = outcome.ruleset_version
-            if shadow_scores is not None and shadow_decisions is not None:
-                prediction.shadow_score = float(shadow_scores[i])
-                prediction.shadow_decision = str(shadow_decisions[i])  # type: ignore[assignment]
-                prediction.shadow_model_version = shadow_version
-            out.append(_encode(prediction))
-            metrics.LATENCY_SECONDS.observe(max(0, now_ms - item.ingest_ms) / 1000)
-            if item.offset % 8 == 0 and item.fetched:  # stage timings, sampled
-                stage = metrics.STAGE_SECONDS.labels
-                stage(stage="broker").observe(max(0.0, item.fetched - item.ingest_ms / 1000))
-                stage(stage="card").observe(max(0.0, r.carded - item.fetched))
-                stage(stage="merchant").observe(max(0.0, now - r.carded))
-        for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
-            metrics.VERDICTS.labels(decision=str(decision), model_version=version).inc(int(count))
-        metrics.TRANSACTIONS_IN.inc(len(results))
-        return out
-
-    def _observe(self, results: Sequence[CardResult], outs: Sequence[ms.MerchantOut],
-                 fresh: list[int]) -> None:
-        """Feed the drift windows and the vector sample with the batch's new verdicts."""
-        if self.drift is None and self.samples is None:
-            return
-        s = self._scored
-        live: Serving = s["live"]
-        features = np.stack([outs[i].row for i in fresh])  # type: ignore[misc]
-        event_times = np.fromiter((results[i].features.event_time for i in fresh), np.int64,
-                                  len(fresh))
-        if self.drift is not None:
-            pair = None
-            if s["shadow"] is not None and s["shadow_scores"] is not None:
-                pair = (s["shadow"].version, s["shadow_scores"], s["shadow_decisions"])
-            inputs = np.fromiter((results[i].item.partition for i in fresh), np.int64,
-                                 len(fresh))
-            self.drift.add_scored(live.model.metadata, event_times, features, s["scores"],
-                                  s["decisions"], pair, inputs)
-            outcome = s["outcome"]
-            if outcome is not None and any(outcome.hits):
-                self.drift.add_rule_hits(
-                    live.version, event_times,
-                    [[(h.rule_id, h.mode) for h in row] for row in outcome.hits],
-                    s["model_decisions"] != "approve")
-        if self.samples is not None:
-            self.samples.offer(
-                [outs[i].first.seq for i in fresh],  # type: ignore[union-attr]
-                [results[i].item.partition for i in fresh],
-                [results[i].item.offset for i in fresh],
-                [results[i].item.value.transaction_id for i in fresh],
-                event_times, features, s["scores"], s["decisions"], live.version,
-            )
-
-    def _recount(self, results: Sequence[CardResult], outs: Sequence[ms.MerchantOut],
-                 replays: list[int], live: Serving) -> None:
+    def _recount(self, rows: CardRows, outcome: ms.MerchantOutcome, replays: np.ndarray,
+                 live: Serving) -> None:
         """Count replayed verdicts in drift again: the crashed process's counts were lost."""
         if self.drift is None:
             return
         metadata = live.model.metadata
-        rows = [i for i in replays if outs[i].row is not None]
-        scored = [_decode_scored(outs[i].output or b"{}") for i in rows]
+        idx = [i for i in replays.tolist() if outcome.has_row[i]]
+        scored = [_decode_scored(outcome.output[i] or b"{}") for i in idx]
         keep = [j for j, s in enumerate(scored) if s.model_version == live.version]
         if not keep:
             return  # scored by a model this process no longer serves: not counted again
-        idx = [rows[j] for j in keep]
-        features = np.stack([outs[i].row for i in idx])  # type: ignore[misc]
-        event_times = np.fromiter((results[i].features.event_time for i in idx), np.int64,
-                                  len(idx))
+        picked = np.asarray([idx[j] for j in keep], dtype=np.int64)
         scores = np.array([scored[j].score for j in keep], dtype=np.float32)
         decisions = np.array([scored[j].decision for j in keep], dtype="<U7")
-        pair = None
+        pair: Any = None
         shadow_version = scored[keep[0]].shadow_model_version
         if shadow_version and all(scored[j].shadow_score is not None for j in keep):
             pair = (shadow_version,
                     np.array([scored[j].shadow_score for j in keep], dtype=np.float32),
                     np.array([scored[j].shadow_decision for j in keep], dtype="<U7"))
-        inputs = np.fromiter((results[i].item.partition for i in idx), np.int64, len(idx))
-        self.drift.add_scored(metadata, event_times, features, scores, decisions, pair, inputs)
+        self.drift.add_scored(metadata, rows.txns.event_ms[picked], outcome.rows[picked],
+                              scores, decisions, pair,
+                              rows.txns.partition[picked].astype(np.int64))
 
 
 def _zero_rule_series(book: RuleBook) -> None:

@@ -20,32 +20,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from export.metadata import Thresholds
 from export.model import ScoringModel, load_model, resolve_model_file
-from export.reasons import ReasonExplainer
 from flows import metrics
-from topics.errors import FraudStreamError
+from scoring.reasons import ReasonExplainer
+from scoring.serving import Serving
+from topics.currency import RateTable
+from topics.errors import ConfigError, FraudStreamError
 
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[str, int, int]
-
-
-@dataclass(frozen=True)
-class Serving:
-    """One loaded model with the thresholds and explainer it is served with."""
-
-    model: ScoringModel
-    thresholds: Thresholds
-    explainer: ReasonExplainer
-
-    @property
-    def version(self) -> str:
-        """The model version verdicts name."""
-        return self.model.version
 
 
 def _fingerprint(path: Path) -> Fingerprint | None:
@@ -114,3 +102,31 @@ class ModelSource:
                      "feature_spec_version": self.current.model.feature_spec_version}
                 )
             return self.current
+
+
+def model_rates(model: ScoringModel) -> RateTable:
+    """The reference currency and rate table the model's amount features were built with."""
+    context = getattr(model.metadata, "feature_context", None) or {}
+    table = context.get("rate_table")
+    if not table:
+        raise ConfigError(
+            f"model {model.version} records no rate table (feature context); retrain and "
+            "export it with this code: just train DATA=<history> then just export-onnx"
+        )
+    return RateTable.from_dict(table)
+
+
+def check_rates(rates: RateTable) -> Any:
+    """A model check: its amount features must use the flow's reference currency and rates."""
+
+    def check(model: ScoringModel) -> None:
+        theirs = model_rates(model)
+        if theirs != rates:
+            raise ConfigError(
+                f"model {model.version} converts amounts with rate table {theirs.version} to "
+                f"{theirs.reference}; this flow's state uses {rates.version} to "
+                f"{rates.reference}: card history would mix two scales. Retrain on the same "
+                "table, or restart the flow on a fresh state directory"
+            )
+
+    return check

@@ -53,6 +53,18 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_MISKEYED_HOLD_MS": (
         "250", "routed mis-keyed records wait this long for their card's stragglers (0: none)"
     ),
+    "FRAUD_INPUT_IDLE_MS": (
+        "2000", "an input partition with nothing to read this long no longer holds the "
+        "merchant stage's event-time watermark back"
+    ),
+    "FRAUD_ALIGN_MS": (
+        "1800000", "a transactions partition this far ahead of the watermark in event time "
+        "is paused until the others catch up (0: never)"
+    ),
+    "FRAUD_REORDER_MAX": (
+        "200000", "transactions a merchant shard holds for the watermark; beyond, the oldest "
+        "are scored anyway (counted)"
+    ),
     "FRAUD_DRIFT_WINDOW_SECONDS": ("300", "event-time window of a drift snapshot"),
     "FRAUD_DRIFT_GRACE_SECONDS": ("60", "event-time lateness a partition waits before closing one"),
     "FRAUD_DRIFT_FLUSH_SECONDS": ("60", "publish a window without idle partitions after this"),
@@ -184,6 +196,9 @@ class ScoringSettings:
     skew_policy: str
     miskeyed: str
     miskeyed_hold_ms: int
+    input_idle_ms: int
+    align_ms: int
+    reorder_max: int
     metrics_port: int
     log_level: str
     stop_grace_seconds: int
@@ -235,6 +250,9 @@ class ScoringSettings:
             skew_policy=_choice(env, "FRAUD_SKEW_POLICY", ("clamp", "dead-letter")),
             miskeyed=_choice(env, "FRAUD_MISKEYED", ("route", "refuse")),
             miskeyed_hold_ms=_int(env, "FRAUD_MISKEYED_HOLD_MS", 0, 60_000),
+            input_idle_ms=_int(env, "FRAUD_INPUT_IDLE_MS", 10, 3_600_000),
+            align_ms=_int(env, "FRAUD_ALIGN_MS", 0, 3_600_000),
+            reorder_max=_int(env, "FRAUD_REORDER_MAX", 1000, 10_000_000),
             metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
             log_level=level,
             stop_grace_seconds=_int(env, "FRAUD_STOP_GRACE_SECONDS", 1, 3600),

@@ -35,7 +35,7 @@ import numpy as np
 from rules.batch import RuleBatch
 from rules.book import Refused, RuleBook
 from rules.contracts import ListEntry, Rule
-from rules.policy import combine
+from scoring.policy import combine
 from topics.errors import FraudStreamError
 
 DAY_MS = 86_400_000

@@ -10,11 +10,12 @@ This is the one object the flow holds (per worker or per state shard). It
   the previous version in force and returns the reason for the dead letter;
   nothing raises into the flow;
 - **evaluates** a batch (:class:`~rules.batch.RuleBatch`) into an
-  :class:`Outcome`: the final decision by :mod:`rules.policy`, the hits as
-  analyst-readable reason codes, per-rule counts for metrics, and the rule-set
-  version; what is in force is judged on each transaction's **event time**
-  (``valid_from``/``valid_until``, list ``valid_from``/``expires``), so a replay
-  gives the same answer;
+  :class:`Outcome`: which rules hit which rows (per action and mode, and as
+  analyst-readable reason codes), per-rule counts for metrics, and the rule-set
+  version (the decision policy that combines them with the model's decision is
+  the scoring room's, :mod:`scoring.policy`); what is in force is judged on each
+  transaction's **event time** (``valid_from``/``valid_until``, list
+  ``valid_from``/``expires``), so a replay gives the same answer;
 - has a **version**, a deterministic id of the rule versions in force and the
   list entries (the same messages give the same version on every worker), and
   (version, event time) fixes what applied to a transaction;
@@ -60,7 +61,6 @@ from rules.contracts import (
 from rules.errors import SnapshotError
 from rules.lists import ListIndex, in_force
 from rules.names import Vocabulary, vocabulary
-from rules.policy import combine
 from rules.vector import Columns
 from topics.contracts import ReasonCode
 
@@ -101,21 +101,19 @@ class Refused:
 
 @dataclass
 class Outcome:
-    """What the rules did to one batch (``n`` rows).
+    """Which rules hit which rows of one batch (``n`` rows).
 
-    ``decision``, ``model_decision``, ``shadow_decision``: ``<U7 [n]``;
-    ``hits[i]``: the rule hits of row ``i`` in policy order; ``decided_by[i]``:
-    the rule id that set the decision, or ``"model"``; ``counts``:
+    ``model_decision``: ``<U7 [n]``; ``masks[(action, mode)]``: bool ``[n]``, the
+    rows an ``action`` rule in ``mode`` (``active``/``shadow``) hit; ``hits[i]``: the
+    rule hits of row ``i``, active first, then by priority and id; ``counts``:
     ``(rule_id, mode) -> hits`` and ``errors``: ``rule_id -> rows whose
     evaluation failed`` (both for metrics); ``library_rows``: rule-rows the
     library evaluated row by row (the fast path's misses).
     """
 
-    decision: np.ndarray
     model_decision: np.ndarray
-    shadow_decision: np.ndarray
+    masks: dict[tuple[str, str], np.ndarray]
     hits: list[tuple[RuleHit, ...]]
-    decided_by: list[str]
     ruleset_version: str
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -351,7 +349,7 @@ class RuleBook:
         return hits, errors, library_rows
 
     def evaluate(self, batch: RuleBatch, *, use_library: bool = False) -> Outcome:
-        """Apply the rules in force to ``batch`` and combine them with the model's decisions."""
+        """Evaluate the rules in force over ``batch``: which rules hit which rows."""
         n = len(batch)
         hits, errors, library_rows = self.rule_hits(batch, use_library=use_library)
         none = np.zeros(n, dtype=bool)
@@ -372,28 +370,13 @@ class RuleBook:
             for i in idx.tolist():
                 target[i].append(record)
         model = np.asarray(batch.model_decision, dtype="<U7")
-        decision = combine(
-            model, decline=masks[("decline", "active")], review=masks[("review", "active")],
-            approve=masks[("approve", "active")],
-        )  # fmt: skip
-        shadow_decision = combine(
-            model,
-            decline=masks[("decline", "active")] | masks[("decline", "shadow")],
-            review=masks[("review", "active")] | masks[("review", "shadow")],
-            approve=masks[("approve", "active")] | masks[("approve", "shadow")],
-        )
-        decided_by = ["model"] * n
         out_hits: list[tuple[RuleHit, ...]] = [()] * n
         touched = np.flatnonzero(np.logical_or.reduce([m for m in masks.values()]))
         for i in touched.tolist():
-            active = rows[i]
-            final = decision[i]
-            decided_by[i] = next((h.rule_id for h in active if h.action == final), "model")
-            out_hits[i] = tuple(active + shadow_rows[i])
+            out_hits[i] = tuple(rows[i] + shadow_rows[i])
         return Outcome(
-            decision=decision, model_decision=model, shadow_decision=shadow_decision,
-            hits=out_hits, decided_by=decided_by, ruleset_version=self.version, counts=counts,
-            errors={k: int(v.sum()) for k, v in errors.items() if v.any()},
+            model_decision=model, masks=masks, hits=out_hits, ruleset_version=self.version,
+            counts=counts, errors={k: int(v.sum()) for k, v in errors.items() if v.any()},
             library_rows=library_rows,
         )  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The card stage's store: per-card windows, idempotent by transaction id.
+"""The card stage's store: per-card windows, idempotent by transaction id, a batch at a time.
 
 One store per card shard (``<state_dir>/cards/<shard>/``); a card's shard is
 its ``transactions`` partition under the murmur2 partitioner, so a correctly
@@ -7,66 +7,74 @@ keyed card's records all arrive from one partition, in offset order.
 For each transaction of a batch, in the order given:
 
 * a **new** transaction id: the card group of its row is read as of just
-  before it (:func:`state.features.card_step`), the card state is updated, and
-  ``s<transaction_id>`` (:class:`~state.records.Seen`) plus the row itself
-  (under its sequence number, kept for :attr:`StoreOptions.recent_rows` changes)
-  are written;
+  before it and the card state is updated (the card kernel,
+  :func:`state.features.card_features`, over every card of the batch at once);
+  ``s<transaction_id>`` (:class:`~state.records.Seen`) is written, and the batch's
+  rows go into one blob (kept for :attr:`StoreOptions.recent_rows` changes);
 * an id already applied with the **same body** (a producer re-delivery, or a
   replay after a crash): nothing changes; the stored row is handed on when it is
   still kept, so the merchant stage can finish a verdict a crash interrupted;
 * an id already applied with **another body**: a conflict (the flow dead-letters
   it, naming where the first one came from).
 
-Everything of one batch is committed in one ``WriteBatch``.
+A batch costs one multi-get of its transaction ids, one of its new cards' states,
+and one ``WriteBatch`` (:class:`~state.transaction.StoreTransaction`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Self
+from typing import Self
 
 import numpy as np
 
 from state import keys
-from state.card import CardState
-from state.db import DAY_MS, StateDB, StoreIdentity
-from state.features import CARD_COLUMNS, card_step, gc_paused
-from state.inputs import TxnInput
+from state.db import StateDB, StoreIdentity
+from state.features import CARD_WIDTH, card_features, gc_paused
+from state.inputs import FeatureInputs
 from state.options import StoreOptions
 from state.records import Seen
-from topics.contracts import Transaction
-
-CARD_WIDTH = CARD_COLUMNS.stop
+from state.transaction import StoreTransaction
+from state.units import DAY_MS
 
 FRESH, REPEAT, CONFLICT = 0, 1, 2
+_SEEN_DTYPE = np.dtype([("body", "<u8"), ("seq", "<u8"), ("partition", "<i4"),
+                        ("offset", "<i8"), ("rows", "<u8")])
 
 
-class CardIn(NamedTuple):
-    """One transaction for the card stage."""
+@dataclass(frozen=True, slots=True)
+class CardBatch:
+    """``n`` transactions for the card store, as columns, in the order to apply them."""
 
-    txn: Transaction
-    features: TxnInput
-    body: int
-    """:func:`~state.records.body_digest` of ``txn``."""
-    partition: int
-    offset: int
+    transaction_ids: Sequence[str]
+    card_ids: Sequence[str]
+    body: np.ndarray
+    """uint64 :func:`~state.records.body_digest` of each transaction."""
+    partition: np.ndarray
+    """int32 source partition."""
+    offset: np.ndarray
+    """int64 source offset."""
+    inputs: FeatureInputs
 
-
-class CardOut(NamedTuple):
-    """What the card stage made of one transaction."""
-
-    kind: int
-    """:data:`FRESH`, :data:`REPEAT` or :data:`CONFLICT`."""
-    row: np.ndarray | None
-    """The card group of the row (float32 [CARD_WIDTH]); None for a conflict, or a repeat
-    whose row is no longer kept."""
-    first: Seen | None = None
-    """For a repeat or conflict: the record of the first time this id was applied."""
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
 
 
-def _row_bytes(row: list[float]) -> bytes:
-    return np.asarray(row, dtype=np.float32).tobytes()
+@dataclass(frozen=True, slots=True)
+class CardOutcome:
+    """What the card store made of each transaction of a :class:`CardBatch`."""
+
+    kind: np.ndarray
+    """int8 :data:`FRESH`, :data:`REPEAT` or :data:`CONFLICT`."""
+    rows: np.ndarray
+    """float32 ``[n, CARD_WIDTH]`` card groups (zero where ``has_row`` is false)."""
+    has_row: np.ndarray
+    """bool: a row is there (every fresh one; a repeat while its blob is kept)."""
+    first_partition: np.ndarray
+    """int64: for a repeat or conflict, where the id was first applied (else -1)."""
+    first_offset: np.ndarray
 
 
 class CardStore:
@@ -92,70 +100,115 @@ class CardStore:
         """Bytewax snapshots now: see :meth:`state.db.StateDB.checkpoint`."""
         return self.db.checkpoint()
 
-    def process(self, items: Sequence[CardIn]) -> list[CardOut]:
-        """Apply ``items`` in order in one WriteBatch; one :class:`CardOut` each."""
+    def process(self, batch: CardBatch) -> CardOutcome:
+        """Apply ``batch`` in order, in one WriteBatch; what became of each transaction.
+
+        Raises :class:`~state.errors.StoreIOError` (the write failed; nothing applied)
+        or ``ValueError`` (a stored card state is corrupt).
+        """
         with gc_paused():
-            before = self.db.seq
-            try:
-                return self._process(items)
-            except BaseException:
-                self.db.rollback_seq(before)
-                raise
+            return self._process(batch)
 
-    def _process(self, items: Sequence[CardIn]) -> list[CardOut]:
+    def _process(self, batch: CardBatch) -> CardOutcome:
+        n = len(batch)
         db = self.db
-        stored = db.get_many([keys.txn_key(keys.SEEN, it.txn.transaction_id) for it in items])
-        seen: dict[str, tuple[Seen, np.ndarray | None]] = {}
-        for it, raw in zip(items, stored, strict=True):
-            if raw is not None and it.txn.transaction_id not in seen:
-                seen[it.txn.transaction_id] = (Seen.decode(raw), None)
-        if seen:
-            self._load_rows(seen)
-        fresh = [it for it in items if it.txn.transaction_id not in seen]
-        cards = self._load_cards(fresh)
-        batch = db.batch()
-        out: list[CardOut] = []
-        for it in items:
-            tid = it.txn.transaction_id
-            hit = seen.get(tid)
-            if hit is not None:
-                first, row = hit
-                out.append(CardOut(REPEAT, row, first) if first.body == it.body
-                           else CardOut(CONFLICT, None, first))
-                continue
-            values = card_step(cards[it.txn.card_id], it.features)
-            row_bytes = _row_bytes(values)
-            seq = db.next_seq()
-            record = Seen(it.body, seq, it.partition, it.offset)
-            batch.put(keys.txn_key(keys.SEEN, tid), record.encode())
-            batch.put(keys.seq_key(seq), row_bytes)
-            day = it.features.event_time // DAY_MS
-            db.expire_on(batch, day + self._horizon_days, keys.SEEN, tid)
-            db.today = max(db.today, day)
-            row = np.frombuffer(row_bytes, dtype=np.float32)
-            seen[tid] = (record, row)
-            out.append(CardOut(FRESH, row))
-        if fresh:
-            for card_id, card in cards.items():
-                batch.put(keys.card_key(card_id), card.encode())
-            db.prune_recent(batch)
-            db.sweep(batch)
-            db.commit(batch)
-        return out
+        tids = batch.transaction_ids
+        seen_keys = [keys.SEEN + t.encode() for t in tids]
+        stored = db.get_many(seen_keys)
+        kind = np.zeros(n, dtype=np.int8)
+        rows = np.zeros((n, CARD_WIDTH), dtype=np.float32)
+        has_row = np.zeros(n, dtype=bool)
+        first_partition = np.full(n, -1, dtype=np.int64)
+        first_offset = np.full(n, -1, dtype=np.int64)
+        outcome = CardOutcome(kind, rows, has_row, first_partition, first_offset)
+        if stored.count(None) == n and len(set(tids)) == n:  # the usual batch: all new
+            fresh = np.arange(n, dtype=np.int64)
+            again: list[tuple[int, int]] = []
+            repeats: list[tuple[int, Seen]] = []
+        else:
+            fresh, again, repeats = self._classify(tids, stored, batch.body)
+        if repeats:
+            self._repeats(repeats, batch, outcome)
+        if len(fresh):
+            self._apply(fresh, batch, seen_keys, outcome)
+        for i, j in again:  # a repeat within the batch, of the fresh row j
+            same = batch.body[i] == batch.body[j]
+            kind[i] = REPEAT if same else CONFLICT
+            first_partition[i], first_offset[i] = batch.partition[j], batch.offset[j]
+            if same:
+                rows[i], has_row[i] = rows[j], True
+        return outcome
 
-    def _load_cards(self, fresh: Sequence[CardIn]) -> dict[str, CardState]:
-        ids = list(dict.fromkeys(it.txn.card_id for it in fresh))
-        raws = self.db.get_many([keys.card_key(c) for c in ids])
-        return {c: CardState.decode(raw) if raw is not None else CardState()
-                for c, raw in zip(ids, raws, strict=True)}
-
-    def _load_rows(self, seen: dict[str, tuple[Seen, np.ndarray | None]]) -> None:
-        """Attach the kept row of each repeated id (None once pruned)."""
-        tids = list(seen)
-        raws = self.db.get_many([keys.seq_key(seen[t][0].seq) for t in tids])
-        for tid, raw in zip(tids, raws, strict=True):
+    @staticmethod
+    def _classify(tids: Sequence[str], stored: list[bytes | None], body: np.ndarray
+                  ) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, Seen]]]:
+        fresh: list[int] = []
+        again: list[tuple[int, int]] = []
+        repeats: list[tuple[int, Seen]] = []
+        first_at: dict[str, int] = {}
+        for i, raw in enumerate(stored):
             if raw is not None:
-                seen[tid] = (seen[tid][0], np.frombuffer(raw, dtype=np.float32))
+                repeats.append((i, Seen.decode(raw)))
+                continue
+            j = first_at.setdefault(tids[i], i)
+            if j == i:
+                fresh.append(i)
+            else:
+                again.append((i, j))
+        return np.asarray(fresh, dtype=np.int64), again, repeats
+
+    def _repeats(self, repeats: list[tuple[int, Seen]], batch: CardBatch,
+                 outcome: CardOutcome) -> None:
+        """Mark repeats and conflicts; attach a repeat's kept row (gone once pruned)."""
+        blobs = list({s.rows for _, s in repeats})
+        found = dict(zip(blobs, self.db.get_many([keys.seq_key(b) for b in blobs]),
+                         strict=True))
+        for i, seen in repeats:
+            outcome.first_partition[i], outcome.first_offset[i] = seen.partition, seen.offset
+            if seen.body != int(batch.body[i]):
+                outcome.kind[i] = CONFLICT
+                continue
+            outcome.kind[i] = REPEAT
+            blob = found[seen.rows]
+            at = (seen.seq - seen.rows) * CARD_WIDTH * 4
+            if blob is not None and at + CARD_WIDTH * 4 <= len(blob):
+                outcome.rows[i] = np.frombuffer(blob, np.float32, CARD_WIDTH, at)
+                outcome.has_row[i] = True
+
+    def _apply(self, fresh: np.ndarray, batch: CardBatch, seen_keys: list[bytes],
+               outcome: CardOutcome) -> None:
+        db = self.db
+        cards = batch.card_ids
+        ids: dict[str, int] = {}
+        card_of = np.fromiter((ids.setdefault(cards[i], len(ids)) for i in fresh.tolist()),
+                              np.int64, len(fresh))
+        states = db.get_many([keys.CARD + c.encode() for c in ids])
+        inputs = batch.inputs if len(fresh) == len(batch) else batch.inputs.take(fresh)
+        features, new_states = card_features(states, card_of, inputs)
+        txn = StoreTransaction(db)
+        first = txn.next_seqs(len(fresh))
+        records = np.empty(len(fresh), dtype=_SEEN_DTYPE)
+        records["body"] = batch.body[fresh]
+        records["seq"] = np.arange(first, first + len(fresh), dtype=np.uint64)
+        records["partition"] = batch.partition[fresh]
+        records["offset"] = batch.offset[fresh]
+        records["rows"] = first
+        blob = records.tobytes()
+        size = _SEEN_DTYPE.itemsize
+        fresh_list = fresh.tolist()
+        for k, i in enumerate(fresh_list):
+            txn.put(seen_keys[i], blob[k * size:(k + 1) * size])
+        for card_id, state in zip(ids, new_states, strict=True):
+            txn.put(keys.CARD + card_id.encode(), state)
+        txn.put(keys.seq_key(first), features.tobytes())
+        days = inputs.event_ms // DAY_MS
+        txn.expire_many(days + self._horizon_days, [seen_keys[i] for i in fresh_list])
+        txn.saw(int(days.max()))
+        txn.prune_rows()
+        txn.sweep()
+        txn.commit()
+        outcome.rows[fresh] = features
+        outcome.has_row[fresh] = True
 
     def close(self) -> None:
         """Close the store."""

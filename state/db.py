@@ -11,9 +11,8 @@ when a topic is deleted and re-created). Opening it for anything else raises
 :class:`~state.errors.StateIdentityError` naming both and the remedy: a state
 directory reused for another topic must never answer for it.
 
-**Expiry.** Per-transaction records are indexed under the UTC day they expire
-(``x<day><key>``); :meth:`StateDB.sweep` deletes due entries a bounded number per
-batch, so a day's expiry is spread over many batches.
+Writes go through :class:`state.transaction.StoreTransaction` (one per batch):
+the sequence number, puts, expiry and pruning, committed in one ``WriteBatch``.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from typing import Any, Self, cast
 import rocksdict
 
 from state import keys
-from state.codec import STATE_FORMAT_VERSION
 from state.errors import StateFormatError, StateIdentityError, StoreIOError
+from state.kernels.card import FORMAT as STATE_FORMAT_VERSION
 from state.options import StoreOptions
 from state.spec import FEATURE_SPEC_VERSION
 
@@ -74,12 +73,16 @@ class StateDB:
         self.seq = keys.unpack_u64(raw) if raw is not None else 0
         """Changes applied so far (monotonic; part of every batch)."""
         raw = db.get(keys.EXPIRED_KEY)
-        self._expired_day = keys.unpack_u64(raw) if raw is not None else 0
-        self._sweep_from: bytes | None = None
-        self._pruned_to = 0
+        self.expired_day = keys.unpack_u64(raw) if raw is not None else 0
+        """UTC day before which every expiry index record has been swept."""
+        self.sweep_from: bytes | None = None
+        """Where an unfinished sweep of ``expired_day`` .. ``safe`` day goes on."""
+        self.pruned_to = 0
+        """Rows blobs below this sequence number have been deleted."""
         self.today = 0
         """Newest UTC event day this process applied."""
-        self._safe = (self.seq, 0)  # (seq, today) at the last recovery snapshot
+        self.safe = (self.seq, 0)
+        """``(seq, today)`` at the last recovery snapshot."""
 
     @classmethod
     def open(cls, path: Path, identity: StoreIdentity,
@@ -107,6 +110,21 @@ class StateDB:
         return cls(db, path, identity, options)
 
     # --- reads -------------------------------------------------------------------------
+    def batch(self) -> rocksdict.WriteBatch:
+        """A new (raw) write batch."""
+        return rocksdict.WriteBatch(raw_mode=True)
+
+    def write(self, batch: rocksdict.WriteBatch) -> None:
+        """Write ``batch`` atomically; raises :class:`StoreIOError` if RocksDB fails."""
+        try:
+            self.db.write(batch, self._write_opts)
+        except Exception as exc:
+            raise StoreIOError(
+                f"{self.identity.describe()}: RocksDB write failed at {self.path}: {exc}; the "
+                "batch was not applied; free disk space or fix the volume, then restart (the "
+                "flow resumes from its last snapshot)"
+            ) from exc
+
     def get(self, key: bytes) -> bytes | None:
         """One value, or None."""
         return cast(bytes | None, self.db.get(key))
@@ -117,81 +135,15 @@ class StateDB:
             return []
         return cast(list[bytes | None], self.db.get(list(key_list)))
 
-    # --- writes ------------------------------------------------------------------------
-    def batch(self) -> rocksdict.WriteBatch:
-        """A new write batch."""
-        return rocksdict.WriteBatch(raw_mode=True)
-
-    def next_seq(self) -> int:
-        """The sequence number of the next change (committed by :meth:`commit`)."""
-        self.seq += 1
-        return self.seq
-
-    def expire_on(self, batch: rocksdict.WriteBatch, day: int, prefix: bytes,
-                  transaction_id: str) -> None:
-        """Delete ``prefix + transaction_id`` once the store's event time reaches UTC ``day``."""
-        batch.put(keys.expiry_key(max(day, self._expired_day), prefix, transaction_id), b"")
-
     def checkpoint(self) -> int:
         """Note that Bytewax is taking a recovery snapshot now; return the sequence number.
 
         Expiry and pruning never touch what a replay from this snapshot may need:
         the sweep's clock stops at the day of the last snapshot, and rows written
-        after it are kept.
+        after it are kept (see :class:`state.transaction.StoreTransaction`).
         """
-        self._safe = (self.seq, self.today)
+        self.safe = (self.seq, self.today)
         return self.seq
-
-    def sweep(self, batch: rocksdict.WriteBatch, count: bytes = keys.PENDING) -> int:
-        """Delete up to ``expiry_step`` records due before the last snapshot's UTC day.
-
-        Returns how many of the deleted records were still present under the
-        ``count`` prefix (labels that waited in vain for their transaction).
-        """
-        today = self._safe[1]
-        if today <= self._expired_day:
-            return 0
-        start = self._sweep_from or keys.expiry_day_key(self._expired_day)
-        stop = keys.expiry_day_key(today)
-        counted = 0
-        for done, key in enumerate(self.db.keys(from_key=start), 1):
-            if not isinstance(key, bytes) or key >= stop:
-                break
-            target = keys.expired_target(key)
-            if target[:1] == count and self.db.get(target) is not None:
-                counted += 1
-            batch.delete(target)
-            batch.delete(key)
-            if done >= self.options.expiry_step:
-                self._sweep_from = key + b"\x00"
-                return counted
-        self._expired_day = today
-        self._sweep_from = None
-        batch.put(keys.EXPIRED_KEY, keys.pack_u64(today))
-        return counted
-
-    def prune_recent(self, batch: rocksdict.WriteBatch) -> None:
-        """Drop ``r<seq>`` rows older than the last ``recent_rows`` changes (range deletes)."""
-        keep_from = min(self.seq - self.options.recent_rows + 1, self._safe[0] + 1)
-        if keep_from - self._pruned_to > self.options.recent_rows // 4:
-            batch.delete_range(keys.seq_key(self._pruned_to), keys.seq_key(keep_from))
-            self._pruned_to = keep_from
-
-    def commit(self, batch: rocksdict.WriteBatch) -> None:
-        """Write ``batch`` with the current sequence number, atomically."""
-        batch.put(keys.SEQ_KEY, keys.pack_u64(self.seq))
-        try:
-            self.db.write(batch, self._write_opts)
-        except Exception as exc:
-            raise StoreIOError(
-                f"{self.identity.describe()}: RocksDB write failed at {self.path}: {exc}; the "
-                "batch was not applied; free disk space or fix the volume, then restart (the "
-                "flow resumes from its last snapshot)"
-            ) from exc
-
-    def rollback_seq(self, seq: int) -> None:
-        """Forget sequence numbers handed out for a batch that was not committed."""
-        self.seq = seq
 
     # --- upkeep ------------------------------------------------------------------------
     def approximate_disk_bytes(self) -> int:

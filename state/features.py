@@ -1,44 +1,37 @@
-"""The one feature path: read a transaction's spec row, then apply it to the state.
+"""The one feature path: batch kernels over columns, for the stream and the offline replay.
 
-Both :mod:`state.replay` (training) and the stream's stores
-(:mod:`state.card_store`, :mod:`state.merchant_store`) call these functions, so
-the rows agree bit for bit for the same history in the same order.
+The stream's stores (:mod:`state.card_store`, :mod:`state.merchant_store`) and the
+offline replay (:mod:`state.replay`) call these functions, so a transaction gets the
+same row bit for bit for the same history in the same order. Each call runs a
+whole batch in one compiled kernel (:mod:`state.kernels`); the per-transaction
+reference they are held to lives in :mod:`state.reference`.
 
 A row has three groups (:data:`CARD_COLUMNS`, :data:`MERCHANT_COLUMNS`,
 :data:`CONTEXT_COLUMNS`): the card stage computes the first, the merchant stage
-the second and third. Features read a :class:`TxnInput`, not the wire
-contract: the amount is already in the reference currency and the event time is
-the one the stream uses (see :func:`txn_input`).
+the second and third.
 """
 
 from __future__ import annotations
 
 import gc
-import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from state.card import DAY_MS, HOUR_MS, CardState
-from state.inputs import AmountFn, TxnInput, txn_input
-from state.merchant import MerchantState
+import numpy as np
+
+from state.inputs import FeatureInputs
+from state.kernels import card as card_kernel
+from state.kernels import merchant as merchant_kernel
 from state.spec import FEATURE_NAMES, N_FEATURES
 
-__all__ = ["AmountFn", "TxnInput", "txn_input", "card_step", "merchant_step",
-           "context_features", "gc_paused", "CARD_COLUMNS", "MERCHANT_COLUMNS",
-           "CONTEXT_COLUMNS", "MERCHANT_STAGE_WIDTH", "CHANNEL_CODES", "ENTRY_MODE_CODES"]
+__all__ = ["gc_paused", "group", "card_features", "MerchantOps", "merchant_features",
+           "context_features", "CARD_COLUMNS", "MERCHANT_COLUMNS", "CONTEXT_COLUMNS",
+           "MERCHANT_STAGE_WIDTH", "CARD_WIDTH"]
 
-CHANNEL_CODES: dict[str | None, float] = {None: 0.0, "pos": 1.0, "ecom": 2.0, "atm": 3.0,
-                                          "moto": 4.0}
-ENTRY_MODE_CODES: dict[str | None, float] = {None: 0.0, "chip": 1.0, "contactless": 2.0,
-                                             "swipe": 3.0, "manual": 4.0, "ecom": 5.0}
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while state objects churn.
-
-    State objects hold no reference cycles, and GC passes over millions of live
-    bucket lists cost more than the feature work itself.
-    """
+    """Pause the cyclic garbage collector while a batch churns (it makes no cycles)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -46,38 +39,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def context_features(txn: TxnInput) -> list[float]:
-    """Features of the transaction alone (the spec's context group, in order)."""
-    t = txn.event_time
-    hour = (t // HOUR_MS) % 24
-    dow = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    return [
-        txn.amount,
-        math.log1p(txn.amount),
-        float(hour),
-        float(dow),
-        1.0 if dow >= 5 else 0.0,
-        1.0 if hour < 6 else 0.0,
-        CHANNEL_CODES[txn.channel],
-        ENTRY_MODE_CODES[txn.entry_mode],
-    ]
-
-
-def card_step(card: CardState, txn: TxnInput) -> list[float]:
-    """The card group of ``txn``'s row as of just before it; then apply ``txn`` to the card."""
-    row = card.features(txn)
-    card.update(txn)
-    return row
-
-
-def merchant_step(merchant: MerchantState, txn: TxnInput) -> list[float]:
-    """The merchant and context groups of ``txn``'s row as of just before it; then count it."""
-    row = merchant.features(txn)
-    merchant.update(txn)
-    row += context_features(txn)
-    return row
 
 
 def _group_width(prefix: str) -> int:
@@ -94,3 +55,144 @@ MERCHANT_COLUMNS = slice(CARD_COLUMNS.stop, CARD_COLUMNS.stop + _group_width("me
 CONTEXT_COLUMNS = slice(MERCHANT_COLUMNS.stop, N_FEATURES)
 #: Width of the merchant stage's part of a row (merchant and context groups).
 MERCHANT_STAGE_WIDTH = N_FEATURES - CARD_COLUMNS.stop
+CARD_WIDTH = CARD_COLUMNS.stop
+if (CARD_WIDTH, MERCHANT_COLUMNS.stop - MERCHANT_COLUMNS.start) != (
+        card_kernel.CARD_WIDTH, merchant_kernel.MERCHANT_WIDTH):
+    raise AssertionError("the kernels' group widths disagree with the feature spec")
+
+
+def group(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, offsets)``: row indices grouped by ``keys`` (int, 0..n_keys-1), stable.
+
+    Group ``k`` is ``order[offsets[k]:offsets[k+1]]``, rows in their original order.
+    """
+    order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    offsets = np.zeros(n_keys + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=n_keys), out=offsets[1:])
+    return order, offsets
+
+
+def _packed(states: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    raw = [s or b"" for s in states]
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=offsets[1:])
+    return np.frombuffer(b"".join(raw), dtype=np.uint8), offsets
+
+
+def _unpacked(out: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+    blob = out[: offsets[-1]].tobytes()
+    ends = offsets.tolist()
+    return [blob[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def card_features(states: Sequence[bytes | None], card_of: np.ndarray, inputs: FeatureInputs,
+                  *, encode: bool = True) -> tuple[np.ndarray, list[bytes]]:
+    """The card group of every row, and the cards' new encoded states.
+
+    ``states[c]``: card ``c``'s encoded state (None or empty: a new card); ``card_of``
+    (int ``[n]``): each row's card; rows of a card are applied in row order. Returns
+    float32 ``[n, CARD_WIDTH]`` and, when ``encode``, one bytes per card (else ``[]``).
+    Raises ``ValueError`` on a state of another format or a corrupt one.
+    """
+    n = len(inputs)
+    buf, offsets = _packed(states)
+    order, txn_off = group(card_of, len(states))
+    features = np.zeros((n, CARD_WIDTH), dtype=np.float32)
+    out = np.empty(card_kernel.MAX_STATE_BYTES * len(states) if encode else 0, dtype=np.uint8)
+    out_off = np.zeros(len(states) + 1, dtype=np.int64)
+    card_kernel.card_batch(buf, offsets, txn_off, order, inputs.event_ms, inputs.amount,
+                           inputs.merchant, inputs.country, inputs.lat, inputs.lon, features,
+                           out, out_off, encode)
+    return features, (_unpacked(out, out_off) if encode else [])
+
+
+class MerchantOps:
+    """The operations of a merchant batch, in the order to apply them (per merchant).
+
+    :meth:`txn` reads a transaction's merchant group and counts it; :meth:`fraud`
+    counts a fraud label at its label hour; :meth:`aligned` counts one under its
+    transaction's day (see :mod:`state.kernels.merchant`).
+    """
+
+    __slots__ = ("merchant", "kind", "t1", "t2", "flag", "row")
+
+    def __init__(self) -> None:
+        self.merchant: list[int] = []
+        self.kind: list[int] = []
+        self.t1: list[int] = []
+        self.t2: list[int] = []
+        self.flag: list[int] = []
+        self.row: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def _add(self, merchant: int, kind: int, t1: int, t2: int, flag: int, row: int) -> None:
+        self.merchant.append(merchant)
+        self.kind.append(kind)
+        self.t1.append(t1)
+        self.t2.append(t2)
+        self.flag.append(flag)
+        self.row.append(row)
+
+    def take(self, order: np.ndarray) -> MerchantOps:
+        """The same operations in ``order`` (int array of positions)."""
+        out = MerchantOps()
+        for name in self.__slots__:
+            setattr(out, name, np.asarray(getattr(self, name), dtype=np.int64)[order].tolist())
+        return out
+
+    def txn(self, merchant: int, event_ms: int, row: int) -> None:
+        """Merchant ``merchant`` (index) reads, then counts, the transaction of ``row``."""
+        self._add(merchant, merchant_kernel.TXN, event_ms, 0, 0, row)
+
+    def txns(self, merchants: np.ndarray, event_ms: np.ndarray, rows: np.ndarray) -> None:
+        """:meth:`txn` for many rows at once."""
+        n = len(rows)
+        self.merchant += merchants.tolist()
+        self.kind += [merchant_kernel.TXN] * n
+        self.t1 += event_ms.tolist()
+        self.t2 += [0] * n
+        self.flag += [0] * n
+        self.row += rows.tolist()
+
+    def fraud(self, merchant: int, label_ms: int) -> None:
+        """Merchant ``merchant`` counts a fraud label known from ``label_ms``."""
+        self._add(merchant, merchant_kernel.FRAUD, 0, label_ms, 0, -1)
+
+    def aligned(self, merchant: int, txn_ms: int, label_ms: int, familiar: bool) -> None:
+        """Merchant ``merchant`` counts a fraud label under its transaction's UTC day."""
+        self._add(merchant, merchant_kernel.ALIGNED, txn_ms, label_ms, int(familiar), -1)
+
+
+def merchant_features(states: Sequence[bytes | None], ops: MerchantOps, n_rows: int,
+                      *, encode: bool = True) -> tuple[np.ndarray, list[bytes]]:
+    """Run ``ops``: the merchant group of each transaction row, and the new merchant states.
+
+    ``states[m]``: merchant ``m``'s encoded state (None or empty: new). Returns float32
+    ``[n_rows, merchant width]`` (rows without a :meth:`MerchantOps.txn` stay 0) and,
+    when ``encode``, one bytes per merchant. Raises ``ValueError`` on a bad state.
+    """
+    buf, offsets = _packed(states)
+    keys = np.asarray(ops.merchant, dtype=np.int64)
+    order, op_off = group(keys, len(states))
+
+    def col(values: list[int]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)[order]
+
+    features = np.zeros((n_rows, merchant_kernel.MERCHANT_WIDTH), dtype=np.float32)
+    size = merchant_kernel.out_capacity(len(states), len(buf), len(ops)) if encode else 0
+    out = np.empty(size, dtype=np.uint8)
+    out_off = np.zeros(len(states) + 1, dtype=np.int64)
+    merchant_kernel.merchant_batch(buf, offsets, op_off, col(ops.kind), col(ops.t1),
+                                   col(ops.t2), col(ops.flag), col(ops.row), features, out,
+                                   out_off, encode)
+    return features, (_unpacked(out, out_off) if encode else [])
+
+
+def context_features(inputs: FeatureInputs) -> np.ndarray:
+    """The context group of every row (float32 ``[n, 8]``)."""
+    out = np.empty((len(inputs), CONTEXT_COLUMNS.stop - CONTEXT_COLUMNS.start), np.float32)
+    merchant_kernel.context_features(inputs.event_ms, inputs.amount, inputs.channel,
+                                     inputs.entry_mode, out)
+    return out

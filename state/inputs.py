@@ -1,24 +1,110 @@
-"""What the features read from a transaction: :class:`TxnInput`, built once per transaction.
+"""What the features read from transactions: columns for the kernels, one tuple for the reference.
 
-The feature code (:mod:`state.card`, :mod:`state.merchant`, :mod:`state.features`)
-reads this, not the wire contract: the amount is already in the reference
-currency and the event time is the one the stream uses (clamped when it ran
-ahead of its record's Kafka timestamp).
+The feature code reads these, not the wire contract: the amount is already in the
+reference currency and the event time is the one the stream uses (clamped when it
+ran ahead of its record's Kafka timestamp). :class:`FeatureInputs` is a batch as
+columns (the kernels' input, :mod:`state.features`); :class:`TxnInput` is one
+transaction for the per-transaction reference (:mod:`state.reference`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
 
 from topics.contracts import Transaction
 
 #: ``amount_of(txn)``: the transaction's amount in the reference currency.
 AmountFn = Callable[[Transaction], float]
 
+#: Spec codes of ``channel`` and ``entry_mode`` (feature spec v2; 0 when absent).
+CHANNEL_CODES: dict[str | None, float] = {None: 0.0, "pos": 1.0, "ecom": 2.0, "atm": 3.0,
+                                          "moto": 4.0}
+ENTRY_MODE_CODES: dict[str | None, float] = {None: 0.0, "chip": 1.0, "contactless": 2.0,
+                                             "swipe": 3.0, "manual": 4.0, "ecom": 5.0}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stable_hash(text: str) -> int:
+    """Process-independent signed 64-bit hash of an id (Python's ``hash`` is salted)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def country_code(country: str) -> int:
+    """Two-letter country code as a small int (``"FR"`` -> 0x4652)."""
+    return (ord(country[0]) << 8) | ord(country[1])
+
+
+class _Countries(dict[str | None, int]):
+    """``country -> code`` (-1 when absent), filled on first sight."""
+
+    def __missing__(self, country: str | None) -> int:
+        code = -1 if country is None else country_code(country)
+        self[country] = code
+        return code
+
+
+_COUNTRY = _Countries()
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInputs:
+    """What the features read from ``n`` transactions, one array each (the kernels' input).
+
+    ``event_ms`` int64 epoch ms; ``amount`` float64 in the reference currency;
+    ``merchant`` int64 :func:`stable_hash` of the merchant id; ``country`` int64
+    :func:`country_code` (-1 absent); ``lat``/``lon`` float64 (NaN absent);
+    ``channel``/``entry_mode`` float64 spec codes.
+    """
+
+    event_ms: np.ndarray
+    amount: np.ndarray
+    merchant: np.ndarray
+    country: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    channel: np.ndarray
+    entry_mode: np.ndarray
+
+    @classmethod
+    def of(cls, txns: Sequence[Transaction], amounts: np.ndarray | Sequence[float],
+           event_ms: np.ndarray | Sequence[int] | None = None) -> FeatureInputs:
+        """Columns of ``txns`` with their reference ``amounts`` (and effective event times)."""
+        n = len(txns)
+        country, channel, entry = _COUNTRY, CHANNEL_CODES, ENTRY_MODE_CODES
+        return cls(
+            event_ms=(np.fromiter((t.event_time for t in txns), np.int64, n)
+                      if event_ms is None else np.asarray(event_ms, dtype=np.int64)),
+            amount=np.asarray(amounts, dtype=np.float64),
+            merchant=np.fromiter((stable_hash(t.merchant_id) for t in txns), np.int64, n),
+            country=np.fromiter((country[t.country] for t in txns), np.int64, n),
+            lat=np.array([t.lat for t in txns], dtype=np.float64).reshape(n),
+            lon=np.array([t.lon for t in txns], dtype=np.float64).reshape(n),
+            channel=np.fromiter((channel[t.channel] for t in txns), np.float64, n),
+            entry_mode=np.fromiter((entry[t.entry_mode] for t in txns), np.float64, n),
+        )
+
+    def __len__(self) -> int:
+        return len(self.event_ms)
+
+    def take(self, index: np.ndarray) -> FeatureInputs:
+        """The rows at ``index`` (int array), in that order."""
+        return FeatureInputs(*(getattr(self, f)[index] for f in self.__slots__))
+
+    @classmethod
+    def concat(cls, parts: Sequence[FeatureInputs]) -> FeatureInputs:
+        """The rows of ``parts`` one after the other."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__))
+
 
 class TxnInput(NamedTuple):
-    """What the features read from one transaction."""
+    """What the features read from one transaction (the per-transaction reference's input)."""
 
     event_time: int
     """Epoch ms the windows use (the stream may clamp a time far ahead of its record)."""

@@ -7,26 +7,30 @@ Card store (:mod:`state.card_store`), one per card shard:
 
 * ``c<card_id>`` -> encoded :class:`~state.card.CardState`
 * ``s<transaction_id>`` -> :class:`~state.records.Seen` (the transaction was applied)
+* ``r<seq:u64>`` -> the card rows (float32) of the batch whose first change was ``seq``
 
 Merchant store (:mod:`state.merchant_store`), one per merchant shard:
 
 * ``m<merchant_id>`` -> encoded :class:`~state.merchant.MerchantState`
 * ``v<transaction_id>`` -> :class:`~state.records.Verdict` (its verdict bytes and more)
-* ``r<seq:u64>`` -> :class:`~state.records.Recent` (features of a recent verdict, for
-  recounting drift after a crash)
+* ``r<seq:u64>`` -> the feature rows (float32) of the batch whose first verdict was ``seq``
+  (for recounting drift after a crash)
 * ``l<transaction_id>`` -> :class:`~state.records.LabelMark` (the first label applied)
 * ``p<transaction_id>`` -> a label waiting for its transaction (JSON of the contract)
 
 Both:
 
-* ``x<expiry day:u32><prefix><id>`` -> empty: delete ``<prefix><id>`` once the
-  store's event time reaches that UTC day (one range per day)
+* ``x<expiry day:u32><seq:u64>`` -> the keys (each ``u16`` length, then the key) a
+  batch wrote that expire on that UTC day: deleted once the store's event time
+  reaches it (one index record per batch and day)
 * ``~meta/<name>`` -> store metadata (format, identity, sequence number)
 
 >>> seq_key(258)
 b'r\x00\x00\x00\x00\x00\x00\x01\x02'
->>> expiry_key(20_000, SEEN, "t1")
-b'x\x00\x00N st1'
+>>> expiry_key(20_000, 3)
+b'x\x00\x00N \x00\x00\x00\x00\x00\x00\x00\x03'
+>>> unpack_keys(pack_keys([b"st1", b"st22"]))
+[b'st1', b'st22']
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import struct
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
 DAY_MS = 86_400_000
 
 CARD = b"c"
@@ -69,13 +74,28 @@ def txn_key(prefix: bytes, transaction_id: str) -> bytes:
 
 
 def seq_key(seq: int) -> bytes:
-    """Key of the recent record written at sequence number ``seq``."""
+    """Key of the rows blob of the batch whose first change was sequence number ``seq``."""
     return RECENT + _U64.pack(seq)
 
 
-def expiry_key(day: int, prefix: bytes, transaction_id: str) -> bytes:
-    """Index entry that deletes ``txn_key(prefix, transaction_id)`` on UTC ``day``."""
-    return EXPIRY + _U32.pack(day) + prefix + transaction_id.encode()
+def expiry_key(day: int, seq: int) -> bytes:
+    """Index record of the keys a batch (first change ``seq``) wrote that expire on ``day``."""
+    return EXPIRY + _U32.pack(day) + _U64.pack(seq)
+
+
+def pack_keys(key_list: list[bytes]) -> bytes:
+    """Keys as one value: each as a big-endian ``u16`` length and its bytes."""
+    return b"".join(_U16.pack(len(k)) + k for k in key_list)
+
+
+def unpack_keys(value: bytes) -> list[bytes]:
+    """Inverse of :func:`pack_keys`."""
+    out, pos = [], 0
+    while pos < len(value):
+        (n,) = _U16.unpack_from(value, pos)
+        out.append(value[pos + 2:pos + 2 + n])
+        pos += 2 + n
+    return out
 
 
 def expiry_day_key(day: int) -> bytes:
@@ -83,9 +103,9 @@ def expiry_day_key(day: int) -> bytes:
     return EXPIRY + _U32.pack(day)
 
 
-def expired_target(index_key: bytes) -> bytes:
-    """The key an expiry index entry deletes."""
-    return index_key[1 + _U32.size:]
+def expiry_day(index_key: bytes) -> int:
+    """The UTC day of an expiry index record."""
+    return int(_U32.unpack_from(index_key, 1)[0])
 
 
 def pack_u64(value: int) -> bytes:

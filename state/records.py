@@ -10,7 +10,7 @@ in-memory effects, e.g. drift counts, must be redone); any other repeat is a
 ``body`` is a 64-bit BLAKE2b digest of the transaction's canonical JSON, so a
 repeated transaction id with another body is told apart from a re-delivery.
 
->>> s = Seen(body=7, seq=3, partition=2, offset=40)
+>>> s = Seen(body=7, seq=3, partition=2, offset=40, rows=1)
 >>> Seen.decode(s.encode()) == s
 True
 """
@@ -25,8 +25,8 @@ import msgspec
 
 from topics.contracts import Transaction
 
-_SEEN = struct.Struct("<QQiq")
-_VERDICT = struct.Struct("<QQiqq?H")
+_SEEN = struct.Struct("<QQiqQ")
+_VERDICT = struct.Struct("<QQiqQq?H")
 _LABEL = struct.Struct("<qQ?")
 _encode = msgspec.json.Encoder().encode
 
@@ -43,9 +43,11 @@ class Seen(NamedTuple):
     seq: int
     partition: int
     offset: int
+    rows: int
+    """Sequence number of the batch whose rows blob (``r<rows>``) holds this row."""
 
     def encode(self) -> bytes:
-        """28 bytes."""
+        """36 bytes."""
         return _SEEN.pack(*self)
 
     @classmethod
@@ -61,6 +63,8 @@ class Verdict(NamedTuple):
     seq: int
     partition: int
     offset: int
+    rows: int
+    """Sequence number of the batch whose rows blob (``r<rows>``) holds this row."""
     event_time: int
     familiar: bool
     """The card had used this merchant in the 30 days before (a regular customer)."""
@@ -69,16 +73,16 @@ class Verdict(NamedTuple):
     """The published verdict, byte for byte (re-emitted on every repeat)."""
 
     def encode(self) -> bytes:
-        """39 bytes plus the merchant id and the verdict."""
+        """47 bytes plus the merchant id and the verdict."""
         merchant = self.merchant_id.encode()
-        return _VERDICT.pack(*self[:6], len(merchant)) + merchant + self.output
+        return _VERDICT.pack(*self[:7], len(merchant)) + merchant + self.output
 
     @classmethod
     def decode(cls, raw: bytes) -> Verdict:
         """Inverse of :meth:`encode`."""
-        body, seq, partition, offset, event_time, familiar, n = _VERDICT.unpack_from(raw)
+        body, seq, partition, offset, rows, event_time, familiar, n = _VERDICT.unpack_from(raw)
         start = _VERDICT.size + n
-        return cls(body, seq, partition, offset, event_time, familiar,
+        return cls(body, seq, partition, offset, rows, event_time, familiar,
                    raw[_VERDICT.size:start].decode(), raw[start:])
 
 

@@ -1,47 +1,53 @@
-"""Offline point-in-time feature replay for training: the stream's feature path, in memory.
+"""Offline point-in-time feature replay: the stream's kernels, in event-time order, in memory.
 
-Runs the same state classes and step functions (:mod:`state.features`) as the
-stream's card and merchant stores, without RocksDB, so each transaction gets
-bit for bit the row the stream gives it when the stream sees the same order:
+This is the event-time reference every streamed score is held to (``just
+score-file``, training, the chaos and integration tests). It runs the same batch
+kernels (:mod:`state.features`) as the stream's card and merchant stores, without
+RocksDB:
 
-* the **card group** in stream order per card (the stream keeps a correctly
-  keyed card's records in one partition, in offset order);
-* the **merchant and context groups** in stream order per merchant, over all
-  traffic (the stream's merchant stage sees every card partition); a test can
-  pass the order a live merchant stage saw (``merchant_order``);
+* the **card group** per card in stream order (the stream keeps a correctly keyed
+  card's records in one partition, in offset order);
+* the **merchant and context groups** per merchant, over all traffic, in **event
+  time**: transactions by their (effective) event time, labels at their
+  ``label_time``, a transaction before a label at the same millisecond, ties in
+  stream order. The stream's merchant stage releases transactions behind a
+  watermark over every input so that it computes exactly this, whatever order and
+  speed the partitions are read at (:mod:`state.reorder`);
 * **labels** as the merchant stage applies them: the first label of a
   transaction id wins (for the label horizon, judged on label times), a fraud
-  label counts at its label hour, and under its
-  transaction's day once that transaction has been seen; labels never move a
-  window clock, so where they fall in the event list changes no feature;
-* **repeated transaction ids** as the stream treats them: an exact repeat
-  (same body) gets no row of its own (the stream re-emits the first verdict),
-  a repeat with another body is a conflict (dead-lettered by the stream);
-  both are counted in :class:`ReplayStats`.
-
-Card and merchant states are independent, so replay runs each card's (and each
-merchant's) events back to back: the state stays in CPU cache and is dropped
-when done, which is several times faster than interleaving and keeps memory flat.
+  label counts at its label hour, and under its transaction's day once that
+  transaction is known (labels never move a window clock);
+* **repeated transaction ids** as the stream treats them: an exact repeat (same
+  body) gets no row of its own (the stream re-emits the first verdict), a repeat
+  with another body is a conflict (dead-lettered by the stream); both are counted
+  in :class:`ReplayStats`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from state.card import CardState
-from state.features import CARD_COLUMNS, MERCHANT_COLUMNS, card_step, gc_paused, merchant_step
-from state.inputs import AmountFn, TxnInput, txn_input
-from state.merchant import MerchantState
+from state.features import (
+    CARD_COLUMNS,
+    CONTEXT_COLUMNS,
+    MERCHANT_COLUMNS,
+    MerchantOps,
+    card_features,
+    context_features,
+    gc_paused,
+    merchant_features,
+)
+from state.inputs import AmountFn, FeatureInputs
 from state.merchant_store import relabels
 from state.options import StoreOptions
 from state.records import body_digest
 from state.spec import INDEX, N_FEATURES
 from topics.contracts import Label, Transaction
 
-_FILL_ROWS = 65_536
+_NEW_MERCHANT = INDEX["card_new_merchant_30d"]
 
 
 @dataclass
@@ -62,30 +68,20 @@ def replay_matrix(
     *,
     amount_of: AmountFn | None = None,
     event_time_of: Callable[[Transaction], int] | None = None,
-    merchant_order: Sequence[int] | None = None,
-    label_ranks: Mapping[str, float] | None = None,
     stats: ReplayStats | None = None,
     label_horizon_ms: int = StoreOptions.label_horizon_ms,
 ) -> tuple[list[Transaction], np.ndarray]:
     """The distinct transactions in stream order and their float32 rows [n, N_FEATURES].
 
     ``events`` is in stream order: transactions as the topic holds them (by event
-    time for a history), labels by ``label_time``. ``amount_of(txn)`` gives the
-    reference-currency amount (default: :func:`reference_amounts`, the code's
-    rate table in EUR); ``event_time_of`` the event time the stream used (default:
-    ``txn.event_time``). ``merchant_order``, if given, lists transaction positions
-    (indices into the returned list) in the order the merchant stage processed
-    them. Raises ``ValueError`` if it is not a permutation. ``label_ranks``, with
-    ``merchant_order``, places labels among them: the label of transaction id ``k`` is
-    applied after the transactions ranked below ``label_ranks[k]`` in ``merchant_order``
-    (a label without a rank is applied before its merchant's first transaction). With
-    both read from a stopped flow's stores (:mod:`state.inspect`), the replay repeats
-    the merchant stage's own sequence, labels included: a label read behind a partition
-    that ran ahead in a backlog is then missed by the same transactions as in the stream.
+    time for a history), labels as the ``labels`` topic holds them. ``amount_of(txn)``
+    gives the reference-currency amount (default: :func:`reference_amounts`, the
+    code's rate table in EUR); ``event_time_of`` the event time the stream used
+    (default: ``txn.event_time``; the stream clamps one too far ahead of its record).
     """
     amount_of = amount_of or reference_amounts()
     with gc_paused():
-        return _replay(events, amount_of, event_time_of, merchant_order, label_ranks,
+        return _replay(events, amount_of, event_time_of,
                        stats if stats is not None else ReplayStats(), label_horizon_ms)
 
 
@@ -97,113 +93,97 @@ def reference_amounts(reference: str = "EUR") -> AmountFn:
     return lambda txn: reference_amount(txn, rates)
 
 
-def _replay(
-    events: Iterable[Transaction | Label], amount_of: AmountFn,
-    event_time_of: Callable[[Transaction], int] | None,
-    merchant_order: Sequence[int] | None, label_ranks: Mapping[str, float] | None,
-    stats: ReplayStats, label_horizon_ms: int,
-) -> tuple[list[Transaction], np.ndarray]:
+def _replay(events: Iterable[Transaction | Label], amount_of: AmountFn,
+            event_time_of: Callable[[Transaction], int] | None, stats: ReplayStats,
+            label_horizon_ms: int) -> tuple[list[Transaction], np.ndarray]:
     txns: list[Transaction] = []
-    inputs: list[TxnInput] = []
-    first: dict[str, tuple[int, int]] = {}  # transaction id -> (position, body digest)
-    by_card: dict[str, list[int]] = {}
-    # per merchant: transaction positions and labels, in stream order
-    by_merchant: dict[str, list[int | Label]] = {}
+    labels: list[Label] = []
+    first: dict[str, int] = {}  # transaction id -> body digest
     labelled: dict[str, int] = {}  # transaction id -> time of the label that counts
     for event in events:
         if isinstance(event, Label):
-            first_label = labelled.get(event.transaction_id)
-            if first_label is not None and not relabels(first_label, event.label_time,
-                                                        label_horizon_ms):
+            earlier = labelled.get(event.transaction_id)
+            if earlier is not None and not relabels(earlier, event.label_time,
+                                                    label_horizon_ms):
                 stats.labels_repeated += 1
                 continue
             labelled[event.transaction_id] = event.label_time
             stats.labels += 1
-            by_merchant.setdefault(event.merchant_id, []).append(event)
+            labels.append(event)
             continue
         body = body_digest(event)
         seen = first.get(event.transaction_id)
         if seen is not None:
-            if seen[1] == body:
+            if seen == body:
                 stats.repeats += 1
             else:
                 stats.conflicts += 1
             continue
-        i = len(txns)
-        first[event.transaction_id] = (i, body)
+        first[event.transaction_id] = body
         txns.append(event)
-        t = event_time_of(event) if event_time_of is not None else None
-        inputs.append(txn_input(event, amount_of(event), t))
-        by_card.setdefault(event.card_id, []).append(i)
-        if merchant_order is None:
-            by_merchant.setdefault(event.merchant_id, []).append(i)
-    stats.transactions = len(txns)
-    if merchant_order is not None:
-        _merchant_sequences(txns, merchant_order, by_merchant, label_ranks or {})
-    matrix = np.empty((len(txns), N_FEATURES), dtype=np.float32)
-    filler = _Filler(matrix, CARD_COLUMNS)
-    for indices in by_card.values():
-        card = CardState()
-        filler.extend(indices, [card_step(card, inputs[i]) for i in indices])
-    filler.flush()
-    filler = _Filler(matrix, slice(MERCHANT_COLUMNS.start, N_FEATURES))
-    new_merchant = matrix[:, INDEX["card_new_merchant_30d"]]
-    for items in by_merchant.values():
-        merchant = MerchantState()
-        index: list[int] = []
-        rows: list[list[float]] = []
-        waiting: dict[str, int] = {}  # transaction id -> fraud label time, txn not seen yet
-        seen_at: dict[str, tuple[int, bool]] = {}  # txn id -> (event time, regular customer)
-        for item in items:
-            if isinstance(item, Label):
-                if not item.is_fraud:
-                    continue
-                merchant.add_fraud(item.label_time)
-                found = seen_at.get(item.transaction_id)
-                if found is None:
-                    waiting[item.transaction_id] = item.label_time
-                else:
-                    merchant.add_aligned_fraud(found[0], item.label_time, found[1])
-                continue
-            x = inputs[item]
-            index.append(item)
-            rows.append(merchant_step(merchant, x))
-            tid = txns[item].transaction_id
-            familiar = bool(new_merchant[item] == 0.0)
-            seen_at[tid] = (x.event_time, familiar)
-            label_time = waiting.pop(tid, None)
-            if label_time is not None:
-                merchant.add_aligned_fraud(x.event_time, label_time, familiar)
-        filler.extend(index, rows)
-    filler.flush()
+    stats.transactions = n = len(txns)
+    times = (None if event_time_of is None
+             else np.fromiter((event_time_of(t) for t in txns), np.int64, n))
+    inputs = FeatureInputs.of(txns, np.fromiter((amount_of(t) for t in txns), np.float64, n),
+                              times)
+    matrix = np.empty((n, N_FEATURES), dtype=np.float32)
+    cards: dict[str, int] = {}
+    card_of = np.fromiter((cards.setdefault(t.card_id, len(cards)) for t in txns), np.int64, n)
+    matrix[:, CARD_COLUMNS], _ = card_features([None] * len(cards), card_of, inputs,
+                                               encode=False)
+    ops = event_time_ops(txns, inputs.event_ms, labels, matrix[:, _NEW_MERCHANT] == 0.0)
+    merchants, op_list = ops
+    matrix[:, MERCHANT_COLUMNS], _ = merchant_features([None] * merchants, op_list, n,
+                                                       encode=False)
+    matrix[:, CONTEXT_COLUMNS] = context_features(inputs)
     return txns, matrix
 
 
-def _merchant_sequences(txns: list[Transaction], order: Sequence[int],
-                        by_merchant: dict[str, list[int | Label]],
-                        label_ranks: Mapping[str, float]) -> None:
-    """Put transaction positions into their merchants' sequences in ``order``.
+def event_time_ops(txns: list[Transaction], event_ms: np.ndarray, labels: list[Label],
+                   familiar: np.ndarray) -> tuple[int, MerchantOps]:
+    """The merchant operations of a history in event-time order, and how many merchants.
 
-    Labels already there go before the transactions unless ``label_ranks`` places
-    them among them (see :func:`replay_matrix`).
+    Transactions at their event time and labels at their ``label_time`` (a transaction
+    first at the same millisecond, then stream order). A fraud label counts at its
+    label hour for its ``merchant_id``; under its transaction's day (``familiar[i]``:
+    the card was a regular customer) once that transaction of the same merchant is
+    known, i.e. right after the later of the two.
     """
-    if sorted(order) != list(range(len(txns))):
-        raise ValueError("merchant_order must list every transaction position exactly once")
-    for i in order:
-        by_merchant.setdefault(txns[i].merchant_id, []).append(i)
-    if not label_ranks:
-        return
-    rank_of = {i: rank for rank, i in enumerate(order)}
-    for merchant, items in by_merchant.items():
-        if any(isinstance(x, Label) and x.transaction_id in label_ranks for x in items):
-            by_merchant[merchant] = sorted(items, key=lambda x: (
-                label_ranks.get(x.transaction_id, -1.0) if isinstance(x, Label)
-                else float(rank_of[x])))
+    n = len(txns)
+    merchants: dict[str, int] = {}
+    txn_merchant = np.fromiter((merchants.setdefault(t.merchant_id, len(merchants))
+                                for t in txns), np.int64, n)
+    fraud = [lab for lab in labels if lab.is_fraud]
+    label_merchant = [merchants.setdefault(lab.merchant_id, len(merchants)) for lab in fraud]
+    label_ms = np.fromiter((lab.label_time for lab in fraud), np.int64, len(fraud))
+    times = np.concatenate([event_ms, label_ms])
+    kinds = np.concatenate([np.zeros(n, np.int64), np.ones(len(fraud), np.int64)])
+    seq = np.arange(n + len(fraud), dtype=np.int64)
+    rank = np.empty(n + len(fraud), dtype=np.int64)
+    rank[np.lexsort((seq, kinds, times))] = seq
+    # ops sorted by (rank, sub): sub 0 the event itself, sub 1 an aligned count right after it
+    ops = MerchantOps()
+    ops.txns(txn_merchant, event_ms, np.arange(n, dtype=np.int64))
+    txn_rank = rank[:n].tolist()
+    ranks, subs = txn_rank[:], [0] * n
+    position = {t.transaction_id: i for i, t in enumerate(txns)}
+    for j, lab in enumerate(fraud):
+        r = int(rank[n + j])
+        ranks.append(r)
+        subs.append(0)
+        ops.fraud(label_merchant[j], lab.label_time)
+        i = position.get(lab.transaction_id)
+        if i is None or int(txn_merchant[i]) != label_merchant[j]:
+            continue  # waits for a transaction of this merchant that never comes
+        ranks.append(max(r, txn_rank[i]))
+        subs.append(1)
+        ops.aligned(label_merchant[j], int(event_ms[i]), lab.label_time, bool(familiar[i]))
+    order = np.lexsort((np.arange(len(ops)), np.asarray(subs), np.asarray(ranks)))
+    return len(merchants), ops.take(order)
 
 
-def replay(
-    events: Iterable[Transaction | Label], **options: object
-) -> Iterator[tuple[Transaction, np.ndarray]]:
+def replay(events: Iterable[Transaction | Label], **options: object
+           ) -> Iterator[tuple[Transaction, np.ndarray]]:
     """Yield ``(txn, float32 row as of just before txn)`` for every distinct transaction.
 
     Same options as :func:`replay_matrix` (which it runs first: the whole history
@@ -211,26 +191,3 @@ def replay(
     """
     txns, matrix = replay_matrix(events, **options)  # type: ignore[arg-type]
     return zip(txns, matrix, strict=True)
-
-
-class _Filler:
-    """Writes row groups into matrix columns in large blocks (one float32 cast per block)."""
-
-    __slots__ = ("matrix", "columns", "rows", "index")
-
-    def __init__(self, matrix: np.ndarray, columns: slice) -> None:
-        self.matrix, self.columns = matrix, columns
-        self.rows: list[list[float]] = []
-        self.index: list[int] = []
-
-    def extend(self, index: Iterable[int], rows: list[list[float]]) -> None:
-        self.rows += rows
-        self.index += index
-        if len(self.rows) >= _FILL_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            block = np.array(self.rows, dtype=np.float32).reshape(len(self.rows), -1)
-            self.matrix[self.index, self.columns] = block
-            self.rows, self.index = [], []

@@ -1,21 +1,28 @@
 """The flow's two stages in one process, without Kafka or Bytewax, for tests and benches.
 
-Transactions go to their card shard's :class:`~flows.card_stage.CardLogic` and then
-to their merchant shard's :class:`~flows.merchant_stage.MerchantLogic`, batch by
-batch, exactly as the dataflow wires them (same adapters, real RocksDB, real ONNX).
+Transactions are decoded into columns per source partition, routed to their card
+shard's :class:`~flows.card_stage.CardLogic` and then to their merchant shard's
+:class:`~flows.merchant_stage.MerchantLogic`, batch by batch, exactly as the
+dataflow wires them (same routers, adapters, real RocksDB, real ONNX). After a
+:meth:`Stages.feed` the source partitions are idle unless ``settle=False``: the
+watermark then lets everything fed so far be scored.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import msgspec
+import numpy as np
 
-from flows.card_stage import CardLogic, CardResult, CardSnapshot
-from flows.decode import DeadLetterRecord, Sourced
+from flows.card_stage import CardLogic, CardSnapshot
+from flows.decode import DeadLetterRecord, KeyRule, LabelRouter, TransactionRouter
 from flows.drift import DriftPartial, PartitionDrift
-from flows.kafka import RawRecord, SinkRecord
+from flows.items import CardRows, CardWork, Decoded, SinkBatch
+from flows.kafka import RawRecord
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, RuleRecord
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
@@ -29,21 +36,55 @@ from topics.contracts import Label, Prediction, Transaction
 from topics.currency import default_rates, reference_amount
 
 Event = Transaction | Label
+LABEL_PARTITIONS = 1
 
 
-def sourced(events: Iterable[Event], parts: int, ingest_ms: int | None = None
-            ) -> list[Sourced[Transaction] | Sourced[Label]]:
-    """Events as the decode step hands them on: partition (murmur2) and offsets."""
+class Src(NamedTuple):
+    """A decoded record and where it came from (as the decode step sees it)."""
+
+    value: Transaction | Label
+    partition: int
+    offset: int
+    ingest_ms: int
+    event_ms: int
+
+
+def sourced(events: Iterable[Event], parts: int, ingest_ms: int | None = None) -> list[Src]:
+    """Events as the source hands them on: partition (murmur2 of the key) and offsets."""
     offsets: dict[tuple[str, int], int] = {}
-    out: list[Sourced[Transaction] | Sourced[Label]] = []
+    out: list[Src] = []
     for e in events:
         topic = "t" if isinstance(e, Transaction) else "l"
-        key = e.card_id if isinstance(e, Transaction) else e.transaction_id
-        p = murmur2_partition(key, parts)
+        p = (murmur2_partition(e.card_id, parts) if isinstance(e, Transaction)
+             else murmur2_partition(e.transaction_id, LABEL_PARTITIONS))
         o = offsets.get((topic, p), 0)
         offsets[(topic, p)] = o + 1
         t = e.event_time if isinstance(e, Transaction) else e.label_time
-        out.append(Sourced(e, p, o, ingest_ms if ingest_ms is not None else t, t))
+        out.append(Src(e, p, o, ingest_ms if ingest_ms is not None else t, t))
+    return out
+
+
+def decoded(items: Sequence[Src]) -> Decoded[Any]:
+    """Columns of decoded records."""
+    n = len(items)
+    return Decoded([s.value for s in items], np.fromiter((s.partition for s in items), np.int32, n),
+                   np.fromiter((s.offset for s in items), np.int64, n),
+                   np.fromiter((s.ingest_ms for s in items), np.int64, n),
+                   np.fromiter((s.event_ms for s in items), np.int64, n), np.zeros(n))
+
+
+def decoded_rows(items: Iterable[Any]) -> list[Src]:
+    """The decoded records in decode-step output (``(key, CardWork | MerchantWork)`` pairs)."""
+    out: list[Src] = []
+    for _, work in items:
+        rows = work.txns if isinstance(work, CardWork) else work.rows
+        if isinstance(rows, CardRows):
+            rows = rows.txns
+        if rows is None:
+            continue
+        out += [Src(v, int(p), int(o), int(i), int(e)) for v, p, o, i, e in zip(
+            rows.values, rows.partition, rows.offset, rows.ingest_ms, rows.event_ms,
+            strict=True)]
     return out
 
 
@@ -52,14 +93,20 @@ class Stages:
 
     def __init__(self, root: Path, champion: ModelSource, shadow: ModelSource | None = None,
                  *, parts: int = 4, shards: int = 3, drift_window_ms: int | None = None,
-                 options: StoreOptions | None = None) -> None:
+                 options: StoreOptions | None = None, resumed: tuple[
+                     dict[int, CardSnapshot], dict[int, MerchantSnapshot]] | None = None
+                 ) -> None:
         self.parts, self.shards = parts, shards
         rates = default_rates()
+
+        def amounts(txns: list[Transaction]) -> np.ndarray:
+            return np.fromiter((reference_amount(t, rates) for t in txns), np.float64, len(txns))
+
+        cards_resumed, merchants_resumed = resumed or ({}, {})
         self.cards = {
             p: CardLogic(
                 lambda s: CardStore.open(root, StoreIdentity("cards", s, parts, "t"), options),
-                lambda c: murmur2_partition(c, parts), lambda t: reference_amount(t, rates),
-                "transactions", None)
+                amounts, "transactions", parts, shards, cards_resumed.get(p))
             for p in range(parts)
         }
 
@@ -67,40 +114,58 @@ class Stages:
             store = MerchantStore.open(
                 root, StoreIdentity("merchants", shard, shards, "t"), options)
             drift = (resumed.drift if resumed is not None else None) or (
-                PartitionDrift(shard, drift_window_ms, 0) if drift_window_ms else None)
+                PartitionDrift(shard, drift_window_ms, 0, n_inputs=parts)
+                if drift_window_ms else None)
             book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
                     else RuleBook())
             return MerchantScorer(store, champion, shadow, drift=drift, rules=book, shard=shard)
 
         self.merchants = {
-            s: MerchantLogic(open_scorer, lambda m: murmur2_partition(m, shards), None, 60.0)
+            s: MerchantLogic(open_scorer, merchants_resumed.get(s), 60.0, parts, LABEL_PARTITIONS)
             for s in range(shards)
         }
+        self._txn_router = TransactionRouter(KeyRule(parts))
+        self._label_router = LabelRouter(shards)
         self._rule_offsets: dict[str, int] = {}
-        self.outputs: list[SinkRecord | DeadLetterRecord | DriftPartial] = []
+        self.outputs: list[Any] = []
 
-    def feed(self, batch: Sequence[Sourced[Transaction] | Sourced[Label]]) -> None:
-        """One batch through both stages (labels straight to their merchant shard)."""
-        by_card: dict[int, list[Sourced[Transaction]]] = {}
-        to_merchant: dict[int, list[CardResult | Sourced[Label]]] = {}
+    def feed(self, batch: Sequence[Src], settle: bool = True) -> None:
+        """One batch through both stages; then (``settle``) every source goes idle."""
+        card_work: dict[str, list[Any]] = defaultdict(list)
+        merchant_work: dict[str, list[Any]] = defaultdict(list)
+        by_partition: dict[tuple[bool, int], list[Src]] = defaultdict(list)
         for item in batch:
-            if isinstance(item.value, Transaction):
-                shard = murmur2_partition(item.value.card_id, self.parts)
-                by_card.setdefault(shard, []).append(item)  # type: ignore[arg-type]
+            by_partition[(isinstance(item.value, Transaction), item.partition)].append(item)
+        for (is_txn, q), items in sorted(by_partition.items()):
+            if is_txn:
+                for out in self._txn_router.route(q, decoded(items), []):
+                    self._collect(out, card_work)
             else:
-                m = murmur2_partition(item.value.merchant_id, self.shards)
-                to_merchant.setdefault(m, []).append(item)  # type: ignore[arg-type]
-        for shard, values in sorted(by_card.items()):
-            out, _ = self.cards[shard].on_batch(values)
-            for r in out:
-                if isinstance(r, CardResult):
-                    m = murmur2_partition(r.item.value.merchant_id, self.shards)
-                    to_merchant.setdefault(m, []).append(r)
-                else:
-                    self.outputs.append(r)
-        for shard, mvalues in sorted(to_merchant.items()):
-            mout, _ = self.merchants[shard].on_batch(mvalues)
+                for key, work in self._label_router.route(q, decoded(items)):
+                    merchant_work[key].append(work)
+        if settle:
+            empty: Decoded[Any] = decoded([])
+            for q in range(self.parts):
+                for out in self._txn_router.route(q, empty, [], idle=True):
+                    self._collect(out, card_work)
+            for q in range(LABEL_PARTITIONS):
+                for key, work in self._label_router.route(q, empty, idle=True):
+                    merchant_work[key].append(work)
+        for works in card_work.values():
+            shard = works[0].shard
+            outs, _ = self.cards[shard].on_batch(works)
+            for o in outs:
+                self._collect(o, merchant_work)
+        for works in merchant_work.values():
+            shard = works[0].shard
+            mout, _ = self.merchants[shard].on_batch(works)
             self.outputs.extend(mout)
+
+    def _collect(self, out: Any, work: dict[str, list[Any]]) -> None:
+        if isinstance(out, DeadLetterRecord):
+            self.outputs.append(out)
+        else:
+            work[out[0]].append(out[1])
 
     def publish_rules(self, topic: str, records: Sequence[tuple[str, object | None]]) -> None:
         """``rules``/``lists`` records (key, JSON-able value or None), to every shard."""
@@ -119,11 +184,18 @@ class Stages:
         return ({p: c.snapshot() for p, c in self.cards.items()},
                 {s: m.snapshot() for s, m in self.merchants.items()})
 
+    def records(self) -> list[tuple[bytes | None, bytes]]:
+        """Every ``predictions`` record published so far, in order."""
+        return [r for o in self.outputs if isinstance(o, SinkBatch) for r in o.records]
+
     def verdicts(self) -> list[Prediction]:
         """Every verdict published so far, decoded, in order."""
-        return [msgspec.json.decode(o.value, type=Prediction) for o in self.outputs
-                if isinstance(o, SinkRecord)]
+        return [msgspec.json.decode(value, type=Prediction) for _, value in self.records()]
 
     def dead_letters(self) -> list[DeadLetterRecord]:
         """Every dead letter so far."""
         return [o for o in self.outputs if isinstance(o, DeadLetterRecord)]
+
+    def partials(self) -> list[DriftPartial]:
+        """Every drift partial so far."""
+        return [o for o in self.outputs if isinstance(o, DriftPartial)]

@@ -68,7 +68,7 @@ def _with_labels_column(path: Path) -> tuple[Path | IO[bytes], str | None]:
 def score_history(history: Any, model: Any, max_reasons: int = 3,
                   progress: Any = None) -> dict[str, Any]:
     """Columns of the verdicts of every transaction of ``history`` (see module docstring)."""
-    from export.reasons import ReasonExplainer
+    from scoring.reasons import ReasonExplainer
     from training.features import point_in_time_features
 
     X = point_in_time_features(history, progress)

@@ -3,9 +3,10 @@ import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.decode import Sourced, decode
-from flows.kafka import RawRecord, SinkRecord
+from flows.decode import KeyRule, SkewRule, decode_transactions
+from flows.kafka import RawBatch, RawRecord, SinkRecord
 from samples import BAD_MESSAGES, NOW_MS, raw
+from stages import decoded_rows
 from topics.contracts import DeadLetter, Transaction
 from topics.deadletter import matches, raw_key
 from topics.validation import TransactionDecoder
@@ -24,14 +25,18 @@ def test_bad_messages_become_one_dead_letter_each_and_valid_ones_pass() -> None:
         RawRecord(b"k%d" % n, value, "tx", n % 3, n, NOW_MS + n)
         for n, (value, _) in enumerate(messages)
     ]
-    oks: list[Sourced[Transaction]] = []
+    polls = [RawBatch("tx", p, [r for r in source if r.partition == p][i:i + 7])
+             for p in range(3) for i in range(0, len(source), 7)]
+    worked: list[object] = []
     errs: list[SinkRecord] = []
     flow = Dataflow("decode-test")
-    out = decode("decode", op.input("in", flow, TestingSource(source, batch_size=7)),
-                 TransactionDecoder(), clock=lambda: NOW_MS / 1000)
-    op.output("oks", out.oks, TestingSink(oks))
+    out = decode_transactions(
+        "decode", op.input("in", flow, TestingSource([p for p in polls if p.records])),
+        TransactionDecoder(), SkewRule(), KeyRule(3), clock=lambda: NOW_MS / 1000)
+    op.output("oks", out.oks, TestingSink(worked))
     op.output("errs", out.errs, TestingSink(errs))
     run_main(flow)
+    oks = decoded_rows(worked)
 
     assert {s.value.transaction_id for s in oks} == set(expected_valid)
     for s in oks:

@@ -111,7 +111,7 @@ def test_the_rule_book_survives_a_restart_from_the_snapshot(
     logic = stages.merchants[0]
     version = logic._opened(0).rules.version  # type: ignore[union-attr]
     logic._opened(0).store.close()  # the process dies
-    restored = MerchantLogic(logic._open_scorer, logic._shard_of, snaps[0], 60.0)
+    restored = MerchantLogic(logic._open_scorer, snaps[0], 60.0, stages.parts, 1)
     scorer = restored._opened(0)
     assert scorer.rules is not None and scorer.rules.has_rules
     assert scorer.rules.version == version

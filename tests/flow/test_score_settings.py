@@ -4,24 +4,25 @@ import pytest
 
 from export.errors import ModelLoadError
 from export.model import load_model
-from flows.score import build_flow, serving_thresholds
+from flows.score import build_flow
 from flows.settings import ScoringSettings
+from scoring.serving import serving_thresholds
 from topics.errors import ConfigError
 
 
 def test_threshold_overrides_include_zero(tiny_model_dir: Path) -> None:
     model = load_model(tiny_model_dir)
     settings = ScoringSettings.from_env({"FRAUD_REVIEW_THRESHOLD": "0.0"})
-    thresholds = serving_thresholds(settings, model)
+    thresholds = serving_thresholds(model, settings.review_threshold, settings.decline_threshold)
     assert thresholds.review == 0.0 and thresholds.decline == model.thresholds.decline
     assert "overridden" in thresholds.policy
-    assert serving_thresholds(ScoringSettings.from_env({}), model) == model.thresholds
+    assert serving_thresholds(model) == model.thresholds
 
 
 def test_review_override_above_the_models_decline_is_refused(tiny_model_dir: Path) -> None:
     model = load_model(tiny_model_dir)
     with pytest.raises(ConfigError, match="FRAUD_REVIEW_THRESHOLD"):
-        serving_thresholds(ScoringSettings.from_env({"FRAUD_REVIEW_THRESHOLD": "1.0"}), model)
+        serving_thresholds(model, review=1.0)
 
 
 def test_missing_model_says_how_to_train_one_before_touching_kafka(tmp_path: Path) -> None:
@@ -60,8 +61,11 @@ def test_wrong_settings_name_the_variable(name: str, value: str, expected: str) 
 
 
 def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(tmp_path: Path) -> None:
+    import numpy as np
+
     from flows.card_stage import CardLogic, CardSnapshot
-    from flows.decode import Sourced
+    from flows.items import CardWork
+    from stages import Src, decoded
     from state.card_store import CardStore
     from state.db import StoreIdentity
     from state.errors import StaleStateError
@@ -70,11 +74,12 @@ def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(tmp_path: Pat
     def logic(root: Path, resumed: CardSnapshot | None) -> CardLogic:
         return CardLogic(
             lambda shard: CardStore.open(root, StoreIdentity("cards", shard, 1, "t")),
-            lambda card: 0, lambda t: t.amount, "t", resumed)
+            lambda txns: np.array([t.amount for t in txns]), "t", 1, 1, resumed)
 
     txn = Transaction(transaction_id="t", card_id="c", merchant_id="m", amount=1.0,
                       currency="EUR", event_time=1_700_000_000_000)
-    item = Sourced(txn, 0, 0, txn.event_time, txn.event_time)
+    item = CardWork(0, 0, txn.event_time, False,
+                    decoded([Src(txn, 0, 0, txn.event_time, txn.event_time)]))
     fresh = logic(tmp_path / "fresh", None)
     out, _ = fresh.on_batch([item])
     assert len(out) == 1 and fresh.snapshot().seq == 1

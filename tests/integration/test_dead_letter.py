@@ -6,8 +6,10 @@ from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Message, Producer
 
 from flows import kafka
-from flows.decode import Sourced, decode
+from flows.decode import KeyRule, SkewRule, decode_transactions
 from samples import BAD_MESSAGES, NOW_MS, oversize_message, raw
+from stages import Src, decoded_rows
+from topics.admin import partition_count
 from topics.contracts import DeadLetter, Transaction
 from topics.deadletter import MAX_VALUE_BYTES, matches, raw_key, raw_value
 from topics.reader import read_topic
@@ -16,6 +18,20 @@ from topics.validation import TransactionDecoder
 
 #: A dead letter's size bound with the default copy limits (value 4 KiB, key 1 KiB).
 DEAD_LETTER_BOUND = 10_000
+
+
+def _decode_all(topics: KafkaSettings, name: str) -> list[Src]:
+    """Read ``transactions`` to its end through the decode step; dead letters to the topic."""
+    worked: list[object] = []
+    flow = Dataflow(name)
+    polls = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
+    parts = partition_count(topics, topics.topic("transactions"))
+    decoded = decode_transactions("decode", polls, TransactionDecoder(), SkewRule(),
+                                  KeyRule(parts))
+    op.output("oks", decoded.oks, TestingSink(worked))
+    kafka.write("dead-letter", decoded.errs, topics, "dead-letter")
+    run_main(flow)
+    return decoded_rows(worked)
 
 
 @pytest.mark.integration
@@ -42,13 +58,7 @@ def test_bad_messages_reach_the_dead_letter_topic_bounded(topics: KafkaSettings)
     assert producer.flush(10) == 0
     del producer
 
-    oks: list[Sourced[Transaction]] = []
-    flow = Dataflow("dead-letter-test")
-    messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
-    decoded = decode("decode", messages, TransactionDecoder())
-    op.output("oks", decoded.oks, TestingSink(oks))
-    kafka.write("dead-letter", decoded.errs, topics, "dead-letter")
-    run_main(flow)
+    oks = _decode_all(topics, "dead-letter-test")
 
     assert sorted(s.value.transaction_id for s in oks) == sorted(sent_valid)
     for s in oks:
@@ -87,14 +97,8 @@ def test_oversize_message_case_dead_letter_fits_and_the_flow_goes_on(
     assert producer.flush(10) == 0
     del producer
 
-    def run_once() -> tuple[list[Sourced[Transaction]], list[bytes]]:
-        oks: list[Sourced[Transaction]] = []
-        flow = Dataflow("oversize-test")
-        messages = op.input("in", flow, kafka.source(topics, "transactions", tail=False))
-        decoded = decode("decode", messages, TransactionDecoder())
-        op.output("oks", decoded.oks, TestingSink(oks))
-        kafka.write("dead-letter", decoded.errs, topics, "dead-letter")
-        run_main(flow)
+    def run_once() -> tuple[list[Src], list[bytes]]:
+        oks = _decode_all(topics, "oversize-test")
         return oks, [r.value for r in read_topic(topics, topics.topic("dead-letter"), timeout=10)
                      if r.value is not None]
 

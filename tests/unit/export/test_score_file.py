@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from export.model import load_model
-from export.reasons import ReasonExplainer
 from export.release import release
+from scoring.reasons import ReasonExplainer
 from training.features import point_in_time_features
 from training.history import from_frame, load_history
 from training.score_file import main

@@ -12,7 +12,7 @@ from unit.rules.rulekit import STANDARD_ENTRIES, T0, entry_message, random_batch
 from rules.book import Applied, Message, Refused, RuleBook
 from rules.contracts import ListEntry, Rule
 from rules.errors import SnapshotError
-from rules.policy import combine
+from scoring.policy import apply, combine
 from state.spec import FEATURE_NAMES
 
 DAY = 86_400_000
@@ -147,7 +147,7 @@ def test_snapshot_restores_the_same_decisions() -> None:
     assert restored.rules() == b.rules() and restored.lists.entries() == b.lists.entries()
     batch = random_batch(5, n=128)
     one, two = b.evaluate(batch), restored.evaluate(batch)
-    np.testing.assert_array_equal(one.decision, two.decision)
+    np.testing.assert_array_equal(apply(one).decision, apply(two).decision)
     assert one.hits == two.hits and one.ruleset_version == two.ruleset_version
 
 
@@ -183,16 +183,17 @@ def test_outcome_shadow_tag_and_authors() -> None:
     b.apply(rule_message("tag", "score >= 0.0", action="tag"))
     batch = random_batch(11, n=100)
     out = b.evaluate(batch)
+    policy = apply(out)
     vip = batch.text["card_id"] == "c1"
-    np.testing.assert_array_equal(out.decision[vip], "approve")
-    np.testing.assert_array_equal(out.decision[~vip], batch.model_decision[~vip])
-    assert (out.shadow_decision == "decline").all()  # shadow decline would decline everything
+    np.testing.assert_array_equal(policy.decision[vip], "approve")
+    np.testing.assert_array_equal(policy.decision[~vip], batch.model_decision[~vip])
+    assert (policy.shadow_decision == "decline").all()  # shadow decline would decline all
     assert out.counts[("hi", "shadow")] == 100 and out.counts[("tag", "active")] == 100
     i = int(np.flatnonzero(vip & (batch.model_decision != "approve"))[0])
     assert [h.rule_id for h in out.hits[i]] == ["allow", "tag", "hi"]
-    assert out.decided_by[i] == "allow"
+    assert policy.decided_by[i] == "allow"
     j = int(np.flatnonzero(~vip)[0])
-    assert out.decided_by[j] == "model"
+    assert policy.decided_by[j] == "model"
     assert [r.feature for r in out.reasons(i)] == ["rule:allow", "rule:tag", "rule:hi"]
     assert out.reasons(i)[2].text.startswith("[shadow] ")
 

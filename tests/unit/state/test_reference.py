@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.card import IDLE_EVICT_MS, haversine_km
+from state.reference.card import IDLE_EVICT_MS, haversine_km
 from state.replay import replay
 from state.spec import FEATURE_NAMES, FEATURES, INDEX, LABEL_DELAY_DAYS, N_FEATURES
 from topics.contracts import Label, Transaction
@@ -88,41 +88,31 @@ def merchant_reference(
     txns: list[Transaction], frauds: list[int], aligned: list[tuple[int, int, bool]],
     txn: Transaction,
 ) -> dict[str, float]:
-    """Merchant features from the merchant's processed ``txns`` (any order), its fraud
-    label times and (transaction time, label time) pairs, as the spec defines them."""
+    """Merchant features in event time, as the spec defines them: from all of the merchant's
+    transactions (``txns``, any order), its fraud label times and its (transaction time,
+    label time, regular customer) pairs, whatever order they were read in."""
     t, h = txn.event_time, txn.event_time // HOUR
-    newest_h = max([e.event_time // HOUR for e in txns], default=None)
     out: dict[str, float] = {}
     counts = {}
     for k, (size, n) in MERCHANT_WINDOWS.items():
-        keep = 41 if size == DAY else n + 4  # window, gap, lateness (days: the aligned span)
-        newest = max([e.event_time // size for e in txns], default=None)
         b = t // size
-        counts[k] = sum(1 for e in txns if b - n - 2 < e.event_time // size <= b - 2
-                        and (newest is None or e.event_time // size > newest - keep))
+        counts[k] = sum(1 for e in txns if b - n - 2 < e.event_time // size <= b - 2)
         out[f"merchant_count_{k}"] = counts[k]
     known = h - 2
     for k, hours in FRAUD_HOURS.items():
-        f = sum(1 for lt in frauds if known - hours < lt // HOUR <= known
-                and (newest_h is None or lt // HOUR > newest_h - 770))
+        f = sum(1 for lt in frauds if known - hours < lt // HOUR <= known)
         out[f"merchant_fraud_rate_{k}"] = min(1.0, f / counts[k]) if counts[k] else 0.0
         if k == "7d":
             out["merchant_fraud_labels_7d"] = f
     end = t // DAY - LABEL_DELAY_DAYS
-    newest_d = newest_h // 24 if newest_h is not None else None
     for k, days in (("1d", 1), ("7d", 7), ("30d", 30)):
-        def kept(day: int) -> bool:
-            return newest_d is None or day > newest_d - 41
-
-        c = sum(1 for e in txns if end - days < e.event_time // DAY <= end
-                and kept(e.event_time // DAY))
+        c = sum(1 for e in txns if end - days < e.event_time // DAY <= end)
         f = sum(1 for tt, lt, _ in aligned if end - days < tt // DAY <= end
-                and lt // HOUR <= known and kept(tt // DAY))
+                and lt // HOUR <= known)
         out[f"merchant_risk_aligned_{k}"] = min(1.0, f / c) if c and f else 0.0
     for k, hours in (("7d", 168), ("30d", 720)):
         out[f"merchant_familiar_fraud_{k}"] = sum(
-            1 for tt, lt, fam in aligned if fam and known - hours < lt // HOUR <= known
-            and kept(tt // DAY))
+            1 for _, lt, fam in aligned if fam and known - hours < lt // HOUR <= known)
     return out
 
 
@@ -139,7 +129,12 @@ def context_reference(txn: Transaction) -> dict[str, float]:
 
 
 def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float], float]]:
-    """Per transaction: expected features by name, and the brute 30-d std (for z checks)."""
+    """Per transaction: expected features by name, and the brute 30-d std (for z checks).
+
+    Card features follow the stream order of the card; merchant features event time
+    (everything the merchant will ever see, filtered by time); labels: the first of a
+    transaction id wins (for 62 days), judged in stream order.
+    """
     card_hist: dict[str, list[Transaction]] = {}
     m_txns: dict[str, list[Transaction]] = {}
     m_frauds: dict[str, list[int]] = {}
@@ -147,12 +142,7 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
     labelled: dict[str, int] = {}
     seen: dict[str, Transaction] = {}
     familiar: dict[str, bool] = {}
-
-    def aligned(m: str) -> list[tuple[int, int, bool]]:
-        return [(seen[tid].event_time, lt, familiar[tid]) for mm, tid, lt in fraud_labels
-                if mm == m and tid in seen and seen[tid].merchant_id == m]
-
-    out = []
+    cards: list[tuple[Transaction, dict[str, float], float]] = []
     for e in events:
         if isinstance(e, Label):
             first = labelled.get(e.transaction_id)
@@ -166,19 +156,37 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
         if hist and e.event_time - max(x.event_time for x in hist) > IDLE_EVICT_MS:
             hist.clear()
         exp = card_reference(hist, e)
-        exp |= merchant_reference(m_txns.get(e.merchant_id, []), m_frauds.get(e.merchant_id, []),
-                                  aligned(e.merchant_id), e)
-        exp |= context_reference(e)
         amounts = [x.amount for x in hist if in_window(x.event_time, max(
             [e.event_time] + [y.event_time for y in hist]), DAY, 30)]
         std = float(np.std(amounts)) if amounts else 0.0
         if std > 1e-3:
             exp["card_amount_zscore_30d"] = (e.amount - float(np.mean(amounts))) / std
-        out.append((exp, std))
+        cards.append((e, exp, std))
         hist.append(e)
         m_txns.setdefault(e.merchant_id, []).append(e)
         seen[e.transaction_id] = e
         familiar[e.transaction_id] = exp["card_new_merchant_30d"] == 0.0
+
+    # a label counts under its transaction's day once that transaction was scored: in event
+    # time (ties: stream order), so only for transactions scored after it; and only while
+    # that day is within the 41 days the merchant keeps (behind its newest transaction)
+    by_time = sorted(cards, key=lambda c: c[0].event_time)
+    rank = {c[0].transaction_id: r for r, c in enumerate(by_time)}
+
+    def aligned(m: str, before: int) -> list[tuple[int, int, bool]]:
+        earlier = [c[0].event_time // HOUR for c in by_time[:before] if c[0].merchant_id == m]
+        newest_day = max(earlier) // 24 if earlier else None
+        return [(seen[tid].event_time, lt, familiar[tid]) for mm, tid, lt in fraud_labels
+                if mm == m and tid in seen and seen[tid].merchant_id == m
+                and rank[tid] < before and (
+                    newest_day is None or seen[tid].event_time // DAY > newest_day - 41)]
+
+    out = []
+    for e, exp, std in cards:
+        exp |= merchant_reference(m_txns[e.merchant_id], m_frauds.get(e.merchant_id, []),
+                                  aligned(e.merchant_id, rank[e.transaction_id]), e)
+        exp |= context_reference(e)
+        out.append((exp, std))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +13,14 @@ import pytest
 
 from state import card_store as cs
 from state import merchant_store as ms
-from state.card_store import CardIn, CardStore
+from state.card_store import CardBatch, CardStore
 from state.db import StoreIdentity
 from state.errors import StateFormatError, StateIdentityError
-from state.inputs import txn_input
-from state.merchant_store import LabelJoin, MerchantIn, MerchantStore
+from state.inputs import FeatureInputs
+from state.merchant_store import LabelJoin, MerchantBatch, MerchantStore
 from state.options import DAY_MS, StoreOptions
 from state.records import body_digest
+from state.reorder import EVERYTHING, EventTimeOrder
 from state.replay import ReplayStats, replay_matrix
 from topics.contracts import Label, Transaction
 
@@ -33,38 +34,105 @@ def eur(txn: Transaction) -> float:
     return txn.amount
 
 
-def vector_bytes(_positions: Sequence[int], matrix: np.ndarray) -> list[bytes]:
+def vector_bytes(_positions: np.ndarray, matrix: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in matrix]
 
 
-class Pipeline:
-    """The flow's two stages over two stores, fed batch by batch (as Bytewax would)."""
+class _Chunk:
+    """Merchant-stage input rows for the event-time order (a list of items)."""
 
-    def __init__(self, root: Path, options: StoreOptions | None = None) -> None:
+    def __init__(self, items: list, times: list[int]) -> None:
+        self.items, self.event_ms = items, np.asarray(times, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, index: np.ndarray) -> _Chunk:
+        return _Chunk([self.items[i] for i in index.tolist()], self.event_ms[index].tolist())
+
+    @staticmethod
+    def concat(parts: list[_Chunk]) -> _Chunk:
+        return _Chunk([x for p in parts for x in p.items],
+                      [t for p in parts for t in p.event_ms.tolist()])
+
+
+class Pipeline:
+    """The flow's two stages over two stores, fed batch by batch (as Bytewax would).
+
+    ``ordered``: the merchant store gets everything at :meth:`close`, in event-time
+    order (as the merchant stage's watermark releases a backlog).
+    """
+
+    def __init__(self, root: Path, options: StoreOptions | None = None,
+                 ordered: bool = False) -> None:
         self.cards = CardStore.open(root, CARDS, options)
         self.merchants = MerchantStore.open(root, MERCHANTS, options)
         self.outputs: dict[str, list[bytes]] = {}
         self.kinds: list[int] = []
         self.joins: list[LabelJoin] = []
+        self.order = EventTimeOrder() if ordered else None
 
     def feed(self, batch: list[tuple[int, Event]], crash_between: bool = False) -> None:
         labels = [e for _, e in batch if isinstance(e, Label)]
         txns = [(o, e) for o, e in batch if isinstance(e, Transaction)]
-        self.joins += self.merchants.apply_labels(labels)
-        items = [CardIn(t, txn_input(t, t.amount), body_digest(t), 0, o) for o, t in txns]
-        card_out = self.cards.process(items)
+        if self.order is not None:
+            self.order.add_labels(_Chunk(labels, [lab.label_time for lab in labels]))
+        else:
+            self.joins += self.merchants.apply_labels(labels)
+        if not txns:
+            return
+        ts = [t for _, t in txns]
+        n = len(ts)
+        tids = [t.transaction_id for t in ts]
+        body = np.array([body_digest(t) for t in ts], dtype=np.uint64)
+        part = np.zeros(n, dtype=np.int32)
+        offset = np.array([o for o, _ in txns], dtype=np.int64)
+        inputs = FeatureInputs.of(ts, [t.amount for t in ts])
+        card_out = self.cards.process(CardBatch(tids, [t.card_id for t in ts], body, part,
+                                                offset, inputs))
         if crash_between:
             return
-        m_items = [
-            MerchantIn(it.txn, it.features, it.body, it.partition, it.offset, out.row)
-            for it, out in zip(items, card_out, strict=True) if out.kind != cs.CONFLICT
-        ]
-        outs, joins = self.merchants.process(m_items, vector_bytes)
+        keep = np.flatnonzero(card_out.kind != cs.CONFLICT)
+        batch = MerchantBatch([tids[i] for i in keep], [ts[i].merchant_id for i in keep],
+                              body[keep], part[keep], offset[keep], inputs.take(keep),
+                              card_out.rows[keep], card_out.has_row[keep])
+        if self.order is not None:
+            self.order.add_txns(_Chunk([(batch, k) for k in range(len(batch))],
+                                       batch.inputs.event_ms.tolist()))
+            return
+        self._merchants(batch)
+
+    def _merchants(self, batch: MerchantBatch) -> None:
+        tids = batch.transaction_ids
+        keep = np.arange(len(batch))
+        outcome, joins = self.merchants.process(batch, vector_bytes)
         self.joins += joins
-        for it, out in zip(m_items, outs, strict=True):
-            self.kinds.append(out.kind)
-            if out.output is not None:
-                self.outputs.setdefault(it.txn.transaction_id, []).append(out.output)
+        for k in keep.tolist():
+            self.kinds.append(int(outcome.kind[k]))
+            out = outcome.output[k]
+            if out is not None:
+                self.outputs.setdefault(tids[k], []).append(out)
+
+    def drain(self) -> None:
+        """Apply everything buffered, in event-time order (``ordered`` only)."""
+        assert self.order is not None
+        self.order.watermark.value = EVERYTHING
+        for is_label, chunk in self.order.release(_Chunk.concat, _Chunk.concat):
+            if is_label:
+                self.joins += self.merchants.apply_labels(chunk.items)
+                continue
+            rows = [b for b, _ in chunk.items]
+            index = [k for _, k in chunk.items]
+            self._merchants(MerchantBatch(
+                [r.transaction_ids[k] for r, k in zip(rows, index, strict=True)],
+                [r.merchant_ids[k] for r, k in zip(rows, index, strict=True)],
+                np.array([r.body[k] for r, k in zip(rows, index, strict=True)], np.uint64),
+                np.array([r.partition[k] for r, k in zip(rows, index, strict=True)], np.int32),
+                np.array([r.offset[k] for r, k in zip(rows, index, strict=True)], np.int64),
+                FeatureInputs.concat([r.inputs.take(np.array([k])) for r, k in
+                                      zip(rows, index, strict=True)]),
+                np.stack([r.card_rows[k] for r, k in zip(rows, index, strict=True)]),
+                np.array([r.has_row[k] for r, k in zip(rows, index, strict=True)])))
 
     def checkpoint(self) -> tuple[int, int]:
         return self.cards.checkpoint(), self.merchants.checkpoint()
@@ -100,9 +168,10 @@ def test_stream_and_offline_replay_are_bit_identical(
     tmp_path: Path, events_factory: Factory
 ) -> None:
     events = events_factory(11, 600, cards=9, merchants=4)
-    pipe = Pipeline(tmp_path)
+    pipe = Pipeline(tmp_path, ordered=True)
     for batch in batches(numbered(events), random.Random(2)):
         pipe.feed(batch)
+    pipe.drain()
     pipe.close()
     txns, matrix = replay_matrix(events, amount_of=eur)
     assert len(txns) == len(pipe.outputs)
@@ -176,10 +245,16 @@ def test_same_id_with_another_body_is_a_conflict_naming_the_first(tmp_path: Path
     b = Transaction(transaction_id="t1", card_id="c", merchant_id="m", amount=2.0,
                     currency="EUR", event_time=t0)
     store = CardStore.open(tmp_path, CARDS)
-    (first,) = store.process([CardIn(a, txn_input(a, 1.0), body_digest(a), 3, 40)])
-    (again,) = store.process([CardIn(b, txn_input(b, 2.0), body_digest(b), 5, 77)])
-    assert first.kind == cs.FRESH and again.kind == cs.CONFLICT
-    assert again.first is not None and (again.first.partition, again.first.offset) == (3, 40)
+
+    def one(t: Transaction, partition: int, offset: int) -> cs.CardOutcome:
+        return store.process(CardBatch(
+            [t.transaction_id], [t.card_id], np.array([body_digest(t)], np.uint64),
+            np.array([partition], np.int32), np.array([offset]),
+            FeatureInputs.of([t], [t.amount])))
+
+    first, again = one(a, 3, 40), one(b, 5, 77)
+    assert first.kind[0] == cs.FRESH and again.kind[0] == cs.CONFLICT
+    assert (again.first_partition[0], again.first_offset[0]) == (3, 40)
     store.close()
 
 

@@ -20,21 +20,17 @@ on their own over 24 h (15-minute buckets), the card-testing signal.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import struct
 from typing import TYPE_CHECKING
 
-from state.codec import Layout, Part
-from state.windows import NO_TIME, BucketWindow, CountWindow, LastSeen, TopCounts
+from state.inputs import country_code, stable_hash
+from state.reference.codec import Layout, Part
+from state.reference.windows import NO_TIME, BucketWindow, CountWindow, LastSeen, TopCounts
+from state.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 if TYPE_CHECKING:
     from state.inputs import TxnInput
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 LONGEST_WINDOW_MS = 30 * DAY_MS
 #: Idle time after which a key's state is dropped: the longest window plus one bucket.
 IDLE_EVICT_MS = LONGEST_WINDOW_MS + DAY_MS
@@ -44,18 +40,6 @@ NO_HISTORY_SECONDS = 2_592_000.0
 _MIN_TRAVEL_HOURS = 1.0 / 60.0
 _EARTH_KM = 6371.0088
 _VAR_EPS = 1e-12
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def stable_hash(text: str) -> int:
-    """Process-independent signed 64-bit hash of an id (Python's ``hash`` is salted)."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def country_code(country: str) -> int:
-    """Two-letter country code as a small int (``"FR"`` -> 0x4652)."""
-    return (ord(country[0]) << 8) | ord(country[1])
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -204,7 +188,3 @@ class CardState:
 
 _LAYOUT = Layout("card", "qqddqq", CardState()._parts())
 
-
-def last_time_of(buf: bytes) -> int:
-    """Newest event time stored in encoded card or merchant bytes, without a full decode."""
-    return int(struct.unpack_from("<q", buf, 1)[0])

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from state.errors import StateFormatError
 
-#: Leading byte of every encoded key state; bump when the layout changes.
-STATE_FORMAT_VERSION = 4
+#: Leading byte of every encoded key state: the kernels' :data:`state.kernels.card.FORMAT`.
+STATE_FORMAT_VERSION = 5
 
 Head = tuple[Any, ...]
 """Unpacked head values (ints and floats, as the struct codes say)."""

@@ -20,8 +20,8 @@ Per transaction, with the hits of the rules in force at its event time:
    made active. ``just backtest-rules`` gives the same over a labelled history.
 
 Hits are listed active first, then by ``priority`` (higher first), then by rule
-id; the decision's author (``decided_by``) is the first active hit whose action
-is the final decision, else ``model``.
+id (:class:`rules.book.Outcome`); the decision's author (``decided_by``) is the
+first active hit whose action is the final decision, else ``model``.
 
 >>> import numpy as np
 >>> model = np.array(["decline", "decline", "approve", "review"])
@@ -32,7 +32,11 @@ is the final decision, else ``model``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from rules.book import Outcome
 
 SEVERITY = {"approve": 0, "review": 1, "decline": 2}
 _NAMES = np.array(["approve", "review", "decline"], dtype="<U7")
@@ -50,3 +54,38 @@ def combine(
     level = np.where(approve & review, 1, level)
     level = np.where(decline, 2, level)
     return _NAMES[level]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The decisions of a batch once the rules are applied.
+
+    ``decision`` and ``shadow_decision`` (the decision had the shadow rules been
+    active): ``<U7 [n]``; ``decided_by[i]``: the rule id that set row ``i``'s decision,
+    or ``"model"``.
+    """
+
+    decision: np.ndarray
+    shadow_decision: np.ndarray
+    decided_by: list[str]
+
+
+def apply(outcome: Outcome) -> Policy:
+    """The decision policy over a batch's rule hits (see the module docstring)."""
+    masks, model = outcome.masks, outcome.model_decision
+    decision = combine(model, decline=masks[("decline", "active")],
+                       review=masks[("review", "active")],
+                       approve=masks[("approve", "active")])
+    shadow = combine(
+        model,
+        decline=masks[("decline", "active")] | masks[("decline", "shadow")],
+        review=masks[("review", "active")] | masks[("review", "shadow")],
+        approve=masks[("approve", "active")] | masks[("approve", "shadow")],
+    )
+    decided_by = ["model"] * len(model)
+    for i, hits in enumerate(outcome.hits):
+        if hits:
+            final = decision[i]
+            decided_by[i] = next((h.rule_id for h in hits if h.mode == "active"
+                                  and h.action == final), "model")
+    return Policy(decision, shadow, decided_by)

@@ -50,10 +50,10 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
-from state.card import DAY_MS, HOUR_MS
-from state.codec import Head, Layout, Part, load_pairs, pairs_array
+from state.reference.codec import Head, Layout, Part, load_pairs, pairs_array
+from state.reference.windows import NO_TIME, CountWindow
 from state.spec import LABEL_DELAY_DAYS
-from state.windows import NO_TIME, CountWindow
+from state.units import DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:
     from state.inputs import TxnInput
@@ -227,13 +227,6 @@ class MerchantState:
         state.hmax = values[1]
         _LAYOUT.load(state._parts(), values, 2, buf)
         return state
-
-
-def last_time_of(buf: bytes) -> int:
-    """Hour of the newest transaction in encoded merchant bytes, in ms (for sweeps)."""
-    import struct
-
-    return int(struct.unpack_from("<q", buf, 1)[0]) * HOUR_MS
 
 
 _LAYOUT = Layout("merchant", "q", MerchantState()._parts())

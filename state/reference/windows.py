@@ -29,7 +29,7 @@ from array import array
 from functools import reduce
 from operator import add
 
-from state.codec import Head, load_array, load_pairs, pairs_array
+from state.reference.codec import Head, load_array, load_pairs, pairs_array
 
 NO_TIME = -(1 << 62)
 """Sentinel for "nothing seen yet" (bucket indices and epoch-ms times)."""

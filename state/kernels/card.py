@@ -1,0 +1,359 @@
+"""The card batch kernel: every card of a batch, its transactions in order, in one call.
+
+:func:`card_batch` reads each card's encoded state (the layout of
+:class:`state.reference.card.CardState`), runs the card's transactions of the
+batch through the feature read and the update exactly as the per-transaction
+reference does (same windows, same float operations in the same order), and
+writes the new encoded state. Cards are independent: each is decoded into one
+scratch slot, advanced through its transactions and encoded again, so the
+working set stays in cache whatever the batch holds.
+
+Bucket granularity and semantics: see :mod:`state.reference.card` (spec v2).
+Inputs are columns; outputs the float32 card group of every row
+(:data:`state.features.CARD_COLUMNS`) and the cards' new state bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from state.kernels.codec import (
+    rd_f64,
+    rd_f64s,
+    rd_i64,
+    rd_pairs,
+    rd_u16,
+    wr_f64,
+    wr_f64s,
+    wr_i64,
+    wr_pairs,
+    wr_u16,
+)
+from state.kernels.windows import (
+    NO_TIME,
+    add_amount,
+    add_count,
+    advance,
+    count_after,
+    find,
+    last_seen_add,
+    remove_at,
+)
+from state.units import DAY_MS, HOUR_MS, MINUTE_MS
+
+FORMAT = 5
+"""Leading byte of an encoded card or merchant state (the store format's version)."""
+
+LONGEST_WINDOW_MS = 30 * DAY_MS
+IDLE_EVICT_MS = LONGEST_WINDOW_MS + DAY_MS
+SMALL_AMOUNT = 5.0
+NO_HISTORY_SECONDS = 2_592_000.0
+CARD_WIDTH = 23
+#: Bucket windows (1 h, 24 h, 7 d, 30 d) then the zero-value count window (24 h).
+BUCKET_MS = np.array([MINUTE_MS, 15 * MINUTE_MS, 6 * HOUR_MS, DAY_MS, 15 * MINUTE_MS],
+                     dtype=np.int64)
+N_BUCKETS = np.array([60, 96, 28, 30, 96], dtype=np.int64)
+MERCHANTS_CAP, COUNTRIES_CAP, HOME_CAP = 64, 16, 16
+#: Head size and the largest encoded card state, in bytes.
+HEAD_BYTES = 1 + 48 + 4 * 42 + 2 + 2 + 10 + 18
+MAX_STATE_BYTES = (HEAD_BYTES + 8 * 5 * int(N_BUCKETS[:4].sum()) + 8 * 2 * int(N_BUCKETS[4])
+                   + 16 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
+_MIN_TRAVEL_HOURS = 1.0 / 60.0
+_EARTH_KM = 6371.0088
+_VAR_EPS = 1e-12
+_DEG = math.pi / 180.0  # CPython's math.radians multiplies by this constant
+_W_HEAD = 49  # first window head field
+
+
+@njit(cache=True)
+def _scratch() -> tuple[np.ndarray, ...]:  # pragma: no cover - numba
+    ints = np.zeros(4, np.int64)  # last_time, loc_time, ctry_time, ctry
+    floats = np.zeros(2, np.float64)  # lat, lon
+    wmeta = np.zeros((5, 2), np.int64)
+    wrec = np.zeros((5, 96 * 5), np.float64)
+    wsum = np.zeros((5, 4), np.float64)
+    mk = np.zeros(MERCHANTS_CAP + 1, np.int64)
+    mv = np.zeros(MERCHANTS_CAP + 1, np.int64)
+    ck = np.zeros(COUNTRIES_CAP + 1, np.int64)
+    cv = np.zeros(COUNTRIES_CAP + 1, np.int64)
+    hk = np.zeros(HOME_CAP + 1, np.int64)
+    hv = np.zeros(HOME_CAP + 1, np.int64)
+    sizes = np.zeros(4, np.int64)  # merchants, countries, home, home mode
+    return ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes
+
+
+@njit(cache=True, inline="always")
+def _reset(ints, floats, wmeta, wsum, sizes) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    ints[0] = NO_TIME
+    ints[1] = NO_TIME
+    ints[2] = NO_TIME
+    ints[3] = 0
+    floats[0] = 0.0
+    floats[1] = 0.0
+    for w in range(5):
+        wmeta[w, 0] = NO_TIME
+        wmeta[w, 1] = 0
+        for f in range(4):
+            wsum[w, f] = 0.0
+    for k in range(4):
+        sizes[k] = 0
+
+
+@njit(cache=True)
+def _decode(buf, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
+            sizes) -> None:  # pragma: no cover - numba
+    _reset(ints, floats, wmeta, wsum, sizes)
+    if end == start:
+        return
+    b = buf[start:end]
+    if b[0] != FORMAT:
+        raise ValueError("card state format version unsupported")
+    ints[0] = rd_i64(b, 1)
+    ints[1] = rd_i64(b, 9)
+    floats[0] = rd_f64(b, 17)
+    floats[1] = rd_f64(b, 25)
+    ints[2] = rd_i64(b, 33)
+    ints[3] = rd_i64(b, 41)
+    pos = _W_HEAD
+    for w in range(4):
+        wmeta[w, 0] = rd_i64(b, pos)
+        wmeta[w, 1] = rd_u16(b, pos + 8)
+        for f in range(4):
+            wsum[w, f] = rd_f64(b, pos + 10 + 8 * f)
+        pos += 42
+    sizes[0] = rd_u16(b, pos)
+    sizes[1] = rd_u16(b, pos + 2)
+    sizes[2] = rd_u16(b, pos + 4)
+    sizes[3] = rd_i64(b, pos + 6)
+    pos += 14
+    wmeta[4, 0] = rd_i64(b, pos)
+    wmeta[4, 1] = rd_u16(b, pos + 8)
+    wsum[4, 0] = rd_f64(b, pos + 10)
+    pos += 18
+    for w in range(4):
+        pos = rd_f64s(b, pos, wrec[w], 5 * wmeta[w, 1])
+    pos = rd_pairs(b, pos, mk, mv, sizes[0])
+    pos = rd_pairs(b, pos, ck, cv, sizes[1])
+    pos = rd_pairs(b, pos, hk, hv, sizes[2])
+    pos = rd_f64s(b, pos, wrec[4], 2 * wmeta[4, 1])
+    if pos != end - start:
+        raise ValueError("card state is corrupt (its length disagrees with its head)")
+
+
+@njit(cache=True)
+def _encode(out, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
+            sizes) -> int:  # pragma: no cover - numba
+    out[pos] = FORMAT
+    wr_i64(out, pos + 1, ints[0])
+    wr_i64(out, pos + 9, ints[1])
+    wr_f64(out, pos + 17, floats[0])
+    wr_f64(out, pos + 25, floats[1])
+    wr_i64(out, pos + 33, ints[2])
+    wr_i64(out, pos + 41, ints[3])
+    p = pos + _W_HEAD
+    for w in range(4):
+        wr_i64(out, p, wmeta[w, 0])
+        wr_u16(out, p + 8, wmeta[w, 1])
+        for f in range(4):
+            wr_f64(out, p + 10 + 8 * f, wsum[w, f])
+        p += 42
+    wr_u16(out, p, sizes[0])
+    wr_u16(out, p + 2, sizes[1])
+    wr_u16(out, p + 4, sizes[2])
+    wr_i64(out, p + 6, sizes[3] if sizes[2] > 0 else 0)
+    p += 14
+    wr_i64(out, p, wmeta[4, 0])
+    wr_u16(out, p + 8, wmeta[4, 1])
+    wr_f64(out, p + 10, wsum[4, 0])
+    p += 18
+    for w in range(4):
+        p = wr_f64s(out, p, wrec[w], 5 * wmeta[w, 1])
+    p = wr_pairs(out, p, mk, mv, sizes[0])
+    p = wr_pairs(out, p, ck, cv, sizes[1])
+    p = wr_pairs(out, p, hk, hv, sizes[2])
+    p = wr_f64s(out, p, wrec[4], 2 * wmeta[4, 1])
+    return p
+
+
+@njit(cache=True, inline="always")
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:  # pragma: no cover
+    p1 = lat1 * _DEG
+    p2 = lat2 * _DEG
+    dp = p2 - p1
+    dl = (lon2 - lon1) * _DEG
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * _EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+@njit(cache=True)
+def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, wsum,  # type: ignore[no-untyped-def]
+          mk, mv, ck, cv, hk, hv, sizes) -> None:  # pragma: no cover - numba
+    """The card group of one transaction into ``row``, then the transaction into the state."""
+    # --- expire an idle card, advance the windows -------------------------------------
+    if ints[0] != NO_TIME and t - ints[0] > IDLE_EVICT_MS:
+        _reset(ints, floats, wmeta, wsum, sizes)
+    for w in range(5):
+        if t // BUCKET_MS[w] > wmeta[w, 0]:
+            advance(wmeta[w], wrec[w], wsum[w], 5 if w < 4 else 2, BUCKET_MS[w], N_BUCKETS[w], t)
+    last = ints[0]
+    ref = t if t > last else last
+    # 10-min figures: the last 10 of the 1-h window's 1-minute buckets
+    since_bucket = wmeta[0, 0] - 10
+    n10m = 0.0
+    small10m = 0.0
+    rec1 = wrec[0]
+    for i in range(wmeta[0, 1]):
+        if rec1[i * 5] > since_bucket:
+            n10m += rec1[i * 5 + 1]
+            small10m += rec1[i * 5 + 4]
+    n1h = wsum[0, 0]
+    sum1h = wsum[0, 1]
+    n24 = wsum[1, 0]
+    sum24 = wsum[1, 1]
+    n7 = wsum[2, 0]
+    sum7 = wsum[2, 1]
+    n30 = wsum[3, 0]
+    sum30 = wsum[3, 1]
+    sq30 = wsum[3, 2]
+    m1h = count_after(mv, sizes[0], ref - HOUR_MS)
+    m24h = count_after(mv, sizes[0], ref - DAY_MS)
+    mean24 = sum24 / n24 if n24 != 0.0 else 0.0
+    mean7 = sum7 / n7 if n7 != 0.0 else 0.0
+    mean30 = sum30 / n30 if n30 != 0.0 else 0.0
+    var30 = sq30 / n30 - mean30 * mean30 if n30 != 0.0 else 0.0
+    std30 = math.sqrt(var30) if var30 > _VAR_EPS * max(1.0, mean30 * mean30) else 0.0
+    since = NO_HISTORY_SECONDS if last == NO_TIME else max(0, t - last) / 1000.0
+    mi = find(mk, sizes[0], mhash)
+    m_last = mv[mi] if mi >= 0 else NO_TIME
+    new_merchant = 1.0 if m_last <= ref - LONGEST_WINDOW_MS else 0.0
+    located = not (math.isnan(lat) or math.isnan(lon))
+    speed = 0.0
+    if located and ints[1] != NO_TIME:
+        hours = max(abs(t - ints[1]) / HOUR_MS, _MIN_TRAVEL_HOURS)
+        speed = _haversine_km(floats[0], floats[1], lat, lon) / hours
+    changed = 0.0
+    cross = 0.0
+    if country >= 0:
+        changed = 1.0 if ints[2] != NO_TIME and ints[3] != country else 0.0
+        cross = 1.0 if sizes[2] > 0 and sizes[3] != country else 0.0
+    row[0] = n10m
+    row[1] = n1h
+    row[2] = n24
+    row[3] = n7
+    row[4] = n30
+    row[5] = sum1h
+    row[6] = sum24
+    row[7] = mean24
+    row[8] = mean7
+    row[9] = mean30
+    row[10] = std30
+    if mean30 > 0.0:
+        row[11] = amount / mean30
+    elif n30 != 0.0:
+        row[11] = 1.0 + amount
+    else:
+        row[11] = 1.0
+    row[12] = (amount - mean30) / std30 if std30 != 0.0 else 0.0
+    row[13] = since
+    row[14] = float(m1h)
+    row[15] = float(m24h)
+    row[16] = float(count_after(cv, sizes[1], ref - DAY_MS))
+    row[17] = new_merchant
+    row[18] = small10m
+    row[19] = speed
+    row[20] = changed
+    row[21] = cross
+    row[22] = wsum[4, 0]
+    # --- update --------------------------------------------------------------------------
+    if t > ints[0]:
+        ints[0] = t
+    small = 1.0 if amount < SMALL_AMOUNT else 0.0
+    for w in range(4):
+        add_amount(wmeta[w], wrec[w], wsum[w], BUCKET_MS[w], N_BUCKETS[w], t, amount, small)
+    if amount == 0.0:
+        add_count(wmeta[4], wrec[4], wsum[4], BUCKET_MS[4], N_BUCKETS[4], t)
+    ref = ints[0]
+    msz = sizes[0:1]
+    last_seen_add(mk, mv, msz, MERCHANTS_CAP, LONGEST_WINDOW_MS, mhash, t, ref)
+    if country >= 0:
+        csz = sizes[1:2]
+        last_seen_add(ck, cv, csz, COUNTRIES_CAP, DAY_MS, country, t, ref)
+        _home_add(hk, hv, sizes, country)
+        if t >= ints[2]:
+            ints[2] = t
+            ints[3] = country
+    if located and t >= ints[1]:
+        ints[1] = t
+        floats[0] = lat
+        floats[1] = lon
+
+
+@njit(cache=True, inline="always")
+def _home_add(hk, hv, sizes, value) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The reference's ``TopCounts.add``: the card's most frequent country (ties: smallest)."""
+    n = sizes[2]
+    had = n > 0
+    i = find(hk, n, value)
+    if i >= 0:
+        hv[i] += 1
+        count = hv[i]
+    else:
+        if n >= HOME_CAP:  # the rarest (then smallest) value goes; the mode is recomputed
+            worst = 0
+            for k in range(1, n):
+                if hv[k] < hv[worst] or (hv[k] == hv[worst] and hk[k] < hk[worst]):
+                    worst = k
+            remove_at(hk, hv, n, worst)
+            n -= 1
+            best = 0
+            for k in range(1, n):  # max by (count, -value)
+                if hv[k] > hv[best] or (hv[k] == hv[best] and hk[k] < hk[best]):
+                    best = k
+            sizes[3] = hk[best]
+        hk[n] = value
+        hv[n] = 1
+        n += 1
+        sizes[2] = n
+        count = 1
+    if not had:
+        sizes[3] = value
+        return
+    bi = find(hk, n, sizes[3])
+    best_count = hv[bi] if bi >= 0 else 0
+    if count > best_count or (count == best_count and value < sizes[3]):
+        sizes[3] = value
+
+
+@njit(cache=True)
+def card_batch(states, state_off, txn_off, rows, t_ms, amount, mhash, country, lat, lon,  # type: ignore[no-untyped-def]
+               features, out, out_off, encode) -> None:  # pragma: no cover - numba
+    """Run every card of a batch.
+
+    Card ``c`` has encoded state ``states[state_off[c]:state_off[c+1]]`` (empty: a new
+    card) and the transactions ``rows[txn_off[c]:txn_off[c+1]]`` (row indices, in the
+    order to apply). Per row: ``t_ms`` (int64 epoch ms), ``amount`` (float64, reference
+    currency), ``mhash`` (int64 stable hash of the merchant id), ``country`` (int64
+    code, -1 absent), ``lat``/``lon`` (float64, NaN absent). Writes the card group of
+    every row into ``features`` (float32 ``[n, 23]``) and, when ``encode``, card ``c``'s
+    new state into ``out[out_off[c]:out_off[c+1]]`` (``out`` holds at least
+    :data:`MAX_STATE_BYTES` per card). Raises ``ValueError`` on a corrupt state.
+    """
+    ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes = _scratch()
+    pos = 0
+    n_cards = len(state_off) - 1
+    for c in range(n_cards):
+        _decode(states, state_off[c], state_off[c + 1], ints, floats, wmeta, wrec, wsum,
+                mk, mv, ck, cv, hk, hv, sizes)
+        for k in range(txn_off[c], txn_off[c + 1]):
+            r = rows[k]
+            _step(t_ms[r], amount[r], mhash[r], country[r], lat[r], lon[r], features[r],
+                  ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes)
+        if encode:
+            out_off[c] = pos
+            pos = _encode(out, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,
+                          sizes)
+    if encode:
+        out_off[n_cards] = pos

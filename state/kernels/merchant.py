@@ -1,0 +1,258 @@
+"""The merchant batch kernel: every merchant of a batch, its operations in order, in one call.
+
+An operation is one of:
+
+* :data:`TXN`: read the merchant group of a transaction's row as of the buckets
+  before its own, then count the transaction;
+* :data:`FRAUD`: count a fraud label at its UTC label hour;
+* :data:`ALIGNED`: count a fraud label under its transaction's UTC day (the
+  delay-aligned risk), flagged when the card was a regular customer.
+
+Same semantics and float operations as the per-transaction reference
+(:class:`state.reference.merchant.MerchantState`): anchored, closed windows that
+end two buckets before the transaction's own, labels that never move a clock.
+The merchant states go in and come out encoded in the reference's byte layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from state.kernels.card import FORMAT
+from state.kernels.codec import (
+    rd_f64,
+    rd_f64s,
+    rd_i64,
+    rd_pairs,
+    rd_u16,
+    wr_f64,
+    wr_f64s,
+    wr_i64,
+    wr_pairs,
+    wr_u16,
+)
+from state.kernels.windows import NO_TIME, add_count, bump, count_between, drop_below
+from state.units import DAY_MS, HOUR_MS
+
+TXN, FRAUD, ALIGNED = 0, 1, 2
+MERCHANT_WIDTH = 12
+LABEL_DELAY_DAYS = 7
+LATENESS = 2
+_GAP = 2
+#: Count windows: hours, six-hour quarters, UTC days (bucket ms, buckets read, buckets kept).
+WINDOW_MS = np.array([HOUR_MS, 6 * HOUR_MS, DAY_MS], dtype=np.int64)
+WINDOW_READ = np.array([24, 28, 30], dtype=np.int64)
+_DAY_BUCKETS = LABEL_DELAY_DAYS + 30 + _GAP + LATENESS
+WINDOW_KEEP = np.array([24 + _GAP + LATENESS, 28 + _GAP + LATENESS, _DAY_BUCKETS],
+                       dtype=np.int64)
+_HOUR_KEEP = 720 + _GAP + LATENESS * 24
+_HOUR_BITS = 21
+_FAMILIAR = 1 << _HOUR_BITS
+_DAY_SHIFT = _HOUR_BITS + 1
+_HOUR_MASK = _FAMILIAR - 1
+HEAD_BYTES = 1 + 8 + 3 * 18 + 2 + 2
+#: Bytes an encoded merchant state can take beyond its two label maps.
+FIXED_MAX_BYTES = HEAD_BYTES + 16 * int(WINDOW_KEEP.sum())
+
+
+@njit(cache=True, inline="always")
+def _aligned_key(txn_day: int, label_hour: int, familiar: bool) -> int:  # pragma: no cover
+    return (txn_day << _DAY_SHIFT) | (_FAMILIAR if familiar else 0) | label_hour
+
+
+@njit(cache=True)
+def _features(t, row, wmeta, wrec, fk, fv, ak, av, sizes) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    counts = np.empty(3, np.float64)
+    for w in range(3):
+        b = t // WINDOW_MS[w]
+        counts[w] = count_between(wmeta[w], wrec[w], 2, b - _GAP - WINDOW_READ[w], b - _GAP)
+    c1, c7, c30 = counts[0], counts[1], counts[2]
+    h = t // HOUR_MS
+    known = h - _GAP
+    f1 = f7 = f30 = 0
+    if sizes[0] > 0:
+        lo1, lo7, lo30 = known - 24, known - 168, known - 720
+        for i in range(sizes[0]):
+            k = fk[i]
+            if lo30 < k <= known:
+                v = fv[i]
+                f30 += v
+                if k > lo7:
+                    f7 += v
+                    if k > lo1:
+                        f1 += v
+    a1 = a7 = a30 = 0.0
+    familiar7 = familiar30 = 0
+    if sizes[1] > 0:
+        end = t // DAY_MS - LABEL_DELAY_DAYS
+        s1, s7, s30 = end - 1, end - 7, end - 30
+        fr1 = fr7 = fr30 = 0
+        lo7, lo30 = known - 168, known - 720
+        for i in range(sizes[1]):
+            key = ak[i]
+            v = av[i]
+            day = key >> _DAY_SHIFT
+            label_hour = key & _HOUR_MASK
+            if label_hour > known:
+                continue
+            if s30 < day <= end:
+                fr30 += v
+                if day > s7:
+                    fr7 += v
+                if day > s1:
+                    fr1 += v
+            if key & _FAMILIAR and label_hour > lo30:
+                familiar30 += v
+                if label_hour > lo7:
+                    familiar7 += v
+        if fr1 != 0 or fr7 != 0 or fr30 != 0:
+            t1 = count_between(wmeta[2], wrec[2], 2, s1, end)
+            t7 = count_between(wmeta[2], wrec[2], 2, s7, end)
+            t30 = count_between(wmeta[2], wrec[2], 2, s30, end)
+            a1 = min(1.0, fr1 / t1) if t1 != 0.0 else 0.0
+            a7 = min(1.0, fr7 / t7) if t7 != 0.0 else 0.0
+            a30 = min(1.0, fr30 / t30) if t30 != 0.0 else 0.0
+    row[0] = c1
+    row[1] = c7
+    row[2] = c30
+    row[3] = min(1.0, f1 / c1) if c1 != 0.0 else 0.0
+    row[4] = min(1.0, f7 / c7) if c7 != 0.0 else 0.0
+    row[5] = min(1.0, f30 / c30) if c30 != 0.0 else 0.0
+    row[6] = a1
+    row[7] = a7
+    row[8] = a30
+    row[9] = float(f7)
+    row[10] = float(familiar7)
+    row[11] = float(familiar30)
+
+
+@njit(cache=True)
+def merchant_batch(states, state_off, op_off, kind, t1, t2, flag, rows,  # type: ignore[no-untyped-def]
+                   features, out, out_off, encode) -> None:  # pragma: no cover - numba
+    """Run every merchant of a batch.
+
+    Merchant ``m`` has encoded state ``states[state_off[m]:state_off[m+1]]`` (empty:
+    new) and the operations ``op_off[m]:op_off[m+1]`` in order: ``kind`` (:data:`TXN`,
+    :data:`FRAUD`, :data:`ALIGNED`), ``t1`` (event time of a transaction or of the
+    labelled transaction, ms), ``t2`` (label time, ms), ``flag`` (regular customer),
+    ``rows`` (for :data:`TXN`: the row of ``features``, float32 ``[n, 12]``, to fill).
+    Writes merchant ``m``'s new state into ``out[out_off[m]:out_off[m+1]]`` when
+    ``encode`` (``out`` holds :func:`out_capacity` bytes). Raises ``ValueError`` on a
+    corrupt state.
+    """
+    n_merchants = len(state_off) - 1
+    cap = 1
+    for m in range(n_merchants):  # room for the largest label maps of the batch
+        a, b = state_off[m], state_off[m + 1]
+        have = 0
+        if b > a:
+            have = max(rd_u16(states, a + 63), rd_u16(states, a + 65))
+        cap = max(cap, have + op_off[m + 1] - op_off[m])
+    wmeta = np.zeros((3, 2), np.int64)
+    wrec = np.zeros((3, 2 * int(WINDOW_KEEP.max())), np.float64)
+    wsum = np.zeros((3, 1), np.float64)
+    fk = np.zeros(cap, np.int64)
+    fv = np.zeros(cap, np.int64)
+    ak = np.zeros(cap, np.int64)
+    av = np.zeros(cap, np.int64)
+    sizes = np.zeros(2, np.int64)
+    pos = 0
+    for m in range(n_merchants):
+        a, b = state_off[m], state_off[m + 1]
+        hmax = NO_TIME
+        for w in range(3):
+            wmeta[w, 0] = NO_TIME
+            wmeta[w, 1] = 0
+            wsum[w, 0] = 0.0
+        sizes[0] = 0
+        sizes[1] = 0
+        if b > a:
+            buf = states[a:b]
+            if buf[0] != FORMAT:
+                raise ValueError("merchant state format version unsupported")
+            hmax = rd_i64(buf, 1)
+            p = 9
+            for w in range(3):
+                wmeta[w, 0] = rd_i64(buf, p)
+                wmeta[w, 1] = rd_u16(buf, p + 8)
+                wsum[w, 0] = rd_f64(buf, p + 10)
+                p += 18
+            sizes[0] = rd_u16(buf, p)
+            sizes[1] = rd_u16(buf, p + 2)
+            p += 4
+            for w in range(3):
+                p = rd_f64s(buf, p, wrec[w], 2 * wmeta[w, 1])
+            p = rd_pairs(buf, p, fk, fv, sizes[0])
+            p = rd_pairs(buf, p, ak, av, sizes[1])
+            if p != b - a:
+                raise ValueError("merchant state is corrupt (its length disagrees with its head)")
+        for o in range(op_off[m], op_off[m + 1]):
+            k = kind[o]
+            if k == TXN:
+                t = t1[o]
+                _features(t, features[rows[o]], wmeta, wrec, fk, fv, ak, av, sizes)
+                for w in range(3):
+                    add_count(wmeta[w], wrec[w], wsum[w], WINDOW_MS[w], WINDOW_KEEP[w], t)
+                h = t // HOUR_MS
+                if h > hmax:
+                    hmax = h
+                    drop_below(fk, fv, sizes[0:1], h - _HOUR_KEEP)
+                    drop_below(ak, av, sizes[1:2],
+                               _aligned_key(h // 24 - _DAY_BUCKETS + 1, 0, False) - 1)
+            elif k == FRAUD:
+                h = t2[o] // HOUR_MS
+                if hmax == NO_TIME or h > hmax - _HOUR_KEEP:
+                    bump(fk, fv, sizes[0:1], h)
+            else:
+                day = t1[o] // DAY_MS
+                if hmax == NO_TIME or day > hmax // 24 - _DAY_BUCKETS:
+                    bump(ak, av, sizes[1:2],
+                         _aligned_key(day, t2[o] // HOUR_MS, flag[o] != 0))
+        if encode:
+            out_off[m] = pos
+            out[pos] = FORMAT
+            wr_i64(out, pos + 1, hmax)
+            p = pos + 9
+            for w in range(3):
+                wr_i64(out, p, wmeta[w, 0])
+                wr_u16(out, p + 8, wmeta[w, 1])
+                wr_f64(out, p + 10, wsum[w, 0])
+                p += 18
+            wr_u16(out, p, sizes[0])
+            wr_u16(out, p + 2, sizes[1])
+            p += 4
+            for w in range(3):
+                p = wr_f64s(out, p, wrec[w], 2 * wmeta[w, 1])
+            p = wr_pairs(out, p, fk, fv, sizes[0])
+            p = wr_pairs(out, p, ak, av, sizes[1])
+            pos = p
+    if encode:
+        out_off[n_merchants] = pos
+
+
+def out_capacity(n_merchants: int, state_bytes: int, n_ops: int) -> int:
+    """Bytes :func:`merchant_batch` may write for a batch of that many merchants and ops."""
+    return n_merchants * FIXED_MAX_BYTES + state_bytes + 32 * n_ops
+
+
+@njit(cache=True)
+def context_features(t_ms, amount, channel, entry_mode, out) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The context group of every row into ``out`` (float32 ``[n, 8]``), as the reference.
+
+    ``channel`` and ``entry_mode`` are the spec's codes (float64).
+    """
+    for i in range(len(t_ms)):
+        t = t_ms[i]
+        hour = (t // HOUR_MS) % 24
+        dow = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        out[i, 0] = amount[i]
+        out[i, 1] = math.log1p(amount[i])
+        out[i, 2] = float(hour)
+        out[i, 3] = float(dow)
+        out[i, 4] = 1.0 if dow >= 5 else 0.0
+        out[i, 5] = 1.0 if hour < 6 else 0.0
+        out[i, 6] = channel[i]
+        out[i, 7] = entry_mode[i]
