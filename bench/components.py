@@ -30,21 +30,22 @@ def _median_time(fn: Callable[[], Any], runs: int) -> float:
 def _store_us_per_txn(sample: list[Transaction], batch: int, runs: int) -> float:
     """The stream's state path on fresh stores, µs/txn: card store then merchant store.
 
-    ``CardStore.process`` then ``MerchantStore.process`` per batch (RocksDB multi-gets,
-    idempotency records, features, one ``WriteBatch`` each), verdict bytes rendered as
-    the feature row's bytes (the model and verdict encoding are measured apart).
+    ``CardStore.process`` then ``MerchantStore.process`` per batch (columns built from
+    the transactions, RocksDB multi-gets, idempotency records, the card and merchant
+    kernels, one ``WriteBatch`` each), verdict bytes rendered as the feature row's
+    bytes (the model and verdict encoding are measured apart).
     """
-    from state.card_store import CardIn, CardStore
+    from state.card_store import CardBatch, CardStore
     from state.db import StoreIdentity
-    from state.inputs import txn_input
-    from state.merchant_store import MerchantIn, MerchantStore
+    from state.inputs import FeatureInputs
+    from state.merchant_store import MerchantBatch, MerchantStore
     from state.options import StoreOptions
     from state.records import body_digest
     from state.replay import reference_amounts
 
     amount_of = reference_amounts()
-    items = [CardIn(t, txn_input(t, amount_of(t)), body_digest(t), 0, i)
-             for i, t in enumerate(sample)]
+    amounts = np.array([amount_of(t) for t in sample])
+    bodies = np.array([body_digest(t) for t in sample], dtype=np.uint64)
 
     def render(_index: object, rows: np.ndarray) -> list[bytes]:
         return [row.tobytes() for row in rows]
@@ -57,12 +58,18 @@ def _store_us_per_txn(sample: list[Transaction], batch: int, runs: int) -> float
         merchants = MerchantStore.open(tmp, StoreIdentity("merchants", 0, 1, "bench", "id"),
                                        options)
         start = time.perf_counter()
-        for i in range(0, len(items), batch):
-            chunk = items[i:i + batch]
-            outs = cards.process(chunk)
-            merchants.process([MerchantIn(it.txn, it.features, it.body, it.partition,
-                                          it.offset, out.row)
-                               for it, out in zip(chunk, outs, strict=True)], render)
+        for i in range(0, len(sample), batch):
+            chunk = sample[i:i + batch]
+            n = len(chunk)
+            tids = [t.transaction_id for t in chunk]
+            inputs = FeatureInputs.of(chunk, amounts[i:i + n])
+            part = np.zeros(n, dtype=np.int32)
+            offset = np.arange(i, i + n, dtype=np.int64)
+            out = cards.process(CardBatch(tids, [t.card_id for t in chunk], bodies[i:i + n],
+                                          part, offset, inputs))
+            merchants.process(MerchantBatch(tids, [t.merchant_id for t in chunk],
+                                            bodies[i:i + n], part, offset, inputs, out.rows,
+                                            out.has_row), render)
         timings.append(time.perf_counter() - start)
         cards.close()
         merchants.close()

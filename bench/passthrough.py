@@ -21,36 +21,42 @@ import msgspec
 from bytewax.dataflow import Dataflow
 
 from flows import kafka
-from flows.decode import Sourced, decode
-from flows.kafka import SinkRecord
-from topics.contracts import Prediction, Transaction
+from flows.decode import KeyRule, SkewRule, decode_transactions
+from flows.items import CardWork, SinkBatch
+from topics.admin import partition_count
+from topics.contracts import Prediction
 from topics.settings import KafkaSettings
 from topics.validation import TransactionDecoder
 
 _encode = msgspec.json.Encoder().encode
 
 
-def _verdicts(batch: list[Sourced[Transaction]]) -> list[SinkRecord]:
+def _verdicts(work: CardWork) -> list[SinkBatch]:
+    """A fixed verdict per decoded transaction of one poll (one sink item)."""
+    txns = work.txns
+    if txns is None or not len(txns):
+        return []
     now_ms = int(time.time() * 1000)
     out = []
-    for item in batch:
-        txn = item.value
+    for txn, ingest in zip(txns.values, txns.ingest_ms.tolist(), strict=True):
         verdict = _encode(Prediction(
             transaction_id=txn.transaction_id, card_id=txn.card_id, event_time=txn.event_time,
             score=0.0123, decision="approve", model_version="v1-20261122T231245",
-            feature_spec_version="v1", ingest_time=item.ingest_ms, scored_time=now_ms,
+            feature_spec_version="v1", ingest_time=ingest, scored_time=now_ms,
         ))
-        out.append(SinkRecord(txn.transaction_id.encode(), verdict))
-    return out
+        out.append((txn.transaction_id.encode(), verdict))
+    return [SinkBatch(out, time.time())]
 
 
 def build_flow(settings: KafkaSettings, batch_max: int = 1000) -> Dataflow:
     """KafkaSource -> decode + validate -> fixed verdict -> the flow's sinks (dead letters too)."""
     flow = Dataflow("bench-passthrough")
-    msgs = kafka.read("transactions-in", flow, settings, "transactions", batch_size=batch_max)
-    txns = decode("decode-transactions", msgs, TransactionDecoder())
+    polls = kafka.read("transactions-in", flow, settings, "transactions", batch_size=batch_max)
+    parts = partition_count(settings, settings.topic("transactions"))
+    txns = decode_transactions("decode-transactions", polls, TransactionDecoder(), SkewRule(),
+                               KeyRule(parts))
     kafka.write("dead-letter-out", txns.errs, settings, "dead-letter")
-    verdicts = op.flat_map_batch("verdict", txns.oks, _verdicts)
+    verdicts = op.flat_map("verdict", op.key_rm("unkey", txns.oks), _verdicts)
     kafka.write("predictions-out", verdicts, settings, "predictions")
     return flow
 

@@ -5,17 +5,16 @@
 
 1. Templates: ``--real-cards`` simulated cards (``training.simulate``, about
    ``--txns-per-card`` transactions each over ``--days``) run through the card
-   features of the stream (:func:`state.features.card_step`); their encoded states
-   (:meth:`state.card.CardState.encode`, the bytes a card store keeps) are the
-   templates.
+   kernel of the stream (:func:`state.features.card_features`); their encoded states
+   (the bytes a card store keeps) are the templates.
 2. A fresh child process opens one RocksDB store with the flow's options
    (:class:`state.options.StoreOptions`: the block cache and write-buffer manager
    shared per process), writes ``--cards`` cards (card ``j`` holds template
    ``j % real-cards``, keys as :func:`state.keys.card_key`), flushes and compacts.
    Bytes per card = every file of the store directory / cards.
 3. Then ``--probe-txns`` transactions on random cards of the whole store, in batches
-   of ``--batch``, through the card path as the card store runs it: multi-get,
-   decode, features and update, encode, one ``WriteBatch``. Peak RSS (``VmHWM``) is
+   of ``--batch``, through the card path as the card store runs it: multi-get, the
+   card kernel (decode, features and update, encode), one ``WriteBatch``. Peak RSS (``VmHWM``) is
    reset after the fill (``/proc/self/clear_refs``) so it is the probe's, the
    steady state of a scoring process's card store.
 
@@ -52,9 +51,8 @@ def say(msg: str) -> None:
 def templates(real_cards: int, txns_per_card: int, days: int, probe: int, path: Path
               ) -> dict[str, Any]:
     """Simulate, run the card features, save the encoded states and probe inputs to ``path``."""
-    from state.card import CardState
-    from state.features import card_step
-    from state.inputs import txn_input
+    from state.features import card_features
+    from state.inputs import FeatureInputs
     from state.replay import reference_amounts
     from training.simulate import SimConfig, simulated_history
 
@@ -62,25 +60,24 @@ def templates(real_cards: int, txns_per_card: int, days: int, probe: int, path: 
     history = simulated_history(SimConfig(n_transactions=max(1, real_cards * txns_per_card),
                                           n_cards=real_cards, days=days, seed=9))
     amount_of = reference_amounts()
-    cards: dict[str, CardState] = {}
-    inputs = []
-    for txn in history.transactions:
-        x = txn_input(txn, amount_of(txn))
-        card_step(cards.setdefault(txn.card_id, CardState()), x)
-        inputs.append(x)
-    states = [c.encode() for c in cards.values()]
+    txns = history.transactions
+    inputs = FeatureInputs.of(txns, [amount_of(t) for t in txns])
+    ids: dict[str, int] = {}
+    card_of = np.array([ids.setdefault(t.card_id, len(ids)) for t in txns])
+    _, states = card_features([None] * len(ids), card_of, inputs)
     rng = np.random.default_rng(1)
-    end = max(x.event_time for x in inputs)
-    picked = [inputs[i] for i in rng.integers(0, len(inputs), probe)] if probe else []
-    after = np.sort(end + rng.integers(0, DAY_MS, len(picked))).tolist()
-    probes = [x._replace(event_time=t) for x, t in zip(picked, after, strict=True)]
+    end = int(inputs.event_ms.max())
+    picked = rng.integers(0, len(txns), probe) if probe else np.zeros(0, np.int64)
+    probes = inputs.take(picked)
+    after = np.sort(end + rng.integers(0, DAY_MS, len(picked)))
     np.savez(path, states=np.frombuffer(b"".join(states), np.uint8),
              lengths=np.array([len(s) for s in states]),
-             probes=np.array(json.dumps([list(p) for p in probes]).encode()))
+             **{f"probe_{f}": getattr(probes, f) for f in FeatureInputs.__slots__},
+             probe_times=after)
     sizes = np.array([len(s) for s in states])
-    say(f"templates: {len(states):,} cards from {len(inputs):,} simulated transactions "
+    say(f"templates: {len(states):,} cards from {len(txns):,} simulated transactions "
         f"in {time.perf_counter() - t0:.1f} s, mean state {sizes.mean():.0f} B")
-    return {"real_cards": len(states), "simulated_txns": len(inputs),
+    return {"real_cards": len(states), "simulated_txns": len(txns),
             "mean_state_bytes": round(float(sizes.mean()), 1)}
 
 
@@ -97,16 +94,17 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
     import rocksdict
 
     from state import keys
-    from state.card import CardState
-    from state.features import card_step
-    from state.inputs import TxnInput
+    from state.features import card_features
+    from state.inputs import FeatureInputs
     from state.options import StoreOptions
 
     data = np.load(path)
     blob = data["states"].tobytes()
     ends = np.cumsum(data["lengths"]).tolist()
     states = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-    probes = [TxnInput(*p) for p in json.loads(data["probes"].item())]
+    probes = FeatureInputs(*(data[f"probe_{f}"] for f in FeatureInputs.__slots__))
+    probes = FeatureInputs(**{**{f: getattr(probes, f) for f in FeatureInputs.__slots__},
+                              "event_ms": data["probe_times"]})
     del blob
     db = rocksdict.Rdict(str(state_dir), StoreOptions().rocksdb())
     t0 = time.perf_counter()
@@ -128,16 +126,14 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
     rng = np.random.default_rng(2)
     t0 = time.perf_counter()
     for lo in range(0, len(probes), batch):
-        chunk = probes[lo:lo + batch]
+        chunk = probes.take(np.arange(lo, min(len(probes), lo + batch)))
         ids = [keys.card_key(f"c{j:09d}") for j in rng.integers(0, cards, len(chunk)).tolist()]
         uniq = list(dict.fromkeys(ids))
-        prior = dict(zip(uniq, db.get(uniq), strict=True))
-        live = {k: CardState.decode(v) if v is not None else CardState() for k, v in prior.items()}
-        for k, x in zip(ids, chunk, strict=True):
-            card_step(live[k], x)
+        index = {k: i for i, k in enumerate(uniq)}
+        _, new = card_features(db.get(uniq), np.array([index[k] for k in ids]), chunk)
         wb = rocksdict.WriteBatch(raw_mode=True)
-        for k, state in live.items():
-            wb.put(k, state.encode())
+        for k, state in zip(uniq, new, strict=True):
+            wb.put(k, state)
         db.write(wb)
     probe_s = time.perf_counter() - t0
     rss_now, peak_probe = _rss_mib()

@@ -46,6 +46,11 @@ def heard(topic: str, partition: int, event_ms: int) -> None:
         _progress[key] = event_ms
 
 
+def progress(topic: str, partition: int) -> int:
+    """The newest event time ``partition`` of ``topic`` handed on (NO_TIME: none)."""
+    return _progress.get((topic, partition), NO_TIME)
+
+
 def watermark_at(shard: int, watermark: int) -> None:
     """Merchant shard ``shard`` of this process sees ``watermark`` (ms)."""
     with _lock:

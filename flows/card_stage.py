@@ -141,7 +141,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         self._opened(values[0].shard)
         parts = []
         for work in values:
-            self._inputs.heard(work.source, work.progress, work.idle)
+            self._inputs.heard(work.source, work.progress, work.idle, self._clock())
             if work.txns is not None and len(work.txns):
                 parts.append(work.txns)
         ready = merge_partitions(Decoded.concat(parts)) if parts else None
@@ -180,13 +180,15 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         return held.take(np.argsort(held.event_ms, kind="stable"))  # a partition keeps its order
 
     def notify_at(self) -> datetime | None:
-        """When held mis-keyed records are due."""
-        return (datetime.fromtimestamp(self._release_at, tz=UTC) if self._held is not None
-                else None)
+        """When held mis-keyed records are due, or the inputs' watermark may move on."""
+        due = [t for t in (self._release_at if self._held is not None else None,
+                           self._inputs.recheck_at()) if t is not None]
+        return datetime.fromtimestamp(min(due), tz=UTC) if due else None
 
     def on_notify(self) -> tuple[list[CardOutput], bool]:
-        """Apply the held records now that their hold is over."""
-        return self._apply(self._release() if self._held is not None else None), False
+        """Apply the held records whose hold is over; tell the merchants where this shard is."""
+        due = self._held is not None and self._clock() >= self._release_at
+        return self._apply(self._release() if due else None), False
 
     def on_eof(self) -> tuple[list[CardOutput], bool]:
         """End of the input: apply whatever is held."""
@@ -198,7 +200,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         The progress is its inputs' watermark, held records excluded; idle means every
         input is idle and nothing is held.
         """
-        watermark = self._inputs.update()
+        watermark = self._inputs.update(self._clock())
         inputs = self._inputs
         idle = all(inputs.idle.get(name, False) for name in inputs.progress)
         if self._held is not None and len(self._held):

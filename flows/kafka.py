@@ -13,6 +13,7 @@ watermark in event time is paused (:mod:`flows.alignment`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -72,6 +73,8 @@ class SinkRecord(NamedTuple):
     scored: float = 0.0
     """When it was made (epoch seconds; 0: not timed), for the sink's stage latency."""
 
+
+log = logging.getLogger(__name__)
 
 #: Consumer defaults (``FRAUD_KAFKA_*`` overrides them). A short fetch wait keeps latency
 #: low on brokers that hold a fetch for its whole wait (the embedded one does); the
@@ -196,6 +199,7 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
         self._awake: datetime | None = None
         self._last_data = time.time()
         self._said_idle = False
+        self._paused = False
         reader.add(partition, offset)
         self._queue = reader.queues[partition]
 
@@ -204,6 +208,12 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
         queue, reader, partition = self._queue, self._reader, self._partition
         now = time.time()
         if self._aligned and alignment.ahead(reader.topic, partition):
+            if self._awake is None or not self._paused:
+                log.debug("%s partition %d paused: event time %d ahead of watermark %d",
+                          reader.topic, partition,
+                          alignment.progress(reader.topic, partition),
+                          alignment.watermark())
+            self._paused = True
             self._last_data = now  # held back on purpose: not idle
             self._awake = datetime.fromtimestamp(now + alignment.PAUSE_S, tz=UTC)
             return []
@@ -211,6 +221,7 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
             reader.fill(self._batch_size)
             if not queue and partition in reader.eof:
                 raise StopIteration
+        self._paused = False
         n = min(len(queue), self._batch_size)
         if n:
             out = [queue.popleft() for _ in range(n)]
@@ -224,6 +235,7 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
         if self._idle_s is not None:
             self._awake = datetime.fromtimestamp(now + self._idle_s, tz=UTC)
         if not self._said_idle and now - self._last_data >= self._idle_after:
+            log.debug("%s partition %d idle", reader.topic, partition)
             self._said_idle = True
             return [RawBatch(reader.topic, partition, [], idle=True)]
         return []
@@ -353,9 +365,10 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord | SinkBatch, None]):
                 for key, value in item.records:
                     produce_waiting(producer, topic, value, key, report)
                 made = item.made or made
-            else:
-                produce_waiting(producer, topic, item.value, item.key, report)
-                made = item.scored or made
+            else:  # a SinkRecord, a dead letter
+                produce_waiting(producer, topic, item[1], item[0], report)
+                if len(item) > 2:
+                    made = item[2] or made
         producer.poll(0)  # serve delivery reports of earlier batches
         self._check()
         if made:

@@ -21,6 +21,7 @@ a stream (or a quiet shard) does not hold them back forever.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from state.reorder import EVERYTHING, EventTimeOrder
 from topics.contracts import Label
 
 MerchantOutput = SinkBatch | DeadLetterRecord | DriftPartial
+log = logging.getLogger(__name__)
 
 
 class RuleRecord(NamedTuple):
@@ -73,12 +75,14 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
 
     def __init__(self, open_scorer: Callable[[int, MerchantSnapshot | None], MerchantScorer],
                  resumed: MerchantSnapshot | None, idle_seconds: float, card_shards: int,
-                 label_partitions: int, reorder_max: int = 200_000) -> None:
+                 label_partitions: int, reorder_max: int = 200_000,
+                 clock: Callable[[], float] = time.time) -> None:
         self._open_scorer = open_scorer
+        self._clock = clock
         self._resumed = resumed
         self._idle_seconds = idle_seconds
         self._scorer: MerchantScorer | None = None
-        self._last_batch = time.time()
+        self._last_batch = self._clock()
         order = resumed.order if resumed is not None and resumed.order is not None else None
         self._order: EventTimeOrder[CardRows, Decoded[Label]] = (
             order or EventTimeOrder(reorder_max))
@@ -112,7 +116,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         """Apply rules and labels, buffer transactions; score what the watermark releases."""
         first = values[0]
         scorer = self._opened(first.shard)
-        self._last_batch = time.time()
+        self._last_batch = self._clock()
         order = self._order
         out: list[MerchantOutput] = []
         rules = [v.record for v in values if isinstance(v, RuleRecord)]
@@ -121,7 +125,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         for v in values:
             if isinstance(v, RuleRecord):
                 continue
-            order.watermark.heard(v.source, v.progress, v.idle)
+            order.watermark.heard(v.source, v.progress, v.idle, self._clock())
             if isinstance(v.rows, CardRows):
                 order.add_txns(v.rows)
             elif v.rows is not None:
@@ -133,8 +137,13 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         order = self._order
         if everything:
             order.watermark.value = EVERYTHING
+        if log.isEnabledFor(logging.DEBUG):
+            w = order.watermark
+            log.debug("merchant shard %d: watermark %d, %d buffered, inputs %s", self._shard,
+                      w.value, order.buffered,
+                      {k: (p, w.idle.get(k)) for k, p in w.progress.items()})
         out: list[MerchantOutput] = []
-        for is_label, chunk in order.release(CardRows.concat, Decoded.concat):
+        for is_label, chunk in order.release(CardRows.concat, Decoded.concat, self._clock()):
             if is_label:
                 scorer.apply_labels(chunk.values)  # type: ignore[union-attr]
                 continue
@@ -167,17 +176,25 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         alignment.watermark_at(self._shard, watermark)
 
     def notify_at(self) -> datetime | None:
-        """When to hand open drift windows on if nothing arrives (idle shard)."""
+        """When the watermark may move on by itself, or to hand idle drift windows on."""
+        due = [self._order.watermark.recheck_at()]
         drift = self._scorer.drift if self._scorer is not None else None
-        if drift is None or not drift.has_open_windows:
-            return None
-        return datetime.fromtimestamp(self._last_batch + self._idle_seconds, tz=UTC)
+        if drift is not None and drift.has_open_windows:
+            due.append(self._last_batch + self._idle_seconds)
+        times = [t for t in due if t is not None]
+        return datetime.fromtimestamp(min(times), tz=UTC) if times else None
 
     def on_notify(self) -> tuple[list[MerchantOutput], bool]:
-        """The shard went idle: hand its open drift windows on."""
-        drift = self._scorer.drift if self._scorer is not None else None
-        partial = drift.close(idle=True) if drift is not None else None
-        return ([partial] if partial is not None else []), False
+        """Release what the watermark lets go now; a quiet shard hands its drift windows on."""
+        if self._scorer is None:
+            return [], False
+        out = self._release(self._scorer)
+        drift = self._scorer.drift
+        if drift is not None and self._clock() >= self._last_batch + self._idle_seconds:
+            partial = drift.close(idle=True)
+            if partial is not None:
+                out.append(partial)
+        return out, False
 
     def on_eof(self) -> tuple[list[MerchantOutput], bool]:
         """End of the input: score everything still waiting, write the buffered sample rows."""

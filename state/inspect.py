@@ -1,9 +1,7 @@
-"""Look into a stopped flow's state directory: stores, identities, processing order.
+"""Look into a stopped flow's state directory: stores, identities, sizes.
 
 ``python -m state.inspect STATE_DIR`` prints each store's identity, sequence
-number and approximate size. :func:`merchant_order` gives the order in which the
-merchant stage scored transactions, so an offline replay can reproduce a live
-run exactly (:func:`state.replay.replay_matrix` with ``merchant_order``).
+number and approximate size.
 
 Open only a stopped flow's directory: RocksDB allows one writer per store.
 """
@@ -13,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import rocksdict
 
 from state import keys
 from state.options import StoreOptions
-from state.records import LabelMark, Verdict
 
 
 def stores(state_dir: Path) -> Iterator[tuple[str, int, Path]]:
@@ -34,38 +31,6 @@ def stores(state_dir: Path) -> Iterator[tuple[str, int, Path]]:
 
 def _open(path: Path) -> rocksdict.Rdict:
     return rocksdict.Rdict(str(path), StoreOptions().rocksdb())
-
-
-def merchant_order(state_dir: Path) -> dict[str, tuple[int, int]]:
-    """Transaction id -> (merchant shard, sequence number) of every stored verdict."""
-    return _sequenced(state_dir, keys.VERDICT, lambda raw: Verdict.decode(raw).seq)
-
-
-def label_order(state_dir: Path) -> dict[str, tuple[int, int]]:
-    """Transaction id -> (merchant shard, sequence number) of every label applied.
-
-    The sequence numbers are those of :func:`merchant_order`: together they give the
-    order in which each merchant shard applied labels and scored transactions.
-    """
-    return _sequenced(state_dir, keys.LABEL, lambda raw: LabelMark.decode(raw).seq)
-
-
-def _sequenced(state_dir: Path, prefix: bytes, seq_of: Callable[[bytes], int]
-               ) -> dict[str, tuple[int, int]]:
-    """Transaction id -> (merchant shard, seq_of(value)) of the merchant records at ``prefix``."""
-    out: dict[str, tuple[int, int]] = {}
-    for role, shard, path in stores(state_dir):
-        if role != "merchants":
-            continue
-        db = _open(path)
-        try:
-            for key, value in db.items(from_key=prefix):
-                if not isinstance(key, bytes) or not key.startswith(prefix):
-                    break
-                out[key[1:].decode()] = (shard, seq_of(value))
-        finally:
-            db.close()
-    return out
 
 
 def summary(state_dir: Path) -> list[dict[str, object]]:

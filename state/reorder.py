@@ -13,7 +13,10 @@ tolerance below), or that it is *idle* (nothing to read for a while: it does not
 hold the others back, as Flink's ``withIdleness``). The watermark is the smallest
 progress of the inputs that are not idle (an input not heard from yet holds it at
 the start; with every input idle, it is the largest progress); it never goes
-back. Everything below it has arrived.
+back. Everything below it has arrived. When an idle input wakes up, the other idle
+ones count again for a short grace (:attr:`Watermark.grace_s`): a burst after a quiet
+spell reaches the partitions milliseconds apart, and the first to wake must not
+carry the watermark past the others' records.
 
 **Release.** Buffered transactions of hour ``h`` are released, in event-time order,
 once the watermark reaches the start of hour ``h - 1``; in live traffic that is at
@@ -98,11 +101,16 @@ class Watermark:
     """The smallest progress of the non-idle inputs, monotone (see the module docstring).
 
     Inputs are named by any hashable; :meth:`expect` declares the ones to wait for.
+    ``grace_s``: when an idle input wakes up, the other idle inputs may be waking too (a
+    burst after a quiet spell reaches the partitions a few milliseconds apart), so for
+    this long (wall-clock seconds) they hold the watermark at their progress again.
     """
 
     progress: dict[object, int] = field(default_factory=dict)
     idle: dict[object, bool] = field(default_factory=dict)
     value: int = NO_TIME
+    grace_s: float = 1.0
+    suspect_until: dict[object, float] = field(default_factory=dict)
 
     def expect(self, inputs: Sequence[object]) -> None:
         """Wait for ``inputs`` (progress unknown, not idle) unless already heard."""
@@ -110,24 +118,40 @@ class Watermark:
             self.progress.setdefault(name, NO_TIME)
             self.idle.setdefault(name, False)
 
-    def heard(self, name: object, progress: int, idle: bool) -> None:
-        """``name`` handed on records up to ``progress`` (ms) and is (not) idle now."""
+    def heard(self, name: object, progress: int, idle: bool, now: float = 0.0) -> None:
+        """``name`` handed on records up to ``progress`` (ms) and is (not) idle at ``now`` (s)."""
         if progress > self.progress.get(name, NO_TIME):
             self.progress[name] = progress
         else:
             self.progress.setdefault(name, NO_TIME)
+        if self.idle.get(name, False) and not idle:  # woke up: the other idle ones may too
+            until = now + self.grace_s
+            for other, other_idle in self.idle.items():
+                if other_idle and other != name:
+                    self.suspect_until[other] = until
         self.idle[name] = idle
+        if not idle:
+            self.suspect_until.pop(name, None)
 
-    def update(self) -> int:
-        """Recompute; the new (never smaller) watermark.
+    def update(self, now: float = 0.0) -> int:
+        """Recompute at ``now`` (s); the new (never smaller) watermark.
 
         With every input idle, everything up to the newest progress has arrived.
         """
-        active = [p for name, p in self.progress.items() if not self.idle.get(name, False)]
-        now = min(active) if active else max(self.progress.values(), default=NO_TIME)
-        if now > self.value:
-            self.value = now
+        suspect = self.suspect_until
+        if suspect:
+            for name in [n for n, until in suspect.items() if until <= now]:
+                del suspect[name]
+        active = [p for name, p in self.progress.items()
+                  if not self.idle.get(name, False) or name in suspect]
+        newest = min(active) if active else max(self.progress.values(), default=NO_TIME)
+        if newest > self.value:
+            self.value = newest
         return self.value
+
+    def recheck_at(self) -> float | None:
+        """When (wall-clock s) the watermark may move on by itself (a grace ends), if ever."""
+        return min(self.suspect_until.values(), default=None)
 
 
 @dataclass
@@ -205,15 +229,16 @@ class EventTimeOrder(Generic[R, L]):
                 is_late(chunk.event_ms, self.watermark.value)))
             self.labels.add(chunk)
 
-    def release(self, concat_txns: Callable[[list[R]], R], concat_labels: Callable[[list[L]], L]
-                ) -> list[tuple[bool, R | L]]:
-        """What the watermark lets go: runs ``(is_label, chunk)`` in the order to apply them.
+    def release(self, concat_txns: Callable[[list[R]], R], concat_labels: Callable[[list[L]], L],
+                now: float = 0.0) -> list[tuple[bool, R | L]]:
+        """What the watermark lets go at ``now`` (wall s), as runs to apply in turn.
 
-        When more than ``limit`` rows would stay, the oldest transactions go anyway.
+        Each run is ``(is_label, chunk)``. When more than ``limit`` rows would stay, the
+        oldest transactions go anyway.
         """
+        limit = release_limit(self.watermark.update(now))
         if not self.buffered:
             return []
-        limit = release_limit(self.watermark.update())
         ready_t, keep_t = self.txns.split(limit)
         ready_l, keep_l = self.labels.split(limit)
         kept_t, kept_l = sum(map(len, keep_t)), sum(map(len, keep_l))

@@ -140,31 +140,14 @@ def input_positions(settings: KafkaSettings, count: int) -> dict[str, tuple[int,
     return positions
 
 
-def offline_scores(events: Sequence[Transaction | Label], model_dirs: Sequence[Path],
-                   *state_dirs: Path) -> dict[str, dict[str, float]]:
-    """Offline replay of ``events`` (transactions, and labels by label time, in production
-    order) through each model (by version), in the order the flow's merchant stage scored
-    transactions and applied labels (read back from its stopped state directories)."""
-    import bisect
-
+def offline_scores(events: Sequence[Transaction | Label], model_dirs: Sequence[Path]
+                   ) -> dict[str, dict[str, float]]:
+    """The event-time answer (what ``just score-file`` computes) for ``events``
+    (transactions in production order, labels in theirs) through each model, by version."""
     from export.model import load_model
-    from state.inspect import label_order, merchant_order
     from state.replay import replay_matrix
 
-    seen: dict[str, tuple[int, int, int]] = {}
-    labelled: dict[str, tuple[int, int, int]] = {}
-    for i, d in enumerate(state_dirs):
-        for tid, (shard, seq) in merchant_order(d).items():
-            seen[tid] = (i, shard, seq)
-        for tid, (shard, seq) in label_order(d).items():
-            labelled[tid] = (i, shard, seq)
-    distinct = list(dict.fromkeys(e.transaction_id for e in events
-                                  if isinstance(e, Transaction)))
-    ranked = sorted(range(len(distinct)), key=lambda i: seen[distinct[i]])
-    # a label goes after every transaction its merchant shard scored before applying it
-    order_keys = [seen[distinct[i]] for i in ranked]
-    label_ranks = {tid: bisect.bisect(order_keys, key) - 0.5 for tid, key in labelled.items()}
-    replayed, X = replay_matrix(list(events), merchant_order=ranked, label_ranks=label_ranks)
+    replayed, X = replay_matrix(list(events))
     ids = [t.transaction_id for t in replayed]
     out = {}
     for d in model_dirs:

@@ -103,10 +103,12 @@ class Stages:
             return np.fromiter((reference_amount(t, rates) for t in txns), np.float64, len(txns))
 
         cards_resumed, merchants_resumed = resumed or ({}, {})
+        self.now = 1_000_000.0  # wall-clock seconds the steps see (advanced by feed, advance)
         self.cards = {
             p: CardLogic(
                 lambda s: CardStore.open(root, StoreIdentity("cards", s, parts, "t"), options),
-                amounts, "transactions", parts, shards, cards_resumed.get(p))
+                amounts, "transactions", parts, shards, cards_resumed.get(p),
+                clock=lambda: self.now)
             for p in range(parts)
         }
 
@@ -121,7 +123,8 @@ class Stages:
             return MerchantScorer(store, champion, shadow, drift=drift, rules=book, shard=shard)
 
         self.merchants = {
-            s: MerchantLogic(open_scorer, merchants_resumed.get(s), 60.0, parts, LABEL_PARTITIONS)
+            s: MerchantLogic(open_scorer, merchants_resumed.get(s), 60.0, parts, LABEL_PARTITIONS,
+                             clock=lambda: self.now)
             for s in range(shards)
         }
         self._txn_router = TransactionRouter(KeyRule(parts))
@@ -129,8 +132,23 @@ class Stages:
         self._rule_offsets: dict[str, int] = {}
         self.outputs: list[Any] = []
 
+    def advance(self, seconds: float) -> None:
+        """Let wall-clock time pass; steps with something due are notified (as Bytewax does)."""
+        self.now += seconds
+        work: dict[str, list[Any]] = defaultdict(list)
+        for logic in self.cards.values():
+            if logic.notify_at() is not None and logic.notify_at().timestamp() <= self.now:
+                for o in logic.on_notify()[0]:
+                    self._collect(o, work)
+        for works in work.values():
+            self.outputs.extend(self.merchants[works[0].shard].on_batch(works)[0])
+        for logic in self.merchants.values():
+            if logic.notify_at() is not None and logic.notify_at().timestamp() <= self.now:
+                self.outputs.extend(logic.on_notify()[0])
+
     def feed(self, batch: Sequence[Src], settle: bool = True) -> None:
-        """One batch through both stages; then (``settle``) every source goes idle."""
+        """One batch through both stages; then (``settle``) every source goes idle and the
+        watermark's grace for sources waking up passes."""
         card_work: dict[str, list[Any]] = defaultdict(list)
         merchant_work: dict[str, list[Any]] = defaultdict(list)
         by_partition: dict[tuple[bool, int], list[Src]] = defaultdict(list)
@@ -160,6 +178,8 @@ class Stages:
             shard = works[0].shard
             mout, _ = self.merchants[shard].on_batch(works)
             self.outputs.extend(mout)
+        if settle:
+            self.advance(2.0)
 
     def _collect(self, out: Any, work: dict[str, list[Any]]) -> None:
         if isinstance(out, DeadLetterRecord):

@@ -188,7 +188,7 @@ def test_kill_9_at_ten_random_points_changes_no_verdict_no_drift_window_no_label
                if len({msgspec.json.encode(v) for v in vs}) != 1]
     assert not changed, f"{len(changed)} transactions got different verdicts, e.g. {changed[:3]}"
     for result in (fault_free, run):
-        (offline,) = offline_scores(stream.events, [tiny_model_dir], result.state_dir).values()
+        (offline,) = offline_scores(stream.events, [tiny_model_dir]).values()
         off = {t: (vs[0].score, offline[t]) for t, vs in result.outcome.verdicts.items()
                if abs(vs[0].score - offline[t]) > 1e-6}
         assert not off, (f"{'fault-free' if result is fault_free else 'killed'} run: {len(off)} "

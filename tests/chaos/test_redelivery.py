@@ -67,7 +67,7 @@ def test_two_percent_re_delivered_give_one_verdict_body_each_and_the_scores_of_t
     assert all(len(b) == 1 for b in bodies.values()), "a re-delivery changed a verdict body"
     assert sum(seen.values()) == len(stream)  # one verdict published per copy read
     assert counted == copies
-    (offline,) = offline_scores(txns, [tiny_model_dir], tmp_path / "state").values()
+    (offline,) = offline_scores(txns, [tiny_model_dir]).values()
     off = {t: (vs[0].score, offline[t]) for t, vs in verdicts.items()
            if abs(vs[0].score - offline[t]) > 1e-6}
     assert not off, f"{len(off)} scores differ from replay of the clean stream: {list(off)[:5]}"

@@ -90,6 +90,29 @@ def test_partitions_read_at_any_speed_give_the_event_time_answer(
     assert sum(m._order.late for m in stages.merchants.values()) == 0
 
 
+def test_a_burst_after_a_quiet_spell_waits_for_every_partition_to_wake(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every partition idle, then a burst: the first partition to wake must not carry the
+    watermark past the others' records (they count again for a grace)."""
+    model = load_model(tiny_model_dir)
+    txns, X = replay_matrix(stream)
+    offline = dict(zip((t.transaction_id for t in txns), model.predict(X).tolist(), strict=True))
+    stages = Stages(tmp_path, _source(tiny_model_dir))
+    items = sourced(stream, stages.parts)
+    half = len(items) // 2
+    stages.feed(items[:half])  # then quiet: every partition idle
+    by_partition: dict[tuple[bool, int], list] = {}
+    for item in items[half:]:
+        by_partition.setdefault((isinstance(item.value, Transaction), item.partition),
+                                []).append(item)
+    for key in sorted(by_partition):  # the burst reaches the partitions one after another
+        stages.feed(by_partition[key], settle=False)
+    stages.feed([])
+    assert {v.transaction_id: v.score for v in stages.verdicts()} == offline
+    assert sum(m._order.late for m in stages.merchants.values()) == 0
+
+
 def test_redelivered_transactions_re_emit_the_first_bytes_and_change_no_score(
     stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
 ) -> None:

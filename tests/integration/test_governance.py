@@ -130,9 +130,8 @@ def test_rejected_model_keeps_the_champion_then_promote_and_rollback_hot_reload(
     proc.stop()
     verdicts = [vs[0] for vs in collector.outcome.verdicts.values()]
     assert collector.outcome.duplicates == 0 and len(verdicts) == sent
-    # the stream gets no labels here: replay the transactions alone, merchants in flow order
-    offline = offline_scores(history.transactions[:sent], [root / a, root / b],
-                             tmp_path / "state")
+    # the stream gets no labels here: the event-time answer of the transactions alone
+    offline = offline_scores(history.transactions[:sent], [root / a, root / b])
     for v in verdicts:
         assert abs(v.score - offline[v.model_version][v.transaction_id]) <= 1e-6
     in_time = [v.model_version for v in sorted(verdicts, key=lambda v: v.scored_time)]

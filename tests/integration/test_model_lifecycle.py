@@ -66,11 +66,9 @@ def challenger_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return publish_tiny(root / "models", train_tiny(root / "run", other))
 
 
-def offline(history: History, models: Sequence[Path], state_dir: Path,
-            n: int | None = None) -> Scores:
-    """Offline score of the first ``n`` transactions, by model version, replaying merchants in
-    the order the stopped flow's merchant stage scored them."""
-    return offline_scores(history.transactions[:n], models, state_dir)
+def offline(history: History, models: Sequence[Path], n: int | None = None) -> Scores:
+    """The event-time answer for the first ``n`` transactions, by model version."""
+    return offline_scores(history.transactions[:n], models)
 
 
 def publish_copy(registry: ModelRegistry, source: Path, version: str | None = None,
@@ -169,7 +167,7 @@ def test_hot_reload_mid_stream_scores_each_transaction_once_by_one_version(
     outcome = collector.outcome
     versions = only_verdicts(outcome, feeder.ids)
     assert set(versions.values()) == {old, new}
-    scores = offline(history, [tiny_model_dir, challenger_dir], tmp_path / "state")
+    scores = offline(history, [tiny_model_dir, challenger_dir])
     differ = sum(abs(scores[old][t] - scores[new][t]) > 1e-4 for t in feeder.ids)
     assert differ > len(feeder.ids) / 2, "the two models must score differently"
     assert_scored_by_named_version(outcome, scores)
@@ -237,7 +235,7 @@ def test_corrupt_or_mismatched_model_is_refused_while_scoring_continues(
     versions = only_verdicts(collector.outcome, feeder.ids)
     assert set(versions.values()) == {old}
     assert_scored_by_named_version(
-        collector.outcome, offline(history, [tiny_model_dir], tmp_path / "state"))
+        collector.outcome, offline(history, [tiny_model_dir]))
     assert metric(samples, "fraud_model_reloads_total", role="champion", outcome="refused") == 2
     assert metric(samples, "fraud_model_reloads_total", outcome="loaded") == 0
     assert metric(samples, "fraud_model_info", version=old) == 1
@@ -261,7 +259,7 @@ def test_shadow_challenger_rides_along_without_changing_decisions(
 
     champion, shadow = load_model(tiny_model_dir), load_model(challenger_dir)
     assert set(only_verdicts(collector.outcome, feeder.ids[:n]).values()) == {champion.version}
-    scores = offline(history, [tiny_model_dir, challenger_dir], tmp_path / "state", n)
+    scores = offline(history, [tiny_model_dir, challenger_dir], n)
     assert_scored_by_named_version(collector.outcome, scores)
     verdicts = [vs[0] for vs in collector.outcome.verdicts.values()]
     assert {v.shadow_model_version for v in verdicts} == {shadow.version}
