@@ -14,14 +14,17 @@ the second and third.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
 
 import numpy as np
 
+from state.errors import StateFormatError
 from state.inputs import FeatureInputs
 from state.kernels import card as card_kernel
 from state.kernels import merchant as merchant_kernel
+from state.kernels.windows import group as group_kernel
 from state.spec import FEATURE_NAMES, N_FEATURES
 
 __all__ = ["gc_paused", "group", "card_features", "MerchantOps", "merchant_features",
@@ -66,23 +69,40 @@ def group(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
 
     Group ``k`` is ``order[offsets[k]:offsets[k+1]]``, rows in their original order.
     """
-    order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    order = np.empty(len(keys), dtype=np.int64)
     offsets = np.zeros(n_keys + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys, minlength=n_keys), out=offsets[1:])
+    group_kernel(np.asarray(keys, dtype=np.int64), order, offsets)
     return order, offsets
 
 
-def _packed(states: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def _packed(states: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encoded states as one int64 word array, its float64 view and word offsets."""
     raw = [s or b"" for s in states]
-    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=offsets[1:])
-    return np.frombuffer(b"".join(raw), dtype=np.uint8), offsets
+    sizes = list(map(len, raw))
+    blob = b"".join(raw)
+    if any(size & 7 for size in sizes):
+        raise StateFormatError(
+            "a stored state is not a whole number of 8-byte words (written by an older "
+            "fraudstream): delete the state directory and the recovery directory, then restart")
+    offsets = np.fromiter(accumulate(sizes, initial=0), np.int64, len(sizes) + 1) >> 3
+    words = np.frombuffer(blob, dtype=np.int64)
+    return words, words.view(np.float64), offsets
 
 
 def _unpacked(out: np.ndarray, offsets: np.ndarray) -> list[bytes]:
     blob = out[: offsets[-1]].tobytes()
-    ends = offsets.tolist()
+    ends = (offsets * 8).tolist()
     return [blob[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def _checked(kernel: Callable[..., None], *args: object) -> None:
+    """Run a kernel; a corrupt or foreign stored state becomes a :class:`StateFormatError`."""
+    try:
+        kernel(*args)
+    except ValueError as exc:
+        raise StateFormatError(
+            f"{exc}: delete the state directory and the recovery directory, then restart"
+        ) from exc
 
 
 def card_features(states: Sequence[bytes | None], card_of: np.ndarray, inputs: FeatureInputs,
@@ -95,14 +115,14 @@ def card_features(states: Sequence[bytes | None], card_of: np.ndarray, inputs: F
     Raises ``ValueError`` on a state of another format or a corrupt one.
     """
     n = len(inputs)
-    buf, offsets = _packed(states)
+    words, fwords, offsets = _packed(states)
     order, txn_off = group(card_of, len(states))
     features = np.zeros((n, CARD_WIDTH), dtype=np.float32)
-    out = np.empty(card_kernel.MAX_STATE_BYTES * len(states) if encode else 0, dtype=np.uint8)
+    out = np.empty(card_kernel.MAX_STATE_WORDS * len(states) if encode else 0, dtype=np.int64)
     out_off = np.zeros(len(states) + 1, dtype=np.int64)
-    card_kernel.card_batch(buf, offsets, txn_off, order, inputs.event_ms, inputs.amount,
-                           inputs.merchant, inputs.country, inputs.lat, inputs.lon, features,
-                           out, out_off, encode)
+    _checked(card_kernel.card_batch, words, fwords, offsets, txn_off, order, inputs.event_ms,
+             inputs.amount, inputs.merchant, inputs.country, inputs.lat, inputs.lon, features,
+             out, out.view(np.float64), out_off, encode)
     return features, (_unpacked(out, out_off) if encode else [])
 
 
@@ -173,7 +193,7 @@ def merchant_features(states: Sequence[bytes | None], ops: MerchantOps, n_rows: 
     ``[n_rows, merchant width]`` (rows without a :meth:`MerchantOps.txn` stay 0) and,
     when ``encode``, one bytes per merchant. Raises ``ValueError`` on a bad state.
     """
-    buf, offsets = _packed(states)
+    words, fwords, offsets = _packed(states)
     keys = np.asarray(ops.merchant, dtype=np.int64)
     order, op_off = group(keys, len(states))
 
@@ -181,12 +201,12 @@ def merchant_features(states: Sequence[bytes | None], ops: MerchantOps, n_rows: 
         return np.asarray(values, dtype=np.int64)[order]
 
     features = np.zeros((n_rows, merchant_kernel.MERCHANT_WIDTH), dtype=np.float32)
-    size = merchant_kernel.out_capacity(len(states), len(buf), len(ops)) if encode else 0
-    out = np.empty(size, dtype=np.uint8)
+    size = merchant_kernel.out_capacity(len(states), len(words), len(ops)) if encode else 0
+    out = np.empty(size, dtype=np.int64)
     out_off = np.zeros(len(states) + 1, dtype=np.int64)
-    merchant_kernel.merchant_batch(buf, offsets, op_off, col(ops.kind), col(ops.t1),
-                                   col(ops.t2), col(ops.flag), col(ops.row), features, out,
-                                   out_off, encode)
+    _checked(merchant_kernel.merchant_batch, words, fwords, offsets, op_off, col(ops.kind),
+             col(ops.t1), col(ops.t2), col(ops.flag), col(ops.row), features, out,
+             out.view(np.float64), out_off, encode)
     return features, (_unpacked(out, out_off) if encode else [])
 
 

@@ -20,18 +20,7 @@ import math
 import numpy as np
 from numba import njit
 
-from state.kernels.codec import (
-    rd_f64,
-    rd_f64s,
-    rd_i64,
-    rd_pairs,
-    rd_u16,
-    wr_f64,
-    wr_f64s,
-    wr_i64,
-    wr_pairs,
-    wr_u16,
-)
+from state.kernels.codec import load_floats, load_pairs, store_floats, store_pairs
 from state.kernels.windows import (
     NO_TIME,
     add_amount,
@@ -57,15 +46,15 @@ BUCKET_MS = np.array([MINUTE_MS, 15 * MINUTE_MS, 6 * HOUR_MS, DAY_MS, 15 * MINUT
                      dtype=np.int64)
 N_BUCKETS = np.array([60, 96, 28, 30, 96], dtype=np.int64)
 MERCHANTS_CAP, COUNTRIES_CAP, HOME_CAP = 64, 16, 16
-#: Head size and the largest encoded card state, in bytes.
-HEAD_BYTES = 1 + 48 + 4 * 42 + 2 + 2 + 10 + 18
-MAX_STATE_BYTES = (HEAD_BYTES + 8 * 5 * int(N_BUCKETS[:4].sum()) + 8 * 2 * int(N_BUCKETS[4])
-                   + 16 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
+#: Head size and the largest encoded card state, in 8-byte words.
+HEAD_WORDS = 38
+MAX_STATE_WORDS = (HEAD_WORDS + 5 * int(N_BUCKETS[:4].sum()) + 2 * int(N_BUCKETS[4])
+                   + 2 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
 _MIN_TRAVEL_HOURS = 1.0 / 60.0
 _EARTH_KM = 6371.0088
 _VAR_EPS = 1e-12
 _DEG = math.pi / 180.0  # CPython's math.radians multiplies by this constant
-_W_HEAD = 49  # first window head field
+_W_HEAD = 7  # first window head word
 
 
 @njit(cache=True)
@@ -103,78 +92,75 @@ def _reset(ints, floats, wmeta, wsum, sizes) -> None:  # type: ignore[no-untyped
 
 
 @njit(cache=True)
-def _decode(buf, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
-            sizes) -> None:  # pragma: no cover - numba
+def _decode(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,  # type: ignore[no-untyped-def]
+            hk, hv, sizes) -> None:  # pragma: no cover - numba
     _reset(ints, floats, wmeta, wsum, sizes)
     if end == start:
         return
-    b = buf[start:end]
-    if b[0] != FORMAT:
+    if words[start] != FORMAT:
         raise ValueError("card state format version unsupported")
-    ints[0] = rd_i64(b, 1)
-    ints[1] = rd_i64(b, 9)
-    floats[0] = rd_f64(b, 17)
-    floats[1] = rd_f64(b, 25)
-    ints[2] = rd_i64(b, 33)
-    ints[3] = rd_i64(b, 41)
-    pos = _W_HEAD
+    ints[0] = words[start + 1]
+    ints[1] = words[start + 2]
+    floats[0] = fwords[start + 3]
+    floats[1] = fwords[start + 4]
+    ints[2] = words[start + 5]
+    ints[3] = words[start + 6]
+    pos = start + _W_HEAD
     for w in range(4):
-        wmeta[w, 0] = rd_i64(b, pos)
-        wmeta[w, 1] = rd_u16(b, pos + 8)
+        wmeta[w, 0] = words[pos]
+        wmeta[w, 1] = words[pos + 1]
         for f in range(4):
-            wsum[w, f] = rd_f64(b, pos + 10 + 8 * f)
-        pos += 42
-    sizes[0] = rd_u16(b, pos)
-    sizes[1] = rd_u16(b, pos + 2)
-    sizes[2] = rd_u16(b, pos + 4)
-    sizes[3] = rd_i64(b, pos + 6)
-    pos += 14
-    wmeta[4, 0] = rd_i64(b, pos)
-    wmeta[4, 1] = rd_u16(b, pos + 8)
-    wsum[4, 0] = rd_f64(b, pos + 10)
-    pos += 18
+            wsum[w, f] = fwords[pos + 2 + f]
+        pos += 6
+    sizes[0] = words[pos]
+    sizes[1] = words[pos + 1]
+    sizes[2] = words[pos + 2]
+    sizes[3] = words[pos + 3]
+    wmeta[4, 0] = words[pos + 4]
+    wmeta[4, 1] = words[pos + 5]
+    wsum[4, 0] = fwords[pos + 6]
+    pos += 7
     for w in range(4):
-        pos = rd_f64s(b, pos, wrec[w], 5 * wmeta[w, 1])
-    pos = rd_pairs(b, pos, mk, mv, sizes[0])
-    pos = rd_pairs(b, pos, ck, cv, sizes[1])
-    pos = rd_pairs(b, pos, hk, hv, sizes[2])
-    pos = rd_f64s(b, pos, wrec[4], 2 * wmeta[4, 1])
-    if pos != end - start:
+        pos = load_floats(fwords, pos, wrec[w], 5 * wmeta[w, 1])
+    pos = load_pairs(words, pos, mk, mv, sizes[0])
+    pos = load_pairs(words, pos, ck, cv, sizes[1])
+    pos = load_pairs(words, pos, hk, hv, sizes[2])
+    pos = load_floats(fwords, pos, wrec[4], 2 * wmeta[4, 1])
+    if pos != end:
         raise ValueError("card state is corrupt (its length disagrees with its head)")
 
 
 @njit(cache=True)
-def _encode(out, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
+def _encode(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
             sizes) -> int:  # pragma: no cover - numba
-    out[pos] = FORMAT
-    wr_i64(out, pos + 1, ints[0])
-    wr_i64(out, pos + 9, ints[1])
-    wr_f64(out, pos + 17, floats[0])
-    wr_f64(out, pos + 25, floats[1])
-    wr_i64(out, pos + 33, ints[2])
-    wr_i64(out, pos + 41, ints[3])
+    words[pos] = FORMAT
+    words[pos + 1] = ints[0]
+    words[pos + 2] = ints[1]
+    fwords[pos + 3] = floats[0]
+    fwords[pos + 4] = floats[1]
+    words[pos + 5] = ints[2]
+    words[pos + 6] = ints[3]
     p = pos + _W_HEAD
     for w in range(4):
-        wr_i64(out, p, wmeta[w, 0])
-        wr_u16(out, p + 8, wmeta[w, 1])
+        words[p] = wmeta[w, 0]
+        words[p + 1] = wmeta[w, 1]
         for f in range(4):
-            wr_f64(out, p + 10 + 8 * f, wsum[w, f])
-        p += 42
-    wr_u16(out, p, sizes[0])
-    wr_u16(out, p + 2, sizes[1])
-    wr_u16(out, p + 4, sizes[2])
-    wr_i64(out, p + 6, sizes[3] if sizes[2] > 0 else 0)
-    p += 14
-    wr_i64(out, p, wmeta[4, 0])
-    wr_u16(out, p + 8, wmeta[4, 1])
-    wr_f64(out, p + 10, wsum[4, 0])
-    p += 18
+            fwords[p + 2 + f] = wsum[w, f]
+        p += 6
+    words[p] = sizes[0]
+    words[p + 1] = sizes[1]
+    words[p + 2] = sizes[2]
+    words[p + 3] = sizes[3] if sizes[2] > 0 else 0
+    words[p + 4] = wmeta[4, 0]
+    words[p + 5] = wmeta[4, 1]
+    fwords[p + 6] = wsum[4, 0]
+    p += 7
     for w in range(4):
-        p = wr_f64s(out, p, wrec[w], 5 * wmeta[w, 1])
-    p = wr_pairs(out, p, mk, mv, sizes[0])
-    p = wr_pairs(out, p, ck, cv, sizes[1])
-    p = wr_pairs(out, p, hk, hv, sizes[2])
-    p = wr_f64s(out, p, wrec[4], 2 * wmeta[4, 1])
+        p = store_floats(fwords, p, wrec[w], 5 * wmeta[w, 1])
+    p = store_pairs(words, p, mk, mv, sizes[0])
+    p = store_pairs(words, p, ck, cv, sizes[1])
+    p = store_pairs(words, p, hk, hv, sizes[2])
+    p = store_floats(fwords, p, wrec[4], 2 * wmeta[4, 1])
     return p
 
 
@@ -328,32 +314,33 @@ def _home_add(hk, hv, sizes, value) -> None:  # type: ignore[no-untyped-def]  # 
 
 
 @njit(cache=True)
-def card_batch(states, state_off, txn_off, rows, t_ms, amount, mhash, country, lat, lon,  # type: ignore[no-untyped-def]
-               features, out, out_off, encode) -> None:  # pragma: no cover - numba
+def card_batch(words, fwords, state_off, txn_off, rows, t_ms, amount, mhash, country, lat, lon,  # type: ignore[no-untyped-def]
+               features, out, fout, out_off, encode) -> None:  # pragma: no cover - numba
     """Run every card of a batch.
 
-    Card ``c`` has encoded state ``states[state_off[c]:state_off[c+1]]`` (empty: a new
-    card) and the transactions ``rows[txn_off[c]:txn_off[c+1]]`` (row indices, in the
-    order to apply). Per row: ``t_ms`` (int64 epoch ms), ``amount`` (float64, reference
-    currency), ``mhash`` (int64 stable hash of the merchant id), ``country`` (int64
-    code, -1 absent), ``lat``/``lon`` (float64, NaN absent). Writes the card group of
-    every row into ``features`` (float32 ``[n, 23]``) and, when ``encode``, card ``c``'s
-    new state into ``out[out_off[c]:out_off[c+1]]`` (``out`` holds at least
-    :data:`MAX_STATE_BYTES` per card). Raises ``ValueError`` on a corrupt state.
+    Card ``c`` has the encoded state ``words[state_off[c]:state_off[c+1]]`` (int64 words,
+    ``fwords`` the float64 view of the same memory; empty: a new card) and the
+    transactions ``rows[txn_off[c]:txn_off[c+1]]`` (row indices, in the order to apply).
+    Per row: ``t_ms`` (int64 epoch ms), ``amount`` (float64, reference currency),
+    ``mhash`` (int64 stable hash of the merchant id), ``country`` (int64 code, -1
+    absent), ``lat``/``lon`` (float64, NaN absent). Writes the card group of every row
+    into ``features`` (float32 ``[n, 23]``) and, when ``encode``, card ``c``'s new state
+    into ``out[out_off[c]:out_off[c+1]]`` (``fout`` its float64 view; room for
+    :data:`MAX_STATE_WORDS` per card). Raises ``ValueError`` on a corrupt state.
     """
     ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes = _scratch()
     pos = 0
     n_cards = len(state_off) - 1
     for c in range(n_cards):
-        _decode(states, state_off[c], state_off[c + 1], ints, floats, wmeta, wrec, wsum,
-                mk, mv, ck, cv, hk, hv, sizes)
+        _decode(words, fwords, state_off[c], state_off[c + 1], ints, floats, wmeta, wrec,
+                wsum, mk, mv, ck, cv, hk, hv, sizes)
         for k in range(txn_off[c], txn_off[c + 1]):
             r = rows[k]
             _step(t_ms[r], amount[r], mhash[r], country[r], lat[r], lon[r], features[r],
                   ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes)
         if encode:
             out_off[c] = pos
-            pos = _encode(out, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,
-                          sizes)
+            pos = _encode(out, fout, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
+                          hk, hv, sizes)
     if encode:
         out_off[n_cards] = pos

@@ -22,18 +22,7 @@ import numpy as np
 from numba import njit
 
 from state.kernels.card import FORMAT
-from state.kernels.codec import (
-    rd_f64,
-    rd_f64s,
-    rd_i64,
-    rd_pairs,
-    rd_u16,
-    wr_f64,
-    wr_f64s,
-    wr_i64,
-    wr_pairs,
-    wr_u16,
-)
+from state.kernels.codec import load_floats, load_pairs, store_floats, store_pairs
 from state.kernels.windows import NO_TIME, add_count, bump, count_between, drop_below
 from state.units import DAY_MS, HOUR_MS
 
@@ -53,9 +42,9 @@ _HOUR_BITS = 21
 _FAMILIAR = 1 << _HOUR_BITS
 _DAY_SHIFT = _HOUR_BITS + 1
 _HOUR_MASK = _FAMILIAR - 1
-HEAD_BYTES = 1 + 8 + 3 * 18 + 2 + 2
-#: Bytes an encoded merchant state can take beyond its two label maps.
-FIXED_MAX_BYTES = HEAD_BYTES + 16 * int(WINDOW_KEEP.sum())
+HEAD_WORDS = 13
+#: Words an encoded merchant state can take beyond its two label maps.
+FIXED_MAX_WORDS = HEAD_WORDS + 2 * int(WINDOW_KEEP.sum())
 
 
 @njit(cache=True, inline="always")
@@ -130,26 +119,25 @@ def _features(t, row, wmeta, wrec, fk, fv, ak, av, sizes) -> None:  # type: igno
 
 
 @njit(cache=True)
-def merchant_batch(states, state_off, op_off, kind, t1, t2, flag, rows,  # type: ignore[no-untyped-def]
-                   features, out, out_off, encode) -> None:  # pragma: no cover - numba
+def merchant_batch(words, fwords, state_off, op_off, kind, t1, t2, flag, rows,  # type: ignore[no-untyped-def]
+                   features, out, fout, out_off, encode) -> None:  # pragma: no cover - numba
     """Run every merchant of a batch.
 
-    Merchant ``m`` has encoded state ``states[state_off[m]:state_off[m+1]]`` (empty:
-    new) and the operations ``op_off[m]:op_off[m+1]`` in order: ``kind`` (:data:`TXN`,
-    :data:`FRAUD`, :data:`ALIGNED`), ``t1`` (event time of a transaction or of the
-    labelled transaction, ms), ``t2`` (label time, ms), ``flag`` (regular customer),
-    ``rows`` (for :data:`TXN`: the row of ``features``, float32 ``[n, 12]``, to fill).
-    Writes merchant ``m``'s new state into ``out[out_off[m]:out_off[m+1]]`` when
-    ``encode`` (``out`` holds :func:`out_capacity` bytes). Raises ``ValueError`` on a
-    corrupt state.
+    Merchant ``m`` has the encoded state ``words[state_off[m]:state_off[m+1]]`` (int64
+    words, ``fwords`` the float64 view; empty: new) and the operations
+    ``op_off[m]:op_off[m+1]`` in order: ``kind`` (:data:`TXN`, :data:`FRAUD`,
+    :data:`ALIGNED`), ``t1`` (event time of a transaction or of the labelled
+    transaction, ms), ``t2`` (label time, ms), ``flag`` (regular customer), ``rows``
+    (for :data:`TXN`: the row of ``features``, float32 ``[n, 12]``, to fill). Writes
+    merchant ``m``'s new state into ``out[out_off[m]:out_off[m+1]]`` (``fout`` its
+    float64 view) when ``encode`` (room: :func:`out_capacity` words). Raises
+    ``ValueError`` on a corrupt state.
     """
     n_merchants = len(state_off) - 1
     cap = 1
     for m in range(n_merchants):  # room for the largest label maps of the batch
         a, b = state_off[m], state_off[m + 1]
-        have = 0
-        if b > a:
-            have = max(rd_u16(states, a + 63), rd_u16(states, a + 65))
+        have = max(words[a + 11], words[a + 12]) if b > a else 0
         cap = max(cap, have + op_off[m + 1] - op_off[m])
     wmeta = np.zeros((3, 2), np.int64)
     wrec = np.zeros((3, 2 * int(WINDOW_KEEP.max())), np.float64)
@@ -170,24 +158,23 @@ def merchant_batch(states, state_off, op_off, kind, t1, t2, flag, rows,  # type:
         sizes[0] = 0
         sizes[1] = 0
         if b > a:
-            buf = states[a:b]
-            if buf[0] != FORMAT:
+            if words[a] != FORMAT:
                 raise ValueError("merchant state format version unsupported")
-            hmax = rd_i64(buf, 1)
-            p = 9
+            hmax = words[a + 1]
+            p = a + 2
             for w in range(3):
-                wmeta[w, 0] = rd_i64(buf, p)
-                wmeta[w, 1] = rd_u16(buf, p + 8)
-                wsum[w, 0] = rd_f64(buf, p + 10)
-                p += 18
-            sizes[0] = rd_u16(buf, p)
-            sizes[1] = rd_u16(buf, p + 2)
-            p += 4
+                wmeta[w, 0] = words[p]
+                wmeta[w, 1] = words[p + 1]
+                wsum[w, 0] = fwords[p + 2]
+                p += 3
+            sizes[0] = words[p]
+            sizes[1] = words[p + 1]
+            p += 2
             for w in range(3):
-                p = rd_f64s(buf, p, wrec[w], 2 * wmeta[w, 1])
-            p = rd_pairs(buf, p, fk, fv, sizes[0])
-            p = rd_pairs(buf, p, ak, av, sizes[1])
-            if p != b - a:
+                p = load_floats(fwords, p, wrec[w], 2 * wmeta[w, 1])
+            p = load_pairs(words, p, fk, fv, sizes[0])
+            p = load_pairs(words, p, ak, av, sizes[1])
+            if p != b:
                 raise ValueError("merchant state is corrupt (its length disagrees with its head)")
         for o in range(op_off[m], op_off[m + 1]):
             k = kind[o]
@@ -214,28 +201,28 @@ def merchant_batch(states, state_off, op_off, kind, t1, t2, flag, rows,  # type:
         if encode:
             out_off[m] = pos
             out[pos] = FORMAT
-            wr_i64(out, pos + 1, hmax)
-            p = pos + 9
+            out[pos + 1] = hmax
+            p = pos + 2
             for w in range(3):
-                wr_i64(out, p, wmeta[w, 0])
-                wr_u16(out, p + 8, wmeta[w, 1])
-                wr_f64(out, p + 10, wsum[w, 0])
-                p += 18
-            wr_u16(out, p, sizes[0])
-            wr_u16(out, p + 2, sizes[1])
-            p += 4
+                out[p] = wmeta[w, 0]
+                out[p + 1] = wmeta[w, 1]
+                fout[p + 2] = wsum[w, 0]
+                p += 3
+            out[p] = sizes[0]
+            out[p + 1] = sizes[1]
+            p += 2
             for w in range(3):
-                p = wr_f64s(out, p, wrec[w], 2 * wmeta[w, 1])
-            p = wr_pairs(out, p, fk, fv, sizes[0])
-            p = wr_pairs(out, p, ak, av, sizes[1])
+                p = store_floats(fout, p, wrec[w], 2 * wmeta[w, 1])
+            p = store_pairs(out, p, fk, fv, sizes[0])
+            p = store_pairs(out, p, ak, av, sizes[1])
             pos = p
     if encode:
         out_off[n_merchants] = pos
 
 
-def out_capacity(n_merchants: int, state_bytes: int, n_ops: int) -> int:
-    """Bytes :func:`merchant_batch` may write for a batch of that many merchants and ops."""
-    return n_merchants * FIXED_MAX_BYTES + state_bytes + 32 * n_ops
+def out_capacity(n_merchants: int, state_words: int, n_ops: int) -> int:
+    """Words :func:`merchant_batch` may write for a batch of that many merchants and ops."""
+    return n_merchants * FIXED_MAX_WORDS + state_words + 2 * n_ops
 
 
 @njit(cache=True)

@@ -219,3 +219,18 @@ def drop_below(keys: np.ndarray, vals: np.ndarray, size: np.ndarray,
             vals[j] = vals[i]
             j += 1
     size[0] = j
+
+
+@njit(cache=True)
+def group(keys: np.ndarray, order: np.ndarray,
+          offsets: np.ndarray) -> None:  # pragma: no cover - numba
+    """Counting sort: row indices by key (0..len(offsets)-2) into ``order``, stable."""
+    for k in keys:
+        offsets[k + 1] += 1
+    for g in range(1, len(offsets)):
+        offsets[g] += offsets[g - 1]
+    fill = offsets[:-1].copy()
+    for i in range(len(keys)):
+        k = keys[i]
+        order[fill[k]] = i
+        fill[k] += 1

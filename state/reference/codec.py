@@ -1,10 +1,12 @@
 """Binary layout of a key's state (struct and array only, never pickle).
 
-An encoded state is one little-endian record: a fixed *head* (the version
-byte, the owner's scalars, then each aggregate's :meth:`~Part.head` fields)
-followed by the aggregates' bodies (flat runs of float64 or int64) in the same
-order; the head says how long each body is. Encoding packs the head and joins
-the bodies; decoding unpacks the head and copies each body into an array.
+An encoded state is a run of little-endian 8-byte words: a fixed *head* (the
+format version, the owner's scalars, then each aggregate's :meth:`~Part.head`
+fields, every one a word) followed by the aggregates' bodies (flat runs of float64
+or int64) in the same order; the head says how long each body is. Encoding packs
+the head and joins the bodies; decoding unpacks the head and copies each body into
+an array. Whole words let the batch kernels (:mod:`state.kernels`) read a state as
+one int64 array and its float64 view.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Layout:
 
     def __init__(self, what: str, scalar_codes: str, parts: Iterable[Part]) -> None:
         self.what = what
-        self.head = struct.Struct("<B" + scalar_codes + "".join(p.head_codes for p in parts))
+        self.head = struct.Struct("<q" + scalar_codes + "".join(p.head_codes for p in parts))
 
     def encode(self, scalars: Sequence[int | float], parts: Sequence[Part]) -> bytes:
         """Versioned bytes of ``scalars`` and ``parts`` (in the order given to the layout)."""

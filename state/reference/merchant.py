@@ -79,7 +79,7 @@ class Counts(dict[int, int]):
 
     __slots__ = ()
 
-    head_codes = "H"
+    head_codes = "q"
 
     def head(self) -> tuple[int, ...]:
         """Fixed encoding field: the number of entries."""

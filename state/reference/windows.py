@@ -46,7 +46,7 @@ class CountWindow:
 
     STRIDE = 2
     _ZERO = array("d", [0.0])  # the values of a new record
-    head_codes = "qHd"
+    head_codes = "qqd"
 
     def __init__(self, bucket_ms: int, n_buckets: int) -> None:
         self.bucket_ms = bucket_ms
@@ -155,7 +155,7 @@ class BucketWindow(CountWindow):
 
     STRIDE = 5
     _ZERO = array("d", [0.0] * 4)
-    head_codes = "qHdddd"
+    head_codes = "qqdddd"
 
     def _clear(self) -> None:
         self.count = self.total = self.total_sq = self.small = 0.0
@@ -212,7 +212,7 @@ class LastSeen:
 
     __slots__ = ("cap", "horizon_ms", "seen")
 
-    head_codes = "H"
+    head_codes = "q"
 
     def __init__(self, cap: int, horizon_ms: int) -> None:
         self.cap = cap
@@ -268,7 +268,7 @@ class TopCounts:
 
     __slots__ = ("cap", "counts", "best")
 
-    head_codes = "Hq"
+    head_codes = "qq"
 
     def __init__(self, cap: int) -> None:
         self.cap = cap

@@ -14,6 +14,7 @@ import random
 import numpy as np
 import pytest
 
+from state.errors import StateFormatError
 from state.features import MerchantOps, card_features, context_features, merchant_features
 from state.inputs import FeatureInputs, TxnInput
 from state.reference.card import CardState
@@ -153,8 +154,8 @@ def test_context_kernel_equals_the_reference() -> None:
 
 
 def test_a_state_of_another_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="format"):
-        card_features([b"\x04" + bytes(300)], np.zeros(1, np.int64),
+    with pytest.raises(StateFormatError, match="format version unsupported.*delete the state"):
+        card_features([b"\x04" + bytes(303)], np.zeros(1, np.int64),
                       FeatureInputs.of([Transaction(transaction_id="t", card_id="c",
                                                     merchant_id="m", amount=1.0,
                                                     currency="EUR", event_time=T0)], [1.0]))
