@@ -21,6 +21,8 @@ from topics.producer import produce_waiting
 from topics.settings import KafkaSettings
 
 PARTITIONS = 8
+#: Live-traffic probes: a simulated card becomes a new card every this many transactions.
+CARD_SPREAD = 2000
 #: The bench's own consumer. fetch.wait.max.ms bounds how long the broker holds an empty
 #: fetch; the broker answers as soon as data is there (fetch.min.bytes 1).
 CONSUMER: dict[str, str | int | bool] = {
@@ -160,21 +162,34 @@ class Collector(threading.Thread):
         self.join(10)
 
 
-def paced_produce(producer: Producer, topic: str, values: list[tuple[bytes, bytes]],
+def paced_produce(producer: Producer, topic: str, values: list[tuple[bytes, bytes]] | list[Any],
                   rate: float) -> float:
     """Offer ``values`` at ``rate`` per second (1 ms pacing); return the offered rate.
 
-    The offered rate is measured over the produce calls; the final flush (waiting for
-    the broker's acknowledgements) is not part of it.
+    ``values``: encoded ``(key, value)`` pairs, or transactions, which are produced as live
+    traffic carries them: stamped with the moment they are produced as their event time,
+    and spread over as many cards as a processor offering that rate has (a card of the
+    simulated world is a new card every :data:`CARD_SPREAD` transactions, so no card pays
+    every few seconds), keyed by card. The offered rate is measured over the produce
+    calls; the final flush (waiting for the broker's acknowledgements) is not part of it.
     """
+    encode = msgspec.json.Encoder().encode
     start = time.perf_counter()
     chunk = max(1, int(rate / 1000))
-    for i, (key, value) in enumerate(values):
+    now_ms = int(time.time() * 1000)
+    for i, item in enumerate(values):
         if i % chunk == 0:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             producer.poll(0)
+            now_ms = int(time.time() * 1000)
+        if isinstance(item, tuple):
+            key, value = item
+        else:
+            card = f"{item.card_id}~{i // CARD_SPREAD}"
+            key, value = card.encode(), encode(msgspec.structs.replace(
+                item, card_id=card, event_time=now_ms))
         produce_waiting(producer, topic, value, key)
     offered = len(values) / (time.perf_counter() - start)
     producer.flush(60)

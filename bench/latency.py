@@ -97,7 +97,7 @@ def stage_breakdown(before: Buckets, after: Buckets) -> dict[str, dict[str, floa
     return out
 
 
-def latency_at(env: Env, path: str, encoded: list[tuple[bytes, bytes]], rate: float,
+def latency_at(env: Env, path: str, encoded: list[Any], rate: float,
                seconds: float) -> dict[str, Any]:
     """Latency of one path at one offered rate, on fresh topics (and a fresh flow)."""
     settings = env.topic_set(f"lat-{path}")
@@ -137,9 +137,15 @@ def latency_at(env: Env, path: str, encoded: list[tuple[bytes, bytes]], rate: fl
     return res
 
 
-def latency(env: Env, encoded: list[tuple[bytes, bytes]], rates: list[float],
+def latency(env: Env, encoded: list[Any], rates: list[float],
             seconds: float) -> dict[str, Any]:
-    """Every path at every rate (a path stops at the first rate it cannot keep up with)."""
+    """Every path at every rate (a path stops at the first rate it cannot keep up with).
+
+    ``encoded``: the transactions to offer; each is produced with its produce time as its
+    event time, as live traffic is (a simulated month replayed in seconds would run event
+    time thousands of times faster than the clock, and the merchant stage's hour of
+    event-time slack would shrink to milliseconds of wall time).
+    """
     out: dict[str, Any] = {}
     for path in PATHS:
         out[path] = {}

@@ -121,9 +121,9 @@ def kafka_phases(res: dict[str, Any], parts: set[str], txns: list[Transaction],
         with EmbeddedBroker(log_dir=work, keep_log=False) as broker:
             env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), work / "latency",
                       model, broker.pid)
-            encoded = [(t.card_id.encode(), _encode(t)) for t in live[:latency_need(opts)]]
             with phase("latency"):
-                res["latency"] = latency(env, encoded, opts["rates"], opts["seconds"])
+                res["latency"] = latency(env, live[:latency_need(opts)], opts["rates"],
+                                         opts["seconds"])
 
 
 def main(argv: list[str] | None = None) -> int:

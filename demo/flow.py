@@ -44,6 +44,10 @@ def start_flow(settings: KafkaSettings, work: Path, model: Path) -> tuple[FlowPr
            "FRAUD_MODEL_PATH": str(model),
            "FRAUD_METRICS_PORT": str(port),
            "FRAUD_DRIFT_WINDOW_SECONDS": "86400", "FRAUD_DRIFT_FLUSH_SECONDS": "10",
+           # The demo plays 90 days in minutes: a second of wall time is about ten hours of
+           # event time. A labels partition that got no label for 0.2 s has skipped two
+           # hours of it and would otherwise hold the merchant stage's watermark back.
+           "FRAUD_INPUT_IDLE_MS": "200",
            "FRAUD_SAMPLE_DIR": str(SAMPLE_DIR)}  # fmt: skip
     log = log_path()
     log.unlink(missing_ok=True)

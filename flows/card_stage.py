@@ -43,6 +43,7 @@ from flows.routing import shard_key
 from state import card_store as cs
 from state.card_store import CardBatch, CardStore
 from state.errors import StaleStateError
+from state.features import group
 from state.inputs import FeatureInputs
 from state.kernels.windows import NO_TIME
 from state.partitioning import murmur2_partitions
@@ -219,9 +220,15 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
             if rows is not None:
                 shards = murmur2_partitions([t.merchant_id for t in rows.txns.values],
                                             self._merchant_shards)
-                for s in np.unique(shards).tolist():
-                    index = np.flatnonzero(shards == s)
-                    routed[s] = rows if len(index) == len(rows) else rows.take(index)
+                order, offsets = group(shards, self._merchant_shards)
+                if len(rows) == 1 or (shards == shards[0]).all():
+                    routed[int(shards[0])] = rows
+                else:
+                    grouped = rows.take(order)
+                    bounds = offsets.tolist()
+                    for s, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+                        if b > a:
+                            routed[s] = grouped.slice(a, b)
         progress, idle = self.progress()
         source = ("cards", self._shard)
         for s in range(self._merchant_shards):
@@ -239,9 +246,9 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         txns = ready.values
         amounts = self._amounts(txns)
         body = np.fromiter((body_digest(t) for t in txns), np.uint64, len(txns))
+        inputs = FeatureInputs.of(txns, amounts, ready.event_ms)
         batch = CardBatch([t.transaction_id for t in txns], [t.card_id for t in txns], body,
-                          ready.partition, ready.offset,
-                          FeatureInputs.of(txns, amounts, ready.event_ms))
+                          ready.partition, ready.offset, inputs)
         outcome = store.process(batch)
         carded = self._clock()
         conflict = outcome.kind == cs.CONFLICT
@@ -252,7 +259,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         keep = np.flatnonzero(~conflict)
         if not len(keep):
             return None, dead
-        rows = CardRows(ready, body, amounts, outcome.rows, outcome.has_row,
+        rows = CardRows(ready, inputs, body, outcome.rows, outcome.has_row,
                         np.full(len(txns), carded))
         return (rows if len(keep) == len(txns) else rows.take(keep)), dead
 

@@ -120,7 +120,7 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
     ingest: list[int] = []
     used: list[int] = []
     dead: list[DeadLetterRecord] = []
-    clamped = 0
+    clamped: list[bool] = []
     for msg in records:
         ingest_ms = msg.timestamp_ms if msg.timestamp_ms > 0 else now_ms
         result = decoder.decode(msg.value, ingest_ms)
@@ -128,8 +128,7 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
             t = _time_of(result)
             at = skew.apply(t, ingest_ms)
             if at is not None:
-                if at != t:
-                    clamped += 1
+                clamped.append(at != t)
                 values.append(result)
                 kept.append(msg)
                 ingest.append(ingest_ms)
@@ -143,8 +142,9 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
                 "(FRAUD_MAX_SKEW_SECONDS); stamp times in UTC",
             )
         dead.append(reject(msg, result))
-    if clamped and records:
-        metrics.CLAMPED.labels(topic=records[0].topic).inc(clamped)
+    n_clamped = sum(clamped)
+    if n_clamped and records:
+        metrics.CLAMPED.labels(topic=records[0].topic).inc(n_clamped)
     n = len(values)
     decoded = Decoded(
         values,
@@ -153,6 +153,7 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
         np.asarray(ingest, dtype=np.int64),
         np.asarray(used, dtype=np.int64),
         np.fromiter((m.fetched for m in kept), np.float64, n),
+        np.asarray(clamped, dtype=bool),
     )
     return decoded, kept, dead
 

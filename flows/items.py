@@ -17,6 +17,7 @@ from typing import Generic, NamedTuple, Self, TypeVar
 
 import numpy as np
 
+from state.inputs import FeatureInputs
 from topics.contracts import Label, Transaction
 
 T = TypeVar("T", Transaction, Label)
@@ -43,6 +44,8 @@ class Decoded(Generic[T]):
     ingest_ms: np.ndarray
     event_ms: np.ndarray
     fetched: np.ndarray
+    clamped: np.ndarray
+    """bool: the time used is the record timestamp (:class:`flows.decode.SkewRule`)."""
 
     def __len__(self) -> int:
         return len(self.values)
@@ -51,7 +54,14 @@ class Decoded(Generic[T]):
         """The rows at ``index`` (int array), in that order."""
         return type(self)(_take_list(self.values, index), self.partition[index],
                           self.offset[index], self.ingest_ms[index], self.event_ms[index],
-                          self.fetched[index])
+                          self.fetched[index], self.clamped[index])
+
+    def slice(self, start: int, stop: int) -> Self:
+        """Rows ``start:stop`` (array views)."""
+        return type(self)(self.values[start:stop], self.partition[start:stop],
+                          self.offset[start:stop], self.ingest_ms[start:stop],
+                          self.event_ms[start:stop], self.fetched[start:stop],
+                          self.clamped[start:stop])
 
     @classmethod
     def concat(cls, parts: Sequence[Decoded[T]]) -> Decoded[T]:
@@ -62,33 +72,28 @@ class Decoded(Generic[T]):
                    *(np.concatenate([getattr(p, f.name) for p in parts])
                      for f in fields(cls)[1:]))
 
-    @property
-    def clamped(self) -> np.ndarray:
-        """bool: the time used is the record timestamp (:class:`flows.decode.SkewRule`)."""
-        times = np.fromiter((_time_of(v) for v in self.values), np.int64, len(self.values))
-        return self.event_ms != times
-
-
-def _time_of(value: Transaction | Label) -> int:
-    return value.event_time if isinstance(value, Transaction) else value.label_time
-
 
 @dataclass(slots=True)
 class CardRows:
     """A card shard's results: the transactions with their card groups, as columns.
 
-    ``txns``: the decoded transactions; ``body`` uint64 body digests; ``amount``
-    float64 reference-currency amounts; ``rows`` float32 ``[n, CARD_WIDTH]``;
-    ``has_row`` bool (a repeat whose row is no longer kept has none); ``carded``
-    float64: when the card stage was done (epoch s).
+    ``txns``: the decoded transactions; ``inputs``: what the features read from them
+    (built once, by the card stage); ``body`` uint64 body digests; ``rows`` float32
+    ``[n, CARD_WIDTH]``; ``has_row`` bool (a repeat whose row is no longer kept has
+    none); ``carded`` float64: when the card stage was done (epoch s).
     """
 
     txns: Decoded[Transaction]
+    inputs: FeatureInputs
     body: np.ndarray
-    amount: np.ndarray
     rows: np.ndarray
     has_row: np.ndarray
     carded: np.ndarray
+
+    @property
+    def amount(self) -> np.ndarray:
+        """float64 reference-currency amounts."""
+        return self.inputs.amount
 
     def __len__(self) -> int:
         return len(self.txns)
@@ -100,8 +105,14 @@ class CardRows:
 
     def take(self, index: np.ndarray) -> CardRows:
         """The rows at ``index`` (int array), in that order."""
-        return CardRows(self.txns.take(index), self.body[index], self.amount[index],
+        return CardRows(self.txns.take(index), self.inputs.take(index), self.body[index],
                         self.rows[index], self.has_row[index], self.carded[index])
+
+    def slice(self, start: int, stop: int) -> CardRows:
+        """Rows ``start:stop`` (array views)."""
+        return CardRows(self.txns.slice(start, stop), self.inputs.slice(start, stop),
+                        self.body[start:stop], self.rows[start:stop],
+                        self.has_row[start:stop], self.carded[start:stop])
 
     @classmethod
     def concat(cls, parts: Sequence[CardRows]) -> CardRows:
@@ -109,8 +120,9 @@ class CardRows:
         if len(parts) == 1:
             return parts[0]
         return cls(Decoded.concat([p.txns for p in parts]),
+                   FeatureInputs.concat([p.inputs for p in parts]),
                    *(np.concatenate([getattr(p, f.name) for p in parts])
-                     for f in fields(cls)[1:]))
+                     for f in fields(cls)[2:]))
 
 
 class CardWork(NamedTuple):

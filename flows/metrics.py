@@ -246,6 +246,10 @@ def observe_many(histogram: Any, values: np.ndarray) -> None:
     """
     if not len(values):
         return
+    if len(values) <= 16:  # a few calls beat the vector set-up
+        for v in values.tolist():
+            histogram.observe(v)
+        return
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     total = getattr(histogram, "_sum", None)

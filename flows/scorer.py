@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,7 +39,6 @@ from scoring.decide import Decided, decide
 from scoring.render import render
 from scoring.serving import Serving
 from state import merchant_store as ms
-from state.inputs import FeatureInputs
 from state.merchant_store import LabelJoin, MerchantBatch, MerchantStore
 from state.records import Verdict
 from topics.contracts import Label
@@ -164,8 +164,7 @@ class MerchantScorer:
         live = self.champion.poll()  # one model per batch: swaps happen between batches
         shadow = self.shadow.poll() if self.shadow is not None else None
         batch = MerchantBatch([t.transaction_id for t in values], [t.merchant_id for t in values],
-                              rows.body, txns.partition, txns.offset,
-                              FeatureInputs.of(values, rows.amount, txns.event_ms), rows.rows,
+                              rows.body, txns.partition, txns.offset, rows.inputs, rows.rows,
                               rows.has_row)
         self._decided = None
 
@@ -215,9 +214,8 @@ class MerchantScorer:
         txns = rows.txns
         live = decided.champion
         decisions = decided.decision
-        for decision, count in zip(*np.unique(decisions, return_counts=True), strict=True):
-            metrics.VERDICTS.labels(decision=str(decision), model_version=live.version).inc(
-                int(count))
+        for decision, count in Counter(decisions.tolist()).items():
+            metrics.VERDICTS.labels(decision=decision, model_version=live.version).inc(count)
         metrics.TRANSACTIONS_IN.inc(len(fresh))
         ingest = txns.ingest_ms[fresh]
         metrics.observe_many(metrics.LATENCY_SECONDS, np.maximum(0.0, made - ingest / 1000))

@@ -18,7 +18,11 @@ For each transaction of a batch, in the order given:
   it, naming where the first one came from).
 
 A batch costs one multi-get of its transaction ids, one of its new cards' states,
-and one ``WriteBatch`` (:class:`~state.transaction.StoreTransaction`).
+and one ``WriteBatch`` (:class:`~state.transaction.StoreTransaction`). The store is
+*rebuildable* (:meth:`state.db.StateDB.open`): its rows are a function of each card's
+records in offset order, so it writes without a write-ahead log and flushes at every
+recovery snapshot; after a crash the replay from the snapshot redoes what was lost,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class CardStore:
              options: StoreOptions | None = None) -> Self:
         """Open (creating) the store of ``identity.shard`` under ``state_dir/cards``."""
         return cls(StateDB.open(Path(state_dir) / "cards" / str(identity.shard), identity,
-                                options))
+                                options, rebuildable=True))
 
     @property
     def seq(self) -> int:

@@ -63,12 +63,18 @@ class StateDB:
     """A RocksDB opened for one store, with its identity checked."""
 
     def __init__(self, db: rocksdict.Rdict, path: Path, identity: StoreIdentity,
-                 options: StoreOptions) -> None:
+                 options: StoreOptions, rebuildable: bool = False) -> None:
         self.db = db
         self.path = path
         self.identity = identity
         self.options = options
+        self.rebuildable = rebuildable
+        """Written without a write-ahead log and flushed at every recovery snapshot (see
+        :meth:`open`)."""
         self._write_opts = options.write_options()
+        if rebuildable:
+            self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment]
+        self._flushed = -1
         raw = db.get(keys.SEQ_KEY)
         self.seq = keys.unpack_u64(raw) if raw is not None else 0
         """Changes applied so far (monotonic; part of every batch)."""
@@ -86,12 +92,18 @@ class StateDB:
 
     @classmethod
     def open(cls, path: Path, identity: StoreIdentity,
-             options: StoreOptions | None = None) -> Self:
+             options: StoreOptions | None = None, rebuildable: bool = False) -> Self:
         """Open (creating if needed) the store at ``path`` for ``identity``.
 
-        Raises :class:`StoreIOError` (cannot open), :class:`StateFormatError`
-        (another code version wrote it) or :class:`StateIdentityError` (it belongs
-        to another topic, shard or role).
+        ``rebuildable``: everything written since the last recovery snapshot can be
+        rebuilt exactly by replaying the input from it (the card store: its rows are a
+        function of the card's records in offset order). Such a store skips the
+        write-ahead log and flushes its memtables at every snapshot
+        (:meth:`checkpoint`), so after a crash it holds at least the snapshot's state
+        and the replay redoes the rest; a write costs about half. Raises
+        :class:`StoreIOError` (cannot open), :class:`StateFormatError` (another code
+        version wrote it) or :class:`StateIdentityError` (it belongs to another topic,
+        shard or role).
         """
         options = options or StoreOptions()
         try:
@@ -107,7 +119,7 @@ class StateDB:
         except Exception:
             db.close()
             raise
-        return cls(db, path, identity, options)
+        return cls(db, path, identity, options, rebuildable)
 
     # --- reads -------------------------------------------------------------------------
     def batch(self) -> rocksdict.WriteBatch:
@@ -142,6 +154,9 @@ class StateDB:
         the sweep's clock stops at the day of the last snapshot, and rows written
         after it are kept (see :class:`state.transaction.StoreTransaction`).
         """
+        if self.rebuildable and self._flushed != self.seq:
+            self.flush()
+            self._flushed = self.seq
         self.safe = (self.seq, self.today)
         return self.seq
 
@@ -153,7 +168,7 @@ class StateDB:
         return int(sst + mem)
 
     def flush(self) -> None:
-        """Flush memtables to SST files (for measurements; not needed for durability)."""
+        """Flush memtables to SST files (durability of a rebuildable store; measurements)."""
         self.db.flush()
 
     def compact(self) -> None:
@@ -161,7 +176,9 @@ class StateDB:
         self.db.compact_range(None, None)
 
     def close(self) -> None:
-        """Close the database; the store is unusable afterwards."""
+        """Close the database (a store without a write-ahead log flushes first)."""
+        if self.rebuildable:
+            self.db.flush()
         self.db.close()
 
 

@@ -59,6 +59,8 @@ from state.units import HOUR_MS
 
 #: The watermark of inputs that are all idle: everything has arrived.
 EVERYTHING = 1 << 62
+#: How far behind the watermark an input can be and still hand on records that are not late.
+SLACK_MS = HOUR_MS
 
 
 class Rows(Protocol):
@@ -103,7 +105,9 @@ class Watermark:
     Inputs are named by any hashable; :meth:`expect` declares the ones to wait for.
     ``grace_s``: when an idle input wakes up, the other idle inputs may be waking too (a
     burst after a quiet spell reaches the partitions a few milliseconds apart), so for
-    this long (wall-clock seconds) they hold the watermark at their progress again.
+    this long (wall-clock seconds) they hold the watermark at their progress again: those
+    within :data:`SLACK_MS` of the watermark (one left far behind long ago cannot hold it
+    back any more), or all of them before the watermark has moved at all.
     """
 
     progress: dict[object, int] = field(default_factory=dict)
@@ -126,8 +130,10 @@ class Watermark:
             self.progress.setdefault(name, NO_TIME)
         if self.idle.get(name, False) and not idle:  # woke up: the other idle ones may too
             until = now + self.grace_s
+            current = self.value - SLACK_MS  # idle inputs further behind were left long ago
             for other, other_idle in self.idle.items():
-                if other_idle and other != name:
+                if other_idle and other != name and (
+                        self.value <= NO_TIME or self.progress.get(other, NO_TIME) >= current):
                     self.suspect_until[other] = until
         self.idle[name] = idle
         if not idle:

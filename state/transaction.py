@@ -63,8 +63,9 @@ class StoreTransaction:
 
     def expire_many(self, days: np.ndarray, key_list: list[bytes]) -> None:
         """:meth:`expire` for each key with its day (``days``: int array, one per key)."""
-        if len(key_list) and days.min() == days.max():
-            self._expiry.setdefault(max(int(days[0]), self.db.expired_day), []).extend(key_list)
+        first = int(days[0]) if len(key_list) else 0
+        if len(key_list) == 1 or (len(key_list) and (days == first).all()):
+            self._expiry.setdefault(max(first, self.db.expired_day), []).extend(key_list)
             return
         for day, key in zip(days.tolist(), key_list, strict=True):
             self.expire(day, key)

@@ -70,7 +70,9 @@ def decoded(items: Sequence[Src]) -> Decoded[Any]:
     return Decoded([s.value for s in items], np.fromiter((s.partition for s in items), np.int32, n),
                    np.fromiter((s.offset for s in items), np.int64, n),
                    np.fromiter((s.ingest_ms for s in items), np.int64, n),
-                   np.fromiter((s.event_ms for s in items), np.int64, n), np.zeros(n))
+                   np.fromiter((s.event_ms for s in items), np.int64, n), np.zeros(n),
+                   np.fromiter((s.event_ms != (s.value.event_time if isinstance(
+                       s.value, Transaction) else s.value.label_time) for s in items), bool, n))
 
 
 def decoded_rows(items: Iterable[Any]) -> list[Src]:

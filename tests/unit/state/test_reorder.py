@@ -132,3 +132,27 @@ def test_any_arrival_order_releases_every_row_once_in_event_time_per_release(
     for k, t in enumerate(out):  # nothing scored after a row two hours later than it
         assert all(u // HOUR < t // HOUR + 2 for u in out[:k])
     assert order.late == 0
+
+
+def test_a_waking_input_makes_only_current_idle_inputs_wait_for_a_grace() -> None:
+    w = Watermark(grace_s=1.0)
+    w.expect(["a", "b", "stale"])
+    w.heard("stale", T0, True)  # idle since long ago, far behind
+    w.heard("a", T0 + 10 * HOUR, True)
+    w.heard("b", T0 + 10 * HOUR, True)
+    assert w.update(now=0.0) == T0 + 10 * HOUR  # all idle: the newest progress
+    w.heard("a", T0 + 15 * HOUR, False, now=1.0)  # a burst: a wakes first
+    assert w.update(now=1.5) == T0 + 10 * HOUR  # b may be waking too: it holds
+    assert set(w.suspect_until) == {"b"} and w.recheck_at() == 2.0
+    assert w.update(now=2.0) == T0 + 15 * HOUR  # b had nothing after all
+
+
+def test_before_the_watermark_moves_every_idle_input_may_be_starting() -> None:
+    w = Watermark(grace_s=1.0)
+    w.expect(["a", "b"])
+    w.heard("a", NO_TIME, True)
+    w.heard("b", NO_TIME, True)
+    w.heard("a", T0, False, now=5.0)
+    assert w.update(now=5.5) == NO_TIME
+    w.heard("b", T0 + HOUR, False, now=5.6)
+    assert w.update(now=5.7) == T0
