@@ -163,6 +163,11 @@ drift-report *ARGS:
 bench *ARGS:
     @{{python}} bench/run.py "$@"
 
+# a 200,000-transaction, 60-day labelled backlog streamed by 1 and 2 processes equals just score-file (~3 min)
+[positional-arguments]
+backlog *ARGS:
+    @FRAUD_BACKLOG=full {{python}} -m pytest tests/integration/test_backlog.py "$@"
+
 # chaos tier (~6 min): kill -9 x10 over 100k transactions, paused/replaced/lost broker, bad models, signals
 [positional-arguments]
 chaos *ARGS:

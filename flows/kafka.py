@@ -88,6 +88,9 @@ SOURCE_DEFAULTS = {
 }
 
 
+#: A partition with records left to read that delivers none this long (s) is counted idle.
+STALLED_S = 30.0
+
 #: Next offset to read per (topic, partition) in this process (the input watch compares them
 #: with the partitions' ends: an end below it means the topic was re-created or truncated).
 CONSUMED: dict[tuple[str, int], int] = {}
@@ -169,6 +172,19 @@ class _TopicReader:
                 msg.key(), msg.value(), topic, partition, msg.offset() or 0,
                 ts if kind != TIMESTAMP_NOT_AVAILABLE else 0, fetched))
 
+    def caught_up(self, partition: int, next_offset: int) -> bool:
+        """Whether ``partition`` has nothing left to read at ``next_offset``, as far as known.
+
+        Compares with the end offset the broker reported in its last fetch response
+        (librdkafka's cached high watermark, or last stable offset when reading committed
+        records); unknown (no fetch answered yet) is not caught up.
+        """
+        low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self.topic, partition), cached=True)
+        if high < 0:
+            return False
+        return high <= max(next_offset, low, 0)
+
     def close(self) -> None:
         """Close the consumer once the last partition is done."""
         self._open -= 1
@@ -182,9 +198,13 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
 
     Its snapshot is the next offset to read. After an empty poll the partition
     is asked again in ``idle_s`` (Bytewax's own default, 1 ms, when None), so idle
-    topics cost next to nothing. After ``idle_ms`` without a record it hands on one
-    idle notice; while :mod:`flows.alignment` holds it back it reads nothing (and is
-    not idle).
+    topics cost next to nothing. After ``idle_ms`` without a record, *and* read up to
+    the end the broker last reported (:meth:`_TopicReader.caught_up`), it hands on one
+    idle notice: a partition that merely waits for a slow fetch in a backlog is not
+    idle, or the watermark would pass its records (the rule Kafka Streams adopted in
+    KIP-695). One with records left that delivers none for :data:`STALLED_S` is
+    counted idle anyway, with a warning, so one stuck partition cannot stop scoring.
+    While :mod:`flows.alignment` holds it back it reads nothing (and is not idle).
     """
 
     def __init__(
@@ -234,8 +254,17 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
             return [RawBatch(reader.topic, partition, out)]
         if self._idle_s is not None:
             self._awake = datetime.fromtimestamp(now + self._idle_s, tz=UTC)
-        if not self._said_idle and now - self._last_data >= self._idle_after:
-            log.debug("%s partition %d idle", reader.topic, partition)
+        quiet = now - self._last_data
+        if not self._said_idle and quiet >= self._idle_after:
+            if reader.caught_up(partition, self._offset):
+                log.debug("%s partition %d idle", reader.topic, partition)
+            elif quiet >= max(STALLED_S, self._idle_after):
+                log.warning("%s partition %d has records left to read but delivered none "
+                            "for %.0f s: counted idle, so the others are scored; its records "
+                            "may now arrive behind the watermark (fraud_event_time_late_total)",
+                            reader.topic, partition, quiet)
+            else:
+                return []
             self._said_idle = True
             return [RawBatch(reader.topic, partition, [], idle=True)]
         return []

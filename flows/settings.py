@@ -54,8 +54,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "250", "routed mis-keyed records wait this long for their card's stragglers (0: none)"
     ),
     "FRAUD_INPUT_IDLE_MS": (
-        "2000", "an input partition with nothing to read this long no longer holds the "
-        "merchant stage's event-time watermark back"
+        "2000", "an input partition read to its end with nothing new this long no longer "
+        "holds the merchant stage's event-time watermark back"
     ),
     "FRAUD_ALIGN_MS": (
         "1800000", "a transactions partition this far ahead of the watermark in event time "

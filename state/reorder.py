@@ -166,13 +166,18 @@ class _Buffer(Generic[R]):
 
     chunks: list[R] = field(default_factory=list)
     size: int = 0
+    oldest: int = EVERYTHING
+    """The smallest event time buffered (ms; EVERYTHING when empty)."""
 
     def add(self, chunk: R) -> None:
         self.chunks.append(chunk)
         self.size += len(chunk)
+        self.oldest = min(self.oldest, int(chunk.event_ms.min()))
 
     def split(self, limit: int) -> tuple[list[R], list[R]]:
         """``(ready, kept)``: the rows before ``limit`` (ms), and the others."""
+        if self.oldest >= limit:
+            return [], self.chunks
         out: list[R] = []
         keep: list[R] = []
         for chunk in self.chunks:
@@ -185,6 +190,13 @@ class _Buffer(Generic[R]):
             else:
                 keep.append(chunk)
         return out, keep
+
+
+    @classmethod
+    def of(cls, chunks: list[R], size: int) -> _Buffer[R]:
+        """A buffer of ``chunks`` (``size`` rows in all)."""
+        oldest = min((int(c.event_ms.min()) for c in chunks), default=EVERYTHING)
+        return cls(chunks, size, oldest)
 
 
 def _sorted(chunks: list[R], concat: Callable[[list[R]], R]) -> R | None:
@@ -243,7 +255,8 @@ class EventTimeOrder(Generic[R, L]):
         oldest transactions go anyway.
         """
         limit = release_limit(self.watermark.update(now))
-        if not self.buffered:
+        if not self.buffered or (self.buffered <= self.limit and self.txns.oldest >= limit
+                                 and self.labels.oldest >= limit):
             return []
         ready_t, keep_t = self.txns.split(limit)
         ready_l, keep_l = self.labels.split(limit)
@@ -256,8 +269,8 @@ class EventTimeOrder(Generic[R, L]):
             keep_t = [merged.take(order[cut:])] if cut < kept_t else []
             kept_t -= cut
             self.forced += cut
-        self.txns = _Buffer(keep_t, kept_t)
-        self.labels = _Buffer(keep_l, kept_l)
+        self.txns = _Buffer.of(keep_t, kept_t)
+        self.labels = _Buffer.of(keep_l, kept_l)
         txns, labels = _sorted(ready_t, concat_txns), _sorted(ready_l, concat_labels)
         if labels is None:
             return [] if txns is None else [(False, txns)]

@@ -47,15 +47,19 @@ class Outcome:
 
 
 def wait_until(
-    done: Callable[[], bool], flows: Sequence[FlowProcess], what: str,
+    done: Callable[[], bool], flows: Sequence[FlowProcess], what: str | Callable[[], str],
     timeout: float = TIMEOUT, tick: Callable[[], None] = lambda: None,
 ) -> None:
-    """Call ``tick`` until ``done()``; fail if a flow exits or ``timeout`` passes."""
+    """Call ``tick`` until ``done()``; fail if a flow exits or ``timeout`` passes.
+
+    ``what`` (or what it returns, at the time out) names what was awaited.
+    """
     deadline = time.time() + timeout
     while not done():
         for flow in flows:
             flow.check()
-        assert time.time() < deadline, f"timed out waiting for {what}"
+        assert time.time() < deadline, (
+            f"timed out waiting for {what() if callable(what) else what}")
         tick()
         time.sleep(0.05)
 
@@ -68,8 +72,16 @@ class Collector(threading.Thread):
         self.settings, self.stopping = settings, threading.Event()
         self.outcome = Outcome(defaultdict(list), [])
         self.versions: set[str] = set()  # model versions seen so far (safe to read meanwhile)
+        self.failed: BaseException | None = None
 
     def run(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # reported by wait_for, not lost in a thread
+            self.failed = exc
+            raise
+
+    def _read(self) -> None:
         consumer = Consumer(self.settings.client_config(**CONSUMER, **{"fetch.wait.max.ms": 10}))
         topics = (self.settings.topic("predictions"), self.settings.topic("dead-letter"))
         consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(PARTITIONS)])
@@ -86,12 +98,20 @@ class Collector(threading.Thread):
                     self.outcome.dead_letters.append(msgspec.json.decode(value, type=DeadLetter))
         consumer.close()
 
-    def wait_for(self, n_verdicts: int, flows: Sequence[FlowProcess], n_dead: int = 0) -> None:
+    def wait_for(self, n_verdicts: int, flows: Sequence[FlowProcess], n_dead: int = 0,
+                 timeout: float = TIMEOUT) -> None:
         """Block until ``n_verdicts`` distinct verdicts and ``n_dead`` dead letters arrived."""
+
+        def alive() -> None:
+            assert self.failed is None, f"the collector stopped: {self.failed!r}"
+
         wait_until(
             lambda: (len(self.outcome.verdicts) >= n_verdicts
                      and len(self.outcome.dead_letters) >= n_dead),
-            flows, f"{n_verdicts} verdicts (have {len(self.outcome.verdicts)})",
+            flows, lambda: (f"{n_verdicts} verdicts and {n_dead} dead letters (have "
+                            f"{len(self.outcome.verdicts)} and "
+                            f"{len(self.outcome.dead_letters)})"), timeout,
+            tick=alive,
         )
 
     def stop(self) -> Outcome:

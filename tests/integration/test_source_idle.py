@@ -1,0 +1,71 @@
+"""A ``transactions`` partition is idle only when read to its end (flows.kafka).
+
+An idle partition stops holding the merchant stage's watermark back, so a partition
+that merely waits for a slow fetch must not say it is idle: its records would then
+arrive behind the watermark. Against the embedded broker: the fetcher is stopped
+half way (the reader fills nothing, as when the broker is slow to answer), and the
+partition stays quiet but not idle until :data:`flows.kafka.STALLED_S`; read to the
+end, it is idle after ``idle_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+import flows.kafka as kafka_mod
+from flows.kafka import RawBatch, source
+from topics.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+
+def _poll(part: kafka_mod._SourcePartition, seconds: float) -> list[RawBatch]:
+    out: list[RawBatch] = []
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        out += part.next_batch()
+        time.sleep(0.005)
+    return out
+
+
+def test_a_partition_with_records_left_is_not_idle_until_stalled(
+    topics: KafkaSettings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = topics.topic("transactions")
+    producer = Producer(topics.client_config())
+    for i in range(6):
+        producer.produce(topic, f"r{i}".encode(), partition=0)
+    assert producer.flush(10) == 0
+    src = source(topics, "transactions", batch_size=2, idle_ms=50)
+    part = src.build_part("test-in", f"0-{topic}", None)
+    reader = part._reader
+    try:
+        got: list[RawBatch] = []
+        deadline = time.time() + 10
+        while not got and time.time() < deadline:
+            got += part.next_batch()
+        assert [r.offset for b in got for r in b.records] == [0, 1]
+        fill = reader.fill
+        monkeypatch.setattr(reader, "fill", lambda batch_size: None)  # the fetch stalls
+        reader.queues[0].clear()  # what was fetched beyond the first batch is not there yet
+        quiet = _poll(part, 0.4)
+        assert not any(b.idle for b in quiet), "records 2-5 are unread: the partition is not idle"
+        monkeypatch.setattr(kafka_mod, "STALLED_S", 0.3)
+        with caplog.at_level(logging.WARNING, logger="flows.kafka"):
+            stalled = _poll(part, 0.4)
+        assert [b.idle for b in stalled] == [True]
+        assert "has records left to read but delivered none" in caplog.text
+
+        monkeypatch.setattr(reader, "fill", fill)  # the broker answers again
+        monkeypatch.setattr(kafka_mod, "STALLED_S", 60.0)
+        reader._consumer.seek(kafka_mod.TopicPartition(topic, 0, 2))
+        rest = _poll(part, 1.0)
+        assert [r.offset for b in rest for r in b.records] == [2, 3, 4, 5]
+        assert rest[-1].idle and not any(b.idle for b in rest[:-1]), (
+            "read to the end, the partition is idle after idle_ms")
+    finally:
+        part.close()
