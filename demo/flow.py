@@ -45,9 +45,11 @@ def start_flow(settings: KafkaSettings, work: Path, model: Path) -> tuple[FlowPr
            "FRAUD_METRICS_PORT": str(port),
            "FRAUD_DRIFT_WINDOW_SECONDS": "86400", "FRAUD_DRIFT_FLUSH_SECONDS": "10",
            # The demo plays 90 days in minutes: a second of wall time is about ten hours of
-           # event time. A labels partition that got no label for 0.2 s has skipped two
-           # hours of it and would otherwise hold the merchant stage's watermark back.
-           "FRAUD_INPUT_IDLE_MS": "200",
+           # event time, so the watermark's wall-clock settings shrink to match. A labels
+           # partition that got no label for 50 ms has skipped half an hour of it and would
+           # otherwise hold the merchant stage's watermark back; a second of grace after a
+           # wake-up would hold it ten hours.
+           "FRAUD_INPUT_IDLE_MS": "50", "FRAUD_IDLE_GRACE_MS": "20", "FRAUD_ALIGN_MS": "3300000",
            "FRAUD_SAMPLE_DIR": str(SAMPLE_DIR)}  # fmt: skip
     log = log_path()
     log.unlink(missing_ok=True)

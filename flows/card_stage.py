@@ -104,7 +104,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
 
     def __init__(self, open_store: Callable[[int], CardStore], amounts: Amounts, topic: str,
                  partitions: int, merchant_shards: int, resumed: CardSnapshot | None,
-                 hold_ms: int = 0, clock: Callable[[], float] = time.time) -> None:
+                 hold_ms: int = 0, clock: Callable[[], float] = time.time,
+                 grace_s: float = 1.0) -> None:
         self._open_store = open_store
         self._amounts = amounts
         self._topic = topic
@@ -117,6 +118,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         self._held = resumed.held if resumed is not None else None
         self._inputs = (resumed.inputs if resumed is not None and resumed.inputs is not None
                         else Watermark())
+        self._inputs.grace_s = grace_s
         self._inputs.expect(range(partitions))  # none is known to be idle yet
         self._release_at = clock() + self._hold_s if self._held is not None else 0.0
         self._told: dict[int, tuple[int, bool]] = {}
@@ -272,7 +274,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         seq = (self._store.checkpoint() if self._store is not None
                else self._resume if self._resume is not None else 0)
         inputs = Watermark(dict(self._inputs.progress), dict(self._inputs.idle),
-                           self._inputs.value)
+                           self._inputs.value, self._inputs.grace_s)
         return CardSnapshot(seq, self._held, inputs)
 
     def close(self) -> None:

@@ -76,7 +76,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
     def __init__(self, open_scorer: Callable[[int, MerchantSnapshot | None], MerchantScorer],
                  resumed: MerchantSnapshot | None, idle_seconds: float, card_shards: int,
                  label_partitions: int, reorder_max: int = 200_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, grace_s: float = 1.0) -> None:
         self._open_scorer = open_scorer
         self._clock = clock
         self._resumed = resumed
@@ -87,6 +87,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         self._order: EventTimeOrder[CardRows, Decoded[Label]] = (
             order or EventTimeOrder(reorder_max))
         self._order.limit = reorder_max
+        self._order.watermark.grace_s = grace_s
         self._order.watermark.expect([("cards", s) for s in range(card_shards)]
                                      + [("labels", q) for q in range(label_partitions)])
         self._counted = (self._order.late, self._order.late_labels, self._order.forced)

@@ -228,7 +228,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     idle = settings.input_idle_ms
     flow = Dataflow("fraud-score")
     txn_polls = kafka.read("transactions-in", flow, settings.kafka, "transactions",
-                           batch_size=settings.batch_max, idle_ms=idle, aligned=True)
+                           batch_size=settings.batch_max, idle_ms=idle, aligned=True,
+                           linger_ms=settings.input_linger_ms)
     txns = decode_transactions(
         "decode-transactions", txn_polls,
         TransactionDecoder(settings.max_message_bytes, future, rates=rates), skew,
@@ -245,7 +246,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         "split-card", op.key_rm("unkey-card", op.stateful_batch(
             "card", txns.oks,
             lambda resume: CardLogic(open_cards, amounts(rates), topic, parts, shards, resume,
-                                     settings.miskeyed_hold_ms),
+                                     settings.miskeyed_hold_ms,
+                                     grace_s=settings.idle_grace_ms / 1000),
         )),
         lambda x: not isinstance(x, DeadLetterRecord),
     )
@@ -264,7 +266,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
         "merchant", merchant_in,
         lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds, parts,
-                                      label_parts, settings.reorder_max),
+                                      label_parts, settings.reorder_max,
+                                      grace_s=settings.idle_grace_ms / 1000),
     ))
     verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkBatch))
     kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions")

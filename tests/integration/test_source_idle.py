@@ -69,3 +69,40 @@ def test_a_partition_with_records_left_is_not_idle_until_stalled(
             "read to the end, the partition is idle after idle_ms")
     finally:
         part.close()
+
+
+def test_a_linger_drains_the_consumer_at_most_once_per_linger_for_every_partition(
+    topics: KafkaSettings,
+) -> None:
+    topic = topics.topic("transactions")
+    producer = Producer(topics.client_config())
+
+    def produce(n: int) -> None:
+        for i in range(n):
+            producer.produce(topic, f"r{i}".encode(), partition=i % 2)
+        assert producer.flush(10) == 0
+
+    produce(4)
+    src = source(topics, "transactions", batch_size=100, linger_ms=300)
+    parts = [src.build_part("test-in", f"{p}-{topic}", None) for p in (0, 1)]
+    try:
+        got: list[RawBatch] = []
+        deadline = time.time() + 10
+        while sum(len(b.records) for b in got) < 4 and time.time() < deadline:
+            for part in parts:
+                got += part.next_batch()
+            time.sleep(0.01)
+        filled = time.time()
+        produce(4)
+        time.sleep(0.1)  # fetched by the consumer, but the linger is not over
+        early = [b for part in parts for b in part.next_batch()]
+        assert not any(b.records for b in early)
+        awake = parts[0].next_awake()
+        assert awake is not None and awake.timestamp() > filled, "asked again when the linger ends"
+        time.sleep(max(0.0, awake.timestamp() - time.time()) + 0.01)
+        late = [b for part in parts for b in part.next_batch()]
+        assert sorted(b.partition for b in late if b.records) == [0, 1], (
+            "one fill hands every partition its records in the same round")
+    finally:
+        for part in parts:
+            part.close()

@@ -1,0 +1,504 @@
+"""A real single-node Apache Kafka broker (KRaft, no ZooKeeper) for tests and benchmarks.
+
+The embedded Tansu broker (:mod:`devkit.broker`) is light but is not Kafka; this
+module runs the real thing when a test or a benchmark must see Kafka's own
+behaviour. Nothing is downloaded except through Maven:
+
+* :func:`install` resolves ``org.apache.kafka:kafka_2.13:<version>`` (it pulls
+  ``kafka-server``, ``kafka-storage``, ``kafka-raft``, ``kafka-metadata``,
+  ``kafka-clients``, Scala, ...) plus log4j2 from Maven Central with
+  ``mvn dependency:copy-dependencies`` into ``<cache>/libs`` (46 jars, 43 MB),
+  once. The cache is ``$FRAUD_KAFKA_CACHE`` if set, else
+  ``~/.cache/fraudstream/apache-kafka-<version>/``, outside the repository;
+  Maven's own repository (``~/.m2``) keeps the downloads too.
+* :class:`ApacheKafka` formats a fresh storage directory (``kafka.tools.StorageTool
+  format`` with a random cluster id) and runs ``kafka.Kafka`` as a combined
+  broker+controller on ``127.0.0.1``, as a child process that dies with its
+  parent (:mod:`devkit.deathsig`). Kafka logs WARN and above to
+  ``<log_dir>/server.log``; JVM output goes to ``<log_dir>/stdout.log``.
+
+``python -m devkit.apache_kafka`` runs one in the foreground (``--help``).
+
+Measured on the 2-core development machine (Kafka 4.1.1, OpenJDK 17, 512 MB heap,
+with other tests running beside it, so figures vary): first install 20 s with
+an empty ``~/.m2`` (5 s when Maven already has the jars); start-up, format
+included, 5-7 s until metadata is served (format 1.5 s, broker 3.5-5 s); idle
+broker RSS about 330 MB; idle CPU about 3-4 % of one core; a clean SIGTERM
+shutdown takes about 1.5-2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+
+from devkit.broker import HOST, free_port
+from devkit.deathsig import orphan_safe
+from topics.devbroker import port_answers
+from topics.errors import BrokerError
+from topics.settings import BOOTSTRAP_ENV
+
+KAFKA_VERSION = "4.1.1"
+#: log4j2 matching Kafka 4.1's own distribution; Kafka logs through slf4j 1.7.
+LOG4J_VERSION = "2.24.3"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+CACHE_ENV = "FRAUD_KAFKA_CACHE"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STACK_FRAME = re.compile(r"^\s+(at |\.\.\. \d+ more)")
+_STAMP = ".installed"  # written last: its presence (with the version inside) means complete
+
+_live: set[ApacheKafka] = set()
+_live_lock = threading.Lock()
+
+
+class KafkaInstallError(BrokerError):
+    """Maven (or Java) is missing or could not resolve the Kafka jars; the message says which."""
+
+
+def cache_dir(version: str = KAFKA_VERSION) -> Path:
+    """Where :func:`install` keeps the jars: ``$FRAUD_KAFKA_CACHE`` or the per-user cache."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "fraudstream" / f"apache-kafka-{version}"
+
+
+def _pom(version: str) -> str:
+    deps = [
+        ("org.apache.kafka", "kafka_2.13", version),
+        ("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
+        ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+    ]
+    xml = "".join(
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+        f"<version>{v}</version></dependency>"
+        for g, a, v in deps
+    )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<groupId>local.fraudstream</groupId><artifactId>apache-kafka-jars</artifactId>"
+        f"<version>1</version><packaging>pom</packaging><dependencies>{xml}</dependencies>"
+        "</project>"
+    )
+
+
+def _installed(libs: Path, version: str) -> bool:
+    stamp = libs.parent / _STAMP
+    try:
+        return stamp.read_text().strip() == version and any(libs.glob("kafka_2.13-*.jar"))
+    except OSError:
+        return False
+
+
+def install(cache: Path | None = None, version: str = KAFKA_VERSION) -> Path:
+    """Resolve the broker's jars once; return the directory holding them (``<cache>/libs``).
+
+    Idempotent and safe to call from several processes at once (a file lock);
+    returns at once when the jars are there. ``cache`` defaults to
+    :func:`cache_dir`. Raises :class:`KafkaInstallError` naming what failed,
+    with the tail of Maven's output, when ``mvn`` is missing or fails (no
+    network to Maven Central, unknown version, ...), or after 15 minutes.
+    """
+    cache = Path(cache) if cache is not None else cache_dir(version)
+    libs = cache / "libs"
+    if _installed(libs, version):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaInstallError(
+            f"cannot install Apache Kafka {version}: `mvn` (Maven) is not on PATH; "
+            "install Maven (Debian: apt-get install maven)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be installing: wait for it
+        if _installed(libs, version):
+            return libs
+        (cache / _STAMP).unlink(missing_ok=True)
+        partial = cache / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="fraudstream-kafka-pom-") as work:
+            pom = Path(work) / "pom.xml"
+            pom.write_text(_pom(version))
+            command = [
+                mvn, "-q", "-B", "-f", str(pom),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                f"-DoutputDirectory={partial}", "-DincludeScope=runtime",
+            ]  # fmt: skip
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise KafkaInstallError(
+                    f"`mvn dependency:copy-dependencies` for Apache Kafka {version} took more "
+                    "than 900 s; is Maven Central reachable?"
+                ) from exc
+        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+            tail = "\n".join(_ANSI.sub("", done.stdout + done.stderr).splitlines()[-25:])
+            shutil.rmtree(partial, ignore_errors=True)
+            raise KafkaInstallError(
+                f"`mvn dependency:copy-dependencies` could not resolve "
+                f"org.apache.kafka:kafka_2.13:{version} (exit code {done.returncode}); "
+                f"check the version and that Maven Central is reachable. Maven said:\n{tail}"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        (cache / _STAMP).write_text(version)
+    return libs
+
+
+def _cluster_id() -> str:
+    """A random Kafka cluster id: 16 bytes, URL-safe base64 without padding (22 characters)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):  # Kafka's Uuid.randomUuid() avoids these too
+            return text
+
+
+def _stop_all_live() -> None:
+    with _live_lock:
+        brokers = list(_live)
+    for broker in brokers:
+        broker.stop()
+
+
+atexit.register(_stop_all_live)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+class ApacheKafka:
+    """A single-node Apache Kafka (broker+controller, KRaft) child process on ``127.0.0.1``.
+
+    Use as a context manager; ``bootstrap`` is ``127.0.0.1:PORT``. Every start
+    formats a fresh ``<log_dir>/data`` (topics do not survive a restart). With
+    ``log_dir=None`` a temporary directory is used and deleted at :meth:`stop`
+    (kept if start-up failed, for its logs). ``heap`` is the JVM's ``-Xmx``/``-Xms``
+    (``"512m"``, ``"1g"``). Errors are :class:`~topics.errors.BrokerError`
+    (:class:`KafkaInstallError` when the jars cannot be had).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path | str | None = None,
+        port: int | None = None,
+        heap: str = "512m",
+        *,
+        startup_timeout: float = 60.0,
+        version: str = KAFKA_VERSION,
+    ) -> None:
+        self.requested_port = port
+        self.port = port or 0
+        self.controller_port = 0
+        self.heap = heap
+        self.startup_timeout = startup_timeout
+        self.version = version
+        self._temporary = log_dir is None
+        self.log_dir = Path(log_dir) if log_dir is not None else Path()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._failed = False
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for ``bootstrap.servers``."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Kafka's own log (log4j2, WARN and above)."""
+        return self.log_dir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the broker's JVM, while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> ApacheKafka:
+        """Install if need be, format, start, and wait until metadata is served.
+
+        Raises :class:`~topics.errors.BrokerError` with the log tail if the broker
+        exits or is not ready within ``startup_timeout`` seconds.
+        """
+        if self._process is not None:
+            return self
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("cannot start Apache Kafka: `java` is not on PATH (JDK 17+ needed)")
+        libs = install(version=self.version)
+        if self._temporary:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="apache-kafka-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if self.requested_port else 3  # a free port can be taken meanwhile
+        for attempt in range(attempts):
+            self.port = self.requested_port or free_port()
+            self.controller_port = free_port()
+            while self.controller_port == self.port:
+                self.controller_port = free_port()
+            properties = self._configure()
+            self._format(java, libs, properties)
+            self._spawn(java, libs, properties)
+            try:
+                self._wait_ready()
+                return self
+            except BrokerError:
+                exited = self._process is not None and self._process.poll() is not None
+                self._failed = True
+                self.stop()
+                if not exited or attempt == attempts - 1:
+                    raise
+                self._failed = False
+        raise AssertionError("unreachable")
+
+    def _configure(self) -> Path:
+        data = self.log_dir / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(data),
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+        }
+        properties = self.log_dir / "server.properties"
+        properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.log_dir / "log4j2.properties").write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = file\n"
+            f"appender.file.fileName = {self.log_file}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = warn\n"
+            "rootLogger.appenderRef.file.ref = file\n"
+        )
+        return properties
+
+    def _java(self, java: str, libs: Path, *options: str) -> list[str]:
+        return [
+            java, *options, "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log_dir / 'log4j2.properties'}",
+            "-cp", f"{libs}/*",
+        ]  # fmt: skip
+
+    def _format(self, java: str, libs: Path, properties: Path) -> None:
+        # Short-lived tool: the C1 compiler alone starts it faster.
+        command = self._java(java, libs, "-Xmx256m", "-XX:TieredStopAtLevel=1")
+        command += ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(
+                f"`kafka-storage format` took more than 60 s in {self.log_dir}"
+            ) from exc
+        if done.returncode != 0:
+            raise BrokerError(
+                f"`kafka-storage format` failed (exit code {done.returncode}) in {self.log_dir}:\n"
+                + "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            )
+
+    def _spawn(self, java: str, libs: Path, properties: Path) -> None:
+        heap = [f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+        command = [*self._java(java, libs, *heap), "kafka.Kafka", str(properties)]
+        with open(self.log_dir / "stdout.log", "wb") as out:
+            self._process = subprocess.Popen(
+                orphan_safe(command),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
+            )
+        with _live_lock:
+            _live.add(self)
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind like Ctrl-C
+
+    def _wait_ready(self) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        admin = None
+        last: object = "port closed"
+        while True:
+            if process.poll() is not None:
+                raise BrokerError(
+                    f"Apache Kafka exited with code {process.returncode} during start-up; "
+                    f"see {self.log_dir}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"Apache Kafka on {self.bootstrap} was not ready within "
+                    f"{self.startup_timeout:g} s ({last}); see {self.log_dir}:\n{self.log_tail()}"
+                )
+            if admin is None:
+                if not port_answers(HOST, self.port, timeout=0.2):
+                    time.sleep(0.1)
+                    continue
+                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+            try:
+                if admin.list_topics(timeout=1.0).brokers:
+                    return
+                last = "no broker registered yet"
+            except KafkaException as exc:
+                last = exc
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of Kafka's log, then of the JVM's output, for error messages.
+
+        Java stack frames are left out, so the messages and their causes remain.
+        """
+        parts = []
+        for path in (self.log_file, self.log_dir / "stdout.log"):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").strip()
+                if text:
+                    kept = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
+                    parts.append(f"--- {path.name}\n" + "\n".join(kept[-lines:]))
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (Kafka's clean shutdown), wait up to ``timeout`` s, then SIGKILL; idempotent."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is not None:
+            self._failed = True  # it died on its own: keep its logs
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait()
+        with _live_lock:
+            _live.discard(self)
+        self._process = None
+        if self._temporary and not self._failed:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def __enter__(self) -> ApacheKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devkit.apache_kafka",
+        description=(
+            "Run a real single-node Apache Kafka broker (KRaft, broker+controller) on "
+            "127.0.0.1 in the foreground, for tests and benchmarks that need Kafka rather "
+            "than the embedded Tansu broker. The jars come from Maven Central through `mvn`, "
+            "once, into a cache outside the repository. Every start is a fresh, empty cluster "
+            "(auto.create.topics.enable=false). Ctrl-C or SIGTERM stops it cleanly."
+        ),
+        epilog=(
+            f"environment: {CACHE_ENV} is the jar cache directory (default: "
+            f"~/.cache/fraudstream/apache-kafka-{KAFKA_VERSION}). Point other commands at the "
+            f"broker with the printed `export {BOOTSTRAP_ENV}=...`; `just topics` then creates "
+            "the registry topics on it."
+        ),
+    )
+    parser.add_argument(
+        "--port", type=int, default=None,
+        help="PLAINTEXT port to listen on (default: a free port chosen by the OS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-dir", type=Path, default=None,
+        help="directory for the config, logs and data, kept after exit "
+        "(default: a temporary directory deleted at exit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heap", default="512m", help="JVM heap, -Xmx and -Xms (default: 512m)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--version", default=KAFKA_VERSION, dest="kafka_version",
+        help=f"Kafka version from Maven Central (default: {KAFKA_VERSION})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--install-only", action="store_true",
+        help="only resolve the jars into the cache (what CI runs), print their directory, exit",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m devkit.apache_kafka``; returns the exit code."""
+    args = _parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with `&`
+    try:
+        if args.install_only:
+            started = time.monotonic()
+            libs = install(version=args.kafka_version)
+            print(f"Apache Kafka {args.kafka_version} jars in {libs} "
+                  f"({time.monotonic() - started:.1f} s)")  # fmt: skip
+            return 0
+        broker = ApacheKafka(args.log_dir, args.port, args.heap, version=args.kafka_version)
+        started = time.monotonic()
+        with broker:
+            print(f"Apache Kafka {args.kafka_version} ready on {broker.bootstrap} in "
+                  f"{time.monotonic() - started:.1f} s (pid {broker.pid}, logs: {broker.log_dir})",
+                  flush=True)  # fmt: skip
+            print(f"export {BOOTSTRAP_ENV}={broker.bootstrap}", flush=True)
+            print("Ctrl-C to stop.", file=sys.stderr, flush=True)
+            while broker.running:
+                time.sleep(0.5)
+            print(f"the broker exited unexpectedly; see {broker.log_dir}", file=sys.stderr)
+            return 1
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM, see _exit_on_sigterm
+        print("\nbroker stopped.", file=sys.stderr)
+        return 0
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
