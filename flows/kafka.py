@@ -351,8 +351,8 @@ def source(
     with nothing to read this long hands on an idle notice. ``aligned``: pause a
     partition that runs ahead of the event-time watermark (:mod:`flows.alignment`).
     ``linger_ms``: drain the consumer at most this often, for every partition at once
-    (:meth:`_TopicReader.due`). A consumer error stops the flow (it resumes from its last snapshot), so only
-    records reach the stream.
+    (:meth:`_TopicReader.due`). A consumer error stops the flow (it resumes from its last
+    snapshot), so only records reach the stream.
     """
     return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size,
                            config=config, idle_s=idle_s, idle_ms=idle_ms, aligned=aligned,
