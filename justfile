@@ -42,6 +42,11 @@ schemas:
 broker *ARGS:
     @{{python}} -m devkit.broker "$@"
 
+# run a real Apache Kafka broker (KRaft, single node, jars from Maven Central) in the foreground
+[positional-arguments]
+kafka *ARGS:
+    @{{python}} -m devkit.apache_kafka "$@"
+
 # create every topic of the registry, idempotently
 [positional-arguments]
 topics *ARGS:

@@ -1,10 +1,11 @@
 """The card stage's Bytewax step: one :class:`~state.card_store.CardStore` per card shard.
 
-A card shard gets, from every ``transactions`` partition, its records (a correctly
-keyed card's come from its own partition, in offset order; mis-keyed ones are
-routed here from others) and where that partition stands in event time. Within a
-batch each source partition's records keep their order; records from different
-partitions are merged by event time.
+A card's shard is ``murmur2(card_id) mod FRAUD_CARD_SHARDS`` (one shard serves
+several partitions, or one each). A card shard gets, from every ``transactions``
+partition, its cards' records (a correctly keyed card's come from its own
+partition, in offset order; mis-keyed ones from others) and where that partition
+stands in event time. Within a batch each source partition's records keep their
+order; records from different partitions are merged by event time.
 
 Mis-keyed records (on another partition than their card's: produced without a
 key, with another key or partitioner) arrive from several partitions at slightly
@@ -105,10 +106,12 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
     def __init__(self, open_store: Callable[[int], CardStore], amounts: Amounts, topic: str,
                  partitions: int, merchant_shards: int, resumed: CardSnapshot | None,
                  hold_ms: int = 0, clock: Callable[[], float] = time.time,
-                 grace_s: float = 1.0) -> None:
+                 grace_s: float = 1.0, card_shards: int | None = None) -> None:
         self._open_store = open_store
         self._amounts = amounts
         self._topic = topic
+        self._partitions = partitions
+        self._by_partition = card_shards in (None, partitions)  # shard s = partition s
         self._merchant_shards = merchant_shards
         self._resume = resumed.seq if resumed is not None else None
         self._store: CardStore | None = None
@@ -158,7 +161,9 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         """Hold mis-keyed records and their cards' records; release them when due."""
         cards = [t.card_id for t in ordered.values]
         held_cards = {t.card_id for t in self._held.values} if self._held is not None else set()
-        away = ordered.partition != self._shard
+        home = (self._shard if self._by_partition
+                else murmur2_partitions(cards, self._partitions))
+        away = ordered.partition != home
         if not away.any() and not held_cards:
             return ordered
         hold = np.fromiter((a or c in held_cards for a, c in zip(away.tolist(), cards,

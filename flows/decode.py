@@ -193,14 +193,17 @@ def _grouped(shards: np.ndarray) -> dict[int, np.ndarray]:
 class TransactionRouter:
     """Decoded ``transactions`` polls -> ``(card shard key, CardWork)`` for every card shard.
 
-    A record goes to its card's shard (murmur2 of ``card_id``), also when produced on
+    A record goes to its card's shard, ``murmur2(card_id) mod card_shards`` (by default
+    as many shards as partitions: the card's own partition), also when produced on
     another partition (``route``), unless ``keys`` refuses it (a dead letter). Every
     shard hears where the partition stands (see :data:`MARKER_MS`).
     """
 
-    def __init__(self, keys: KeyRule, topic: str = "transactions") -> None:
+    def __init__(self, keys: KeyRule, topic: str = "transactions",
+                 card_shards: int | None = None) -> None:
         self.keys = keys
         self.topic = topic
+        self.card_shards = card_shards or keys.partitions
         self._progress = _Progress()
 
     def route(self, partition: int, decoded: Decoded[Transaction], kept: list[RawRecord],
@@ -221,10 +224,12 @@ class TransactionRouter:
                                           expected_partition=int(home[i])))
                     good = np.flatnonzero(~wrong)
                     decoded, home = decoded.take(good), home[good]
-            routed = _grouped(home)
+            shard = (home if self.card_shards == keys.partitions else murmur2_partitions(
+                [t.card_id for t in decoded.values], self.card_shards))
+            routed = _grouped(shard)
         p = self._progress.advance(q, decoded)
         alignment.heard(self.topic, q, p)
-        for s in range(keys.partitions):
+        for s in range(self.card_shards):
             rows = routed.get(s)
             if self._progress.due(q, s, p, idle, rows is not None):
                 part = None if rows is None else (
@@ -266,6 +271,7 @@ class LabelRouter:
 def decode_transactions(
     step_id: str, up: Stream[RawBatch], decoder: ContractDecoder[Transaction],
     skew: SkewRule, keys: KeyRule, clock: Callable[[], float] | None = None,
+    card_shards: int | None = None,
 ) -> KafkaOpOut[tuple[str, CardWork], DeadLetterRecord]:
     """Polls of ``transactions`` -> :class:`TransactionRouter` work, and dead letters.
 
@@ -279,7 +285,7 @@ def decode_transactions(
     def run(batch: RawBatch) -> list[tuple[str, CardWork] | DeadLetterRecord]:
         nonlocal router
         if router is None:
-            router = TransactionRouter(keys, batch.topic)
+            router = TransactionRouter(keys, batch.topic, card_shards)
         decoded, kept, dead = decode_batch(batch.records, decoder, int(now() * 1000), skew)
         out: list[tuple[str, CardWork] | DeadLetterRecord] = list(dead)
         return out + router.route(batch.partition, decoded, kept, batch.idle)

@@ -253,14 +253,15 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
             self._last_data = now  # held back on purpose: not idle
             self._awake = datetime.fromtimestamp(now + alignment.PAUSE_S, tz=UTC)
             return []
-        if not queue:
-            if not reader.due(now):
-                self._awake = datetime.fromtimestamp(reader.next_fill, tz=UTC)
-                return []
-            reader.fill(self._batch_size)
-            if not queue and partition in reader.eof:
-                raise StopIteration
         self._paused = False
+        lingering = False
+        if not queue:
+            if reader.due(now):
+                reader.fill(self._batch_size)
+                if not queue and partition in reader.eof:
+                    raise StopIteration
+            else:
+                lingering = True
         n = min(len(queue), self._batch_size)
         if n:
             out = [queue.popleft() for _ in range(n)]
@@ -271,8 +272,13 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
             self._last_data = now
             self._said_idle = False
             return [RawBatch(reader.topic, partition, out)]
-        if self._idle_s is not None:
-            self._awake = datetime.fromtimestamp(now + self._idle_s, tz=UTC)
+        # Nothing for this partition. Whichever partition filled (another one may always
+        # come first), the idle check below runs: it asks the broker's end, not the fill.
+        if lingering:
+            self._awake = datetime.fromtimestamp(reader.next_fill, tz=UTC)
+        else:  # None: Bytewax's own cool-down (1 ms)
+            self._awake = (None if self._idle_s is None
+                           else datetime.fromtimestamp(now + self._idle_s, tz=UTC))
         quiet = now - self._last_data
         if not self._said_idle and quiet >= self._idle_after:
             if reader.caught_up(partition, self._offset):

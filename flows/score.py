@@ -171,6 +171,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     parts = n_partitions or partition_count(settings.kafka, topic)
     label_parts = partition_count(settings.kafka, settings.kafka.topic("labels"))
     shards = settings.merchant_shards
+    cards = settings.card_shards
     champion = model_source(settings, settings.model_path, rates, "champion")
     shadow = (
         model_source(settings, settings.shadow_model_path, rates, "shadow")
@@ -184,23 +185,24 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     options = StoreOptions(txn_horizon_ms=drift.verdict_horizon_ms)
     log.info(
         "model %s (spec %s, amounts in %s, rates %s), thresholds review=%.4f decline=%.4f, "
-        "shadow %s, %d card shards (partitions of %s), %d merchant shards, state in %s",
+        "shadow %s, %d card shards over %d partitions of %s, %d merchant shards, state in %s",
         live.version, live.model.feature_spec_version, rates.reference, rates.version,
         live.thresholds.review, live.thresholds.decline,
-        shadow.current.version if shadow else "none", parts, topic, shards, settings.state_dir,
+        shadow.current.version if shadow else "none", cards, parts, topic, shards,
+        settings.state_dir,
     )
 
     scale = f"{rates.reference}/{rates.version}"
 
     def card_identity(shard: int) -> StoreIdentity:
-        return StoreIdentity("cards", shard, parts, topic, topic_id, scale)
+        return StoreIdentity("cards", shard, cards, topic, topic_id, scale)
 
     def merchant_identity(shard: int) -> StoreIdentity:
         return StoreIdentity("merchants", shard, shards, topic, topic_id, scale)
 
     # a state directory of another topic set or rate table is refused now, not at its
     # shard's first record
-    check_state_dir(settings.state_dir, [*map(card_identity, range(parts)),
+    check_state_dir(settings.state_dir, [*map(card_identity, range(cards)),
                                          *map(merchant_identity, range(shards))])
 
     def open_cards(shard: int) -> CardStore:
@@ -218,7 +220,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         return MerchantScorer(
             store, champion, shadow, topic=topic, reference_currency=rates.reference,
             drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms,
-                                            drift.flush_seconds, parts),
+                                            drift.flush_seconds, cards),
             samples=samples, rules=book, shard=shard,
         )
 
@@ -233,7 +235,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     txns = decode_transactions(
         "decode-transactions", txn_polls,
         TransactionDecoder(settings.max_message_bytes, future, rates=rates), skew,
-        KeyRule(parts, settings.miskeyed),
+        KeyRule(parts, settings.miskeyed), card_shards=cards,
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
     label_polls = kafka.read("labels-in", flow, settings.kafka, "labels",
@@ -247,7 +249,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
             "card", txns.oks,
             lambda resume: CardLogic(open_cards, amounts(rates), topic, parts, shards, resume,
                                      settings.miskeyed_hold_ms,
-                                     grace_s=settings.idle_grace_ms / 1000),
+                                     grace_s=settings.idle_grace_ms / 1000, card_shards=cards),
         )),
         lambda x: not isinstance(x, DeadLetterRecord),
     )
@@ -265,7 +267,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     merchant_in: Stream[Any] = op.merge("merchant-in", carded.trues, labels.oks, to_shards)
     scored: Stream[Any] = op.key_rm("unkey-merchant", op.stateful_batch(
         "merchant", merchant_in,
-        lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds, parts,
+        lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds, cards,
                                       label_parts, settings.reorder_max,
                                       grace_s=settings.idle_grace_ms / 1000),
     ))

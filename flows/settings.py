@@ -35,7 +35,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_SHADOW_MODEL_PATH": ("", "challenger scored alongside; never decides (unset: none)"),
     "FRAUD_MODEL_RELOAD_SECONDS": ("5", "how often to check for a new model file; 0 disables"),
     "FRAUD_STATE_DIR": (".dev/state", "RocksDB state: cards/<shard>/ and merchants/<shard>/"),
-    "FRAUD_MERCHANT_SHARDS": ("8", "merchant shards over all traffic (fixed for a state dir)"),
+    "FRAUD_CARD_SHARDS": (
+        "1", "card shards (a card's: murmur2(card_id) mod this); at least the flow's process "
+        "count to scale out (fixed for a state dir)"
+    ),
+    "FRAUD_MERCHANT_SHARDS": (
+        "1", "merchant shards over all traffic; at least the flow's process count to scale "
+        "out (fixed for a state dir)"
+    ),
     "FRAUD_BATCH_MAX": ("1000", "most messages read per partition poll = largest scoring batch"),
     "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
     "FRAUD_DECLINE_THRESHOLD": ("model's", "override the model's decline threshold (0-1)"),
@@ -195,6 +202,7 @@ class ScoringSettings:
     shadow_model_path: Path | None
     model_reload_seconds: int
     state_dir: Path
+    card_shards: int
     merchant_shards: int
     batch_max: int
     review_threshold: float | None
@@ -251,6 +259,7 @@ class ScoringSettings:
             shadow_model_path=Path(shadow) if shadow else None,
             model_reload_seconds=_int(env, "FRAUD_MODEL_RELOAD_SECONDS", 0, 3600),
             state_dir=Path(_raw(env, "FRAUD_STATE_DIR") or VARIABLES["FRAUD_STATE_DIR"][0]),
+            card_shards=_int(env, "FRAUD_CARD_SHARDS", 1, 1024),
             merchant_shards=_int(env, "FRAUD_MERCHANT_SHARDS", 1, 1024),
             batch_max=_int(env, "FRAUD_BATCH_MAX", 1, 100_000),
             review_threshold=review,

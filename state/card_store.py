@@ -1,8 +1,8 @@
 """The card stage's store: per-card windows, idempotent by transaction id, a batch at a time.
 
 One store per card shard (``<state_dir>/cards/<shard>/``); a card's shard is
-its ``transactions`` partition under the murmur2 partitioner, so a correctly
-keyed card's records all arrive from one partition, in offset order.
+``murmur2(card_id) mod FRAUD_CARD_SHARDS`` (:class:`flows.decode.TransactionRouter`),
+and a correctly keyed card's records all arrive from one partition, in offset order.
 
 For each transaction of a batch, in the order given:
 

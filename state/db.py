@@ -245,7 +245,7 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool
         )
     if have is not None and have != identity and replace(have, shards=identity.shards) == identity:
         setting = ("FRAUD_MERCHANT_SHARDS" if identity.role == "merchants"
-                   else f"the partition count of {identity.topic!r}")
+                   else "FRAUD_CARD_SHARDS")
         raise StateIdentityError(
             f"{path} was made with {have.shards} {identity.role} shards, this run has "
             f"{identity.shards}: {setting} changed. Set it back, or delete the state and "

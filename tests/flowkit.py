@@ -129,8 +129,13 @@ def topic_set(kafka: KafkaSettings, name: str) -> KafkaSettings:
 
 def flow_env(settings: KafkaSettings, model_path: Path, work: Path,
              **extra: str) -> dict[str, str]:
-    """The flow's ``FRAUD_*`` environment for one topic set; ``extra`` adds or overrides."""
+    """The flow's ``FRAUD_*`` environment for one topic set; ``extra`` adds or overrides.
+
+    Eight card and eight merchant shards, as a cluster runs (``k8s/``): the tests exercise
+    routing over many shards; the demo and the bench run the one-process default.
+    """
     return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+            "FRAUD_CARD_SHARDS": "8", "FRAUD_MERCHANT_SHARDS": "8",
             "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
             "FRAUD_SAMPLE_DIR": str(work / "samples"),
             "FRAUD_MODEL_PATH": str(model_path), "FRAUD_METRICS_PORT": "0",

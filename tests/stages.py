@@ -94,11 +94,13 @@ class Stages:
     """Card shards and merchant shards under ``root``, fed like the dataflow feeds them."""
 
     def __init__(self, root: Path, champion: ModelSource, shadow: ModelSource | None = None,
-                 *, parts: int = 4, shards: int = 3, drift_window_ms: int | None = None,
+                 *, parts: int = 4, shards: int = 3, cards: int | None = None,
+                 hold_ms: int = 0, drift_window_ms: int | None = None,
                  options: StoreOptions | None = None, resumed: tuple[
                      dict[int, CardSnapshot], dict[int, MerchantSnapshot]] | None = None
                  ) -> None:
         self.parts, self.shards = parts, shards
+        card_shards = cards or parts
         rates = default_rates()
 
         def amounts(txns: list[Transaction]) -> np.ndarray:
@@ -108,28 +110,30 @@ class Stages:
         self.now = 1_000_000.0  # wall-clock seconds the steps see (advanced by feed, advance)
         self.cards = {
             p: CardLogic(
-                lambda s: CardStore.open(root, StoreIdentity("cards", s, parts, "t"), options),
+                lambda s: CardStore.open(root, StoreIdentity("cards", s, card_shards, "t"),
+                                         options),
                 amounts, "transactions", parts, shards, cards_resumed.get(p),
-                clock=lambda: self.now)
-            for p in range(parts)
+                hold_ms, clock=lambda: self.now, card_shards=card_shards)
+            for p in range(card_shards)
         }
 
         def open_scorer(shard: int, resumed: MerchantSnapshot | None) -> MerchantScorer:
             store = MerchantStore.open(
                 root, StoreIdentity("merchants", shard, shards, "t"), options)
             drift = (resumed.drift if resumed is not None else None) or (
-                PartitionDrift(shard, drift_window_ms, 0, n_inputs=parts)
+                PartitionDrift(shard, drift_window_ms, 0, n_inputs=card_shards)
                 if drift_window_ms else None)
             book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
                     else RuleBook())
             return MerchantScorer(store, champion, shadow, drift=drift, rules=book, shard=shard)
 
         self.merchants = {
-            s: MerchantLogic(open_scorer, merchants_resumed.get(s), 60.0, parts, LABEL_PARTITIONS,
+            s: MerchantLogic(open_scorer, merchants_resumed.get(s), 60.0, card_shards,
+                             LABEL_PARTITIONS,
                              clock=lambda: self.now)
             for s in range(shards)
         }
-        self._txn_router = TransactionRouter(KeyRule(parts))
+        self._txn_router = TransactionRouter(KeyRule(parts), card_shards=card_shards)
         self._label_router = LabelRouter(shards)
         self._rule_offsets: dict[str, int] = {}
         self.outputs: list[Any] = []

@@ -39,7 +39,7 @@ from chaos.chaoskit import Feed, Launch, exit_of, lines_with, produce, quick, se
 from confluent_kafka import KafkaError, Producer
 
 from devkit.broker import EmbeddedBroker
-from flowkit import Collector, Samples, flow_env, metric, scrape, topic_set, wait_until
+from flowkit import Collector, Samples, flow_env, metric, scrape, topic_set
 from flows.lifecycle import DEBUG_LOG_NAME
 from tiny_model import tiny_history
 from topics.contracts import Transaction
@@ -175,7 +175,7 @@ def test_a_broker_paused_for_a_minute_is_survived_and_nothing_is_lost(
     before = Feed(settings, txns[:1_500], per_second=100)
     before.start()
     flow, port = launch(env, tmp_path)
-    wait_until(lambda: verdicts(collector) >= 300, [flow], "300 verdicts before the pause")
+    collector.wait_for(300, [flow])
     assert before.is_alive(), "the stream ended before the pause: not live traffic"
     assert probe(port) == (200, "ready\n")
     backlog = Backlog(settings, timeout_s=PAUSE_S * 3)
@@ -208,7 +208,7 @@ def test_a_broker_paused_for_a_minute_is_survived_and_nothing_is_lost(
     feed.start()
     feed.join(timeout=len(after) / 200 + 60)
     assert feed.stop() == len(after)
-    wait_until(lambda: verdicts(collector) >= len(txns), [flow], "a verdict for every one")
+    collector.wait_for(len(txns), [flow])
     back = time.monotonic()
     copies = settle(collector)
     ready_again = probe(port)
@@ -268,7 +268,7 @@ def test_a_broker_replaced_by_an_empty_one_stops_the_flow_with_one_clear_line(
     produce(settings, txns[:300])
     collector = collect(settings)
     flow, port = launch(flow_env(settings, tiny_model_dir, tmp_path), tmp_path)
-    wait_until(lambda: verdicts(collector) >= 300, [flow], "300 verdicts on the first broker")
+    collector.wait_for(300, [flow])
     collector.stop()
     assert probe(port) == (200, "ready\n")
 
@@ -347,7 +347,7 @@ def test_a_broker_lost_under_live_traffic_stops_the_flow_with_its_one_line(
     flow, _ = launch(env, tmp_path)
     feed = Feed(settings, txns, per_second=150)
     feed.start()
-    wait_until(lambda: verdicts(collector) >= 300, [flow], "300 verdicts")
+    collector.wait_for(300, [flow])
     assert broker.pid is not None
     os.kill(broker.pid, signal.SIGKILL)  # mid-stream: records in flight both ways
     killed = time.monotonic()

@@ -116,7 +116,7 @@ def test_a_signal_mid_stream_stops_cleanly_and_the_restart_re_emits_nothing(
     feed = Feed(settings, txns[:1_800], per_second=120)
     feed.start()
     flow, _ = launch(env, tmp_path, snapshot_seconds=LONG_SNAPSHOT_S)
-    wait_until(lambda: verdicts(collector) >= 300, [flow], "300 verdicts before the signal")
+    collector.wait_for(300, [flow])
     assert feed.is_alive(), "the stream ended before the signal: not mid-stream"
 
     code, took, log = signal_and_wait(flow, sig)
@@ -140,7 +140,7 @@ def test_a_signal_mid_stream_stops_cleanly_and_the_restart_re_emits_nothing(
     # restart on the same state and recovery directories, then the rest of the stream
     again, port = launch(env, tmp_path, snapshot_seconds=LONG_SNAPSHOT_S, log="flow-2.log")
     produce(settings, txns[sent:])
-    wait_until(lambda: verdicts(collector) >= len(txns), [again], "a verdict for every one")
+    collector.wait_for(len(txns), [again])
     time.sleep(1)  # a re-emitted copy would arrive with the verdicts around it
     replayed = metric(scrape(port), "fraud_replayed_verdicts_total")
     code2, _, log2 = signal_and_wait(again, sig)
@@ -169,7 +169,7 @@ def test_a_second_process_on_the_same_directory_is_refused_and_the_first_keeps_s
     collector = collect(settings)
     env = flow_env(settings, tiny_model_dir, tmp_path / "first")
     first, _ = launch(env, tmp_path / "first")
-    wait_until(lambda: verdicts(collector) >= 500, [first], "the first process's verdicts")
+    collector.wait_for(500, [first])
 
     if shared == "state":  # same FRAUD_STATE_DIR, its own recovery directory
         second, _ = launch(env, tmp_path / "second")
@@ -191,7 +191,7 @@ def test_a_second_process_on_the_same_directory_is_refused_and_the_first_keeps_s
 
     # the first one is untouched and keeps scoring what arrives after the refusal
     produce(settings, txns[500:1_000])
-    wait_until(lambda: verdicts(collector) >= 1_000, [first], "verdicts after the refusal")
+    collector.wait_for(1_000, [first])
     assert first.alive
     first.stop(timeout=GRACE_S)
     outcome = collector.stop()
@@ -225,7 +225,7 @@ def test_a_state_directory_of_another_topic_is_refused_before_any_verdict(
     produce(old, txns[:300])
     collector = collect(old)
     flow, _ = launch(flow_env(old, tiny_model_dir, tmp_path), tmp_path / "a")
-    wait_until(lambda: verdicts(collector) >= 300, [flow], "topic set A's verdicts")
+    collector.wait_for(300, [flow])
     code, _, _ = signal_and_wait(flow, signal.SIGTERM)
     assert code == 0
     old_id = topic_identity(old, old.topic("transactions")).topic_id
@@ -312,7 +312,7 @@ def test_a_model_whose_graph_disagrees_with_its_metadata_is_refused_on_reload(
     feed = Feed(settings, txns[:1_700], per_second=100)  # the reload is checked between batches
     feed.start()
     flow, port = launch(env, tmp_path)
-    wait_until(lambda: verdicts(collector) >= 200, [flow], "verdicts by the good model")
+    collector.wait_for(200, [flow])
 
     registry.set_current(NARROW)  # the bad push
     text = f"champion model at {current} refused, still serving {good}: "
@@ -320,7 +320,7 @@ def test_a_model_whose_graph_disagrees_with_its_metadata_is_refused_on_reload(
     fed = feed.stop()
     produce(settings, txns[fed:fed + 300])  # after the refusal
     sent = fed + 300
-    wait_until(lambda: verdicts(collector) >= sent, [flow], "a verdict for every one")
+    collector.wait_for(sent, [flow])
     samples = scrape(port)
     assert flow.alive
     log = flow.log_path.read_text()

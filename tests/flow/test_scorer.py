@@ -62,15 +62,17 @@ def test_stream_verdicts_equal_offline_replay_through_the_same_onnx(
                for v in verdicts)
 
 
+@pytest.mark.parametrize("cards", [None, 1, 3])
 def test_partitions_read_at_any_speed_give_the_event_time_answer(
-    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path, cards: int | None
 ) -> None:
     """A backlog whose partitions (and labels) are read at very different speeds: the merchant
-    stage waits for the watermark, so every row equals the offline event-time replay."""
+    stage waits for the watermark, so every row equals the offline event-time replay; with a
+    card shard per partition, one for all of them, or three over four partitions."""
     model = load_model(tiny_model_dir)
     txns, X = replay_matrix(stream)
     offline = dict(zip((t.transaction_id for t in txns), model.predict(X).tolist(), strict=True))
-    stages = Stages(tmp_path, _source(tiny_model_dir))
+    stages = Stages(tmp_path, _source(tiny_model_dir), cards=cards)
     items = sourced(stream, stages.parts)
     queues: dict[tuple[bool, int], list] = {}
     for item in items:
@@ -88,6 +90,31 @@ def test_partitions_read_at_any_speed_give_the_event_time_answer(
     assert len(verdicts) == len(txns)
     assert {v.transaction_id: v.score for v in verdicts} == offline  # bit for bit
     assert sum(m._order.late for m in stages.merchants.values()) == 0
+
+
+@pytest.mark.parametrize("cards", [None, 1, 3])
+def test_mis_keyed_records_are_held_and_applied_with_their_card_in_event_time(
+    stream: list[Transaction | Label], tiny_model_dir: Path, tmp_path: Path, cards: int | None
+) -> None:
+    """One record in five on the next partition (produced without the card as key): the card
+    stage holds a card's records while its mis-keyed ones arrive and applies them in event
+    time, whichever card shard serves the card, so every score is the event-time answer."""
+    model = load_model(tiny_model_dir)
+    txns, X = replay_matrix(stream)
+    offline = dict(zip((t.transaction_id for t in txns), model.predict(X).tolist(), strict=True))
+    stages = Stages(tmp_path, _source(tiny_model_dir), cards=cards, hold_ms=500)
+    items = sourced(stream, stages.parts)
+    moved = [item._replace(partition=(item.partition + 1) % stages.parts)
+             if isinstance(item.value, Transaction) and k % 5 == 0 else item
+             for k, item in enumerate(items)]
+    assert sum(a.partition != b.partition for a, b in zip(items, moved, strict=True)) > 100
+    for i in range(0, len(moved), 400):
+        stages.feed(moved[i:i + 400], settle=False)
+        stages.advance(1.0)  # the hold ends
+    stages.feed([])
+    verdicts = stages.verdicts()
+    assert len(verdicts) == len(txns)
+    assert {v.transaction_id: v.score for v in verdicts} == offline
 
 
 def test_a_burst_after_a_quiet_spell_waits_for_every_partition_to_wake(

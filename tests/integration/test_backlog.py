@@ -6,7 +6,9 @@ history is published before the flow starts, as a catch-up after an outage finds
 the transactions keyed by card, a third of the fraud labels before them, a third
 interleaved with them at their label time, a third after them. The real flow then
 reads it all, its partitions at whatever speed the broker serves them, by one process
-and by a cluster of two: every verdict's score must be the score-file's, bit for bit.
+(one card and one merchant shard, the default) and by a cluster of two (three card
+shards over the eight partitions, two merchant shards): every verdict's score must be
+the score-file's, bit for bit.
 
 The quick set (CI) plays 24,000 transactions; ``just backlog`` (``FRAUD_BACKLOG=full``)
 plays 200,000 over 60 days of 20,000 cards.
@@ -100,8 +102,11 @@ def _stream(kafka: KafkaSettings, model: Path, work: Path, history: History, nam
     addresses = ([f"127.0.0.1:{free_port()}" for _ in range(processes)]
                  if processes > 1 else None)
     ports = [free_port() for _ in range(processes)]
+    # one process: the default single shards; two: three card shards over eight partitions
+    shards = ({"FRAUD_CARD_SHARDS": "1", "FRAUD_MERCHANT_SHARDS": "1"} if processes == 1
+              else {"FRAUD_CARD_SHARDS": "3", "FRAUD_MERCHANT_SHARDS": "2"})
     flows = [FlowProcess(flow_env(settings, model, work / f"p{i}",
-                                  FRAUD_METRICS_PORT=str(ports[i])),
+                                  FRAUD_METRICS_PORT=str(ports[i]), **shards),
                          work / f"flow-{i}.log",
                          process_id=i if addresses else None, addresses=addresses)
              for i in range(processes)]

@@ -106,3 +106,36 @@ def test_a_linger_drains_the_consumer_at_most_once_per_linger_for_every_partitio
     finally:
         for part in parts:
             part.close()
+
+
+def test_a_partition_that_never_fills_itself_still_goes_idle(topics: KafkaSettings) -> None:
+    """Another partition of the process polled more often always fills first (a linger).
+
+    The idle check asks the broker's end, not whether this partition did the fill: a
+    read-to-the-end partition whose polls always find the linger running is still idle.
+    """
+    topic = topics.topic("transactions")
+    producer = Producer(topics.client_config())
+    for i in range(3):
+        producer.produce(topic, f"r{i}".encode(), partition=1)
+    assert producer.flush(10) == 0
+    src = source(topics, "transactions", batch_size=100, idle_ms=50, linger_ms=20)
+    eager, starved = (src.build_part("test-in", f"{p}-{topic}", None) for p in (0, 1))
+    try:
+        got: list[RawBatch] = []
+        deadline = time.time() + 10
+        while not any(b.records for b in got) and time.time() < deadline:
+            got += eager.next_batch() + starved.next_batch()
+            time.sleep(0.001)
+        assert [r.offset for b in got for r in b.records] == [0, 1, 2]
+        later: list[RawBatch] = []
+        deadline = time.time() + 1.0
+        while time.time() < deadline:
+            reader = eager._reader
+            time.sleep(max(0.0, reader.next_fill - time.time()))
+            eager.next_batch()  # fills first, every time
+            later += starved.next_batch()
+        assert [b.idle for b in later] == [True], "read to its end, it is idle after idle_ms"
+    finally:
+        eager.close()
+        starved.close()
