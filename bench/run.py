@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from bench.harness import Env, Phases, say  # noqa: E402
 from bench.latency import WARMUP, latency  # noqa: E402
 from bench.report import machine, markdown, targets  # noqa: E402
 from bench.throughput import throughput  # noqa: E402
+from devkit.apache_kafka import ApacheKafka  # noqa: E402
 from devkit.broker import EmbeddedBroker  # noqa: E402
 from devkit.produce import produce_transactions  # noqa: E402
 from topics.contracts import Transaction  # noqa: E402
@@ -100,16 +102,27 @@ def latency_need(opts: dict[str, Any]) -> int:
     return WARMUP + int(max(opts["rates"]) * opts["seconds"])
 
 
+BROKERS = ("embedded", "kafka")
+
+
+def fresh_broker(kind: str, work: Path) -> EmbeddedBroker | ApacheKafka:
+    """A fresh broker: the embedded one (Tansu) or Apache Kafka (:mod:`devkit.apache_kafka`)."""
+    if kind == "kafka":
+        jvm = os.environ.get("BENCH_KAFKA_JVM_OPTIONS", "").split()
+        return ApacheKafka(log_dir=work / f"kafka-{time.monotonic_ns()}", jvm_options=jvm)
+    return EmbeddedBroker(log_dir=work, keep_log=False)
+
+
 def kafka_phases(res: dict[str, Any], parts: set[str], txns: list[Transaction],
                  live: list[Transaction], work: Path, model: Path, phase: Phases,
                  opts: dict[str, Any]) -> None:
-    """Throughput and latency, each on a fresh embedded broker.
+    """Throughput and latency, each on a fresh broker (``opts["broker"]``).
 
     The embedded broker keeps every record in memory and its fetches slow down as a
     partition fills, so the latency phase does not inherit the throughput runs' topics.
     """
     if "throughput" in parts:
-        with EmbeddedBroker(log_dir=work, keep_log=False) as broker:
+        with fresh_broker(opts["broker"], work) as broker:
             env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), work / "throughput",
                       model, broker.pid)
             with phase("preload"):
@@ -118,7 +131,7 @@ def kafka_phases(res: dict[str, Any], parts: set[str], txns: list[Transaction],
             with phase("throughput"):
                 res["throughput"] = throughput(env, shared, len(txns), opts["runs"])
     if "latency" in parts:
-        with EmbeddedBroker(log_dir=work, keep_log=False) as broker:
+        with fresh_broker(opts["broker"], work) as broker:
             env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), work / "latency",
                       model, broker.pid)
             with phase("latency"):
@@ -141,14 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(ALL_PARTS),
                         help="comma-separated parts to run (default: all); a partial run "
                              "updates the previous results.json")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench",
-                        help="directory for results.json and RESULTS.md (default bench/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for results.json and RESULTS.md (default bench/, "
+                             "bench/kafka/ with --broker kafka)")
+    parser.add_argument("--broker", choices=BROKERS, default="embedded",
+                        help="broker of the throughput and latency parts: the embedded Tansu "
+                             "broker (default) or a real Apache Kafka 4.1 started for the run "
+                             "(just kafka: needs java and mvn); the latency targets are "
+                             "judged on Kafka")
     args = parser.parse_args(argv)
     quick = args.quick
     n = args.transactions or (60_000 if quick else 200_000)
     opts: dict[str, Any] = {"runs": args.runs or (2 if quick else 3),
                             "rates": [2000.0, 5000.0, 10000.0],
-                            "seconds": 6.0 if quick else 8.0}
+                            "seconds": 6.0 if quick else 8.0, "broker": args.broker}
+    if args.out is None:
+        args.out = ROOT / "bench" / ("kafka" if args.broker == "kafka" else "")
     component_runs, n_state = 3, (10_000 if quick else 30_000)
     sizes = [(100_000, 20_000, 20_000)] if quick else [(1_000_000, 100_000, 50_000),
                                                        (10_000_000, 100_000, 50_000)]
@@ -182,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"quick": quick, "runs": opts["runs"], "transactions": n, "cards": n // 5,
               "rates": opts["rates"], "latency_seconds": opts["seconds"],
               "component_runs": component_runs, "model": str(args.model),
+              "broker": args.broker,
               "phases_s": phase.seconds, "elapsed_s": round(phase.elapsed(), 1)}
     if partial:  # keep the full run's settings and duration
         config = {k: v for k, v in config.items() if k not in ("elapsed_s", "model", "phases_s")}

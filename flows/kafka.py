@@ -33,8 +33,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from flows import alignment, lifecycle, metrics
+from flows import alignment, metrics
 from flows.items import SinkBatch
+from lifecycle import process as lifecycle
 from topics.admin import partition_count
 from topics.errors import BrokerError
 from topics.producer import produce_waiting

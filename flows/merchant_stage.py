@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
+from drift.windows import DriftPartial, PartitionDrift
 from flows import alignment, metrics
 from flows.decode import DeadLetterRecord
-from flows.drift import DriftPartial, PartitionDrift
 from flows.items import CardRows, Decoded, MerchantWork, SinkBatch
 from flows.kafka import RawRecord
 from flows.routing import shard_key
@@ -91,6 +91,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         self._order.watermark.expect([("cards", s) for s in range(card_shards)]
                                      + [("labels", q) for q in range(label_partitions)])
         self._counted = (self._order.late, self._order.late_labels, self._order.forced)
+        self._drift_late: int | None = None  # the drift windows' late rows counted so far
         self._shard = -1
 
     def _opened(self, shard: int) -> MerchantScorer:
@@ -98,6 +99,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
             self._shard = shard
             resumed = self._resumed
             scorer = self._open_scorer(shard, resumed)
+            self._drift_late = scorer.drift.late_rows if scorer.drift is not None else None
             store = scorer.store
             if resumed is not None:
                 if store.seq < resumed.seq:
@@ -169,6 +171,11 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         if forced:
             metrics.REORDER_FORCED.inc(forced)
         self._counted = (order.late, order.late_labels, order.forced)
+        drift = self._scorer.drift if self._scorer is not None else None
+        if drift is not None:
+            if drift.late_rows > (self._drift_late or 0):
+                metrics.DRIFT_LATE.inc(drift.late_rows - (self._drift_late or 0))
+            self._drift_late = drift.late_rows
         shard = str(self._shard)
         metrics.REORDER_BUFFERED.labels(shard=shard).set(order.buffered)
         watermark = order.watermark.value

@@ -192,7 +192,7 @@ def serve(port: int, ready: Callable[[], tuple[bool, str]] | None = None,
 
     The next free port serves a second process on the same host.
     """
-    from flows.health import start_http_server
+    from health.watch import start_http_server
 
     if port == 0:
         return None

@@ -46,8 +46,10 @@ import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
+from drift.samples import SampleWriter
+from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
-from flows import alignment, health, kafka, lifecycle, metrics
+from flows import alignment, kafka, metrics
 from flows.card_stage import CardLogic
 from flows.decode import (
     DeadLetterRecord,
@@ -57,14 +59,14 @@ from flows.decode import (
     decode_transactions,
     records,
 )
-from flows.drift import DriftAggregator, DriftPartial, PartitionDrift
 from flows.items import SinkBatch
 from flows.kafka import SinkRecord
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, broadcast
-from flows.samples import SampleWriter
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource, check_rates, model_rates
 from flows.settings import DriftSettings, ScoringSettings
+from health import watch as health
+from lifecycle import process as lifecycle
 from rules.book import RuleBook
 from scoring.serving import serving_thresholds
 from state.card_store import CardStore

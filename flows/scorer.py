@@ -26,13 +26,13 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from drift.samples import SampleWriter
+from drift.windows import Judged, PartitionDrift
 from flows import metrics
 from flows.card_stage import conflict_letter
 from flows.decode import DeadLetterRecord, reject
-from flows.drift import Judged, PartitionDrift
 from flows.items import CardRows, SinkBatch
 from flows.kafka import RawRecord
-from flows.samples import SampleWriter
 from flows.serving import ModelSource
 from rules.book import Message, Refused, RuleBook
 from scoring.decide import Decided, decide

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
+from drift.windows import DriftPartial, PartitionDrift
 from flows.card_stage import CardLogic, CardSnapshot
 from flows.decode import DeadLetterRecord, KeyRule, LabelRouter, TransactionRouter
-from flows.drift import DriftPartial, PartitionDrift
 from flows.items import CardRows, CardWork, Decoded, SinkBatch
 from flows.kafka import RawRecord
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, RuleRecord

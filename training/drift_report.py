@@ -4,7 +4,7 @@
 ``models/<version>/reference.parquet`` (training rows, scored by the exported
 model; written by ``just export-onnx``) with the feature vectors the flow
 sampled while scoring (Parquet under ``FRAUD_SAMPLE_DIR``, see
-:mod:`flows.samples`), so no feature is recomputed. Only samples scored by the
+:mod:`drift.samples`), so no feature is recomputed. Only samples scored by the
 report's model version are used, deduplicated by transaction id, optionally the
 last ``--window-minutes`` of event time. The HTML report holds:
 

@@ -21,8 +21,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from devkit.broker import free_port
 from devkit.process import FlowProcess
+from drift.windows import DECISIONS
 from flowkit import CONSUMER, Collector, metric, scrape
-from flows.drift import DECISIONS
 from state.partitioning import murmur2_partition
 from topics.admin import ensure_topics
 from topics.contracts import DriftSnapshot, Label, Transaction

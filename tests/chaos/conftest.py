@@ -22,7 +22,7 @@ from chaos.chaoskit import QUICK, Launch, start
 
 from devkit.broker import EmbeddedBroker
 from devkit.process import FlowProcess
-from flowkit import Collector
+from flowkit import Collector, close_clients
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
 CHAOS_ENV = "FRAUD_CHAOS"
@@ -62,6 +62,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         return
     with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("chaos-broker")) as broker:
         yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
+        close_clients()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, Producer
 
 from devkit.broker import EmbeddedBroker
 from flowkit import Collector, Samples, flow_env, metric, scrape, topic_set
-from flows.lifecycle import DEBUG_LOG_NAME
+from lifecycle.process import DEBUG_LOG_NAME
 from tiny_model import tiny_history
 from topics.contracts import Transaction
 from topics.producer import PRODUCER_DEFAULTS
@@ -55,7 +55,7 @@ WORLD = SimConfig(n_transactions=3_000, n_cards=200, days=10, seed=1415, fraud_r
 PAUSE_S = 60
 #: Kubernetes' default terminationGracePeriodSeconds.
 GRACE_S = 30
-#: Exit status of a failure while running (flows.lifecycle.EXIT_FAILED).
+#: Exit status of a failure while running (lifecycle.process.EXIT_FAILED).
 FAILED = 1
 
 
@@ -305,7 +305,7 @@ def test_a_broker_replaced_by_an_empty_one_stops_the_flow_with_one_clear_line(
     assert code == FAILED, log[-3000:]
     # no Python traceback, no Rust backtrace; the stop line is the last word. (Bytewax's
     # panic hook still prints "thread '<unnamed>' panicked at src/inputs.rs:...",
-    # "Box<dyn Any>" and a RUST_BACKTRACE note before it: flows.lifecycle documents
+    # "Box<dyn Any>" and a RUST_BACKTRACE note before it: lifecycle.process documents
     # that residue of single-process runs.)
     assert "Traceback (most recent call last)" not in log, log[-3000:]
     assert "stack backtrace" not in log, log[-3000:]

@@ -47,11 +47,11 @@ from chaos.chaoskit import (
 from confluent_kafka.admin import AdminClient
 
 from devkit.process import FlowProcess
+from drift.samples import sampled
 from export.model import load_model
 from export.registry import CURRENT, ModelRegistry
 from flowkit import Collector, flow_env, metric, scrape, topic_set, wait_until
-from flows.health import topic_identity
-from flows.samples import sampled
+from health.watch import topic_identity
 from state.lock import holder
 from state.spec import FEATURE_NAMES
 from tiny_model import tiny_history

@@ -100,8 +100,8 @@ def test_pod_runs_the_entrypoint_non_root_with_probes_limits_and_volume(
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
-    # the flow's own grace (flows.lifecycle.DEFAULT_GRACE_SECONDS) ends before the kubelet's
-    from flows.lifecycle import DEFAULT_GRACE_SECONDS
+    # the flow's own grace (lifecycle.process.DEFAULT_GRACE_SECONDS) ends before the kubelet's
+    from lifecycle.process import DEFAULT_GRACE_SECONDS
 
     assert DEFAULT_GRACE_SECONDS + 3 <= pod["terminationGracePeriodSeconds"] <= 60
     assert {"requests", "limits"} <= set(container["resources"])

@@ -32,9 +32,9 @@ def declared() -> set[str]:
     import bytewax.connectors.kafka  # noqa: F401  (registers bytewax_kafka_consumer_lag)
     from prometheus_client import REGISTRY
 
-    import flows.health  # noqa: F401  (fraud_input_healthy)
-    import flows.lifecycle  # noqa: F401  (fraud_snapshot_interval_seconds)
     import flows.metrics  # noqa: F401
+    import health.watch  # noqa: F401  (fraud_input_healthy)
+    import lifecycle.process  # noqa: F401  (fraud_snapshot_interval_seconds)
 
     return {family.name + suffix for family in REGISTRY.collect()
             for suffix in SUFFIXES.get(family.type, ())}

@@ -120,7 +120,7 @@ def test_the_rule_book_survives_a_restart_from_the_snapshot(
 def test_rule_hits_and_their_overlap_with_the_model_reach_the_drift_snapshot(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from flows.drift import DriftAggregator, DriftPartial
+    from drift.windows import DriftAggregator, DriftPartial
 
     window = 10 * MIN
     stages = Stages(tmp_path, _source(tiny_model_dir), drift_window_ms=window)

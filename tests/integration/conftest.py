@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from devkit.broker import EmbeddedBroker
+from flowkit import close_clients
 from topics.admin import ensure_topics
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
@@ -26,6 +27,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         return
     with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker")) as broker:
         yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
+        close_clients()
 
 
 @pytest.fixture

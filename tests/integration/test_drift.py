@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from devkit.broker import free_port
 from devkit.process import FlowProcess
+from drift.windows import DECISIONS
 from flowkit import Collector, flow_env, metric, scrape, topic_set, wait_until
-from flows.drift import DECISIONS
 from state.partitioning import murmur2_partition
 from state.spec import FEATURE_NAMES
 from tiny_model import tiny_history

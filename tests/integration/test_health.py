@@ -1,4 +1,4 @@
-"""flows.health on the embedded broker: topics deleted, re-created, re-partitioned, unreachable.
+"""health.watch on the embedded broker: topics deleted, re-created, re-partitioned, unreachable.
 
 Each test creates its own topic, starts a :class:`TopicWatch` with a short
 interval, changes the topic through the admin API and measures how long the
@@ -24,8 +24,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from devkit.broker import EmbeddedBroker, free_port
-from flows import lifecycle
-from flows.health import (
+from health.watch import (
     INPUT_HEALTHY,
     BrokerUnreachableError,
     InputTopicError,
@@ -39,6 +38,7 @@ from flows.health import (
     start_http_server,
     topic_identity,
 )
+from lifecycle import process as lifecycle
 from topics.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration]

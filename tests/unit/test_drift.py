@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from drift.windows import DriftAggregator, Judged, PartitionDrift, Reference, feedback, psi
 from export.metadata import ModelMetadata, Thresholds, histogram
-from flows.drift import DriftAggregator, Judged, PartitionDrift, Reference, feedback, psi
 
 W = 60_000  # one-minute windows
 RNG = np.random.default_rng(7)

@@ -1,4 +1,4 @@
-"""flows.lifecycle: stop requests, signals (also as PID 1), and one-line failures.
+"""lifecycle.process: stop requests, signals (also as PID 1), and one-line failures.
 
 The process tests run a small real Bytewax dataflow (two source partitions that
 call ``check_stop``, a keyed ``stateful_map``, a sink appending to a file) with
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from flows import lifecycle
-from flows.lifecycle import (
+from lifecycle import process as lifecycle
+from lifecycle.process import (
     EXIT_GRACE_EXCEEDED,
     check_stop,
     diagnose,
@@ -45,7 +45,7 @@ TOY_FLOW = textwrap.dedent('''
     from bytewax.dataflow import Dataflow
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from flows import lifecycle
+    from lifecycle import process as lifecycle
     from topics.errors import BrokerError
 
     OUT = Path(os.environ["TOY_OUT"])

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.samples import SCHEMA, SampleWriter, sampled
+from drift.samples import SCHEMA, SampleWriter, sampled
 from state.spec import FEATURE_NAMES, N_FEATURES
 
 
@@ -161,7 +161,7 @@ def test_rows_still_buffered_are_written_when_the_process_exits(tmp_path: Path) 
     script = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from flows.samples import SampleWriter\n"
+        "from drift.samples import SampleWriter\n"
         "w = SampleWriter(Path(sys.argv[1]), shard=1, rate=1.0)\n"
         "from state.spec import N_FEATURES\n"
         "w.offer([1, 2], [0, 0], [5, 6], ['a', 'b'], [1, 2],\n"

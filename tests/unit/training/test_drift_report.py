@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from drift.samples import SampleWriter
 from export.model import load_model
-from flows.samples import SampleWriter
 from state.spec import FEATURE_NAMES
 from tiny_model import tiny_history
 from training.drift_report import build_report, load_reference, load_samples, main

@@ -38,7 +38,6 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from export.metadata import ModelMetadata
-from flows import metrics
 from topics.contracts import DriftSnapshot, LabelFeedback, RuleHits, ShadowSummary
 
 DECISIONS = ("approve", "review", "decline")
@@ -387,9 +386,7 @@ class PartitionDrift:
             shadow = (shadow[0], np.concatenate([b[6][1] for b in batches if b[6]]),
                       np.concatenate([b[6][2] for b in batches if b[6]]))
         late = self._count_rows(metadata, event_times, features, scores, decisions, shadow)
-        if late:
-            self.late_rows += late
-            metrics.DRIFT_LATE.inc(late)
+        self.late_rows += late  # the merchant stage counts them (fraud_drift_late_total)
 
     def _count_rows(
         self, metadata: ModelMetadata, event_times: np.ndarray, features: np.ndarray,

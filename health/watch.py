@@ -4,7 +4,7 @@ A consumer assigned to a deleted topic, to a re-created one or to a broker that
 lost its data keeps polling and reads nothing, with only librdkafka lines in the
 log. :class:`TopicWatch` asks the broker's admin API every few seconds, in a
 background thread, and reports the first fault to ``on_fault`` (the flow passes
-:func:`flows.lifecycle.request_fatal`, so it stops with a message that says what
+:func:`lifecycle.process.request_fatal`, so it stops with a message that says what
 happened and what to do):
 
 - ``exists``: the topic is unknown (deleted; or a development broker restarted
