@@ -30,7 +30,6 @@ shutdown takes about 1.5-2 s.
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import contextlib
 import fcntl
@@ -46,11 +45,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
+from devkit import child
 from devkit.broker import HOST, free_port
 from devkit.deathsig import orphan_safe
-from topics.devbroker import port_answers
 from topics.errors import BrokerError
 from topics.settings import BOOTSTRAP_ENV
 
@@ -68,8 +66,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STACK_FRAME = re.compile(r"^\s+(at |\.\.\. \d+ more)")
 _STAMP = ".installed"  # written last: its presence (with the version inside) means complete
 
-_live: set[ApacheKafka] = set()
-_live_lock = threading.Lock()
 
 
 class KafkaInstallError(BrokerError):
@@ -175,20 +171,6 @@ def _cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not text.startswith("-"):  # Kafka's Uuid.randomUuid() avoids these too
             return text
-
-
-def _stop_all_live() -> None:
-    with _live_lock:
-        brokers = list(_live)
-    for broker in brokers:
-        broker.stop()
-
-
-atexit.register(_stop_all_live)
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 class ApacheKafka:
@@ -354,46 +336,13 @@ class ApacheKafka:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
             )
-        with _live_lock:
-            _live.add(self)
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        ):
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind like Ctrl-C
+        child.track(self)  # stopped at exit; SIGTERM unwinds like Ctrl-C
 
     def _wait_ready(self) -> None:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        process = self._process
-        assert process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        admin = None
-        last: object = "port closed"
-        while True:
-            if process.poll() is not None:
-                raise BrokerError(
-                    f"Apache Kafka exited with code {process.returncode} during start-up; "
-                    f"see {self.log_dir}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"Apache Kafka on {self.bootstrap} was not ready within "
-                    f"{self.startup_timeout:g} s ({last}); see {self.log_dir}:\n{self.log_tail()}"
-                )
-            if admin is None:
-                if not port_answers(HOST, self.port, timeout=0.2):
-                    time.sleep(0.1)
-                    continue
-                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-            try:
-                if admin.list_topics(timeout=1.0).brokers:
-                    return
-                last = "no broker registered yet"
-            except KafkaException as exc:
-                last = exc
-            time.sleep(0.1)
+        assert self._process is not None
+        child.wait_serving(self._process, HOST, self.port, self.startup_timeout,
+                           name="Apache Kafka", need_broker=True, pause=0.1,
+                           where=lambda: f"{self.log_dir}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of Kafka's log, then of the JVM's output, for error messages.
@@ -416,17 +365,8 @@ class ApacheKafka:
             return
         if process.poll() is not None:
             self._failed = True  # it died on its own: keep its logs
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                process.wait()
-        with _live_lock:
-            _live.discard(self)
+        child.stop_process(process, signal.SIGTERM, timeout)
+        child.untrack(self)
         self._process = None
         if self._temporary and not self._failed:
             shutil.rmtree(self.log_dir, ignore_errors=True)
@@ -513,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             print(f"the broker exited unexpectedly; see {broker.log_dir}", file=sys.stderr)
             return 1
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM, see _exit_on_sigterm
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM, see devkit.child.track
         print("\nbroker stopped.", file=sys.stderr)
         return 0
     except BrokerError as exc:

@@ -23,7 +23,6 @@ stops live brokers, and ``SIGTERM`` unwinds the parent like Ctrl-C does.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
 import re
@@ -35,14 +34,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
+from devkit import child
 from devkit.deathsig import orphan_safe
 from topics.admin import ensure_topics
 from topics.devbroker import (
     DevBrokerState,
     dev_dir,
-    port_answers,
     running_dev_broker,
     state_file,
 )
@@ -57,8 +55,6 @@ DEV_NOTICE = (
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_live: set[EmbeddedBroker] = set()
-_live_lock = threading.Lock()
 
 
 def tansu_binary() -> str:
@@ -81,28 +77,6 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _stop_all_live() -> None:
-    with _live_lock:
-        brokers = list(_live)
-    for broker in brokers:
-        broker.stop()
-
-
-atexit.register(_stop_all_live)
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _install_sigterm_handler() -> None:
-    """Make SIGTERM unwind like Ctrl-C (finally blocks, context managers, atexit run)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 class EmbeddedBroker:
@@ -186,41 +160,13 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
             )
-        with _live_lock:
-            _live.add(self)
-        _install_sigterm_handler()
+        child.track(self)
 
     def _wait_ready(self) -> None:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        process = self._process
-        assert process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        admin = None
-        last: object = "port closed"
-        while True:
-            if process.poll() is not None:
-                raise BrokerError(
-                    f"the embedded broker exited with code {process.returncode} during start-up; "
-                    f"see {self.log_file}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"the embedded broker on {self.bootstrap} was not ready within "
-                    f"{self.startup_timeout:g} s ({last}); see {self.log_file}"
-                )
-            if admin is None:
-                if not port_answers(HOST, self.port, timeout=0.2):
-                    time.sleep(0.02)
-                    continue
-                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-            try:
-                admin.list_topics(timeout=0.5)
-                return
-            except KafkaException as exc:
-                last = exc
-                time.sleep(0.05)
+        assert self._process is not None
+        child.wait_serving(self._process, HOST, self.port, self.startup_timeout,
+                           name="the embedded broker", pause=0.02,
+                           where=lambda: f"{self.log_file}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the broker's log, for error messages."""
@@ -239,17 +185,8 @@ class EmbeddedBroker:
         process = self._process
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                process.wait()
-        with _live_lock:
-            _live.discard(self)
+        child.stop_process(process, signal.SIGINT, timeout)
+        child.untrack(self)
         self._process = None
         if not self.keep_log and not self._failed:
             with contextlib.suppress(OSError):
