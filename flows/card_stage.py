@@ -106,7 +106,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
     def __init__(self, open_store: Callable[[int], CardStore], amounts: Amounts, topic: str,
                  partitions: int, merchant_shards: int, resumed: CardSnapshot | None,
                  hold_ms: int = 0, clock: Callable[[], float] = time.time,
-                 grace_s: float = 1.0, card_shards: int | None = None) -> None:
+                 grace_s: float = 1.0, card_shards: int | None = None,
+                 before_batch: Callable[[], object] | None = None) -> None:
         self._open_store = open_store
         self._amounts = amounts
         self._topic = topic
@@ -116,6 +117,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         self._resume = resumed.seq if resumed is not None else None
         self._store: CardStore | None = None
         self._shard = -1
+        self._before_batch = before_batch
         self._hold_s = hold_ms / 1000
         self._clock = clock
         self._held = resumed.held if resumed is not None else None
@@ -144,6 +146,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
 
     def on_batch(self, values: list[CardWork]) -> tuple[list[CardOutput], bool]:
         """Apply the batch to the card store (mis-keyed records held); tell the merchants."""
+        if self._before_batch is not None:
+            self._before_batch()
         self._opened(values[0].shard)
         parts = []
         for work in values:

@@ -179,6 +179,13 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         model_source(settings, settings.shadow_model_path, rates, "shadow")
         if settings.shadow_model_path is not None else None
     )
+    def reload_models() -> None:
+        # Polled by the card stage, which runs before the merchant stage in each worker step:
+        # every merchant shard of a step then scores with the same model (flows/scorer.py).
+        champion.poll()
+        if shadow is not None:
+            shadow.poll()
+
     live = champion.current
     metrics.MODEL_INFO.info(
         {"version": live.version, "feature_spec_version": live.model.feature_spec_version}
@@ -251,7 +258,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
             "card", txns.oks,
             lambda resume: CardLogic(open_cards, amounts(rates), topic, parts, shards, resume,
                                      settings.miskeyed_hold_ms,
-                                     grace_s=settings.idle_grace_ms / 1000, card_shards=cards),
+                                     grace_s=settings.idle_grace_ms / 1000, card_shards=cards,
+                                     before_batch=reload_models),
         )),
         lambda x: not isinstance(x, DeadLetterRecord),
     )

@@ -161,8 +161,11 @@ class MerchantScorer:
         started = time.perf_counter()
         txns = rows.txns
         values = txns.values
-        live = self.champion.poll()  # one model per batch: swaps happen between batches
-        shadow = self.shadow.poll() if self.shadow is not None else None
+        # The card stage asks for a new model (ModelSource.poll, see flows.score): it runs
+        # before this stage in a worker's step, so every merchant shard of a step, and every
+        # batch, is scored by one model, and each partition switches once, in order.
+        live = self.champion.current
+        shadow = self.shadow.current if self.shadow is not None else None
         batch = MerchantBatch([t.transaction_id for t in values], [t.merchant_id for t in values],
                               rows.body, txns.partition, txns.offset, rows.inputs, rows.rows,
                               rows.has_row)

@@ -113,7 +113,8 @@ class Stages:
                 lambda s: CardStore.open(root, StoreIdentity("cards", s, card_shards, "t"),
                                          options),
                 amounts, "transactions", parts, shards, cards_resumed.get(p),
-                hold_ms, clock=lambda: self.now, card_shards=card_shards)
+                hold_ms, clock=lambda: self.now, card_shards=card_shards,
+                before_batch=lambda: (champion.poll(), shadow.poll() if shadow else None))
             for p in range(card_shards)
         }
 
