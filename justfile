@@ -40,12 +40,12 @@ schemas:
 # run a development broker in the foreground (Tansu, memory only)
 [positional-arguments]
 broker *ARGS:
-    @{{python}} -m devkit.broker "$@"
+    @exec {{python}} -m devkit.broker "$@"
 
 # run a real Apache Kafka broker (KRaft, single node, jars from Maven Central) in the foreground
 [positional-arguments]
 kafka *ARGS:
-    @{{python}} -m devkit.apache_kafka "$@"
+    @exec {{python}} -m devkit.apache_kafka "$@"
 
 # create every topic of the registry, idempotently
 [positional-arguments]
@@ -83,7 +83,7 @@ train *ARGS:
     done
     exec {{python}} -m training.train --data "$data" "${rest[@]}"
 
-# export the trained ensemble to ONNX and publish it under models/
+# gate and publish the ONNX model `just train` handed over (runs/train/handover/; never unpickles)
 [positional-arguments]
 export-onnx *ARGS:
     @{{python}} -m export.release "$@"
@@ -177,6 +177,16 @@ backlog *ARGS:
 [positional-arguments]
 chaos *ARGS:
     @FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"
+
+# build the image with podman on a Debian base made by mmdebstrap (no Docker, no registry); --help
+[positional-arguments]
+image *ARGS:
+    @{{python}} -m devkit.image build "$@"
+
+# run the image on the embedded broker and on Apache Kafka: verdicts, /ready, clean SIGTERM stop (~4 min)
+[positional-arguments]
+image-smoke *ARGS:
+    @{{python}} -m pytest -m image tests/deploy/test_image.py -s "$@"
 
 # regenerate the locks from pyproject.toml: everything (dev, CI) and runtime only (image)
 lock:

@@ -8,8 +8,17 @@ typical lists (10,000 blocked cards, 1,000 IP ranges, 200 BIN prefixes, 30
 countries, 5,000 devices, some with expiry). The rule set mixes the common
 policies (velocity, amount, geography, BIN, device, blocklists, allowlists,
 model-score bands, attributes) with varied thresholds. Reported: µs per
-transaction for ``RuleBook.evaluate`` (fast path + policy + hit assembly), the
-best of ``--rounds``; and, for reference, the CEL library evaluating row by row.
+transaction for ``RuleBook.evaluate`` (fast path + policy + hit assembly, under the
+cost guard), the best of ``--rounds``; and, for reference, the CEL library
+evaluating row by row.
+
+Bounded rule cost (issue 22): ``refuse_ms_*``, how long the compile-time check
+takes to refuse the two known hostile forms (nested ``exists`` and nested ``map``
+over 99 x 99); and ``rules_100_hostile_us_per_txn``, 100 rules plus a rule that
+passes the check but loops over ``attributes`` (applied around the publisher),
+on traffic whose every fourth transaction carries 1,000 attributes: the stream's
+guard disables it (``hostile_batches_until_disabled``, ``hostile_ms_until_disabled``),
+after which the cost must stay within 10% of ``rules_100_us_per_txn``.
 """
 
 from __future__ import annotations
@@ -23,8 +32,8 @@ import msgspec
 import numpy as np
 
 from rules.batch import RuleBatch
-from rules.book import Applied, Message, RuleBook
-from rules.contracts import ListEntry, Rule, list_key
+from rules.book import Applied, Refused, RuleBook
+from rules.contracts import ListEntry, Rule
 from state.spec import FEATURE_NAMES
 from training.simulate import transaction_stream
 
@@ -104,13 +113,44 @@ def batches(count: int, size: int, seed: int = 7) -> list[RuleBatch]:
 
 
 def build_book(rules: list[Rule], entries: list[ListEntry]) -> RuleBook:
+    """A book holding ``rules`` and ``entries`` (checked content: no signatures needed)."""
     book = RuleBook()
     for e in entries:
-        book.apply(Message("lists", list_key(e), msgspec.json.encode(e)))
+        book.put_entry(e)
     for r in rules:
-        result = book.apply(Message("rules", r.id, msgspec.json.encode(r)))
+        result = book.put_rule(r)
         assert isinstance(result, Applied), result
     return book
+
+
+NINETY_NINE = "[" + ",".join(str(i) for i in range(99)) + "]"
+HOSTILE = {
+    "nested_exists": f"{NINETY_NINE}.exists(a, {NINETY_NINE}.exists(b, "
+                     "string(a * b + int(amount)).size() > 9))",
+    "nested_map": f"{NINETY_NINE}.map(a, {NINETY_NINE}.map(b, string(a) + '-' + string(b) + "
+                  "'-' + currency + '-' + merchant_id)).size() > 0",
+}
+#: Passes the compile check (the reference batch has at most 64 attributes a row).
+ATTRIBUTE_LOOP = 'attributes.all(k, k != "zz")'
+
+
+def refuse_ms(expression: str) -> float:
+    """Wall ms the compile-time check takes to refuse ``expression`` (asserts it refuses)."""
+    book = RuleBook()
+    started = time.perf_counter()
+    result = book.put_rule(Rule(id="hostile", version=1, description="hostile", owner="bench",
+                                expression=expression, action="tag", mode="shadow"))
+    elapsed = (time.perf_counter() - started) * 1000
+    assert isinstance(result, Refused) and result.error_class == "rule_too_costly", result
+    return elapsed
+
+
+def with_payload(data: list[RuleBatch], keys: int) -> list[RuleBatch]:
+    """Every fourth row of each batch carries ``keys`` attributes (a hostile payload)."""
+    attrs = {f"k{j}": j for j in range(keys)}
+    return [RuleBatch(b.event_time, b.text, b.amount, b.amount_reference,
+                      [attrs if i % 4 == 0 else a for i, a in enumerate(b.attributes)],
+                      b.features, b.feature_names, b.score, b.model_decision) for b in data]
 
 
 def measure(book: RuleBook, data: list[RuleBatch], rounds: int, library: bool = False) -> float:
@@ -152,6 +192,22 @@ def main() -> None:
             print("most hits (5 batches):", ", ".join(f"{k}={v}" for k, v in top))
     book10 = build_book(rule_set(10), entries)
     results["library_10_rules_us_per_txn"] = round(measure(book10, data[:2], 1, library=True), 1)
+    for name, expression in HOSTILE.items():
+        results[f"refuse_ms_{name}"] = round(refuse_ms(expression), 1)
+    payload = with_payload(data, 1_000)
+    hostile = build_book(rule_set(100) + [Rule(
+        id="attr-loop", version=1, description="hostile payload loop", owner="bench",
+        expression=ATTRIBUTE_LOOP, action="tag", mode="shadow")], entries)
+    started = time.perf_counter()
+    for count, batch in enumerate(itertools.cycle(payload), start=1):
+        if hostile.evaluate(batch).disabled or count > 100:
+            break
+    assert "attr-loop" in hostile.guard.disabled, "the guard did not disable the costly rule"
+    results["hostile_batches_until_disabled"] = count
+    results["hostile_ms_until_disabled"] = round((time.perf_counter() - started) * 1000, 1)
+    results["rules_100_hostile_us_per_txn"] = round(measure(hostile, payload, args.rounds), 2)
+    results["hostile_vs_100_ratio"] = round(
+        results["rules_100_hostile_us_per_txn"] / results["rules_100_us_per_txn"], 3)
     if args.json:
         print(json.dumps(results))
         return
@@ -161,6 +217,13 @@ def main() -> None:
               f"({results[f'rules_{count}_fast_path']}/{count} on the fast path, "
               f"{results[f'rules_{count}_hits_per_1k']} hits per 1,000 txns)")
     print(f"  10 rules, CEL library row by row: {results['library_10_rules_us_per_txn']} µs/txn")
+    print("hostile rules refused at compile in "
+          + ", ".join(f"{k} {results[f'refuse_ms_{k}']} ms" for k in HOSTILE))
+    print(f" 100 rules + a costly attributes loop (disabled by the guard after "
+          f"{results['hostile_batches_until_disabled']} batches, "
+          f"{results['hostile_ms_until_disabled']} ms): "
+          f"{results['rules_100_hostile_us_per_txn']:7.2f} µs/txn "
+          f"({results['hostile_vs_100_ratio']:.2f}x the 100 rules)")
 
 
 if __name__ == "__main__":

@@ -90,9 +90,12 @@ def rejected_message(version: str | None, train_dir: Path = TRAIN_DIR,
 
 
 def _trained_version(train_dir: Path) -> str | None:
+    """The trained model's version, from its hand-over manifest (never unpickles)."""
     try:
-        from training.artifact import TrainedModel
+        import json
 
-        return str(TrainedModel.load(train_dir).model_version)
-    except Exception:  # only for the message: a missing or odd artifact names no version
+        from export.handover import MANIFEST, locate
+
+        return str(json.loads((locate(train_dir) / MANIFEST).read_text())["model_version"])
+    except Exception:  # only for the message: a missing or odd hand-over names no version
         return None

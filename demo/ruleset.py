@@ -13,15 +13,15 @@ for every event time of the simulated world (its event times are in the past).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
-import msgspec
-
 import rules
+from rules.audit import changes
 from rules.book import RuleBook
-from rules.cli import plan_rules, publish
-from rules.contracts import list_key
+from rules.cli import plan_rules, publish_changes
 from rules.files import read_rules_file
+from rules.signing import dev_keys
 from topics.contracts import ListEntry, Rule
 from topics.settings import KafkaSettings
 
@@ -62,9 +62,20 @@ def load(path: Path, extra_entries: list[ListEntry]) -> RuleSet:
 def publish_rule_set(settings: KafkaSettings, rule_set: RuleSet) -> None:
     """Publish the entries to ``lists``, then the rules to ``rules``; wait for every ack.
 
+    Every record is signed by the two dev analysts (maker and checker, keys made on
+    first use under ``.dev/rules-keys/``, trusted by the dev flow), so the allowlist
+    rule is in force at once; the audit entries go to ``rules-audit`` first.
     Raises :class:`topics.errors.BrokerError` when a record is not acknowledged.
     """
-    publish(settings, settings.topic("lists"),
-            [(list_key(e), msgspec.json.encode(e)) for e in rule_set.entries])  # fmt: skip
-    publish(settings, settings.topic("rules"),
-            [(r.id, msgspec.json.encode(r)) for r in rule_set.rules])  # fmt: skip
+    keys = dev_keys()
+    names = (settings.topic("rules"), settings.topic("lists"))
+    now_ms = int(time.time() * 1000)
+    entries = changes(RuleBook(), "add-entries", [(e, False) for e in rule_set.entries],
+                      keys.maker, reason="demo rule set", now_ms=now_ms, cosigners=[keys.checker])
+    publish_changes(settings, names, entries)  # lists first: rules name them
+    book = RuleBook()
+    for entry in rule_set.entries:
+        book.put_entry(entry)
+    publish_changes(settings, names, changes(
+        book, "add", [(r, False) for r in rule_set.rules], keys.maker,
+        reason="demo rule set", now_ms=now_ms, cosigners=[keys.checker]))

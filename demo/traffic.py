@@ -21,16 +21,12 @@ from demo.verdicts import Tally
 from demo.world import DemoWorld
 from devkit.pacing import TokenBucket
 from topics.contracts import Label, Transaction
-from topics.producer import PRODUCER_DEFAULTS, produce_waiting
+from topics.producer import PACED_PRODUCER, PRODUCER_DEFAULTS, produce_waiting
 from topics.settings import KafkaSettings
 from training.history import events
 
-#: The simulated gateway batches its authorisations for up to 50 ms, like any Kafka producer
-#: under load. With 5 ms each partition gets record batches of one or two transactions at
-#: 1,000 tx/s, and the embedded broker's fetches slow as a topic fills with such tiny batches:
-#: the demo's p99 grew 6x in 30 s, all of it in the flow's ``broker`` stage (records waiting
-#: to be fetched); with 50 ms it stays flat (README "Performance").
-TRAFFIC_PRODUCER = {"linger.ms": 50}
+#: The simulated gateway batches its authorisations like any paced Kafka producer under load.
+TRAFFIC_PRODUCER = PACED_PRODUCER
 
 INVALID_EVERY = 997  # one malformed message per this many transactions
 #: Longest wait for the warm-up's verdicts before the live part starts anyway (s).

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from devkit import child
 from devkit.broker import HOST, free_port
-from devkit.deathsig import orphan_safe
+from devkit.deathsig import orphan_safe, stop_with_parent
 from topics.errors import BrokerError
 from topics.settings import BOOTSTRAP_ENV
 
@@ -426,8 +426,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m devkit.apache_kafka``; returns the exit code."""
     args = _parse_args(argv)
+    # Ctrl-C, SIGTERM and the death of our parent (`just`) stop the broker cleanly
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with `&`
+        stop_with_parent()
     try:
         if args.install_only:
             started = time.monotonic()

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from devkit import child
-from devkit.deathsig import orphan_safe
+from devkit.deathsig import orphan_safe, stop_with_parent
 from topics.admin import ensure_topics
 from topics.devbroker import (
     DevBrokerState,
@@ -268,9 +268,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m devkit.broker``."""
     args = _parse_args(argv)
-    # Ctrl-C must stop us even when a shell started us with SIGINT ignored (`cmd &`).
+    # Ctrl-C, SIGTERM and the death of our parent (`just`) stop the broker cleanly
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_with_parent()
     print(DEV_NOTICE, file=sys.stderr)
     path = state_file()
     existing = running_dev_broker(path)

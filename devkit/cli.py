@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -34,3 +35,21 @@ def run_cli(
               "running, and any FRAUD_KAFKA_* setting", file=sys.stderr)
         return 1
     return 0
+
+
+#: Width of a table written to a pipe or a file (rich would squeeze it to 80 columns).
+PIPE_WIDTH = 200
+
+
+def table_console(width: int | None = None, *, stderr: bool = False) -> Any:
+    """A ``rich`` console for tables: the terminal's width, or :data:`PIPE_WIDTH` in a pipe.
+
+    ``width`` (a ``--width`` option) wins; ``COLUMNS`` in the environment is honoured as
+    rich does. Returns a :class:`rich.console.Console`.
+    """
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
+        width = PIPE_WIDTH
+    return Console(width=width, stderr=stderr)

@@ -23,6 +23,29 @@ def orphan_safe(command: list[str]) -> list[str]:
     return [sys.executable, "-m", "devkit.deathsig", str(os.getpid()), *command]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_with_parent() -> None:
+    """Make SIGTERM, and the death of our parent, stop this process as Ctrl-C does.
+
+    For a foreground service such as ``just broker``: killing the pid of ``just`` (or
+    closing its terminal) kills ``just`` but not its child, which would keep the broker
+    running with nobody to stop it. The parent's death now sends us SIGTERM
+    (``PR_SET_PDEATHSIG``), and SIGTERM raises :class:`KeyboardInterrupt` in the main
+    thread, so the command's own clean-up (stop the broker, remove its state file) runs.
+    Call from the main thread.
+    """
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with `&`
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no death signal
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> None:
     """Arm the death signal, check the parent is still there, exec the command."""
     parent, command = int(argv[0]), argv[1:]

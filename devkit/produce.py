@@ -36,7 +36,7 @@ from devkit.pacing import TokenBucket
 from devkit.progress import counting
 from topics.contracts import Transaction
 from topics.errors import BrokerError, FraudStreamError, InputError
-from topics.producer import PRODUCER_DEFAULTS, produce_waiting
+from topics.producer import PACED_PRODUCER, PRODUCER_DEFAULTS, produce_waiting
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 from topics.validation import _reject_from_validation_error, parse_time_ms
@@ -85,10 +85,13 @@ def produce_records(
     """Produce ``(key, value)`` records to ``topic``; return how many were delivered.
 
     Keys are placed by the murmur2 partitioner (:data:`PRODUCER_DEFAULTS`), as the
-    Java client does. ``on_progress(sent)`` is called every chunk, ``on_done(delivered)``
-    at the end. Raises :class:`BrokerError` if any record is not acknowledged.
+    Java client does; a paced producer (``rate``) batches for longer
+    (:data:`~topics.producer.PACED_PRODUCER`). ``on_progress(sent)`` is called every
+    chunk, ``on_done(delivered)`` at the end. Raises :class:`BrokerError` if any record
+    is not acknowledged.
     """
-    producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS), **(config or {})})
+    defaults = {**PRODUCER_DEFAULTS, **(PACED_PRODUCER if rate else {})}
+    producer = Producer({**settings.client_config(**defaults), **(config or {})})
     failures: list[KafkaError] = []
     delivered = 0
 
@@ -109,7 +112,7 @@ def produce_records(
     progress = on_progress or (lambda _n: None)
     done = on_done or (lambda _n: None)
     bucket = TokenBucket(rate) if rate else None
-    chunk = max(1, int(rate / 200)) if rate else 1000
+    chunk = max(1, int(rate / 50)) if rate else 1000  # paced: 20 ms of records per wait
     sent = 0
     try:
         for key, value in records:

@@ -151,8 +151,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS",
-        help=f"stop after SECONDS without a record (default: {DEFAULT_IDLE_TIMEOUT:g} without "
-        "--follow, never with it)",
+        help="wait for records, and stop after SECONDS without one, even past the end of "
+        f"the topic (default: stop at the end, or after {DEFAULT_IDLE_TIMEOUT:g} s idle; with "
+        "--follow, never)",
     )  # fmt: skip
     parser.add_argument(
         "--follow", action="store_true",
@@ -167,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     from devkit.produce import resolve_topic
 
     args = _parse_args(argv)
-    follow = args.follow or not args.from_beginning
+    # --timeout without --follow waits for records up to the idle time, even on an empty
+    # topic (without it the end of every partition ends the command at once)
+    follow = args.follow or not args.from_beginning or args.timeout is not None
     timeout = args.timeout if args.timeout is not None else (
         None if follow else DEFAULT_IDLE_TIMEOUT
     )  # fmt: skip

@@ -479,6 +479,25 @@ class PartitionDrift:
             counts.shadow_version = counts.shadow_version or verdict.shadow_model_version
             counts.shadow_labels[_DECISION_INDEX[verdict.shadow_decision], int(is_fraud)] += 1
 
+    def retract_label(self, label_time: int, is_fraud: bool, verdict: Judged) -> bool:
+        """Take back one label :meth:`add_label` counted, which a later label replaced.
+
+        Only from the window of ``label_time`` while it is still open here and holds
+        such a label (counts never go below zero); a window already handed on stands as
+        published (it said what was known then). Returns whether it was taken back.
+        """
+        index = label_time // self.window_ms
+        counts = self._open.get((index, verdict.model_version))
+        cell = (_DECISION_INDEX[verdict.decision], int(is_fraud))
+        if self._late(index) or counts is None or counts.labels[cell] <= 0:
+            return False
+        counts.labels[cell] -= 1
+        if verdict.shadow_model_version is not None and verdict.shadow_decision is not None:
+            shadow = (_DECISION_INDEX[verdict.shadow_decision], int(is_fraud))
+            if counts.shadow_labels[shadow] > 0:
+                counts.shadow_labels[shadow] -= 1
+        return True
+
     @property
     def has_open_windows(self) -> bool:
         """Whether counts are waiting for their window to close here."""

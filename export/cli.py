@@ -96,8 +96,9 @@ def _print_report(report: GateReport) -> None:
 
 def cmd_models(args: argparse.Namespace) -> None:
     """The versions table."""
-    from rich.console import Console
     from rich.table import Table
+
+    from devkit.cli import table_console
 
     lifecycle = Lifecycle(args.models_dir)
     records = lifecycle.records()
@@ -130,8 +131,7 @@ def cmd_models(args: argparse.Namespace) -> None:
                       f"{m['auc_roc']:.4f}" if "auc_roc" in m else "-",
                       f"{m['average_precision']:.4f}" if "average_precision" in m else "-",
                       pr, style=STYLE.get(rec.state, ""))
-    # a pipe or a log gets the whole table (rich would squeeze it to 80 columns)
-    console = Console(width=args.width or (None if sys.stdout.isatty() else 160))
+    console = table_console(args.width)
     if not rows:
         console.print(f"no models in {lifecycle.root}; publish one with `just export-onnx`")
         return

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import GateError
+from export.pseudonym import card_pseudonyms
 
 DAY_MS = 86_400_000
 HOLDOUT_FILE = "holdout.parquet"
@@ -202,7 +203,7 @@ class Holdout:
     features: np.ndarray
     is_fraud: np.ndarray
     event_time: np.ndarray | None = None  # int64 epoch ms
-    card_id: np.ndarray | None = None  # object (str)
+    card_ref: np.ndarray | None = None  # object (str): card pseudonyms (export.pseudonym)
     candidate_scores: np.ndarray | None = None
     """The candidate's out-of-sample scores of these rows, when the served model was refitted
     on them (``TrainedModel.holdout_scores``: the selection model's scores); else None and the
@@ -220,36 +221,46 @@ class Holdout:
         return cls(np.ascontiguousarray(trained.holdout_features, dtype=np.float32),
                    np.asarray(labels, dtype=bool),
                    None if et is None else np.asarray(et, dtype=np.int64),
-                   None if cards is None else np.asarray(cards, dtype=object),
+                   None if cards is None else card_pseudonyms(cards),
                    None if scores is None else np.asarray(scores, dtype=np.float32))
 
     def to_table(self, feature_names: Sequence[str]) -> Any:
-        """A ``pyarrow.Table``: the feature columns, ``is_fraud``, ``event_time``, ``card_id``."""
+        """A ``pyarrow.Table``: the feature columns, ``is_fraud``, ``event_time``, ``card_ref``.
+
+        ``card_ref`` holds card pseudonyms, never card ids (:mod:`export.pseudonym`): a
+        published ``holdout.parquet`` carries no card data.
+        """
         import pyarrow as pa
 
         cols: dict[str, Any] = {n: self.features[:, i] for i, n in enumerate(feature_names)}
         cols["is_fraud"] = self.is_fraud
         if self.event_time is not None:
             cols["event_time"] = self.event_time
-        if self.card_id is not None:
-            cols["card_id"] = pa.array([str(c) for c in self.card_id], pa.string())
+        if self.card_ref is not None:
+            cols["card_ref"] = pa.array(list(card_pseudonyms(self.card_ref)), pa.string())
         if self.candidate_scores is not None:
             cols["candidate_score"] = self.candidate_scores
         return pa.table(cols)
 
     @classmethod
     def from_table(cls, table: Any, feature_names: Sequence[str]) -> Holdout:
-        """Inverse of :meth:`to_table`; raises :class:`GateError` when a column is missing."""
+        """Inverse of :meth:`to_table`; raises :class:`GateError` when a column is missing.
+
+        A ``card_id`` column (versions published before ``card_ref``) is pseudonymised as
+        it is read, so no card id reaches the gates.
+        """
         missing = [n for n in (*feature_names, "is_fraud") if n not in table.column_names]
         if missing:
             raise GateError(f"held-out rows lack column(s) {missing[:3]}; re-export the model")
         feats = np.column_stack([table.column(n).to_numpy() for n in feature_names])
         cols = table.column_names
+        refs = (np.asarray(table.column("card_ref").to_pylist(), dtype=object)
+                if "card_ref" in cols else card_pseudonyms(table.column("card_id").to_pylist())
+                if "card_id" in cols else None)
         return cls(np.ascontiguousarray(feats, dtype=np.float32),
                    table.column("is_fraud").to_numpy().astype(bool),
                    table.column("event_time").to_numpy() if "event_time" in cols else None,
-                   np.asarray(table.column("card_id").to_pylist(), dtype=object)
-                   if "card_id" in cols else None,
+                   refs,
                    table.column("candidate_score").to_numpy().astype(np.float32)
                    if "candidate_score" in cols else None)
 
@@ -298,11 +309,11 @@ def _scores_metrics(scores: np.ndarray, holdout: Holdout) -> dict[str, float]:
     y = holdout.is_fraud
     out = {"average_precision": float(average_precision_score(y, scores)) if y.any() else 0.0,
            "auc_roc": float(roc_auc_score(y, scores)) if y.any() and (~y).any() else float("nan")}
-    if holdout.event_time is not None and holdout.card_id is not None:
+    if holdout.event_time is not None and holdout.card_ref is not None:
         from training.report import card_precision_at_k
 
         out["card_precision_at_100"] = card_precision_at_k(
-            scores, y, holdout.event_time, holdout.card_id, 100)[0]
+            scores, y, holdout.event_time, holdout.card_ref, 100)[0]
     return out
 
 

@@ -1,15 +1,16 @@
 """Export a trained ensemble to one ONNX graph, check parity, and publish it to the registry.
 
-:mod:`export.release` (``just export-onnx``) reads the training artifact
-(``runs/train/model.pkl`` by default), converts the whole soft-voting
-ensemble (XGBoost + RandomForest) into a single graph with a float32 input
-``features [N, F]`` and a probability output ``probabilities [N, 2]`` (ZipMap
-off, opsets pinned), writes the model metadata into ``metadata_props``, checks
-that ONNX and native scores agree within :data:`PARITY_TOLERANCE` and that
-decisions agree at the thresholds, and publishes ``models/<version>/`` with the
-model card, the evaluation report and ``reference.parquet`` (the scored training
-reference rows that ``just drift-report`` compares the stream with).
-``models/current`` then points at it.
+:func:`export_trained` runs on the fitted ``TrainedModel`` in memory, in the process
+that trained it (``just train`` writes the result as the hand-over,
+:mod:`export.handover`; ``just retrain`` passes it to :mod:`export.release`). It
+converts the whole soft-voting ensemble (XGBoost + RandomForest) into a single graph
+with a float32 input ``features [N, F]`` and a probability output
+``probabilities [N, 2]`` (ZipMap off, opsets pinned), writes the model metadata into
+``metadata_props`` and checks that ONNX and native scores agree within
+:data:`PARITY_TOLERANCE` and that decisions agree at the thresholds.
+:func:`reference_table` gives the scored training reference rows that ``just
+drift-report`` compares the stream with; :mod:`export.release` publishes
+``models/<version>/`` with them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Export, gate and publish one trained model: what ``just export-onnx`` and ``just retrain`` run.
 
-1. convert to ONNX with probe rows, check parity (:func:`export.onnx.export_trained`);
+1. convert to ONNX with probe rows, check parity (:func:`export.onnx.export_trained`):
+   ``just retrain`` in memory; ``just train`` already did it and ``just export-onnx``
+   reads its hand-over (:mod:`export.handover`: ONNX and Parquet, never a pickle);
 2. evaluate the gates (:mod:`export.gates`): minimums on the training report's test
    period, and the champion (``models/current``) against the candidate on the
    candidate's held-out rows;
@@ -20,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.gates import GateConfig, GateReport, Holdout, evaluate
+from export.gates import GateConfig, GateReport, evaluate
+from export.handover import HANDOVER_DIR, Handover
 from export.lifecycle import Lifecycle
 from export.mlflow_sync import MlflowSync, read_run_id
 from export.parity import ParityReport
@@ -64,7 +67,7 @@ def load_champion(lifecycle: Lifecycle) -> Any | None:
 
 
 def release(
-    trained: Any,
+    trained: Any | Handover,
     models_dir: Path,
     *,
     version: str | None = None,
@@ -75,33 +78,45 @@ def release(
     sync: MlflowSync | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Release:
-    """Steps 1-5 of the module docstring. Raises ExportError/RegistryError subclasses."""
-    from export.model import ScoringModel
-    from export.onnx import export_trained, reference_table
+    """Steps 1-5 of the module docstring. Raises ExportError/RegistryError subclasses.
 
-    version = version or trained.model_version
+    ``trained``: a fitted ``training.artifact.TrainedModel`` (converted here) or a
+    :class:`export.handover.Handover` read from disk (already converted by training).
+    """
+    from export.model import ScoringModel
+
     cfg = gates or GateConfig()
     lifecycle = Lifecycle(models_dir, listeners=[sync.listener] if sync else [])
-    lifecycle.registry.check_new(version)
-    say(f"converting {version} ({len(trained.feature_names)} features)...")
-    data, parity = export_trained(trained, version)
+    if isinstance(trained, Handover):
+        handover = trained.with_version(version) if version else trained
+        version = handover.metadata.model_version
+        lifecycle.registry.check_new(version)
+        say(f"read the training hand-over of {version} (converted and parity-checked by "
+            "training)")
+    else:
+        version = version or trained.model_version
+        lifecycle.registry.check_new(version)
+        say(f"converting {version} ({len(trained.feature_names)} features)...")
+        handover = Handover.from_trained(trained, version)
+    data, parity, holdout = handover.onnx_bytes, handover.parity, handover.holdout
     say(f"parity ok on {parity.rows} held-out rows: max |diff| {parity.max_abs_diff:.2e}, "
         "decisions identical; probe rows stored")
     candidate = ScoringModel.from_bytes(data, "<candidate>", None)
+    metadata = candidate.metadata
+    metrics = dict(metadata.training_metrics)
     champion = load_champion(lifecycle)
-    holdout = Holdout.from_trained(trained)
-    report = evaluate(version, trained.metrics, cfg, candidate=candidate, champion=champion,
+    report = evaluate(version, metrics, cfg, candidate=candidate, champion=champion,
                       holdout=holdout)
     state = "candidate" if report.passed else "rejected"
     for check in report.checks:
         say(f"  gate {'ok  ' if check.passed else 'FAIL'} {check.describe()}")
     target = lifecycle.registry.publish(
         version, data, report_dir=report_dir, parity=parity, make_current=False,
-        reference=reference_table(trained, data),
-        holdout=None if holdout is None else holdout.to_table(trained.feature_names),
+        reference=handover.reference,
+        holdout=None if holdout is None else holdout.to_table(metadata.feature_names),
         gates=report.to_dict(),
     )
-    lifecycle.record_published(version, state, report, key_metrics(trained.metrics),
+    lifecycle.record_published(version, state, report, key_metrics(metrics),
                                reason=reason or "export")
     result = Release(version, target, state, report, parity)
     if sync is not None:
@@ -127,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     error, 2 bad input, 3 published as **rejected** by a gate (``models/current`` unchanged).
     """
     from export.errors import ExportError, GateError
-    from training.artifact import TrainedModel
+    from export.handover import load
 
     parser = argparse.ArgumentParser(
         prog="python -m export.release", description=(__doc__ or "").split("\n")[0],
@@ -136,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "0 published, 1 error, 2 bad input, 3 rejected by a gate.",
     )
     parser.add_argument("--model", type=Path, default=Path("runs/train"),
-                        help="training output directory or model.pkl (default: runs/train)")
+                        help="training output directory, or its handover/ (default: runs/train); "
+                             "model.pkl is never loaded")
     parser.add_argument("--models-dir", type=Path, default=Path("models"),
                         help="registry root (default: models)")
     parser.add_argument("--version", default=None,
@@ -156,15 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        trained = TrainedModel.load(args.model)
-    except FileNotFoundError:
-        print(f"error: no training artifact at {args.model}; run `just train DATA=<history>` first",
-              file=sys.stderr)
+        handover = load(args.model)  # ONNX + Parquet + JSON: never unpickles
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     model_dir = args.model if args.model.is_dir() else args.model.parent
+    if model_dir.name == HANDOVER_DIR:
+        model_dir = model_dir.parent  # the report files are in the training output
     try:
         result = release(
-            trained, args.models_dir, version=args.version, gates=cfg,
+            handover, args.models_dir, version=args.version, gates=cfg,
             make_current=not args.no_current, report_dir=model_dir, reason=args.reason,
             sync=MlflowSync.from_env(), say=lambda m: print(f"[export] {m}", flush=True),
         )

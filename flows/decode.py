@@ -11,6 +11,11 @@ Each poll of a partition also says where that partition stands in event time
 (its progress, or that it is idle): every shard downstream hears it, so the
 merchant stage knows what has arrived (:mod:`state.reorder`). Shards that get no
 records from a poll get that news at most every :data:`MARKER_MS` of event time.
+
+Card data stops here: the decoder tokenises a PAN sent as ``card_id`` (or refuses
+it without a key, :mod:`topics.pan`), every dead letter is masked, its Kafka key
+too (:func:`topics.deadletter.record_key`), and a tokenised card is judged at
+home on the partition of its key as produced (:class:`TransactionRouter`).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from flows.items import CardWork, Decoded, MerchantWork
 from flows.kafka import RawBatch, RawRecord, SinkRecord
 from flows.routing import shard_key
 from state.kernels.windows import NO_TIME
-from state.partitioning import murmur2_partitions
+from state.partitioning import murmur2, murmur2_partitions
 from topics.contracts import Label, Transaction
-from topics.deadletter import dead_letter
-from topics.validation import ContractDecoder, Rejection
+from topics.currency import RateTable, metric_currency, unrated_currency
+from topics.deadletter import dead_letter, record_key
+from topics.pan import TOKEN_PREFIX, CardGuard
+from topics.validation import ContractDecoder, Rejection, TransactionDecoder
 
 T = TypeVar("T", Transaction, Label)
 
@@ -82,13 +89,19 @@ class KeyRule:
     partitions: int
     policy: str = "route"
 
-    def refusal(self, card_id: str, partition: int, expected: int) -> Rejection:
-        """The dead-letter reason of a refused mis-keyed record."""
+    def refusal(self, partition: int, expected: int | None) -> Rejection:
+        """The dead-letter reason of a refused mis-keyed record (it names no card id).
+
+        ``expected`` None: the card was tokenised at decode, so its partition (of the
+        card id as sent) is not known here.
+        """
+        where = (f"its card belongs to partition {expected}" if expected is not None
+                 else "it is not keyed by its card_id as sent")
         return Rejection(
             "mis_keyed",
-            f"record on partition {partition}, but card {card_id[:40]!r} belongs to "
-            f"partition {expected}: produce transactions with key = card_id and the murmur2 "
-            "partition (Java default; librdkafka partitioner=murmur2_random)",
+            f"record on partition {partition}, but {where}: produce transactions with key = "
+            "card_id and the murmur2 partition (Java default; librdkafka "
+            "partitioner=murmur2_random)",
         )
 
 
@@ -100,15 +113,19 @@ def _time_of(value: object) -> int:
     raise TypeError(f"no event time on {type(value).__name__}")
 
 
-def reject(msg: RawRecord, rejection: Rejection, **details: int) -> DeadLetterRecord:
-    """The dead-letter record of ``msg`` (bounded; its time is the record's timestamp)."""
+def reject(msg: RawRecord, rejection: Rejection, expected_partition: int | None = None
+           ) -> DeadLetterRecord:
+    """The dead-letter record of ``msg`` (bounded and masked; its time is the record's timestamp).
+
+    Its Kafka key is ``msg``'s key masked (:func:`topics.deadletter.record_key`).
+    """
     metrics.DEAD_LETTERS.labels(error_class=rejection.error_class).inc()
     record = dead_letter(
         source_topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
         value=msg.value, rejection=rejection, record_time_ms=max(msg.timestamp_ms, 0),
-        **details,
+        expected_partition=expected_partition,
     )
-    return DeadLetterRecord(msg.key, _encode(record))
+    return DeadLetterRecord(record_key(msg.key), _encode(record))
 
 
 def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: int,
@@ -158,6 +175,20 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
     return decoded, kept, dead
 
 
+def count_unrated(txns: list[Transaction], rates: RateTable) -> int:
+    """Count in ``fraud_amount_unrated_total{currency}`` the transactions no rate converts.
+
+    They are scored all the same, with neutral amount features
+    (:func:`topics.currency.reference_amount`); returns how many there were.
+    """
+    per = rates.per_reference
+    unrated = [code for t in txns if t.currency not in per
+               and (code := unrated_currency(t, rates)) is not None]
+    for code in unrated:
+        metrics.UNRATED.labels(currency=metric_currency(code)).inc()
+    return len(unrated)
+
+
 @dataclass
 class _Progress:
     """Per process: each source partition's progress, and what each shard last heard of it."""
@@ -197,14 +228,41 @@ class TransactionRouter:
     as many shards as partitions: the card's own partition), also when produced on
     another partition (``route``), unless ``keys`` refuses it (a dead letter). Every
     shard hears where the partition stands (see :data:`MARKER_MS`).
+
+    A card id tokenised at decode (a PAN sent as ``card_id``, :mod:`topics.pan`) is
+    routed by its token, like any card, but judged on the card as produced: a record
+    whose Kafka key is the PAN of its token (``cards``) is at home on
+    ``murmur2(key)``, where the producer's partitioner put it. So the records of a
+    PAN-keyed card are not all counted (or refused) as mis-keyed, and the PAN is
+    never kept to judge them (the key is re-hashed with the token's key instead).
     """
 
     def __init__(self, keys: KeyRule, topic: str = "transactions",
-                 card_shards: int | None = None) -> None:
+                 card_shards: int | None = None, cards: CardGuard | None = None) -> None:
         self.keys = keys
         self.topic = topic
         self.card_shards = card_shards or keys.partitions
+        self.cards = cards
         self._progress = _Progress()
+
+    def _tokenised(self, card_id: str) -> bool:
+        return (self.cards is not None and self.cards.key is not None
+                and card_id.startswith(TOKEN_PREFIX))
+
+    def _produced_home(self, home: np.ndarray, cards: list[str], kept: list[RawRecord]
+                       ) -> np.ndarray:
+        """Each row's home partition as produced (``home``, by card id, unless tokenised)."""
+        if self.cards is None or self.cards.key is None:
+            return home
+        produced = home
+        for i, card in enumerate(cards):
+            key = kept[i].key
+            if key is not None and card.startswith(TOKEN_PREFIX) and self.cards.same_card(
+                    key, card):
+                if produced is home:
+                    produced = home.copy()
+                produced[i] = (murmur2(key) & 0x7FFFFFFF) % self.keys.partitions
+        return produced
 
     def route(self, partition: int, decoded: Decoded[Transaction], kept: list[RawRecord],
               idle: bool = False) -> list[tuple[str, CardWork] | DeadLetterRecord]:
@@ -213,15 +271,17 @@ class TransactionRouter:
         out: list[tuple[str, CardWork] | DeadLetterRecord] = []
         routed: dict[int, np.ndarray] = {}
         if len(decoded):
-            home = murmur2_partitions([t.card_id for t in decoded.values], keys.partitions)
-            wrong = home != q
+            cards = [t.card_id for t in decoded.values]
+            home = murmur2_partitions(cards, keys.partitions)
+            produced = self._produced_home(home, cards, kept)
+            wrong = produced != q
             if wrong.any():
                 metrics.MISKEYED.labels(action=keys.policy).inc(int(wrong.sum()))
                 if keys.policy != "route":
                     for i in np.flatnonzero(wrong).tolist():
-                        txn = decoded.values[i]
-                        out.append(reject(kept[i], keys.refusal(txn.card_id, q, int(home[i])),
-                                          expected_partition=int(home[i])))
+                        expected = None if self._tokenised(cards[i]) else int(home[i])
+                        out.append(reject(kept[i], keys.refusal(q, expected),
+                                          expected_partition=expected))
                     good = np.flatnonzero(~wrong)
                     decoded, home = decoded.take(good), home[good]
             shard = (home if self.card_shards == keys.partitions else murmur2_partitions(
@@ -285,8 +345,10 @@ def decode_transactions(
     def run(batch: RawBatch) -> list[tuple[str, CardWork] | DeadLetterRecord]:
         nonlocal router
         if router is None:
-            router = TransactionRouter(keys, batch.topic, card_shards)
+            router = TransactionRouter(keys, batch.topic, card_shards, decoder.cards)
         decoded, kept, dead = decode_batch(batch.records, decoder, int(now() * 1000), skew)
+        if isinstance(decoder, TransactionDecoder):
+            count_unrated(decoded.values, decoder.rates)
         out: list[tuple[str, CardWork] | DeadLetterRecord] = list(dead)
         return out + router.route(batch.partition, decoded, kept, batch.idle)
 
@@ -324,5 +386,5 @@ def records(batch: RawBatch) -> list[RawRecord]:
 
 
 __all__ = ["DeadLetterRecord", "KeyRule", "LabelRouter", "SinkRecord", "SkewRule",
-           "TransactionRouter", "decode_batch", "decode_labels", "decode_transactions",
-           "records", "reject"]
+           "TransactionRouter", "count_unrated", "decode_batch", "decode_labels",
+           "decode_transactions", "records", "reject"]

@@ -92,8 +92,8 @@ class CardRows:
 
     @property
     def amount(self) -> np.ndarray:
-        """float64 reference-currency amounts."""
-        return self.inputs.amount
+        """float64 reference-currency amounts, NaN where no rate converted it (unrated)."""
+        return self.inputs.reference_amount
 
     def __len__(self) -> int:
         return len(self.txns)

@@ -1,12 +1,17 @@
 """The merchant stage's Bytewax step: one :class:`~flows.scorer.MerchantScorer` per shard.
 
 Fed the card stage's results for the shard's merchants from every card shard,
-every label of its merchants, and a copy of every ``rules`` and ``lists`` record
+every label naming one of its merchants, and a copy of every ``rules`` and ``lists`` record
 (broadcast to every shard, :func:`broadcast`). Rules and lists apply as they
 arrive; transactions and labels wait in an :class:`~state.reorder.EventTimeOrder`
 until the watermark over every card shard and ``labels`` partition lets them go,
 and are applied in event-time order, so the merchant features equal the offline
-replay's whatever order the partitions are read in.
+replay's whatever order the partitions are read in. A label changes only the
+merchant of the transaction it joins (:mod:`state.labels`); one whose transaction
+never becomes known here expires to ``dead-letter`` (``label_unjoined``,
+:func:`expired_letters`). With several merchant shards a label reaches the shard of
+the merchant it names: if that is not its transaction's, it does not join there and
+expires the same way (it is never applied to the merchant it names).
 
 Its recovery snapshot holds the store's sequence number, the open drift windows,
 the rule book and the reorder buffer with the inputs' progress, so a crash loses
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from drift.windows import DriftPartial, PartitionDrift
@@ -37,11 +43,16 @@ from flows.kafka import RawRecord
 from flows.routing import shard_key
 from flows.scorer import MerchantScorer
 from state.errors import StaleStateError
+from state.merchant_store import LabelSource
+from state.records import PendingLabel
 from state.reorder import EVERYTHING, EventTimeOrder
 from topics.contracts import Label
+from topics.deadletter import dead_letter
+from topics.validation import Rejection
 
 MerchantOutput = SinkBatch | DeadLetterRecord | DriftPartial
 log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
 
 
 class RuleRecord(NamedTuple):
@@ -57,6 +68,39 @@ def broadcast(record: RawRecord, shards: int) -> list[tuple[str, RuleRecord]]:
 
 
 MerchantInput = MerchantWork | RuleRecord
+
+
+def label_sources(chunk: Decoded[Label]) -> list[LabelSource]:
+    """Where each label of ``chunk`` was read (``labels`` partition, offset, Kafka timestamp)."""
+    return [LabelSource(p, o, t) for p, o, t in zip(
+        chunk.partition.tolist(), chunk.offset.tolist(), chunk.ingest_ms.tolist(), strict=True)]
+
+
+def expired_letters(expired: list[PendingLabel], topic: str, horizon_ms: int
+                    ) -> list[DeadLetterRecord]:
+    """Dead letters (``label_unjoined``) of labels whose transaction never became known.
+
+    The label was never applied to any merchant (its ``merchant_id`` is not trusted on
+    its own word, :mod:`state.labels`); the dead letter carries the label as read (it
+    holds a card token, never card data) and where it is on ``topic``.
+    """
+    out: list[DeadLetterRecord] = []
+    days = horizon_ms // 86_400_000
+    for p in expired:
+        key = p.label.transaction_id.encode()
+        rejection = Rejection(
+            "label_unjoined",
+            f"transaction {p.label.transaction_id!r} was not scored here within {days} days "
+            "of the label (FRAUD_VERDICT_HORIZON_DAYS), or long before it (over "
+            "FRAUD_LABEL_HORIZON_DAYS): the label changed no merchant feature; re-send it "
+            "once its transaction is on the transactions topic")
+        metrics.DEAD_LETTERS.labels(error_class=rejection.error_class).inc()
+        metrics.LABELS_EXPIRED.inc()
+        letter = dead_letter(source_topic=topic, partition=max(p.partition, 0),
+                             offset=max(p.offset, 0), key=key, value=_encode(p.label),
+                             rejection=rejection, record_time_ms=max(p.record_ms, 0))
+        out.append(DeadLetterRecord(key, _encode(letter)))
+    return out
 
 
 class MerchantSnapshot(NamedTuple):
@@ -76,8 +120,10 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
     def __init__(self, open_scorer: Callable[[int, MerchantSnapshot | None], MerchantScorer],
                  resumed: MerchantSnapshot | None, idle_seconds: float, card_shards: int,
                  label_partitions: int, reorder_max: int = 200_000,
-                 clock: Callable[[], float] = time.time, grace_s: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.time, grace_s: float = 1.0,
+                 labels_topic: str = "labels") -> None:
         self._open_scorer = open_scorer
+        self._labels_topic = labels_topic
         self._clock = clock
         self._resumed = resumed
         self._idle_seconds = idle_seconds
@@ -148,16 +194,20 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         out: list[MerchantOutput] = []
         for is_label, chunk in order.release(CardRows.concat, Decoded.concat, self._clock()):
             if is_label:
-                scorer.apply_labels(chunk.values)  # type: ignore[union-attr]
+                labels: Decoded[Label] = chunk  # type: ignore[assignment]
+                scorer.apply_labels(labels.values, label_sources(labels))
                 continue
             verdicts, dead = scorer.score(chunk)  # type: ignore[arg-type]
             if verdicts is not None:
                 out.append(verdicts)
             out += dead
+        out += expired_letters(scorer.store.take_expired(), self._labels_topic,
+                               scorer.store.db.options.txn_horizon_ms)
         partial = scorer.drift.close() if scorer.drift is not None else None
         if partial is not None:
             out.append(partial)
         self._metrics()
+        metrics.LABELS_WAITING.labels(shard=str(self._shard)).set(scorer.store.waiting)
         return out
 
     def _metrics(self) -> None:

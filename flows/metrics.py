@@ -51,6 +51,13 @@ MISKEYED = Counter(
     "partitioner), by what was done: routed to the card's state, or refused (dead letter).",
     ["action"],
 )
+UNRATED = Counter(
+    "fraud_amount_unrated_total",
+    "Transactions decoded whose amount no rate converts to the reference currency (no "
+    "billing amount in it or a rated currency): scored with neutral amount features, "
+    "verdict flagged amount_unrated; by ISO 4217 transaction currency.",
+    ["currency"],
+)
 CLAMPED = Counter(
     "fraud_event_time_clamped_total",
     "Records whose event (or label) time ran ahead of the Kafka record timestamp by more "
@@ -99,10 +106,29 @@ LABEL_FEEDBACK = Counter(
     "Labels joined with the verdict they judge, by model version, decision and truth.",
     ["model_version", "decision", "truth"],
 )
+LABEL_FEEDBACK_RETRACTED = Counter(
+    "fraud_label_feedback_retracted_total",
+    "Label feedback taken back by a later label of the same transaction (a correction), "
+    "by the replaced label's truth: feedback_total - retracted_total is the latest labels'.",
+    ["model_version", "decision", "truth"],
+)
 LABELS_UNKNOWN = Counter(
     "fraud_labels_unknown_total",
-    "Labels whose transaction has no stored verdict (never scored here, or past "
-    "FRAUD_VERDICT_HORIZON_DAYS).",
+    "Labels whose transaction has no stored verdict when they are applied (not scored here "
+    "yet, never, or past FRAUD_VERDICT_HORIZON_DAYS): they wait for it and change nothing.",
+)
+LABELS_WAITING = Gauge(
+    "fraud_labels_waiting",
+    "Labels waiting for their transaction in a merchant shard.",
+    ["shard"],
+)
+LABELS_EXPIRED = Counter(
+    "fraud_labels_expired_total",
+    "Labels whose transaction never came within FRAUD_VERDICT_HORIZON_DAYS: dead-lettered.",
+)
+LABELS_MERCHANT_MISMATCH = Counter(
+    "fraud_labels_merchant_mismatch_total",
+    "Labels naming another merchant than their transaction's (applied to the transaction's).",
 )
 DRIFT_LATE = Counter(
     "fraud_drift_late_total",
@@ -157,6 +183,42 @@ RULE_ERRORS = Counter(
     "the rule did not hit them.",
     ["rule_id"],
 )
+RULES_DISABLED = Counter(
+    "fraud_rules_disabled_total",
+    "Rules the stream's cost guard took out of force (over FRAUD_RULE_COST_US per transaction "
+    "in FRAUD_RULE_OVERRUN_BATCHES consecutive batches, or ten times over in one), per merchant "
+    "shard; rule_id is bounded by FRAUD_RULES_MAX.",
+    ["rule_id"],
+)
+SHADOW_RULES_SKIPPED = Counter(
+    "fraud_shadow_rules_skipped_total",
+    "Batches in which a shadow rule was not evaluated because the batch's shadow budget "
+    "(FRAUD_SHADOW_RULES_COST_US per transaction) was spent; live rules are never skipped.",
+    ["rule_id"],
+)
+RULE_CHANGES = Counter(
+    "fraud_rule_changes_total",
+    "Signed records of the rules and lists topics the rule book accepted: applied (in force, "
+    "or a no-op re-delivery) or pending (loosens decisions, waits for a second analyst).",
+    ["topic", "outcome"],
+)
+RULE_REFUSED = Counter(
+    "fraud_rule_messages_refused_total",
+    "Records of the rules and lists topics the rule book refused (dead-lettered), by error "
+    "class: *_unauthenticated (unsigned, a bad or untrusted signature, a tombstone), "
+    "*_invalid, rule_compile, rule_conflict, ...",
+    ["topic", "error_class"],
+)
+RULE_PENDING = Gauge(
+    "fraud_rule_changes_pending",
+    "Signed changes that loosen decisions and wait for a second analyst (change no verdict).",
+    ["topic"],
+)
+RULE_DECISION_CHANGES = Counter(
+    "fraud_rule_decision_changes_total",
+    "Verdicts whose decision active rules changed from the model's, by both decisions.",
+    ["model_decision", "decision"],
+)
 EVENT_TIME_LATE = Counter(
     "fraud_event_time_late_total",
     "Transactions and labels that reached the merchant stage behind its event-time watermark "
@@ -187,10 +249,12 @@ LAST_SNAPSHOT = Gauge(
 
 
 def serve(port: int, ready: Callable[[], tuple[bool, str]] | None = None,
-          attempts: int = 16) -> int | None:
-    """Start ``/metrics`` and ``/ready`` on ``port`` or the next free one; return it (None: off).
+          attempts: int = 16, bind: str = "127.0.0.1") -> int | None:
+    """Start ``/metrics`` and ``/ready`` on ``bind:port`` or the next free port; return it.
 
-    The next free port serves a second process on the same host.
+    None: off (``port`` 0) or every port busy. The next free port serves a second process
+    on the same host. ``bind`` is ``FRAUD_METRICS_BIND``: the loopback unless a scraper on
+    another host must reach it (pods), since ``/metrics`` shows rule ids and hit counts.
     """
     from health.watch import start_http_server
 
@@ -198,10 +262,11 @@ def serve(port: int, ready: Callable[[], tuple[bool, str]] | None = None,
         return None
     for candidate in range(port, port + attempts):
         try:
-            start_http_server(candidate, ready or (lambda: (True, "ok")))
+            start_http_server(candidate, ready or (lambda: (True, "ok")), addr=bind)
         except OSError:
             continue
-        log.info("metrics on http://0.0.0.0:%d/metrics", candidate)
+        host = f"[{bind}]" if ":" in bind else bind
+        log.info("metrics on http://%s:%d/metrics", host, candidate)
         return candidate
     log.warning("metrics endpoint not started: ports %d-%d are busy", port, port + attempts - 1)
     return None

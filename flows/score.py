@@ -68,6 +68,7 @@ from flows.settings import DriftSettings, ScoringSettings
 from health import watch as health
 from lifecycle import process as lifecycle
 from rules.book import RuleBook
+from rules.signing import load_trusted
 from scoring.serving import serving_thresholds
 from state.card_store import CardStore
 from state.db import StoreIdentity, check_state_dir
@@ -76,8 +77,9 @@ from state.merchant_store import MerchantStore
 from state.options import StoreOptions
 from topics.admin import partition_count
 from topics.contracts import DriftSnapshot, Transaction
-from topics.currency import RateTable, reference_amount
+from topics.currency import RateTable, load_rates_file, reference_amount, serving_rates
 from topics.errors import ConfigError, FraudStreamError
+from topics.pan import CardGuard, PanKey
 from topics.validation import LabelDecoder, TransactionDecoder
 
 log = logging.getLogger("flows.score")
@@ -154,7 +156,11 @@ def model_source(settings: ScoringSettings, path: Any, rates: RateTable, role: s
 
 
 def amounts(rates: RateTable) -> Callable[[list[Transaction]], np.ndarray]:
-    """Reference-currency amounts of transactions with ``rates`` (billing amount first)."""
+    """Reference-currency amounts of transactions with ``rates`` (billing amount first).
+
+    NaN where no rate converts the amount: scored with neutral amount features
+    (:mod:`state.inputs`).
+    """
     return lambda txns: np.fromiter((reference_amount(t, rates) for t in txns), np.float64,
                                     len(txns))
 
@@ -167,8 +173,15 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     records it and refuses to serve another topic (or the same name re-created).
     """
     rates = model_rates(load_model(settings.model_path))  # before any network call: fail fast
+    # amounts convert with the model's table, then the operator's file, then the committed one;
+    # the state stays keyed to the model's table (a new day's file needs no new state)
+    serving = serving_rates(rates, load_rates_file(settings.rates_file)
+                            if settings.rates_file is not None else None)
     if settings.shadow_model_path is not None:
         check_rates(rates)(load_model(settings.shadow_model_path))
+    # PANs sent as card_id: tokenised with this key at decode, or refused without one
+    guard = CardGuard(PanKey.from_file(settings.pan_key_file)
+                      if settings.pan_key_file is not None else None)
     topic = settings.kafka.topic("transactions")
     parts = n_partitions or partition_count(settings.kafka, topic)
     label_parts = partition_count(settings.kafka, settings.kafka.topic("labels"))
@@ -191,11 +204,17 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         {"version": live.version, "feature_spec_version": live.model.feature_spec_version}
     )
     drift = settings.drift
-    options = StoreOptions(txn_horizon_ms=drift.verdict_horizon_ms)
+    options = StoreOptions(txn_horizon_ms=drift.verdict_horizon_ms,
+                           label_horizon_ms=drift.label_horizon_ms)
+    trust = load_trusted(settings.rules_trusted_keys)  # rules and lists: signed analysts only
+    (log.info if trust.analysts else log.warning)("rules and lists: trusting %s",
+                                                  trust.describe())
     log.info(
-        "model %s (spec %s, amounts in %s, rates %s), thresholds review=%.4f decline=%.4f, "
+        "model %s (spec %s, amounts in %s, rates %s: %d currencies), thresholds review=%.4f "
+        "decline=%.4f, "
         "shadow %s, %d card shards over %d partitions of %s, %d merchant shards, state in %s",
-        live.version, live.model.feature_spec_version, rates.reference, rates.version,
+        live.version, live.model.feature_spec_version, rates.reference, serving.version,
+        len(serving.per_reference),
         live.thresholds.review, live.thresholds.decline,
         shadow.current.version if shadow else "none", cards, parts, topic, shards,
         settings.state_dir,
@@ -223,11 +242,14 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
             SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None
         )
-        book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
-                else RuleBook())
+        budget = settings.rule_budget
+        book = (RuleBook.restore(resumed.rules, trust=trust, budget=budget)
+                if resumed is not None and resumed.rules
+                else RuleBook(trust=trust, budget=budget))
         windows = resumed.drift if resumed is not None else None
         return MerchantScorer(
             store, champion, shadow, topic=topic, reference_currency=rates.reference,
+            rate_table=serving.version,
             drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms,
                                             drift.flush_seconds, cards),
             samples=samples, rules=book, shard=shard,
@@ -243,20 +265,21 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
                            linger_ms=settings.input_linger_ms)
     txns = decode_transactions(
         "decode-transactions", txn_polls,
-        TransactionDecoder(settings.max_message_bytes, future, rates=rates), skew,
+        TransactionDecoder(settings.max_message_bytes, future, rates=serving, cards=guard), skew,
         KeyRule(parts, settings.miskeyed), card_shards=cards,
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
     label_polls = kafka.read("labels-in", flow, settings.kafka, "labels",
                              config={"fetch.wait.max.ms": "200"}, idle_s=0.05, idle_ms=idle)
     labels = decode_labels(
-        "decode-labels", label_polls, LabelDecoder(settings.max_message_bytes, future), skew,
+        "decode-labels", label_polls,
+        LabelDecoder(settings.max_message_bytes, future, cards=guard), skew,
         shards,
     )
     carded = op.branch(
         "split-card", op.key_rm("unkey-card", op.stateful_batch(
             "card", txns.oks,
-            lambda resume: CardLogic(open_cards, amounts(rates), topic, parts, shards, resume,
+            lambda resume: CardLogic(open_cards, amounts(serving), topic, parts, shards, resume,
                                      settings.miskeyed_hold_ms,
                                      grace_s=settings.idle_grace_ms / 1000, card_shards=cards,
                                      before_batch=reload_models),
@@ -279,7 +302,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         "merchant", merchant_in,
         lambda resumed: MerchantLogic(open_scorer, resumed, drift.flush_seconds, cards,
                                       label_parts, settings.reorder_max,
-                                      grace_s=settings.idle_grace_ms / 1000),
+                                      grace_s=settings.idle_grace_ms / 1000,
+                                      labels_topic=settings.kafka.topic("labels")),
     ))
     verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkBatch))
     kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions")
@@ -349,7 +373,8 @@ def _flow_from_env() -> Dataflow:
             expected_ids={t: i.topic_id for t, i in identity.items()},
             unreachable_s=settings.broker_unreachable_seconds,
         )
-        metrics.serve(settings.metrics_port, health.all_ready(lifecycle.ready, watch.ready))
+        metrics.serve(settings.metrics_port, health.all_ready(lifecycle.ready, watch.ready),
+                      bind=settings.metrics_bind)
         metrics.LAST_SNAPSHOT.set(time.time())
         _KEEP.append(watch.start())
         _tune_gc()

@@ -34,31 +34,22 @@ from flows.decode import DeadLetterRecord, reject
 from flows.items import CardRows, SinkBatch
 from flows.kafka import RawRecord
 from flows.serving import ModelSource
-from rules.book import Message, Refused, RuleBook
+from rules.book import Message, Outcome, Refused, RuleBook
 from scoring.decide import Decided, decide
 from scoring.render import render
 from scoring.serving import Serving
 from state import merchant_store as ms
-from state.merchant_store import LabelJoin, MerchantBatch, MerchantStore
-from state.records import Verdict
+from state.merchant_store import LabelJoin, LabelSource, MerchantBatch, MerchantStore
+from state.records import Verdict, VerdictGist
 from topics.contracts import Label
+from topics.deadletter import masked_text
 from topics.validation import Rejection
 
 log = logging.getLogger(__name__)
 
 
-class _Scored(msgspec.Struct, gc=False):
-    """The fields of a stored verdict that drift and label feedback need."""
-
-    score: float
-    decision: str
-    model_version: str
-    shadow_score: float | None = None
-    shadow_decision: str | None = None
-    shadow_model_version: str | None = None
-
-
-_decode_scored = msgspec.json.Decoder(_Scored).decode
+#: The fields of a stored verdict that drift and label feedback need.
+_decode_scored = msgspec.json.Decoder(VerdictGist).decode
 
 
 def judged(verdict: Verdict) -> Judged:
@@ -78,6 +69,7 @@ class MerchantScorer:
         *,
         topic: str = "transactions",
         reference_currency: str = "EUR",
+        rate_table: str | None = None,
         clock: Callable[[], float] = time.time,
         drift: PartitionDrift | None = None,
         samples: SampleWriter | None = None,
@@ -89,6 +81,7 @@ class MerchantScorer:
         self.shadow = shadow
         self.topic = topic
         self.reference_currency = reference_currency
+        self.rate_table = rate_table
         self.clock = clock
         self.drift = drift
         self.samples = samples
@@ -96,16 +89,21 @@ class MerchantScorer:
         self.shard = shard
         if rules is not None:  # restored from a snapshot: its rules count from 0 here
             _zero_rule_series(rules)
+            _zero_rule_change_series()
         self._unknown_seen = store.unknown_labels
+        self._mismatched_seen = store.mismatched_labels
         self._decided: Decided | None = None
 
     # --- rules and lists ---------------------------------------------------------------
     def apply_rules(self, records: Sequence[RawRecord]) -> list[DeadLetterRecord]:
         """Apply ``rules``/``lists`` records (idempotent by key, version and offset).
 
-        A refused record (does not compile, names an unknown feature, bad list value)
-        leaves the previous version in force; shard 0 dead-letters it (every shard gets
-        a copy of every record, one dead letter is enough).
+        A refused record (unsigned or not signed by a trusted analyst, a tombstone, does
+        not compile, names an unknown feature, bad list value) leaves the previous version
+        in force; shard 0 dead-letters it (every shard gets a copy of every record, one
+        dead letter is enough) and counts it in ``fraud_rule_messages_refused_total``. A signed
+        change that loosens decisions waits for a second analyst (``pending``, counted in
+        ``fraud_rule_changes_pending``) and changes no verdict (:mod:`rules.approval`).
         """
         if self.rules is None:
             return []
@@ -115,18 +113,39 @@ class MerchantScorer:
             result = self.rules.apply(Message(topic, r.key, r.value, r.offset))  # type: ignore[arg-type]
             if isinstance(result, Refused):
                 if self.shard == 0:
-                    log.warning("%s record %r refused: %s", topic, result.key, result.reason)
+                    metrics.RULE_REFUSED.labels(topic=topic, error_class=result.error_class).inc()
+                    log.warning("%s record %r refused: %s", topic,  # keys may be card data
+                                masked_text(str(result.key)), masked_text(result.reason))
                     out.append(reject(r, Rejection(result.error_class, result.reason)))
+            elif result.change == "pending":
+                if self.shard == 0:
+                    metrics.RULE_CHANGES.labels(topic=topic, outcome="pending").inc()
+                    waiting = self.rules.pending.get((topic, result.key))
+                    log.warning("%s change of %s signed by %s waits for a second analyst (%s)",
+                                topic, result.key if topic == "rules"
+                                else result.key.partition("/")[0],
+                                waiting.author if waiting else "?",
+                                waiting.reason if waiting else "loosens decisions")
             elif self.shard == 0 and result.change not in ("unchanged", "stale", "replayed"):
-                log.info("%s %s %s (rule set %s)", topic, result.key, result.change,
-                         self.rules.version)
+                metrics.RULE_CHANGES.labels(topic=topic, outcome="applied").inc()
+                log.info("%s %s %s (rule set %s)", topic, result.key if topic == "rules" else
+                         f"entry of list {result.key.partition('/')[0]}",  # no card id logged
+                         result.change, self.rules.version)
         metrics.RULE_SET.info({"version": self.rules.version})
+        if self.shard == 0:
+            for name in ("rules", "lists"):
+                metrics.RULE_PENDING.labels(topic=name).set(
+                    sum(1 for t, _ in self.rules.pending if t == name))
         _zero_rule_series(self.rules)
         return out
 
     # --- labels ------------------------------------------------------------------------
-    def apply_labels(self, labels: Sequence[Label]) -> None:
-        """Apply labels to merchant state (idempotent by id) and feed back their verdicts."""
+    def apply_labels(self, labels: Sequence[Label],
+                     sources: Sequence[LabelSource] | None = None) -> None:
+        """Apply labels to merchant state and feed back their verdicts (:mod:`state.labels`).
+
+        ``sources[i]``: where ``labels[i]`` was read (for its dead letter if it expires).
+        """
         if not labels:
             return
         fraud = sum(1 for label in labels if label.is_fraud)
@@ -134,18 +153,27 @@ class MerchantScorer:
             metrics.LABELS.labels(is_fraud="true").inc(fraud)
         if len(labels) - fraud:
             metrics.LABELS.labels(is_fraud="false").inc(len(labels) - fraud)
-        self._feedback(self.store.apply_labels(labels))
+        self._feedback(self.store.apply_labels(labels, sources))
 
     def _feedback(self, joins: Sequence[LabelJoin]) -> None:
+        """Count label feedback; a correction takes back the truth it replaces (at its time)."""
         live = self.champion.current.version
         for join in joins:
-            if join.verdict is None:
-                continue  # waits for its transaction (or expires, counted unknown)
             truth = "fraud" if join.label.is_fraud else "legit"
             verdict = judged(join.verdict)
+            if join.replaces is not None:
+                metrics.LABEL_FEEDBACK_RETRACTED.labels(
+                    verdict.model_version, verdict.decision,
+                    "fraud" if join.replaces else "legit").inc()
+                if self.drift is not None:
+                    self.drift.retract_label(join.replaces_time, join.replaces, verdict)
             metrics.LABEL_FEEDBACK.labels(verdict.model_version, verdict.decision, truth).inc()
             if self.drift is not None:
                 self.drift.add_label(join.label.label_time, join.label.is_fraud, verdict, live)
+        mismatched = self.store.mismatched_labels - self._mismatched_seen
+        if mismatched:
+            self._mismatched_seen = self.store.mismatched_labels
+            metrics.LABELS_MERCHANT_MISMATCH.inc(mismatched)
         unknown = self.store.unknown_labels - self._unknown_seen
         if unknown:
             self._unknown_seen = self.store.unknown_labels
@@ -177,7 +205,8 @@ class MerchantScorer:
             self._decided = decided
             return render(decided, picked, txns.ingest_ms[positions],
                           txns.clamped[positions], rows.amount[positions],
-                          self.reference_currency, int(self.clock() * 1000))
+                          self.reference_currency, int(self.clock() * 1000),
+                          self.rate_table)
 
         outcome, joins = self.store.process(batch, score_rows)
         made = self.clock()
@@ -240,6 +269,7 @@ class MerchantScorer:
             metrics.SHADOW_AGREEMENT.labels(agree="false").inc(len(decisions) - agree)
         if decided.rules is not None:
             self._rule_metrics(decided)
+            self._rule_costs(decided.rules)
         if self.drift is None and self.samples is None:
             return
         features = outcome.rows[fresh]
@@ -280,6 +310,27 @@ class MerchantScorer:
                     model=str(bool(flagged_by_model[i])).lower()).inc()
         for rule_id, n in outcome.errors.items():
             metrics.RULE_ERRORS.labels(rule_id=rule_id).inc(n)
+        changed = decided.model_decision != decided.decision
+        if changed.any():
+            pairs = zip(decided.model_decision[changed].tolist(),
+                        decided.decision[changed].tolist(), strict=True)
+            for (before, after), n in Counter(pairs).items():
+                metrics.RULE_DECISION_CHANGES.labels(model_decision=before, decision=after).inc(n)
+
+    def _rule_costs(self, outcome: Outcome) -> None:
+        """Count and log the rules the cost guard disabled, and the shadow rules it skipped.
+
+        A disabled rule took no part in this batch and is out of force from now on: the
+        batch's verdicts already carry the rule set version without it (rules.book).
+        """
+        for gone in outcome.disabled:
+            metrics.RULES_DISABLED.labels(rule_id=gone.rule_id).inc()
+            log.warning("merchant shard %d: %s; out of force (rule set now %s) until a new "
+                        "version is published", self.shard, gone.reason, outcome.ruleset_version)
+        if outcome.disabled:
+            metrics.RULE_SET.info({"version": outcome.ruleset_version})
+        for rule_id in outcome.shadow_skipped:
+            metrics.SHADOW_RULES_SKIPPED.labels(rule_id=rule_id).inc()
 
     def _recount(self, rows: CardRows, outcome: ms.MerchantOutcome, replays: np.ndarray,
                  live: Serving) -> None:
@@ -319,3 +370,22 @@ def _zero_rule_series(book: RuleBook) -> None:
         for model in ("true", "false"):
             metrics.RULE_OVERLAP.labels(rule_id=rule.id, mode=rule.mode, model=model)
         metrics.RULE_ERRORS.labels(rule_id=rule.id)
+        metrics.RULES_DISABLED.labels(rule_id=rule.id)
+        if rule.mode == "shadow":
+            metrics.SHADOW_RULES_SKIPPED.labels(rule_id=rule.id)
+
+
+_DECISIONS = ("approve", "review", "decline")
+
+
+def _zero_rule_change_series() -> None:
+    """Export the rule-change and decision-change series at 0 (bounded label sets)."""
+    for topic in ("rules", "lists"):
+        metrics.RULE_PENDING.labels(topic=topic)
+        for outcome in ("applied", "pending"):
+            metrics.RULE_CHANGES.labels(topic=topic, outcome=outcome)
+        metrics.RULE_REFUSED.labels(topic=topic, error_class=f"{topic[:-1]}_unauthenticated")
+    for before in _DECISIONS:
+        for after in _DECISIONS:
+            if before != after:
+                metrics.RULE_DECISION_CHANGES.labels(model_decision=before, decision=after)

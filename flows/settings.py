@@ -16,11 +16,13 @@ topics.errors.ConfigError: FRAUD_BATCH_MAX='lots': expected an integer from 1 to
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rules.cost import DEFAULT_BUDGET, CostBudget
 from state.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from topics.errors import ConfigError
 from topics.settings import ENV_PREFIX, KafkaSettings
@@ -33,6 +35,9 @@ SEASONAL_FEATURES = ("hour_of_day", "day_of_week", "is_weekend", "is_night")
 VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_MODEL_PATH": ("models/current", "ONNX model file, or a directory holding model.onnx"),
     "FRAUD_SHADOW_MODEL_PATH": ("", "challenger scored alongside; never decides (unset: none)"),
+    "FRAUD_RATES_FILE": (
+        "", "operator's rates of the day (JSON, versioned) for currencies the model's rate "
+        "table lacks (unset: none)"),
     "FRAUD_MODEL_RELOAD_SECONDS": ("5", "how often to check for a new model file; 0 disables"),
     "FRAUD_STATE_DIR": (".dev/state", "RocksDB state: cards/<shard>/ and merchants/<shard>/"),
     "FRAUD_CARD_SHARDS": (
@@ -47,6 +52,30 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
     "FRAUD_DECLINE_THRESHOLD": ("model's", "override the model's decline threshold (0-1)"),
     "FRAUD_REASON_CODES": ("3", "reason codes per review/decline verdict (0-5)"),
+    "FRAUD_RULE_COST_US": (
+        f"{DEFAULT_BUDGET.row_us:g}", "most µs of CPU a rule may cost per transaction: measured "
+        "when it is published and applied (refused above: rule_too_costly), guarded in the stream"
+    ),
+    "FRAUD_RULES_MAX": (
+        str(DEFAULT_BUDGET.max_rules), "most enabled rules (active and shadow) in force; beyond, "
+        "a rule is refused (too_many_rules)"
+    ),
+    "FRAUD_RULE_OVERRUN_BATCHES": (
+        str(DEFAULT_BUDGET.overrun_batches), "consecutive batches a rule may cost over twice its "
+        "budget before the stream disables it (at once over ten times)"
+    ),
+    "FRAUD_LIST_MAX_ENTRIES": (
+        f"{DEFAULT_BUDGET.max_list_entries}", "most entries in one list; a new entry beyond "
+        "is refused (dead letter list_full)"
+    ),
+    "FRAUD_LISTS_MAX_ENTRIES": (
+        f"{DEFAULT_BUDGET.max_entries}", "most entries in all lists together; a new entry "
+        "beyond is refused (dead letter list_full)"
+    ),
+    "FRAUD_SHADOW_RULES_COST_US": (
+        f"{DEFAULT_BUDGET.shadow_row_us:g}", "µs per transaction all shadow rules of a batch may "
+        "spend together, after the live rules; the rest are skipped (counted)"
+    ),
     "FRAUD_MAX_MESSAGE_BYTES": (str(MAX_MESSAGE_BYTES), "larger messages are dead-lettered"),
     "FRAUD_MAX_SKEW_SECONDS": (
         "300", "event time allowed ahead of the record's Kafka timestamp (clock skew)"
@@ -93,14 +122,31 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FRAUD_VERDICT_HORIZON_DAYS": (
         "35", "transaction ids remembered: re-deliveries, stored verdicts, label feedback"
     ),
+    "FRAUD_LABEL_HORIZON_DAYS": (
+        "180", "days after its transaction a label (chargeback) still joins it (state/labels.py)"
+    ),
     "FRAUD_SAMPLE_DIR": (".dev/samples", "Parquet sample of scored vectors (just drift-report)"),
     "FRAUD_SAMPLE_RATE": ("0.02", "share of transactions sampled there (by id); 0 disables"),
     "FRAUD_METRICS_PORT": ("9100", "Prometheus port (a 2nd process on the host: next free); 0 off"),
+    "FRAUD_METRICS_BIND": (
+        "127.0.0.1", "IP address /metrics and /ready listen on: the loopback for development; "
+        "0.0.0.0 in pods and compose, where Prometheus scrapes (k8s: with the NetworkPolicy)"
+    ),
+    "FRAUD_RULES_TRUSTED_KEYS": (
+        ".dev/rules-keys/trusted.yaml", "analysts whose Ed25519 signatures make rules and list "
+        "entries take effect (docs/rules-security.md); the default is the dev keys' file "
+        "(missing: no analyst trusted, every rules/lists record refused); another path must exist"
+    ),
     "FRAUD_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
     "FRAUD_STOP_GRACE_SECONDS": ("25", "on SIGTERM/SIGINT: drain and stop within this, else exit"),
     "FRAUD_INPUT_CHECK_SECONDS": ("5", "how often the input topics are checked (deleted, ...)"),
     "FRAUD_BROKER_UNREACHABLE_SECONDS": ("120", "stop when the broker has not answered this long"),
     "FRAUD_DEBUG_LOG": ("next to the state dir", "full tracebacks of failures (stderr: one line)"),
+    "FRAUD_PAN_KEY_FILE": (
+        "", "file holding the HMAC-SHA-256 key (32+ bytes; a mounted secret) that tokenises a "
+        "card number (PAN) sent as card_id at decode (topics/pan.py); unset: such records "
+        "are dead-lettered (pan_in_clear), never stored"
+    ),
 }
 
 
@@ -151,6 +197,17 @@ def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...]) -> str:
     return text
 
 
+def _ip_address(env: Mapping[str, str], name: str) -> str:
+    text = _raw(env, name) or VARIABLES[name][0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(
+            f"{name}={text!r}: expected an IP address, e.g. 127.0.0.1 (this host only) or "
+            "0.0.0.0 (every interface: pods, where Prometheus scrapes)"
+        ) from None
+
+
 def _features(env: Mapping[str, str], name: str) -> frozenset[str]:
     text = env.get(name, VARIABLES[name][0])
     names = frozenset(n.strip() for n in text.split(",") if n.strip())
@@ -161,6 +218,21 @@ def _features(env: Mapping[str, str], name: str) -> frozenset[str]:
             f"(spec {FEATURE_SPEC_VERSION}), e.g. {', '.join(FEATURE_NAMES[:3])}"
         )
     return names
+
+
+def rule_budget(env: Mapping[str, str]) -> CostBudget:
+    """The rule cost limits (``FRAUD_RULE_COST_US``, ``FRAUD_RULES_MAX``, ...; rules/cost.py).
+
+    Also read by the publisher (``just rules``), so that it refuses what the flow refuses.
+    """
+    return CostBudget(
+        row_us=_float(env, "FRAUD_RULE_COST_US", 1.0, 100_000.0),
+        max_rules=_int(env, "FRAUD_RULES_MAX", 1, 10_000),
+        overrun_batches=_int(env, "FRAUD_RULE_OVERRUN_BATCHES", 1, 1_000),
+        shadow_row_us=_float(env, "FRAUD_SHADOW_RULES_COST_US", 1.0, 100_000.0),
+        max_list_entries=_int(env, "FRAUD_LIST_MAX_ENTRIES", 1, 10_000_000),
+        max_entries=_int(env, "FRAUD_LISTS_MAX_ENTRIES", 1, 10_000_000),
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +246,7 @@ class DriftSettings:
     min_count: int
     ignore: frozenset[str]
     verdict_horizon_ms: int
+    label_horizon_ms: int
     sample_dir: Path
     sample_rate: float
 
@@ -188,6 +261,7 @@ class DriftSettings:
             min_count=_int(env, "FRAUD_DRIFT_MIN_COUNT", 0, 10**9),
             ignore=_features(env, "FRAUD_DRIFT_IGNORE"),
             verdict_horizon_ms=_int(env, "FRAUD_VERDICT_HORIZON_DAYS", 1, 3650) * 86_400_000,
+            label_horizon_ms=_int(env, "FRAUD_LABEL_HORIZON_DAYS", 1, 3650) * 86_400_000,
             sample_dir=Path(_raw(env, "FRAUD_SAMPLE_DIR") or VARIABLES["FRAUD_SAMPLE_DIR"][0]),
             sample_rate=_float(env, "FRAUD_SAMPLE_RATE", 0.0, 1.0),
         )
@@ -208,6 +282,7 @@ class ScoringSettings:
     review_threshold: float | None
     decline_threshold: float | None
     reason_codes: int
+    rule_budget: CostBudget
     max_message_bytes: int
     max_skew_ms: int
     skew_policy: str
@@ -219,12 +294,19 @@ class ScoringSettings:
     align_ms: int
     reorder_max: int
     metrics_port: int
+    metrics_bind: str
+    rules_trusted_keys: Path
     log_level: str
     stop_grace_seconds: int
     input_check_seconds: int
     broker_unreachable_seconds: int
     debug_log: Path | None
     drift: DriftSettings
+    rates_file: Path | None = None
+    """The operator's rates file (:func:`topics.currency.load_rates_file`); read at start-up."""
+    pan_key_file: Path | None = None
+    """The PAN tokenisation key's file (:meth:`topics.pan.PanKey.from_file`); only its path
+    is kept here, the key is read once at start-up and never logged."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ScoringSettings:
@@ -265,6 +347,7 @@ class ScoringSettings:
             review_threshold=review,
             decline_threshold=decline,
             reason_codes=_int(env, "FRAUD_REASON_CODES", 0, 5),
+            rule_budget=rule_budget(env),
             max_message_bytes=_int(env, "FRAUD_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
             max_skew_ms=_int(env, "FRAUD_MAX_SKEW_SECONDS", 0, 7 * 86_400) * 1000,
             skew_policy=_choice(env, "FRAUD_SKEW_POLICY", ("clamp", "dead-letter")),
@@ -276,10 +359,15 @@ class ScoringSettings:
             align_ms=_int(env, "FRAUD_ALIGN_MS", 0, 3_600_000),
             reorder_max=_int(env, "FRAUD_REORDER_MAX", 1000, 10_000_000),
             metrics_port=_int(env, "FRAUD_METRICS_PORT", 0, 65_535),
+            metrics_bind=_ip_address(env, "FRAUD_METRICS_BIND"),
+            rules_trusted_keys=Path(_raw(env, "FRAUD_RULES_TRUSTED_KEYS")
+                                    or VARIABLES["FRAUD_RULES_TRUSTED_KEYS"][0]),
             log_level=level,
             stop_grace_seconds=_int(env, "FRAUD_STOP_GRACE_SECONDS", 1, 3600),
             input_check_seconds=_int(env, "FRAUD_INPUT_CHECK_SECONDS", 1, 3600),
             broker_unreachable_seconds=_int(env, "FRAUD_BROKER_UNREACHABLE_SECONDS", 10, 86_400),
             debug_log=Path(debug) if (debug := _raw(env, "FRAUD_DEBUG_LOG")) else None,
             drift=DriftSettings.from_env(env),
+            rates_file=Path(rates) if (rates := _raw(env, "FRAUD_RATES_FILE")) else None,
+            pan_key_file=Path(key) if (key := _raw(env, "FRAUD_PAN_KEY_FILE")) else None,
         )

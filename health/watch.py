@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -514,14 +515,23 @@ def wsgi_app(ready: Readiness, registry: CollectorRegistry = REGISTRY) -> Any:
     return app
 
 
-def start_http_server(port: int, ready: Readiness, addr: str = "0.0.0.0",
+class _ThreadingWSGIServerV6(ThreadingWSGIServer):
+    """The same server on an IPv6 socket (``addr`` such as ``::`` or ``::1``)."""
+
+    address_family = socket.AF_INET6
+
+
+def start_http_server(port: int, ready: Readiness, addr: str = "127.0.0.1",
                       registry: CollectorRegistry = REGISTRY) -> WSGIServer:
     """Serve :func:`wsgi_app` on ``addr:port`` from a daemon thread; ``OSError`` if busy.
 
     A drop-in for ``prometheus_client.start_http_server`` that adds ``/ready``;
-    ``server.shutdown()`` stops it.
+    ``server.shutdown()`` stops it. ``addr`` defaults to the loopback (the flow passes
+    ``FRAUD_METRICS_BIND``): ``/metrics`` shows rule ids and hit counts, so it listens on
+    every interface only where asked to (pods, behind the NetworkPolicy).
     """
-    server = make_server(addr, port, wsgi_app(ready, registry), ThreadingWSGIServer,
+    server_class = _ThreadingWSGIServerV6 if ":" in addr else ThreadingWSGIServer
+    server = make_server(addr, port, wsgi_app(ready, registry), server_class,
                          handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True)
     thread.start()

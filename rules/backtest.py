@@ -1,17 +1,19 @@
 """Backtest a rule set on a labelled history, through the model's own feature path.
 
-    python -m rules.backtest RULES_FILE --data history.parquet [--model models/current]
+    python -m rules.backtest RULES_FILE --data history.parquet [--model DIR | --no-model]
                              [--out reports/rules-backtest] [--honour-validity]
 
 The history (``training.history`` format) is replayed through
 ``training.features.point_in_time_features``, the offline replay the model
 trains on, so every rule sees the feature values the stream would have given.
-With ``--model`` the model scores every row (``export.model.load_model``) and
-its decisions come from its thresholds; without it, ``score`` is 0 and the
-model approves everything. The file's list entries are loaded first. Rules are
-evaluated with :meth:`rules.book.RuleBook.rule_hits` (the streaming code path),
-by default ignoring ``valid_from``/``valid_until`` (a rule is backtested before
-it is switched on); shadow rules are reported like active ones.
+The model (``--model``, by default ``models/current``, the one the flow serves)
+scores every row (``export.model.load_model``) and its decisions come from its
+thresholds; with ``--no-model``, ``score`` is 0 and the model approves
+everything (no default model and no ``--no-model``: exit 2, saying so). The
+file's list entries are loaded first. Rules are evaluated with
+:meth:`rules.book.RuleBook.rule_hits` (the streaming code path), by default
+ignoring ``valid_from``/``valid_until`` (a rule is backtested before it is
+switched on); shadow rules are reported like active ones.
 
 Per rule: hits, fraud hits, precision, recall (share of all fraud), fraud amount
 caught (reference currency), false positives per day, and with a model the
@@ -36,9 +38,12 @@ from rules.batch import RuleBatch
 from rules.book import Refused, RuleBook
 from rules.contracts import ListEntry, Rule
 from scoring.policy import combine
+from topics.csvsafe import neutralise_row
 from topics.errors import FraudStreamError
 
 DAY_MS = 86_400_000
+#: The model the backtest scores with unless told otherwise (what the flow serves).
+DEFAULT_MODEL = Path("models/current")
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def write_report(result: Backtest, out: Path, title: str) -> list[Path]:
                                 if result.rules else ["rule_id"])  # fmt: skip
         writer.writeheader()
         for figure in result.rules:
-            writer.writerow(asdict(figure))
+            writer.writerow(neutralise_row(asdict(figure)))  # rule ids are analysts' text
     written.append(out / "rules.csv")
     ids = [f.rule_id for f in result.rules]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ids) + 2), 4))
@@ -265,8 +270,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rules (and optional `lists:`) in YAML or JSON")
     parser.add_argument("--data", type=Path, required=True,
                         help="labelled history, Parquet or CSV (training/history.py format)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model directory or models/current: scores and decisions")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, default=None,
+                       help="model directory: scores and decisions (default: models/current "
+                       "when it exists)")
+    model.add_argument("--no-model", dest="no_model", action="store_true",
+                       help="rules alone: every row scores 0 and the model approves it")
     parser.add_argument("--out", type=Path, default=Path("reports/rules-backtest"),
                         help="output directory for report.md, rules.csv and plots")
     parser.add_argument("--honour-validity", action="store_true",
@@ -279,11 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from devkit.cli import table_console
     from rules.errors import RulesFileError
     from rules.files import read_rules_file
 
     args = _parse_args(argv)
     console = Console(stderr=True)
+    if args.model is None and not args.no_model:
+        if not DEFAULT_MODEL.exists():
+            print(f"error: no model at {DEFAULT_MODEL}: give --model DIR, or --no-model for "
+                  "the rules alone (train and publish one with `just train` and "
+                  "`just export-onnx`)", file=sys.stderr)
+            return 2
+        args.model = DEFAULT_MODEL
+        print(f"model: {DEFAULT_MODEL} ({DEFAULT_MODEL.resolve().name})", file=sys.stderr)
     try:
         doc = read_rules_file(args.rules_file)
         rules, entries = doc.rule_objects(), doc.entry_objects()
@@ -326,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(name, justify="left" if name in ("rule", "action", "mode") else "right")
     for row in table_rows(result):
         table.add_row(*row)
-    Console().print(table)
+    table_console().print(table)
     for p in result.policies:
         print(f"{p.name}: flagged {p.flagged:,} (declined {p.declined:,}), precision "
               f"{_pct(p.precision)}, recall {_pct(p.recall)}")  # fmt: skip

@@ -9,7 +9,7 @@ reference currency).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +68,9 @@ class RuleBatch:
         cached = self._cache.get("bin")
         if cached is None:
             cards = self.text["card_id"]
+            kept = self._cache.get("card_bin") or [None] * len(cards)  # kept at decode
             cached = np.array(
-                [card_bin(c, a) for c, a in zip(cards, self.attributes, strict=True)],
+                [card_bin(c, a, k) for c, a, k in zip(cards, self.attributes, kept, strict=True)],
                 dtype=object,
             )
             self._cache["bin"] = cached
@@ -113,10 +114,18 @@ class RuleBatch:
             feature_names=names,
             score=np.asarray(scores),
             model_decision=np.asarray(model_decisions, dtype="<U7"),
+            _cache={"card_bin": [t.card_bin for t in transactions]},
         )
 
-    def row(self, i: int) -> dict[str, Any]:
-        """Row ``i`` as plain Python values by name (for the library evaluator and tests)."""
+    def row(self, i: int, names: Collection[str] | None = None) -> dict[str, Any]:
+        """Row ``i`` as plain Python values by name (for the library evaluator and tests).
+
+        ``names``: only these (a field, ``bin``, ``attributes``, ``features`` for the
+        whole map, or a bare feature name); unknown names are left out. The library
+        evaluates a rule several times faster when the row holds only what it reads.
+        """
+        if names is not None:
+            return self._some(i, names)
         out: dict[str, Any] = {k: str(v[i]) for k, v in self.text.items()}
         out["bin"] = str(self.bins[i])
         out["amount"] = float(self.amount[i])
@@ -129,4 +138,28 @@ class RuleBatch:
             name: float(v) for name, v in zip(self.feature_names, self.features[i].tolist(),
                                               strict=True)
         }
+        return out
+
+    def _some(self, i: int, names: Collection[str]) -> dict[str, Any]:
+        index = self._cache.get("feature_index")
+        if index is None:
+            index = self._cache["feature_index"] = {n: j for j, n in enumerate(self.feature_names)}
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in self.text:
+                out[name] = str(self.text[name][i])
+            elif name in ("amount", "amount_reference", "score"):
+                out[name] = float(getattr(self, name)[i])
+            elif name == "event_time":
+                out[name] = int(self.event_time[i])
+            elif name == "bin":
+                out[name] = str(self.bins[i])
+            elif name == "model_decision":
+                out[name] = str(self.model_decision[i])
+            elif name == "attributes":
+                out[name] = dict(self.attributes[i] or {})
+            elif name == "features":
+                out[name] = dict(zip(self.feature_names, self.features[i].tolist(), strict=True))
+            elif name in index:
+                out[name] = float(self.features[i, index[name]])
         return out

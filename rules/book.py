@@ -16,22 +16,38 @@ This is the one object the flow holds (per worker or per state shard). It
   the scoring room's, :mod:`scoring.policy`); what is in force is judged on each
   transaction's **event time** (``valid_from``/``valid_until``, list
   ``valid_from``/``expires``), so a replay gives the same answer;
+- **bounds what rules cost** (``budget``, :class:`~rules.cost.CostBudget`): a rule
+  over the per-transaction budget (measured when compiled, :mod:`rules.cost`) or
+  beyond the cap on rules in force is refused; in the stream, live rules run
+  before shadow rules, which share a budget of their own, and a rule that
+  overruns is disabled by the guard (:mod:`rules.guard`; what that means for
+  verdicts: :meth:`RuleBook.evaluate`);
 - has a **version**, a deterministic id of the rule versions in force and the
   list entries (the same messages give the same version on every worker), and
   (version, event time) fixes what applied to a transaction;
 - is **snapshotted** to bytes and **restored** (for the flow's recovery state).
 
->>> book = RuleBook(feature_names=("card_count_10m", "amount"))
->>> book.apply(Message("lists", b"blocked_cards/c1",
-...     b'{"list":"blocked_cards","kind":"card_id","value":"c1"}')).change
+>>> import tempfile
+>>> from rules.signing import dev_keys, sign_record
+>>> keys = dev_keys(tempfile.mkdtemp())
+>>> book = RuleBook(("card_count_10m", "amount"), TrustedKeys.from_file(keys.trusted))
+>>> entry = ListEntry(list="blocked_cards", kind="card_id", value="c1")
+>>> book.apply(Message("lists", "blocked_cards/c1", sign_record(entry, [keys.maker]))).change
 'added'
->>> book.apply(Message("rules", b"r1", b'{"id":"r1","version":1,"description":"blocked card",'
-...     b'"owner":"ana","expression":"card_id in lists.blocked_cards","action":"decline"}')).change
+>>> rule = Rule(id="r1", version=1, description="blocked card", owner="fraud-ops",
+...             expression="card_id in lists.blocked_cards", action="decline")
+>>> book.apply(Message("rules", "r1", sign_record(rule, [keys.maker]))).change
 'added'
->>> bad = book.apply(Message("rules", b"r2", b'{"id":"r2","version":1,"description":"x",'
-...     b'"owner":"ana","expression":"card_count_10m > nope","action":"review"}'))
->>> bad.error_class, "undeclared reference to 'nope'" in bad.reason
-('rule_compile', True)
+>>> unsigned = book.apply(Message("rules", "r1", b'{"id":"r1","version":2,"description":"x",'
+...     b'"owner":"fraud-ops","expression":"false","action":"decline"}'))
+>>> unsigned.error_class
+'rule_unauthenticated'
+>>> allow = Rule(id="vip", version=1, description="vip", owner="fraud-ops",
+...              expression="amount >= 0.0", action="approve")
+>>> book.apply(Message("rules", "vip", sign_record(allow, [keys.maker]))).change
+'pending'
+>>> book.apply(Message("rules", "vip", sign_record(allow, [keys.maker, keys.checker]))).change
+'added'
 >>> RuleBook.restore(book.snapshot()).version == book.version
 True
 """
@@ -39,7 +55,8 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +64,16 @@ import msgspec
 import numpy as np
 
 from rules import reference
+from rules.approval import (
+    AuthClass,
+    Authorised,
+    Pending,
+    Unauthenticated,
+    Waiting,
+    authorise,
+    entry_loosens,
+    rule_loosens,
+)
 from rules.batch import RuleBatch
 from rules.compile import CompiledRule, Refusal, RefusalClass, RuleCompiler
 from rules.contracts import (
@@ -54,18 +81,23 @@ from rules.contracts import (
     ListEntry,
     Rule,
     RuleHit,
-    decode_entry,
-    decode_rule,
+    decode_json,
+    entry_from_obj,
     list_key,
+    rule_from_obj,
 )
+from rules.cost import CostBudget
 from rules.errors import SnapshotError
+from rules.guard import Disabled, RuleGuard
 from rules.lists import ListIndex, in_force
 from rules.names import Vocabulary, vocabulary
+from rules.signing import TrustedKeys, split_signed
 from rules.vector import Columns
 from topics.contracts import ReasonCode
+from topics.pan import mask_pan, pan_digits
 
 Topic = Literal["rules", "lists"]
-Change = Literal["added", "updated", "removed", "unchanged", "stale", "replayed"]
+Change = Literal["added", "updated", "removed", "unchanged", "stale", "replayed", "pending"]
 _MASK = (1 << 64) - 1
 SNAPSHOT_FORMAT = 1
 
@@ -82,7 +114,11 @@ class Message:
 
 @dataclass(frozen=True)
 class Applied:
-    """A message was applied (or was a no-op: ``unchanged``, ``stale``, ``replayed``)."""
+    """A message was applied, was a no-op or waits for a second analyst.
+
+    No-ops: ``unchanged``, ``stale``, ``replayed``; ``pending``: validly signed,
+    waiting for a second analyst, changing nothing yet.
+    """
 
     topic: Topic
     key: str
@@ -95,7 +131,7 @@ class Refused:
 
     topic: Topic
     key: str
-    error_class: RefusalClass
+    error_class: RefusalClass | AuthClass
     reason: str
 
 
@@ -108,7 +144,10 @@ class Outcome:
     rule hits of row ``i``, active first, then by priority and id; ``counts``:
     ``(rule_id, mode) -> hits`` and ``errors``: ``rule_id -> rows whose
     evaluation failed`` (both for metrics); ``library_rows``: rule-rows the
-    library evaluated row by row (the fast path's misses).
+    library evaluated row by row (the fast path's misses); ``disabled``: rules the
+    cost guard took out of force in this batch (they took no part in it, and
+    ``ruleset_version`` is the version without them); ``shadow_skipped``: shadow
+    rules not evaluated in this batch because its shadow budget was spent.
     """
 
     model_decision: np.ndarray
@@ -118,6 +157,8 @@ class Outcome:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     library_rows: int = 0
+    disabled: list[Disabled] = field(default_factory=list)
+    shadow_skipped: list[str] = field(default_factory=list)
 
     def reasons(self, i: int) -> list[ReasonCode]:
         """Row ``i``'s hits as reason codes (``feature = "rule:<id>"``, text = description)."""
@@ -128,6 +169,17 @@ class Outcome:
             )
             for h in self.hits[i]
         ]
+
+
+@dataclass
+class _Run:
+    """One evaluation of the rules over a batch (:meth:`RuleBook._run`)."""
+
+    hits: dict[str, np.ndarray]
+    errors: dict[str, np.ndarray]
+    library_rows: int
+    disabled: list[Disabled]
+    shadow_skipped: list[str]
 
 
 def _digest(data: bytes) -> int:
@@ -146,14 +198,32 @@ class _Snapshot(msgspec.Struct, kw_only=True):
     rules: list[Rule]
     entries: list[ListEntry]
     offsets: dict[str, int]
+    pending: list[Pending] = []
+    signers: dict[str, list[str]] = {}
+    #: Rules the cost guard disabled: id -> the disabled version.
+    disabled: dict[str, int] = {}
 
 
 class RuleBook:
-    """Rules and lists in force, compiled for one feature spec (``state.spec`` by default)."""
+    """Rules and lists in force, compiled for one feature spec (``state.spec`` by default).
 
-    def __init__(self, feature_names: Sequence[str] | None = None) -> None:
+    ``trust``: the analysts whose signed ``rules``/``lists`` records :meth:`apply`
+    accepts (:mod:`rules.approval`); none (the default) refuses every record.
+    :meth:`put_rule`/:meth:`put_entry` take already-checked content (files, snapshots).
+    ``budget``: the cost limits (default :data:`rules.cost.DEFAULT_BUDGET`; the flow
+    passes ``ScoringSettings.rule_budget``), applied to every rule, checked or not.
+    """
+
+    def __init__(
+        self, feature_names: Sequence[str] | None = None, trust: TrustedKeys | None = None,
+        *, budget: CostBudget | None = None,
+    ) -> None:
         self.vocab: Vocabulary = vocabulary(feature_names)
-        self._compiler = RuleCompiler(self.vocab)
+        #: Cost limits (``FRAUD_RULE_COST_US``, ``FRAUD_RULES_MAX``, ...; :mod:`rules.cost`).
+        self.budget = budget if budget is not None else CostBudget()
+        self.guard = RuleGuard(self.budget)
+        self._batches = 0
+        self._compiler = RuleCompiler(self.vocab, self.budget)
         self._rules: dict[str, Rule] = {}
         self._compiled: dict[str, CompiledRule] = {}
         self._order: list[CompiledRule] = []
@@ -162,6 +232,11 @@ class RuleBook:
         self._rule_sum = 0
         self._list_sum = 0
         self.offsets: dict[str, int] = {}
+        self.trust = trust if trust is not None else TrustedKeys()
+        #: Signed loosening changes waiting for a second analyst, by (topic, key).
+        self.pending: dict[tuple[str, str], Pending] = {}
+        #: Who signed what is in force: ``"<topic>:<key>"`` -> analysts (author first).
+        self.signers: dict[str, tuple[str, ...]] = {}
         #: Rules of a restored snapshot that no longer compile (kept, out of force).
         self.restore_refusals: list[Refused] = []
 
@@ -236,20 +311,56 @@ class RuleBook:
             return Refused("rules", "", "rule_invalid",
                            "a rules record needs the rule id as its key")  # fmt: skip
         if value is None:
-            if key not in self._rules:
-                return Applied("rules", key, "unchanged")
-            del self._rules[key]
-            self._set_compiled(key, None)
-            return Applied("rules", key, "removed")
+            return Refused("rules", key, "rule_unauthenticated",
+                           f"rule {key!r}: a tombstone cannot carry a signature and is refused "
+                           "(the rule stays as it was); retire a rule with a signed record: "
+                           f"`just rules delete {key}`")  # fmt: skip
         try:
-            rule = decode_rule(value)
+            content, signatures, retired = split_signed(decode_json(value))
+            rule = rule_from_obj(content)
         except ContractError as exc:
             return Refused("rules", key, "rule_invalid", f"rule {key!r}: {exc}")
-        if rule.id != key:
+        if rule.id != key or retired:
             return Refused("rules", key, "rule_invalid",
                            f"record key {key!r} differs from the rule id {rule.id!r}; "
-                           "publish with the rule id as key")  # fmt: skip
-        return self.put_rule(rule)
+                           "publish with the rule id as key" if rule.id != key else
+                           f"rule {key!r}: a rule is retired by a version with enabled: false "
+                           "(`just rules delete`), not `retired`")  # fmt: skip
+        current = self._rules.get(key)
+        newer = current is None or rule.version > current.version
+        decision = authorise(self.trust, "rules", key, rule, signatures, "put",
+                             rule_loosens(current, rule) if newer else None)
+        if isinstance(decision, Unauthenticated):
+            return Refused("rules", key, decision.error_class, decision.reason)
+        if isinstance(decision, Waiting):
+            if newer:
+                self.pending[("rules", key)] = decision.pending
+            return Applied("rules", key, "pending" if newer else "stale")
+        result = self.put_rule(rule)
+        self._authorised("rules", key, decision, result,
+                         lambda p: p.rule is not None and p.rule.version <= rule.version)
+        return result
+
+    def _authorised(self, topic: Topic, key: str, decision: Authorised,
+                    result: Applied | Refused, settles: Callable[[Pending], bool]) -> None:
+        if isinstance(result, Applied) and result.change in ("added", "updated", "removed"):
+            self.signers[f"{topic}:{key}"] = decision.signers
+            waiting = self.pending.get((topic, key))
+            if waiting is not None and settles(waiting):
+                del self.pending[(topic, key)]
+
+    def list_users(self) -> tuple[set[str], set[str]]:
+        """Lists named by active approve rules, and by active decline/review rules."""
+        allow: set[str] = set()
+        block: set[str] = set()
+        for c in self._order:
+            if c.rule.mode != "active" or c.rule.action == "tag":
+                continue
+            names = set(c.list_operands)
+            if c.variables is None:  # hidden parts (comprehensions) may name any list
+                names |= {e.list for e in self.lists.entries()}
+            (allow if c.rule.action == "approve" else block).update(names)
+        return allow, block
 
     def put_rule(self, rule: Rule) -> Applied | Refused:
         """Apply a decoded rule (the same checks as a ``rules`` record)."""
@@ -266,11 +377,18 @@ class RuleBook:
                                f"{current.version + 1}")  # fmt: skip
         compiled = None
         if rule.enabled:
-            result = self._compiler.compile(rule)
+            if rule.id not in self._compiled and len(self._compiled) >= self.budget.max_rules:
+                return Refused("rules", rule.id, "too_many_rules",
+                               f"rule {rule.id!r} v{rule.version}: {len(self._compiled)} rules "
+                               f"are in force, the most a rule book holds (FRAUD_RULES_MAX="
+                               f"{self.budget.max_rules}); disable or delete one first, or "
+                               "merge rules (`x in lists.<name>` replaces one rule per value)")
+            result = self._compiler.compile(rule)  # also measures its cost (rules.cost)
             if isinstance(result, Refusal):
                 return Refused("rules", rule.id, result.error_class, result.reason)
             compiled = result
         self._rules[rule.id] = rule
+        self.guard.forget(rule.id)  # a new version is measured again, with a clean record
         self._set_compiled(rule.id, compiled)
         return Applied("rules", rule.id, "added" if current is None else "updated")
 
@@ -280,20 +398,62 @@ class RuleBook:
                            "a lists record needs the key <list>/<value>")  # fmt: skip
         name, _, member = key.partition("/")
         if value is None:
-            old = self.lists.remove(name, member)
-            if old is None:
-                return Applied("lists", key, "unchanged")
-            self._list_sum = (self._list_sum - _digest(msgspec.json.encode(old))) & _MASK
-            return Applied("lists", key, "removed")
+            return Refused("lists", key, "list_unauthenticated",
+                           f"list entry {key!r}: a tombstone cannot carry a signature and is "
+                           "refused (the entry stays); remove entries with `just rules "
+                           "remove-entries` (a signed record)")  # fmt: skip
         try:
-            entry = decode_entry(value)
+            content, signatures, retired = split_signed(decode_json(value))
+            entry = entry_from_obj(content)
         except ContractError as exc:
             return Refused("lists", key, "list_invalid", f"list entry {key!r}: {exc}")
         if list_key(entry) != key:
             return Refused("lists", key, "list_invalid",
                            f"record key {key!r} differs from {list_key(entry)!r} "
                            "(<list>/<value>)")  # fmt: skip
-        return self.put_entry(entry)
+        if entry.kind == "card_id" and pan_digits(entry.value) is not None:
+            return Refused("lists", mask_pan(key), "list_invalid",
+                           f"list entry {mask_pan(key)!r} holds a card number in clear: card_id "
+                           "entries are tokens, as the flow's card ids are (the token of a "
+                           "PAN: FRAUD_PAN_KEY_FILE's HMAC, topics.pan); a PAN would never "
+                           "match and must not be stored (PCI DSS req. 3)")  # fmt: skip
+        if not retired and self.lists.get(name, member) is None:
+            full = self._list_full(name)
+            if full is not None:
+                return Refused("lists", key, "list_full", full)
+        decision = authorise(self.trust, "lists", key, entry, signatures,
+                             "retire" if retired else "put",
+                             entry_loosens(entry, retired, *self.list_users()))
+        if isinstance(decision, Unauthenticated):
+            return Refused("lists", key, decision.error_class, decision.reason)
+        if isinstance(decision, Waiting):
+            self.pending[("lists", key)] = decision.pending
+            return Applied("lists", key, "pending")
+        result: Applied
+        if retired:
+            old = self.lists.remove(name, member)
+            if old is None:
+                result = Applied("lists", key, "unchanged")
+            else:
+                self._list_sum = (self._list_sum - _digest(msgspec.json.encode(old))) & _MASK
+                result = Applied("lists", key, "removed")
+        else:
+            result = self.put_entry(entry)
+        self._authorised("lists", key, decision, result, lambda p: True)
+        return result
+
+    def _list_full(self, name: str) -> str | None:
+        """Why list ``name`` takes no new entry (its cap or the cap of all lists), or None."""
+        budget = self.budget
+        if self.lists.size(name) >= budget.max_list_entries:
+            return (f"list {name!r} holds {self.lists.size(name):,} entries, its cap "
+                    f"(FRAUD_LIST_MAX_ENTRIES={budget.max_list_entries:,}); remove entries "
+                    "(`just rules remove-entries`) or raise the cap")
+        if self.lists.size() >= budget.max_entries:
+            return (f"the lists hold {self.lists.size():,} entries in all, the cap "
+                    f"(FRAUD_LISTS_MAX_ENTRIES={budget.max_entries:,}); remove entries "
+                    "(`just rules remove-entries`) or raise the cap")
+        return None
 
     def put_entry(self, entry: ListEntry) -> Applied:
         """Add or replace a decoded list entry."""
@@ -324,34 +484,108 @@ class RuleBook:
                 "the batch's feature names differ from the rule book's feature spec; build "
                 "the book with the running spec (RuleBook(feature_names=...))"
             )
+        run = self._run(batch, use_library=use_library, honour_validity=honour_validity,
+                        guarded=False)
+        return run.hits, run.errors, run.library_rows
+
+    def _run(self, batch: RuleBatch, *, use_library: bool, honour_validity: bool,
+             guarded: bool) -> _Run:
+        """Evaluate the enabled rules; ``guarded``: under the cost guard and the shadow budget.
+
+        Guarded (the stream), the live (``active``) rules run first, then the shadow
+        rules, from a starting point that rotates per batch; a shadow rule starts only
+        while the batch's shadow budget (``shadow_row_us`` per row) is not spent, else
+        it is skipped (counted in ``shadow_skipped``). Each rule's time goes to the
+        guard (:mod:`rules.guard`); a rule it disables takes no part in this batch.
+        """
+        if batch.feature_names != self.vocab.feature_names:
+            raise ValueError(
+                "the batch's feature names differ from the rule book's feature spec; build "
+                "the book with the running spec (RuleBook(feature_names=...))"
+            )
+        n = len(batch)
         cols = Columns(batch, self.lists, self.vocab)
-        hits: dict[str, np.ndarray] = {}
-        errors: dict[str, np.ndarray] = {}
-        library_rows = 0
+        run = _Run({}, {}, 0, [], [])
         t = batch.event_time
-        for c in self._order:
-            if c.fast is not None and not use_library:
-                hit, err = c.fast(cols)
-            else:
-                hit, err = reference.evaluate(c, batch, self.vocab, self.lists.member)
-                library_rows += len(batch)
+        order = self._order
+        shadow_left = float("inf")
+        overrun_s = self.guard.overrun_s(n)
+        if guarded:
+            live = [c for c in order if c.rule.mode == "active"]
+            shadow = [c for c in order if c.rule.mode != "active"]
+            if shadow:
+                k = self._batches % len(shadow)
+                shadow = shadow[k:] + shadow[:k]
+            self._batches += 1
+            order = live + shadow
+            shadow_left = self.budget.shadow_row_us * 1e-6 * max(n, 1)
+        for c in order:
             rule = c.rule
+            is_shadow = rule.mode != "active"
+            if guarded and is_shadow and shadow_left <= 0:
+                run.shadow_skipped.append(rule.id)
+                continue
+            library = c.fast is None or use_library
+            if not guarded:
+                if library:
+                    hit, err = reference.evaluate(c, batch, self.vocab, self.lists.member)
+                else:
+                    hit, err = c.fast(cols)  # type: ignore[misc]  # not None: not library
+            else:
+                clock = time.thread_time if library else time.perf_counter
+                started = clock()
+                try:
+                    if library:
+                        hit, err = reference.evaluate(c, batch, self.vocab, self.lists.member,
+                                                      cpu_limit_s=self.guard.stop_s(n))
+                    else:
+                        hit, err = c.fast(cols)  # type: ignore[misc]  # not None: not library
+                    seconds = clock() - started
+                    verdict = (self.guard.observe(rule.id, rule.version, seconds, n)
+                               if seconds > overrun_s or self.guard.is_counting else None)
+                except reference.RowBudgetSpent as spent:
+                    seconds = spent.seconds
+                    verdict = self.guard.stopped(rule.id, rule.version, seconds, spent.rows, n)
+                if is_shadow:
+                    shadow_left -= seconds
+                if verdict is not None:
+                    run.disabled.append(verdict)
+                    continue
+            if library:
+                run.library_rows += n
             if honour_validity and (rule.valid_from is not None or rule.valid_until is not None):
-                window = np.ones(len(batch), dtype=bool)
+                window = np.ones(n, dtype=bool)
                 if rule.valid_from is not None:
                     window &= t >= rule.valid_from
                 if rule.valid_until is not None:
                     window &= t < rule.valid_until
                 hit = hit & window
                 err = err & window
-            hits[rule.id] = hit
-            errors[rule.id] = err
-        return hits, errors, library_rows
+            run.hits[rule.id] = hit
+            run.errors[rule.id] = err
+        for gone in run.disabled:  # out of force from now on: the version as if absent
+            self._set_compiled(gone.rule_id, None)
+        return run
 
     def evaluate(self, batch: RuleBatch, *, use_library: bool = False) -> Outcome:
-        """Evaluate the rules in force over ``batch``: which rules hit which rows."""
+        """Evaluate the rules in force over ``batch``: which rules hit which rows.
+
+        In the stream (``use_library=False``) this runs under the cost guard
+        (:mod:`rules.guard`) and the shadow budget (:meth:`_run`). **A rule the guard
+        disables** is out of force from the batch in which it is disabled: it takes no
+        part in that batch's verdicts or any later one, exactly as if it were absent,
+        and the ``ruleset_version`` stamped on those verdicts is the version of the
+        book without it (the version is a function of the rules in force), so a
+        verdict always names the rule set that decided it. Which batch a rule is
+        disabled in depends on timing (and may differ between shards); it is counted
+        in ``Outcome.disabled`` for the metric, log and alert, and stays disabled
+        (across restarts too) until a new version of the rule is applied. Skipped
+        shadow rules change no decision: only their hits are missing from that batch.
+        """
         n = len(batch)
-        hits, errors, library_rows = self.rule_hits(batch, use_library=use_library)
+        run = self._run(batch, use_library=use_library, honour_validity=True,
+                        guarded=not use_library)
+        hits, errors, library_rows = run.hits, run.errors, run.library_rows
         none = np.zeros(n, dtype=bool)
         masks = {(a, m): none.copy() for a in ("decline", "review", "approve", "tag")
                  for m in ("active", "shadow")}  # fmt: skip
@@ -359,7 +593,9 @@ class RuleBook:
         shadow_rows: list[list[RuleHit]] = [[] for _ in range(n)]
         counts: dict[tuple[str, str], int] = {}
         for c in self._order:
-            hit = hits[c.rule.id]
+            hit = hits.get(c.rule.id)
+            if hit is None:  # a shadow rule skipped for the shadow budget
+                continue
             idx = np.flatnonzero(hit)
             counts[(c.rule.id, c.rule.mode)] = len(idx)
             if not len(idx):
@@ -377,7 +613,7 @@ class RuleBook:
         return Outcome(
             model_decision=model, masks=masks, hits=out_hits, ruleset_version=self.version,
             counts=counts, errors={k: int(v.sum()) for k, v in errors.items() if v.any()},
-            library_rows=library_rows,
+            library_rows=library_rows, disabled=run.disabled, shadow_skipped=run.shadow_skipped,
         )  # fmt: skip
 
     # ---- snapshot --------------------------------------------------------------------------
@@ -388,14 +624,21 @@ class RuleBook:
             _Snapshot(
                 format=SNAPSHOT_FORMAT, feature_names=list(self.vocab.feature_names),
                 rules=self.rules(), entries=self.lists.entries(), offsets=dict(self.offsets),
+                pending=[self.pending[k] for k in sorted(self.pending)],
+                signers={k: list(v) for k, v in sorted(self.signers.items())},
+                disabled={k: d.version for k, d in sorted(self.guard.disabled.items())},
             )
         )  # fmt: skip
 
     @classmethod
     def restore(
-        cls, data: bytes, feature_names: Sequence[str] | None = None
+        cls, data: bytes, feature_names: Sequence[str] | None = None,
+        trust: TrustedKeys | None = None, *, budget: CostBudget | None = None,
     ) -> RuleBook:
         """A book from :meth:`snapshot` bytes, compiled for ``feature_names`` (default: the spec).
+
+        Rules are compiled (and their cost judged) again under ``budget``; a rule the
+        cost guard had disabled stays disabled.
 
         A rule that no longer compiles (the feature spec changed) stays out of
         force; :attr:`restore_refusals` lists why. Raises :class:`SnapshotError`
@@ -413,13 +656,19 @@ class RuleBook:
                 f"snapshot format {snap.format}, this code reads {SNAPSHOT_FORMAT}; rebuild the "
                 "book from the rules and lists topics (read both from offset 0)"
             )
-        book = cls(feature_names)
+        book = cls(feature_names, trust, budget=budget)
         for rule in snap.rules:
             result = book.put_rule(rule)
             if isinstance(result, Refused):
                 book.restore_refusals.append(result)
                 book._rules[rule.id] = rule  # kept (listed, snapshotted), not in force
+        for rule_id, version in snap.disabled.items():
+            if rule_id in book._compiled and book._rules[rule_id].version == version:
+                book.guard.restore(rule_id, version)
+                book._set_compiled(rule_id, None)
         for entry in snap.entries:
             book.put_entry(entry)
         book.offsets = dict(snap.offsets)
+        book.pending = {(p.topic, p.key): p for p in snap.pending}
+        book.signers = {k: tuple(v) for k, v in snap.signers.items()}
         return book

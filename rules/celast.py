@@ -62,10 +62,32 @@ class ListLit:
 
 
 @dataclass(frozen=True, slots=True)
+class Loop:
+    """The parts of a comprehension (cel-spec ``Expr.Comprehension``), for cost bounds.
+
+    ``exists``/``all``/``exists_one``/``map``/``filter`` macro-expand to one: the
+    loop runs over ``iter_range`` (a list, or a map's keys), starting from
+    ``accu_init``, evaluating ``loop_condition`` and ``loop_step`` per element.
+    """
+
+    iter_var: str
+    iter_range: Node
+    accu_init: Node
+    loop_condition: Node
+    loop_step: Node
+    result: Node
+
+
+@dataclass(frozen=True, slots=True)
 class Opaque:
-    """Anything else (map or message literals, comprehensions from ``exists``/``all``...)."""
+    """Anything else (map or message literals, comprehensions from ``exists``/``all``...).
+
+    A comprehension keeps its parts in ``loop`` (read by :mod:`rules.cost`); :func:`walk`
+    does not enter them, so what a comprehension names stays hidden from the checks.
+    """
 
     what: str
+    loop: Loop | None = None
 
 
 Node = Const | Ident | Select | Call | ListLit | Opaque
@@ -114,7 +136,7 @@ def _classes() -> tuple[Any, Any]:
         ("call_expr", 6, msg_t, p + "Expr.Call", False),
         ("list_expr", 7, msg_t, p + "Expr.CreateList", False),
         ("struct_expr", 8, msg_t, p + "Expr.Opaque", False),
-        ("comprehension_expr", 9, msg_t, p + "Expr.Opaque", False),
+        ("comprehension_expr", 9, msg_t, p + "Expr.Comprehension", False),
     ])  # fmt: skip
     expr.oneof_decl.add(name="expr_kind")
     for field in expr.field[1:]:
@@ -132,6 +154,15 @@ def _classes() -> tuple[Any, Any]:
     ])  # fmt: skip
     message(expr.nested_type, "CreateList", [("elements", 1, msg_t, p + "Expr", True)])
     message(expr.nested_type, "Opaque", [])
+    message(expr.nested_type, "Comprehension", [
+        ("iter_var", 1, str_t, "", False),
+        ("iter_range", 2, msg_t, p + "Expr", False),
+        ("accu_var", 3, str_t, "", False),
+        ("accu_init", 4, msg_t, p + "Expr", False),
+        ("loop_condition", 5, msg_t, p + "Expr", False),
+        ("loop_step", 6, msg_t, p + "Expr", False),
+        ("result", 7, msg_t, p + "Expr", False),
+    ])  # fmt: skip
     message(fd.message_type, "CheckedExpr", [("expr", 4, msg_t, p + "Expr", False)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
@@ -169,7 +200,10 @@ def _convert(expr: Any) -> Node:
     if kind == "struct_expr":
         return Opaque("map or message literal")
     if kind == "comprehension_expr":
-        return Opaque("comprehension (all/exists/map/filter)")
+        c = expr.comprehension_expr
+        loop = Loop(c.iter_var, _convert(c.iter_range), _convert(c.accu_init),
+                    _convert(c.loop_condition), _convert(c.loop_step), _convert(c.result))
+        return Opaque("comprehension (all/exists/map/filter)", loop)
     return Opaque(str(kind))
 
 
@@ -193,14 +227,21 @@ def checked_tree(serialized: bytes) -> Node:
     return _convert(checked.expr)
 
 
-def walk(node: Node) -> list[Node]:
-    """Every node of a tree, parents before children (pre-order)."""
+def walk(node: Node, *, loops: bool = False) -> list[Node]:
+    """Every node of a tree, parents before children (pre-order).
+
+    ``loops``: also the parts of comprehensions (:class:`Loop`), which are hidden otherwise.
+    """
     out: list[Node] = []
     stack: list[Node] = [node]
     while stack:
         current = stack.pop()
         out.append(current)
-        if isinstance(current, Select):
+        if loops and isinstance(current, Opaque) and current.loop is not None:
+            loop = current.loop
+            stack.extend(reversed((loop.iter_range, loop.accu_init, loop.loop_condition,
+                                   loop.loop_step, loop.result)))
+        elif isinstance(current, Select):
             stack.append(current.operand)
         elif isinstance(current, Call):
             stack.extend(reversed(current.args))

@@ -4,8 +4,16 @@ Every change is validated first, against the current state read back from the
 compacted topics (rules are compiled with the running feature spec, list
 entries checked by kind); if anything is refused, nothing is published and the
 command exits 2 with the reasons. Records are keyed by rule id and by
-``<list>/<value>``; a delete publishes a tombstone. This is the rules room's
-only code that talks to Kafka.
+``<list>/<value>``. This is the rules room's only code that talks to Kafka.
+
+Every record is signed with the analyst's Ed25519 key (``--key``, default the
+dev maker key under ``.dev/rules-keys/``; :mod:`rules.signing`); a delete is a
+signed version with ``enabled: false`` and a list removal a signed ``retired``
+record, never a tombstone. A change that loosens decisions waits for a second
+analyst: ``approve ID`` signs it again and republishes it (:mod:`rules.approval`).
+Every change is first written to the append-only ``rules-audit`` topic
+(:mod:`rules.audit`). ``keygen ANALYST`` makes a key pair and prints how to trust
+it. See ``docs/rules-security.md``.
 
 New rules and list entries get ``valid_from = now + --effective-in`` (default
 60 s) unless the file sets one, so that every worker has applied them before
@@ -16,21 +24,27 @@ a worker read the record.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from rules.audit import ApprovalError, Change, changes
 from rules.book import Applied, Message, Refused, RuleBook
-from rules.contracts import LISTS_TOPIC, RULES_TOPIC, ListEntry, Rule, list_key
+from rules.contracts import LISTS_TOPIC, RULES_TOPIC, ListEntry, Rule
+from rules.cost import CostBudget
 from rules.errors import RulesFileError
+from rules.signing import DEV_KEYS_DIR, Signer, SigningKeyError, TrustedKeys
 from topics.errors import BrokerError, FraudStreamError
+from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
 
 EXIT_BAD_INPUT = 2
+AUDIT_TOPIC = TOPICS["rules-audit"]
 
 
 class Refusals(FraudStreamError):
@@ -38,7 +52,10 @@ class Refusals(FraudStreamError):
 
 
 def ensure_topics(settings: KafkaSettings) -> tuple[str, str]:
-    """Create the compacted ``rules`` and ``lists`` topics if missing; return their names."""
+    """Create ``rules``, ``lists`` (compacted) and ``rules-audit`` if missing.
+
+    Returns the names of ``rules`` and ``lists``.
+    """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -48,7 +65,8 @@ def ensure_topics(settings: KafkaSettings) -> tuple[str, str]:
     existing = topic_partitions(settings)
     missing = [
         NewTopic(name, num_partitions=spec.partitions, config=dict(spec.config))
-        for name, spec in zip(names, (RULES_TOPIC, LISTS_TOPIC), strict=True)
+        for name, spec in zip((*names, settings.topic(AUDIT_TOPIC.logical)),
+                              (RULES_TOPIC, LISTS_TOPIC, AUDIT_TOPIC), strict=True)
         if name not in existing
     ]
     if missing:
@@ -62,11 +80,65 @@ def ensure_topics(settings: KafkaSettings) -> tuple[str, str]:
     return names
 
 
-def read_book(settings: KafkaSettings, names: tuple[str, str]) -> RuleBook:
-    """The current state: both compacted topics read to their end into a :class:`RuleBook`."""
+def trusted_keys(env: Mapping[str, str] | None = None) -> TrustedKeys:
+    """The analysts the flow trusts (``FRAUD_RULES_TRUSTED_KEYS``, default the dev keys')."""
+    from rules.signing import dev_keys, load_trusted
+
+    env = os.environ if env is None else env
+    path = env.get("FRAUD_RULES_TRUSTED_KEYS", "").strip()
+    return load_trusted(path) if path else TrustedKeys.from_file(dev_keys().trusted)
+
+
+def signer(key: Path | None, analyst: str | None, *, checker: bool = False) -> Signer:
+    """The analyst signing this command: ``--key`` (``--analyst``, default the file's stem).
+
+    Without ``--key``: the dev maker (``approve``: the dev checker) key, made on first
+    use under ``.dev/rules-keys/``; only the dev flow trusts it.
+    """
+    from rules.signing import dev_keys
+
+    if key is not None:
+        return Signer.from_file(key, analyst)
+    dev = dev_keys()
+    chosen = dev.checker if checker else dev.maker
+    print(f"signing as {chosen.analyst} with the dev key in {DEV_KEYS_DIR}/ (trusted by the "
+          "dev flow only; give --key for yours)", file=sys.stderr)
+    return chosen
+
+
+def cost_budget() -> CostBudget:
+    """The flow's rule cost limits, from the same ``FRAUD_RULE*`` variables (rules/cost.py).
+
+    The publisher refuses what the flow would refuse: a rule over ``FRAUD_RULE_COST_US``
+    per transaction (``rule_too_costly``) or beyond ``FRAUD_RULES_MAX`` rules in force.
+    """
+    import os
+
+    from flows.settings import rule_budget
+
+    return rule_budget(os.environ)
+
+
+def _costs(book: RuleBook) -> str:
+    """``; costliest <id> <µs> µs per transaction (budget <µs> µs)`` for the validate line."""
+    measured = [c for c in book.compiled() if c.cost is not None]
+    if not measured:
+        return ""
+    top = max(measured, key=lambda c: c.cost.row_us if c.cost is not None else 0.0)
+    assert top.cost is not None
+    return (f"; costliest {top.rule.id} {top.cost.row_us:,.1f} µs per transaction "
+            f"(budget {book.budget.row_us:g} µs, FRAUD_RULE_COST_US)")
+
+
+def read_book(settings: KafkaSettings, names: tuple[str, str],
+              trust: TrustedKeys | None = None) -> RuleBook:
+    """The current state: both compacted topics read to their end into a :class:`RuleBook`.
+
+    ``trust`` (default :func:`trusted_keys`) decides, as in the flow, which records apply.
+    """
     from topics.reader import iter_topic
 
-    book = RuleBook()
+    book = RuleBook(trust=trust if trust is not None else trusted_keys(), budget=cost_budget())
     for topic, name in zip(("rules", "lists"), names, strict=True):
         for record in iter_topic(settings, name, idle_timeout=10.0):
             book.apply(Message(topic, record.key, record.value))  # type: ignore[arg-type]
@@ -104,6 +176,45 @@ def _stamp(items: Iterable[dict[str, Any]], lead_ms: int) -> list[dict[str, Any]
             item["valid_from"] = int(time.time() * 1000) + lead_ms
         out.append(item)
     return out
+
+
+def publish_changes(settings: KafkaSettings, names: tuple[str, str],
+                    done: Sequence[Change]) -> None:
+    """Write the audit entries to ``rules-audit``, then the signed records (write-ahead)."""
+    if not done:
+        return
+    publish(settings, settings.topic(AUDIT_TOPIC.logical), [c.audit_record() for c in done])
+    for topic, name in zip(("rules", "lists"), names, strict=True):
+        records = [(c.key, c.value) for c in done if c.topic == topic]
+        if records:
+            publish(settings, name, records)
+
+
+def _approvals(book: RuleBook, ids: Sequence[str], checker: Signer, reason: str,
+               now_ms: int) -> list[Change]:
+    from rules.audit import approval
+
+    out = []
+    for key in ids:
+        topic = "lists" if "/" in key else "rules"
+        pending = book.pending.get((topic, key))
+        if pending is None:
+            raise Refusals(f"{topic} {key!r}: nothing pending (`just rules list` shows what "
+                           "waits for a second analyst)")
+        out.append(approval(pending, checker, reason=reason, now_ms=now_ms))
+    return out
+
+
+def _keygen(analyst: str, directory: Path) -> int:
+    from rules.signing import write_key
+
+    path, public = write_key(analyst, directory)
+    print(f"private key: {path} (mode 0600; keep it to yourself, never in the repository)\n"
+          "to trust it, add this line under `analysts:` in the flow's trusted keys file "
+          "(FRAUD_RULES_TRUSTED_KEYS), reviewed and deployed like code:\n"
+          f"  {analyst}: {public}\n"
+          f"then sign with: just rules add FILE --key {path}")
+    return 0
 
 
 def _check(results: Iterable[Applied | Refused]) -> None:
@@ -144,7 +255,7 @@ def _rules_table(book: RuleBook) -> Any:
 
     table = Table(title=f"rules (rule set {book.version})")
     for column in ("id", "v", "action", "mode", "prio", "enabled", "valid", "description",
-                   "expression"):  # fmt: skip
+                   "expression", "signed by"):  # fmt: skip
         table.add_column(column, overflow="fold")
     for r in book.rules():
         valid = "-" if r.valid_from is None and r.valid_until is None else (
@@ -152,7 +263,22 @@ def _rules_table(book: RuleBook) -> Any:
             f"{iso_ms(r.valid_until) if r.valid_until else '…'}"
         )
         table.add_row(r.id, str(r.version), r.action, r.mode, str(r.priority),
-                      "yes" if r.enabled else "no", valid, r.description, r.expression)
+                      "yes" if r.enabled else "no", valid, r.description, r.expression,
+                      ", ".join(book.signers.get(f"rules:{r.id}", ())))
+    return table
+
+
+def _pending_table(book: RuleBook) -> Any:
+    from rich.table import Table
+
+    table = Table(title="pending: waiting for a second analyst (`just rules approve ID`)")
+    for column in ("topic", "id / key", "version", "change", "signed by", "why it needs two"):
+        table.add_column(column, overflow="fold")
+    for (topic, key), p in sorted(book.pending.items()):
+        what = (f"{p.rule.action} {p.rule.mode}{'' if p.rule.enabled else ' disabled'}: "
+                f"{p.rule.expression}" if p.rule is not None else p.op)
+        table.add_row(topic, key, str(p.rule.version) if p.rule is not None else "-", what,
+                      ", ".join(p.signers), p.reason)
     return table
 
 
@@ -199,34 +325,67 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--effective-in", type=float, default=60.0, metavar="SECONDS",
                        help="valid_from = now + SECONDS when the file gives none (default 60; "
                        "0: in force for every event time)")
-    remove = sub.add_parser("remove-entries", help="tombstone the file's list entries "
-                                                   "(list and value suffice)")  # fmt: skip
+    remove = sub.add_parser("remove-entries", help="remove the file's list entries with signed "
+                                                   "`retired` records (list and value "
+                                                   "suffice)")  # fmt: skip
     remove.add_argument("file", type=Path)
     for name, text in (("disable", "publish the next version of rules with enabled: false"),
-                       ("delete", "tombstone rules (removed from the compacted topic)")):
+                       ("delete", "retire rules: a signed next version with enabled: false "
+                                  "(a tombstone cannot be signed and is refused)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="RULE_ID")
+    approve = sub.add_parser("approve", help="second analyst (checker): sign pending changes "
+                                             "and republish them")  # fmt: skip
+    approve.add_argument("ids", nargs="+", metavar="ID",
+                         help="rule id, or <list>/<value> of a pending list change")
+    for p in sub.choices.values():
+        if p.prog.split()[-1] in ("add", "update", "add-entries", "remove-entries", "disable",
+                                  "delete", "approve"):
+            p.add_argument("--key", type=Path, metavar="PEM",
+                           help="your Ed25519 private key (default: the dev key, trusted by "
+                           "the dev flow only)")
+            p.add_argument("--analyst", metavar="ID",
+                           help="your analyst id in the trusted keys (default: the key "
+                           "file's name without .pem)")
+            p.add_argument("--reason", default="", metavar="TEXT",
+                           help="why: kept in the rules-audit trail")
+    keygen = sub.add_parser("keygen", help="make an analyst's Ed25519 key pair and print the "
+                                           "line that trusts it; no broker")  # fmt: skip
+    keygen.add_argument("analyst", metavar="ANALYST")
+    sub.add_parser("dev-keys", help="make the dev analysts' keys under .dev/rules-keys/ if "
+                                    "missing (the dev flow trusts them); no broker")
+    keygen.add_argument("--dir", type=Path, default=Path.home() / ".fraudstream" / "keys",
+                        help="where the private key goes (default ~/.fraudstream/keys)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per sub-command
     """Entry point of ``python -m rules.cli``."""
-    from rich.console import Console
-
     from devkit.broker import connect
+    from devkit.cli import table_console
     from rules.files import read_rules_file
 
     args = _parse_args(argv)
-    console = Console()
+    console = table_console()
     try:
+        if args.command == "keygen":
+            return _keygen(args.analyst, args.dir)
+        if args.command == "dev-keys":
+            from rules.signing import dev_keys
+
+            keys = dev_keys()
+            print(f"dev analysts {keys.maker.analyst} and {keys.checker.analyst}; the dev flow "
+                  f"trusts {keys.trusted} (FRAUD_RULES_TRUSTED_KEYS default)")
+            return 0
         if args.command == "validate":
             doc = read_rules_file(args.file)
-            book = RuleBook()
+            book = RuleBook(budget=cost_budget())
             for entry in doc.entry_objects():
                 book.put_entry(entry)
             _check(book.put_rule(r) for r in doc.rule_objects())
             print(f"{args.file}: {len(doc.rules)} rule(s) and {len(doc.entries)} entr(ies) valid; "
-                  f"{sum(c.fast is None for c in book.compiled())} evaluated row by row")
+                  f"{sum(c.fast is None for c in book.compiled())} evaluated row by row"
+                  f"{_costs(book)}")
             return 0
         given = read_rules_file(args.file) if hasattr(args, "file") else None
         with connect(quiet=True) as settings:
@@ -235,14 +394,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per s
             rules_topic, lists_topic = names
             if args.command == "list":
                 console.print(_rules_table(book))
+                if book.pending:
+                    console.print(_pending_table(book))
                 if args.entries:
                     console.print(_entries_table(book))
                 return 0
             lead = int(getattr(args, "effective_in", 0) * 1000)
+            now_ms = int(time.time() * 1000)
             entries: list[ListEntry] = []
             rules: list[Rule] = []
-            tombstones: list[tuple[str, bytes | None]] = []
-            if given is not None and args.command in ("add", "update", "add-entries"):
+            retired: list[ListEntry] = []
+            approvals: list[Change] = []
+            who = signer(args.key, args.analyst, checker=args.command == "approve")
+            if args.command == "approve":
+                approvals = _approvals(book, args.ids, who, args.reason, now_ms)
+            elif given is not None and args.command in ("add", "update", "add-entries"):
                 given.entries = _stamp(given.entries, lead)
                 entries = given.entry_objects()
                 if args.command != "add-entries":
@@ -252,33 +418,35 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per s
                 for i, item in enumerate(given.entries):
                     if not item.get("list") or item.get("value") is None:
                         raise Refusals(f"lists[{i}]: give `list` and `value`")
-                    tombstones.append((f"{item['list']}/{item['value']}", None))
+                    found = book.lists.get(str(item["list"]), str(item["value"]))
+                    if found is None:
+                        raise Refusals(f"lists[{i}]: {item['list']}/{item['value']} is not in "
+                                       "force; nothing to remove")
+                    retired.append(found)
             elif args.command in ("disable", "delete"):
                 current = {r.id: r for r in book.rules()}
                 unknown = [i for i in args.ids if i not in current]
                 if unknown:
                     raise Refusals(f"no such rule(s): {', '.join(unknown)}")
                 for rule_id in args.ids:
-                    if args.command == "delete":
-                        tombstones.append((rule_id, None))
-                    else:
-                        rule = current[rule_id]
-                        rules.append(msgspec.structs.replace(rule, version=rule.version + 1,
-                                                             enabled=False))
-            if entries:
-                publish(settings, lists_topic,
-                        [(list_key(e), msgspec.json.encode(e)) for e in entries])
-            if tombstones and args.command == "remove-entries":
-                publish(settings, lists_topic, tombstones)
-            if rules:
-                publish(settings, rules_topic, [(r.id, msgspec.json.encode(r)) for r in rules])
-            if tombstones and args.command == "delete":
-                publish(settings, rules_topic, tombstones)
-            done = len(entries) + len(rules) + len(tombstones)
-            print(f"published {done} record(s) to {rules_topic}/{lists_topic} on "
-                  f"{settings.bootstrap_servers}", file=sys.stderr)
+                    rule = current[rule_id]
+                    rules.append(msgspec.structs.replace(rule, version=rule.version + 1,
+                                                         enabled=False))
+            done = [*approvals, *changes(
+                book, args.command,
+                [*((e, False) for e in entries), *((e, True) for e in retired),
+                 *((r, False) for r in rules)], who, reason=args.reason, now_ms=now_ms)]
+            publish_changes(settings, (rules_topic, lists_topic), done)
+            for change in done:
+                if change.audit.outcome == "pending":
+                    print(f"{change.topic} {change.key}: pending, signed by "
+                          f"{', '.join(change.audit.signers)}; it {change.audit.loosens}, so "
+                          "a second analyst must approve it: just rules approve "
+                          f"{change.key} --key <their key>", file=sys.stderr)
+            print(f"published {len(done)} signed record(s) to {rules_topic}/{lists_topic} as "
+                  f"{who.analyst} on {settings.bootstrap_servers}", file=sys.stderr)
             return 0
-    except (Refusals, RulesFileError) as exc:
+    except (Refusals, RulesFileError, SigningKeyError, ApprovalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -20,27 +20,37 @@ Library choice (compared in October 2026, Python 3.11, this 2-core machine):
 - ``simpleeval`` / ``asteval``: Python-syntax evaluators, not a standard that
   analysts share with other systems, with a history of sandbox escapes; no.
 
-CEL itself is non-Turing-complete and side-effect free: a rule cannot loop,
-allocate without bound, read files or call out. A rule that fails here is a
-:class:`Refusal` (the flow dead-letters it with the reason), never an exception.
+CEL itself is non-Turing-complete and side-effect free: a rule cannot read
+files or call out, and every evaluation ends. It is **not** cheap by
+construction: comprehensions (``exists``, ``all``, ``map``, ``filter``) over list
+literals nest, and the library only stops one evaluation after 10,000 iterations
+(a 2,611-character rule of nested ``map`` with string concatenation costs about
+40 ms per transaction, allocating a string per iteration). So a compiled rule is
+also judged by its cost (:mod:`rules.cost`: a static loop bound and a
+measurement on a reference batch) and refused above the budget
+(``rule_too_costly``); the stream guards it again (:mod:`rules.guard`). A rule
+that fails here is a :class:`Refusal` (the flow dead-letters it with the
+reason), never an exception.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from rules.celast import Call, Const, Ident, Node, Opaque, Select, checked_tree, walk
 from rules.contracts import Rule
+from rules.cost import DEFAULT_BUDGET, CostBudget, RuleCost, judge
 from rules.errors import RuleCompileError
 from rules.names import Vocabulary
 from rules.vector import Columns, Compiler, Unsupported
 
-RefusalClass = Literal["rule_invalid", "rule_compile", "rule_conflict", "list_invalid"]
+RefusalClass = Literal["rule_invalid", "rule_compile", "rule_conflict", "list_invalid",
+                       "rule_too_costly", "too_many_rules", "list_full"]
 FastPath = Callable[[Columns], tuple[np.ndarray, np.ndarray]]
 
 
@@ -66,6 +76,8 @@ class CompiledRule:
     variables: frozenset[str] | None
     #: Per list name, the operands tested against it (``x`` of ``x in lists.name``).
     list_operands: Mapping[str, tuple[Node, ...]]
+    #: What it costs per transaction (measured when compiled; None: not measured).
+    cost: RuleCost | None = None
 
 
 _HINT_NUMBERS = re.compile(r"applied to '\((double, int|int, double)\)'")
@@ -154,12 +166,17 @@ def check_tree(tree: Node, vocab: Vocabulary) -> tuple[dict[str, tuple[Node, ...
 
 
 class RuleCompiler:
-    """Compiles rules against one vocabulary (one feature spec)."""
+    """Compiles rules against one vocabulary (one feature spec), within a cost budget.
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    ``budget`` (default :class:`~rules.cost.CostBudget`): its ``row_us`` is the most a
+    rule may cost per transaction; None compiles without measuring (offline backtests).
+    """
+
+    def __init__(self, vocab: Vocabulary, budget: CostBudget | None = DEFAULT_BUDGET) -> None:
         from cel_expr_python import cel
 
         self.vocab = vocab
+        self.budget = budget
         self._bool = cel.Type.BOOL
         self._dyn = cel.Type.DYN
         self._env = cel.NewEnv(variables=vocab.cel_variables())
@@ -189,15 +206,29 @@ class RuleCompiler:
         operands, problem = check_tree(tree, self.vocab)
         if problem is not None:
             return Refusal("rule_compile", f"rule {rule.id!r} v{rule.version}: {problem}")
-        nodes = walk(tree)
-        hidden = any(isinstance(n, Opaque) for n in nodes)
+        # Names are read through comprehensions too (binding only those makes a row-by-row
+        # rule several times cheaper); a map literal, or `lists` inside a loop (whose
+        # operands check_tree does not see), still hides what the rule may read.
+        shallow = {id(n) for n in walk(tree)}
+        nodes = walk(tree, loops=True)
+        hidden = any(
+            (isinstance(n, Opaque) and n.loop is None)
+            or (isinstance(n, Ident) and n.name == "lists" and id(n) not in shallow)
+            for n in nodes
+        )
         names = frozenset(n.name for n in nodes if isinstance(n, Ident))
         try:
             fast: FastPath | None = self._vector.compile(tree)
             why = None
         except Unsupported as exc:
             fast, why = None, str(exc)
-        return CompiledRule(
+        compiled = CompiledRule(
             rule=rule, program=program, tree=tree, fast=fast, fallback_reason=why,
             variables=None if hidden else names, list_operands=operands,
         )  # fmt: skip
+        if self.budget is None:
+            return compiled
+        cost, problem = judge(compiled, self.vocab, self.budget)
+        if problem is not None:
+            return Refusal("rule_too_costly", f"rule {rule.id!r} v{rule.version}: {problem}")
+        return replace(compiled, cost=cost)

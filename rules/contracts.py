@@ -3,11 +3,15 @@
 Both topics are compacted, one partition each, so that the latest message per
 key is the state and every reader sees it in one order:
 
-- ``rules``, key = rule id, value = :class:`Rule` as JSON; a tombstone (null
-  value) or ``enabled: false`` takes the rule out of force.
+- ``rules``, key = rule id, value = :class:`Rule` as JSON plus ``signatures``;
+  a signed version with ``enabled: false`` takes the rule out of force (a
+  tombstone is refused: it cannot carry a signature).
 - ``lists``, key = ``<list>/<value>`` (e.g. ``blocked_cards/c-123``,
-  ``bad_ips/203.0.113.0/24``), value = :class:`ListEntry` as JSON; a tombstone
-  removes the entry.
+  ``bad_ips/203.0.113.0/24``), value = :class:`ListEntry` as JSON plus
+  ``signatures``; the signed entry with ``"retired": true`` removes it.
+
+Every record is signed by trusted analysts (:mod:`rules.signing`, Ed25519) and
+loosening changes need two of them (:mod:`rules.approval`).
 
 Times are UTC epoch milliseconds; on the wire ``valid_from``, ``valid_until``,
 ``expires`` may also be RFC 3339 strings with an offset (normalised on decode).
@@ -122,7 +126,8 @@ def entry_from_obj(obj: Any) -> ListEntry:
     return entry
 
 
-def _json(value: bytes | str) -> Any:
+def decode_json(value: bytes | str) -> Any:
+    """A record value's JSON; raises :class:`ContractError` when it is not JSON."""
     try:
         return msgspec.json.decode(value)
     except msgspec.DecodeError as exc:
@@ -131,12 +136,12 @@ def _json(value: bytes | str) -> Any:
 
 def decode_rule(value: bytes | str) -> Rule:
     """Decode a ``rules`` record value; raises :class:`ContractError`."""
-    return rule_from_obj(_json(value))
+    return rule_from_obj(decode_json(value))
 
 
 def decode_entry(value: bytes | str) -> ListEntry:
     """Decode a ``lists`` record value; raises :class:`ContractError`."""
-    return entry_from_obj(_json(value))
+    return entry_from_obj(decode_json(value))
 
 
 #: The two topics (``topics.registry``: compacted, one partition: one order for every reader).
@@ -145,4 +150,5 @@ LISTS_TOPIC = TOPICS["lists"]
 
 __all__ = ["ENTRY_TIME_FIELDS", "RULE_TIME_FIELDS", "Action", "ContractError", "Decision",
            "ListEntry", "ListKind", "ListName", "Mode", "Rule", "RuleHit", "RuleId",
-           "decode_entry", "decode_rule", "entry_from_obj", "list_key", "rule_from_obj"]
+           "decode_entry", "decode_json", "decode_rule", "entry_from_obj", "list_key",
+           "rule_from_obj"]

@@ -13,7 +13,7 @@ every entry, the reference the tests hold the index to.
 >>> index.put(ListEntry(list="bad_ips", kind="ip_range", value="203.0.113.0/24", expires=2000))
 >>> index.member("bad_ips", "203.0.113.9", 1000), index.member("bad_ips", "203.0.113.9", 2000)
 (True, False)
->>> card_bin("4111 1111 1111 1111", None), card_bin("c-17", {"bin": 411111})
+>>> card_bin("tok_9f2c", None, "41111111"), card_bin("c-17", {"bin": 411111})
 ('41111111', '411111')
 """
 
@@ -38,16 +38,24 @@ _BIN = re.compile(r"^[0-9]{6,8}$")
 BIN_ATTRIBUTES = ("bin", "card_bin", "iin")
 
 
-def card_bin(card_id: str, attributes: Mapping[str, object] | None) -> str:
+def card_bin(card_id: str, attributes: Mapping[str, object] | None,
+             kept: str | None = None) -> str:
     """The card's BIN (issuer identification number, ISO/IEC 7812-1), or ``""``.
 
-    1. ``attributes["bin"]`` (or ``card_bin``, ``iin``) when it is 6-8 digits
+    ``card_id`` is a token (:mod:`topics.pan`), so the BIN comes from elsewhere:
+
+    1. ``kept``: the transaction's ``card_bin`` field, kept at decode when a PAN was
+       tokenised (first 8 digits of a PAN of 16+ digits, else 6) or sent by a
+       tokenising producer;
+    2. else ``attributes["bin"]`` (or ``card_bin``, ``iin``) when it is 6-8 digits
        (a string or a non-negative integer);
-    2. else, when ``card_id`` (spaces and dashes removed) is PAN-like, 12-19
-       digits, its first 8 digits (the 8-digit IIN of ISO/IEC 7812-1:2017; a
-       6-digit BIN list entry matches it as a prefix);
-    3. else ``""`` (a tokenised card id carries no BIN).
+    3. else, when ``card_id`` (spaces and dashes removed) is PAN-like, 12-19
+       digits, its first 8 digits: only for histories recorded before card ids
+       were tokenised (the stream never sees one: decode tokenises or refuses it);
+    4. else ``""``.
     """
+    if kept:
+        return kept
     if attributes:
         for key in BIN_ATTRIBUTES:
             value = attributes.get(key)
@@ -217,6 +225,13 @@ class ListIndex:
         if not lst.entries:
             del self._lists[name]
         return entry
+
+    def size(self, name: str | None = None) -> int:
+        """Entries of list ``name``, or of every list (None)."""
+        if name is not None:
+            lst = self._lists.get(name)
+            return 0 if lst is None else len(lst.entries)
+        return sum(len(lst.entries) for lst in self._lists.values())
 
     def get(self, name: str, value: str) -> ListEntry | None:
         """The entry stored under ``<name>/<value>``, if any."""

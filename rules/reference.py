@@ -9,15 +9,18 @@ value or an exception is "no hit, error" (CEL's error semantics).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rules.batch import RuleBatch
 from rules.celast import Const, Ident, Node, Select
-from rules.compile import CompiledRule
 from rules.names import Vocabulary
+
+if TYPE_CHECKING:  # rules.compile measures rules with this module (rules.cost)
+    from rules.compile import CompiledRule
 
 #: ``member(list, value, event_time) -> bool``
 Membership = Callable[[str, str, int], bool]
@@ -61,6 +64,24 @@ def activation(
     return data
 
 
+def row_names(compiled: CompiledRule) -> frozenset[str] | None:
+    """What :func:`activation` reads of a row for this rule (None: everything).
+
+    The names the rule reads, ``event_time`` (list membership is judged at it), and
+    what the operands of ``x in lists.<name>`` read.
+    """
+    if compiled.variables is None:
+        return None
+    names = set(compiled.variables) | {"event_time"}
+    for operands in compiled.list_operands.values():
+        for node in operands:
+            if isinstance(node, Ident):
+                names.add(node.name)
+            elif not isinstance(node, Const):
+                names.add("attributes")
+    return frozenset(names)
+
+
 def evaluate_row(compiled: CompiledRule, data: dict[str, Any]) -> tuple[bool, bool]:
     """``(hit, error)`` of one rule on one activation."""
     try:
@@ -73,14 +94,44 @@ def evaluate_row(compiled: CompiledRule, data: dict[str, Any]) -> tuple[bool, bo
     return False, True  # an error value (or a non-bool from a dyn expression)
 
 
+class RowBudgetSpent(Exception):  # noqa: N818 - a signal, like vector.Unsupported
+    """Row-by-row evaluation stopped: its thread CPU time passed the limit it was given.
+
+    ``rows``: rows evaluated (at least 1); ``seconds``: thread CPU time they took.
+    """
+
+    def __init__(self, rows: int, seconds: float) -> None:
+        super().__init__(f"stopped after {rows} row(s), {seconds * 1e3:.1f} ms of CPU")
+        self.rows = rows
+        self.seconds = seconds
+
+
 def evaluate(
-    compiled: CompiledRule, batch: RuleBatch, vocab: Vocabulary, member: Membership
+    compiled: CompiledRule, batch: RuleBatch, vocab: Vocabulary, member: Membership,
+    *, cpu_limit_s: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(hit [n], error [n])`` of one rule over a batch, row by row in the library."""
+    """``(hit [n], error [n])`` of one rule over a batch, row by row in the library.
+
+    With ``cpu_limit_s``, raises :class:`RowBudgetSpent` as soon as the rule has
+    used more than that much thread CPU time (checked between rows: one library
+    call cannot be interrupted, and CEL's own iteration limit bounds it). The
+    cheap wall clock is read after each row, the CPU clock only once the wall
+    clock has passed the limit (CPU time never exceeds wall time in one thread).
+    """
     n = len(batch)
     hit = np.zeros(n, dtype=bool)
     err = np.zeros(n, dtype=bool)
+    names = row_names(compiled)
+    if cpu_limit_s is None:
+        for i in range(n):
+            row = batch.row(i, names)
+            hit[i], err[i] = evaluate_row(compiled, activation(compiled, row, vocab, member))
+        return hit, err
+    wall, cpu = time.perf_counter, time.thread_time
+    wall0, cpu0 = wall(), cpu()
     for i in range(n):
-        row = batch.row(i)
+        row = batch.row(i, names)
         hit[i], err[i] = evaluate_row(compiled, activation(compiled, row, vocab, member))
+        if wall() - wall0 > cpu_limit_s and (spent := cpu() - cpu0) > cpu_limit_s:
+            raise RowBudgetSpent(i + 1, spent)
     return hit, err

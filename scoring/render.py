@@ -5,6 +5,12 @@ come first among the reasons (``rule:<id>`` with the rule's description, ``[shad
 for a shadow rule), then the model's reason codes; a verdict whose decision differs
 from the model's carries ``model_decision``; while rules are in force every verdict
 names the rule set.
+
+A transaction whose amount no rate converted (``amount_reference`` NaN, see
+:mod:`state.inputs`) gets ``amount_unrated: true``, no ``amount_reference``, and the
+reason :func:`unrated_reason` naming its currency, after the rules' reasons and
+before the model's: the model scored its amount features at their neutral values,
+so no model reason names one of those (:data:`state.inputs.NEUTRAL_WHEN_UNRATED`).
 """
 
 from __future__ import annotations
@@ -15,19 +21,53 @@ import msgspec
 import numpy as np
 
 from scoring.decide import Decided
-from topics.contracts import Prediction, RuleHit, Transaction
+from state.inputs import NEUTRAL_WHEN_UNRATED
+from topics.contracts import Prediction, ReasonCode, RuleHit, Transaction
+from topics.currency import MINOR_UNITS
 
 _encode = msgspec.json.Encoder().encode
+#: The ``feature`` of the reason an unrated amount gets (not a model feature).
+UNRATED_REASON = "amount_unrated"
+
+
+def unrated_reason(txn: Transaction, reference_currency: str, rate_table: str | None
+                   ) -> ReasonCode:
+    """Why the amount features of ``txn`` are neutral: its currency has no rate.
+
+    Names the transaction currency (and the billing currency when the message had
+    one), the reference currency and the rate table.
+    """
+    billed = (f" (billing {txn.billing_currency} had none either)"
+              if txn.billing_currency is not None else "")
+    table = f" in rate table {rate_table}" if rate_table else ""
+    unlisted = "" if txn.currency in MINOR_UNITS else ", a code ISO 4217 does not list,"
+    return ReasonCode(
+        feature=UNRATED_REASON,
+        text=f"amount in {txn.currency}{unlisted} not converted to {reference_currency}: no "
+             f"exchange rate{table}{billed}; amount features scored at neutral values",
+    )
+
+
+def unrated_reasons(txn: Transaction, model_reasons: Sequence[ReasonCode],
+                    reference_currency: str, rate_table: str | None) -> list[ReasonCode]:
+    """The reasons of an unrated transaction: :func:`unrated_reason`, then the model's.
+
+    Only the model's reasons that name a measured feature are kept, never one of the
+    neutral placeholders (:data:`state.inputs.NEUTRAL_WHEN_UNRATED`).
+    """
+    return [unrated_reason(txn, reference_currency, rate_table),
+            *(r for r in model_reasons if r.feature not in NEUTRAL_WHEN_UNRATED)]
 
 
 def render(decided: Decided, txns: Sequence[Transaction], ingest_ms: np.ndarray,
            clamped: np.ndarray, amount_reference: np.ndarray, reference_currency: str,
-           scored_ms: int) -> list[bytes]:
+           scored_ms: int, rate_table: str | None = None) -> list[bytes]:
     """The encoded verdict of every row of ``decided`` (same order as ``txns``).
 
     ``ingest_ms`` int64 Kafka record timestamps; ``clamped`` bool, the event time
     used was the record timestamp; ``amount_reference`` float64 in
-    ``reference_currency``; ``scored_ms`` the verdicts' ``scored_time``.
+    ``reference_currency``, NaN where no rate converted the amount; ``scored_ms``
+    the verdicts' ``scored_time``; ``rate_table`` the version of the rate table.
     """
     live = decided.champion
     version, spec = live.version, live.model.feature_spec_version
@@ -59,9 +99,16 @@ def render(decided: Decided, txns: Sequence[Transaction], ingest_ms: np.ndarray,
             ingest_time=ingest[i],
             scored_time=scored_ms,
             event_time_clamped=late[i],
-            amount_reference=round(amounts[i], 6),
             reference_currency=reference_currency,
+            rate_table=rate_table,
         )
+        unrated = amounts[i] != amounts[i]  # NaN: no rate converted the amount
+        if unrated:
+            prediction.amount_unrated = True
+            prediction.reasons = unrated_reasons(txn, prediction.reasons,
+                                                 reference_currency, rate_table)
+        else:
+            prediction.amount_reference = round(amounts[i], 6)
         if outcome is not None:
             hits = outcome.hits[i]
             if hits:

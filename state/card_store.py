@@ -188,7 +188,7 @@ class CardStore:
                               np.int64, len(fresh))
         states = db.get_many([keys.CARD + c.encode() for c in ids])
         inputs = batch.inputs if len(fresh) == len(batch) else batch.inputs.take(fresh)
-        features, new_states = card_features(states, card_of, inputs)
+        features, new_states = card_features(states, card_of, inputs.for_card_windows())
         txn = StoreTransaction(db)
         first = txn.next_seqs(len(fresh))
         records = np.empty(len(fresh), dtype=_SEEN_DTYPE)

@@ -25,6 +25,7 @@ from state.inputs import FeatureInputs
 from state.kernels import card as card_kernel
 from state.kernels import merchant as merchant_kernel
 from state.kernels.windows import group as group_kernel
+from state.labels import COUNT, RETRACT, Effect
 from state.spec import FEATURE_NAMES, N_FEATURES
 
 __all__ = ["gc_paused", "group", "card_features", "MerchantOps", "merchant_features",
@@ -130,28 +131,32 @@ class MerchantOps:
     """The operations of a merchant batch, in the order to apply them (per merchant).
 
     :meth:`txn` reads a transaction's merchant group and counts it; :meth:`fraud`
-    counts a fraud label at its label hour; :meth:`aligned` counts one under its
-    transaction's day (see :mod:`state.kernels.merchant`).
+    counts a fraud label joined to one of the merchant's transactions; :meth:`retract`
+    ends such a count (a later "not fraud" label). Which labels count, and from when,
+    is decided by :mod:`state.labels` (see :mod:`state.kernels.merchant`).
     """
 
-    __slots__ = ("merchant", "kind", "t1", "t2", "flag", "row")
+    __slots__ = ("merchant", "kind", "t1", "t2", "t3", "flag", "row")
 
     def __init__(self) -> None:
         self.merchant: list[int] = []
         self.kind: list[int] = []
         self.t1: list[int] = []
         self.t2: list[int] = []
+        self.t3: list[int] = []
         self.flag: list[int] = []
         self.row: list[int] = []
 
     def __len__(self) -> int:
         return len(self.kind)
 
-    def _add(self, merchant: int, kind: int, t1: int, t2: int, flag: int, row: int) -> None:
+    def _add(self, merchant: int, kind: int, t1: int, t2: int, t3: int, flag: int,
+             row: int) -> None:
         self.merchant.append(merchant)
         self.kind.append(kind)
         self.t1.append(t1)
         self.t2.append(t2)
+        self.t3.append(t3)
         self.flag.append(flag)
         self.row.append(row)
 
@@ -164,7 +169,7 @@ class MerchantOps:
 
     def txn(self, merchant: int, event_ms: int, row: int) -> None:
         """Merchant ``merchant`` (index) reads, then counts, the transaction of ``row``."""
-        self._add(merchant, merchant_kernel.TXN, event_ms, 0, 0, row)
+        self._add(merchant, merchant_kernel.TXN, event_ms, 0, 0, 0, row)
 
     def txns(self, merchants: np.ndarray, event_ms: np.ndarray, rows: np.ndarray) -> None:
         """:meth:`txn` for many rows at once."""
@@ -173,16 +178,30 @@ class MerchantOps:
         self.kind += [merchant_kernel.TXN] * n
         self.t1 += event_ms.tolist()
         self.t2 += [0] * n
+        self.t3 += [0] * n
         self.flag += [0] * n
         self.row += rows.tolist()
 
-    def fraud(self, merchant: int, label_ms: int) -> None:
-        """Merchant ``merchant`` counts a fraud label known from ``label_ms``."""
-        self._add(merchant, merchant_kernel.FRAUD, 0, label_ms, 0, -1)
+    def fraud(self, merchant: int, txn_ms: int, since_ms: int, familiar: bool) -> None:
+        """Merchant ``merchant`` counts a fraud label of its transaction at ``txn_ms``.
 
-    def aligned(self, merchant: int, txn_ms: int, label_ms: int, familiar: bool) -> None:
-        """Merchant ``merchant`` counts a fraud label under its transaction's UTC day."""
-        self._add(merchant, merchant_kernel.ALIGNED, txn_ms, label_ms, int(familiar), -1)
+        ``since_ms``: when the label counts from (:attr:`state.labels.Effect.since`);
+        ``familiar``: the card was a regular customer of the merchant.
+        """
+        self._add(merchant, merchant_kernel.FRAUD, txn_ms, since_ms, 0, int(familiar), -1)
+
+    def retract(self, merchant: int, txn_ms: int, since_ms: int, until_ms: int,
+                familiar: bool) -> None:
+        """The count of ``fraud(merchant, txn_ms, since_ms, familiar)`` ends at ``until_ms``."""
+        self._add(merchant, merchant_kernel.RETRACT, txn_ms, since_ms, until_ms,
+                  int(familiar), -1)
+
+    def effect(self, merchant: int, txn_ms: int, familiar: bool, effect: Effect) -> None:
+        """The merchant operation of a label's :class:`~state.labels.Effect` (if any)."""
+        if effect.kind == COUNT:
+            self.fraud(merchant, txn_ms, effect.since, familiar)
+        elif effect.kind == RETRACT:
+            self.retract(merchant, txn_ms, effect.since, effect.until, familiar)
 
 
 def merchant_features(states: Sequence[bytes | None], ops: MerchantOps, n_rows: int,
@@ -205,7 +224,7 @@ def merchant_features(states: Sequence[bytes | None], ops: MerchantOps, n_rows: 
     out = np.empty(size, dtype=np.int64)
     out_off = np.zeros(len(states) + 1, dtype=np.int64)
     _checked(merchant_kernel.merchant_batch, words, fwords, offsets, op_off, col(ops.kind),
-             col(ops.t1), col(ops.t2), col(ops.flag), col(ops.row), features, out,
+             col(ops.t1), col(ops.t2), col(ops.t3), col(ops.flag), col(ops.row), features, out,
              out.view(np.float64), out_off, encode)
     return features, (_unpacked(out, out_off) if encode else [])
 

@@ -15,8 +15,15 @@ Merchant store (:mod:`state.merchant_store`), one per merchant shard:
 * ``v<transaction_id>`` -> :class:`~state.records.Verdict` (its verdict bytes and more)
 * ``r<seq:u64>`` -> the feature rows (float32) of the batch whose first verdict was ``seq``
   (for recounting drift after a crash)
-* ``l<transaction_id>`` -> :class:`~state.records.LabelMark` (the first label applied)
-* ``p<transaction_id>`` -> a label waiting for its transaction (JSON of the contract)
+* ``j<transaction_id>`` -> :class:`~state.records.LabelTarget` (what a label needs of a
+  scored transaction; kept for the label horizon, past its verdict)
+* ``l<transaction_id>`` -> :class:`~state.records.LabelMark` (the label in force of a
+  scored transaction; kept as long as its ``j`` record)
+* ``p<transaction_id>`` -> :class:`~state.records.PendingLabel` (the label of a transaction
+  not known (yet), waiting for it)
+* ``e<seq:u64>`` -> the pending labels that expired in the batch whose first change was
+  ``seq`` (each ``u16`` length, then the record), kept until the next recovery snapshot
+  so their dead letters are sent again after a crash
 
 Both:
 
@@ -48,7 +55,9 @@ MERCHANT = b"m"
 VERDICT = b"v"
 RECENT = b"r"
 LABEL = b"l"
+TARGET = b"j"
 PENDING = b"p"
+EXPIRED_LABELS = b"e"
 EXPIRY = b"x"
 META = b"~meta/"
 
@@ -76,6 +85,11 @@ def txn_key(prefix: bytes, transaction_id: str) -> bytes:
 def seq_key(seq: int) -> bytes:
     """Key of the rows blob of the batch whose first change was sequence number ``seq``."""
     return RECENT + _U64.pack(seq)
+
+
+def expired_labels_key(seq: int) -> bytes:
+    """Key of the pending labels that expired in the batch whose first change was ``seq``."""
+    return EXPIRED_LABELS + _U64.pack(seq)
 
 
 def expiry_key(day: int, seq: int) -> bytes:

@@ -21,13 +21,28 @@ Transactions (:meth:`MerchantStore.process`), a batch at a time, in the order gi
   :class:`~state.records.Incarnation`;
 * an id already scored with **another body**: a conflict.
 
-Labels (:meth:`MerchantStore.apply_labels`): the first label of a transaction
-id wins (``l<transaction_id>``). A fraud label counts at its label hour at once;
-its transaction's day (for the delay-aligned risk) comes from the stored verdict,
-or, when the label is read before its transaction, the label waits under
-``p<transaction_id>`` and is applied when the transaction is scored. Neither moves
-a window clock (see :mod:`state.kernels.merchant`), so the order of the two topics
-changes no feature.
+Labels (:meth:`MerchantStore.apply_labels`), resolved by :mod:`state.labels` (the
+label contract, ``docs/labels.md``): a label joins only a transaction this store
+scored, through its compact record ``j<id>`` (:class:`~state.records.LabelTarget`,
+kept for the label horizon, ``label_horizon_ms``, well past the verdict), and
+changes only *that transaction's* merchant (the merchant named in the label is not
+trusted; a mismatch is counted). The label in force (latest ``label_time``; on a tie
+fraud wins) is kept under ``l<id>`` as long: a repeat changes nothing, a correction
+retracts the earlier fraud count (or adds one) from its own time on. A label whose
+transaction is not known waits under ``p<id>`` (the winning one, with where it was
+read), is counted (:attr:`MerchantStore.unknown_labels`), joins when the transaction
+is scored, or, when its wait ends (``txn_horizon_ms`` after the first such label,
+in the store's event days), expires: :meth:`MerchantStore.take_expired` hands it on
+for the dead-letter topic (kept under ``e<seq>`` until the next recovery snapshot,
+so a crash re-sends it). Labels never move a window clock (see
+:mod:`state.kernels.merchant`) and the merchant stage applies them at their label
+time among the transactions, so the order of the two topics changes no feature.
+
+**Late chargebacks.** A label 60 or 120 days after its transaction joins through
+``j<id>`` (the stored verdict is gone after ``txn_horizon_ms``) and moves the
+label-hour features and label feedback as a prompt one does; one ``label_horizon_ms``
+or more after it (``FRAUD_LABEL_HORIZON_DAYS``, 180 days by default) is unknown and
+expires to ``dead-letter``.
 """
 
 from __future__ import annotations
@@ -37,10 +52,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Self
 
-import msgspec
 import numpy as np
 
 from state import keys
+from state import labels as contract
 from state.db import StateDB, StoreIdentity
 from state.features import (
     CARD_COLUMNS,
@@ -53,7 +68,15 @@ from state.features import (
 )
 from state.inputs import FeatureInputs
 from state.options import StoreOptions
-from state.records import Incarnation, LabelMark, Verdict
+from state.records import (
+    NO_LABEL,
+    Incarnation,
+    LabelMark,
+    LabelTarget,
+    PendingLabel,
+    Verdict,
+    verdict_gist,
+)
 from state.spec import INDEX, N_FEATURES
 from state.transaction import StoreTransaction
 from state.units import DAY_MS
@@ -61,8 +84,6 @@ from topics.contracts import Label
 
 FRESH, REPEAT, REPLAY, CONFLICT, MISSING = 0, 1, 2, 3, 4
 _NEW_MERCHANT = INDEX["card_new_merchant_30d"]
-_label_json = msgspec.json.Encoder().encode
-_label_decode = msgspec.json.Decoder(Label).decode
 
 #: ``render(positions, matrix)``: the verdict bytes of the new transactions at
 #: ``positions`` (int array of indices into the batch), given their float32 rows
@@ -107,22 +128,32 @@ class MerchantOutcome:
     """For a new id its record; for a repeat, replay or conflict the first one's."""
 
 
-def relabels(first_ms: int, again_ms: int, horizon_ms: int) -> bool:
-    """Whether a second label of a transaction id counts as a new one.
+class LabelSource(NamedTuple):
+    """Where a label was read: its ``labels`` partition, offset and Kafka timestamp (ms)."""
 
-    The first label wins for ``horizon_ms``, judged on label times, so the answer does
-    not depend on the order labels are read in.
-    """
-    return again_ms - first_ms >= horizon_ms
+    partition: int
+    offset: int
+    record_ms: int
+
+
+_NO_SOURCE = LabelSource(-1, -1, 0)
 
 
 class LabelJoin(NamedTuple):
-    """A label and the verdict it judges (None: not scored here)."""
+    """A label in force for a scored transaction, and the verdict it judges (for feedback)."""
 
     label: Label
-    verdict: Verdict | None
+    verdict: Verdict
     replay: bool = False
     """Joined before a crash and lost with the process's memory: count it again."""
+    replaces: bool | None = None
+    """The truth this label replaces in label feedback (None: nothing to take back)."""
+    replaces_time: int = 0
+    """``label_time`` of the label it replaces (0: unknown, after a crash)."""
+
+
+def _truth(is_fraud: bool | None) -> int:
+    return NO_LABEL if is_fraud is None else int(is_fraud)
 
 
 class MerchantStore:
@@ -142,7 +173,15 @@ class MerchantStore:
                 break
             self._pending.add(key[1:].decode())
         self.unknown_labels = 0
-        """Labels whose transaction never arrived within the horizon (a running count)."""
+        """Labels for a transaction not known here (not scored, or past the horizon), that
+        wait (a running count; an exact repeat of the waiting label is not counted)."""
+        self.mismatched_labels = 0
+        """Labels naming another merchant than their transaction's (a running count)."""
+        self.expired: list[PendingLabel] = []
+        """Labels whose wait ended, for the dead-letter topic (:meth:`take_expired`)."""
+        self._expired_blobs: list[int] = []
+        self._redone: set[str] = set()
+        """Ids whose label feedback this process counted again after a crash (once each)."""
 
     @classmethod
     def open(cls, state_dir: Path, identity: StoreIdentity,
@@ -152,8 +191,32 @@ class MerchantStore:
                                 options))
 
     def resume(self, snapshot_seq: int) -> None:
-        """Record the sequence number of the recovery snapshot this process resumed from."""
+        """Record the sequence number of the recovery snapshot this process resumed from.
+
+        Labels that expired after that snapshot are handed on again (their dead letters
+        may have been lost with the crashed process).
+        """
         self.incarnation = Incarnation(snapshot_seq, self.db.seq)
+        # what the flow can resume from again: label feedback bases and kept blobs refer to it
+        self.db.safe = (min(self.db.safe[0], snapshot_seq), self.db.safe[1])
+        self._redone = set()
+        self.expired = []
+        self._expired_blobs = []
+        for key, value in self.db.db.items(from_key=keys.expired_labels_key(snapshot_seq + 1)):
+            if not isinstance(key, bytes) or key[:1] != keys.EXPIRED_LABELS:
+                break
+            self._expired_blobs.append(keys.unpack_u64(key[1:]))
+            self.expired += [PendingLabel.decode(r) for r in keys.unpack_keys(value)]
+
+    @property
+    def waiting(self) -> int:
+        """Labels waiting for their transaction."""
+        return len(self._pending)
+
+    def take_expired(self) -> list[PendingLabel]:
+        """The labels whose wait for their transaction ended since the last call."""
+        out, self.expired = self.expired, []
+        return out
 
     @property
     def seq(self) -> int:
@@ -251,19 +314,23 @@ class MerchantStore:
         ops = MerchantOps()
         waiting = [k for k, i in enumerate(fresh_list)
                    if batch.transaction_ids[i] in self._pending] if self._pending else []
-        labels: dict[int, Label] = {}
+        joined: dict[int, tuple[PendingLabel, contract.Current]] = {}
         if waiting:
             raws = db.get_many([keys.PENDING + batch.transaction_ids[fresh_list[k]].encode()
                                 for k in waiting])
-            labels = {k: _label_decode(r) for k, r in zip(waiting, raws, strict=True)
-                      if r is not None}
+            pending = {k: PendingLabel.decode(r) for k, r in zip(waiting, raws, strict=True)
+                       if r is not None}
             for k in range(f):
-                ops.txn(int(merchant_of[k]), int(inputs.event_ms[k]), k)
-                label = labels.get(k)
-                if label is not None and label.is_fraud and label.merchant_id == mids[
-                        fresh_list[k]]:  # the label waited for this transaction
-                    ops.aligned(int(merchant_of[k]), int(inputs.event_ms[k]), label.label_time,
-                                bool(familiar[k]))
+                t = int(inputs.event_ms[k])
+                ops.txn(int(merchant_of[k]), t, k)
+                waited = pending.get(k)
+                if waited is not None and contract.still_waiting(waited.first_ms, t,
+                                                                 self._txn_days):
+                    # the label waited for this transaction: it counts right after it
+                    label = waited.label
+                    current, effect = contract.first_label(label.label_time, label.is_fraud, t)
+                    ops.effect(int(merchant_of[k]), t, bool(familiar[k]), effect)
+                    joined[k] = (waited, current)
         else:
             ops.txns(merchant_of, inputs.event_ms, np.arange(f, dtype=np.int64))
         states = self._load(list(ids))
@@ -274,30 +341,53 @@ class MerchantStore:
         first = txn.next_seqs(f)
         joins: list[LabelJoin] = []
         event_ms = inputs.event_ms.tolist()
+        target_keys = [keys.TARGET + batch.transaction_ids[i].encode() for i in fresh_list]
         for k, i in enumerate(fresh_list):
             record = Verdict(int(batch.body[i]), first + k, int(batch.partition[i]),
                              int(batch.offset[i]), first, event_ms[k], bool(familiar[k]),
                              mids[i], outputs[k])
             txn.put(verdict_keys[i], record.encode())
+            txn.put(target_keys[k], LabelTarget(event_ms[k], first + k, bool(familiar[k]),
+                                                mids[i], verdict_gist(outputs[k])).encode())
             outcome.first[i] = record
             outcome.output[i] = outputs[k]
-        for k, label in labels.items():
-            tid = batch.transaction_ids[fresh_list[k]]
-            txn.delete(keys.PENDING + tid.encode())
-            joins.append(LabelJoin(label, outcome.first[fresh_list[k]]))
+        for k, (waited, current) in joined.items():
+            record = outcome.first[fresh_list[k]]
+            assert record is not None
+            key = batch.transaction_ids[fresh_list[k]].encode()
+            txn.delete(keys.PENDING + key)
+            txn.put(keys.LABEL + key, LabelMark(
+                current.label_time, txn.next_seqs(1), current.is_fraud, current.since,
+                NO_LABEL, True).encode())
+            joins.append(LabelJoin(waited.label, record))
         txn.put(keys.seq_key(first), matrix.tobytes())
         days = inputs.event_ms // DAY_MS
         txn.expire_many(days + self._txn_days, [verdict_keys[i] for i in fresh_list])
+        txn.expire_many(days + self._label_days, target_keys)
+        if joined:
+            txn.expire_many(days[list(joined)] + self._label_days,
+                            [keys.LABEL + batch.transaction_ids[fresh_list[k]].encode()
+                             for k in joined])
         txn.saw(int(days.max()))
         for merchant_id, state in zip(ids, new_states, strict=True):
             txn.put(keys.MERCHANT + merchant_id.encode(), state)
         txn.prune_rows()
-        expired = txn.sweep()
+        self._prune_expired(txn)
+        swept = txn.sweep()
+        if joined:
+            done = {keys.PENDING + batch.transaction_ids[fresh_list[k]].encode() for k in joined}
+            swept = [key for key in swept if key not in done]
+        expired = self._expire(txn, swept, first)
         txn.commit()
         self._remember(ids, new_states)
-        for k in labels:
+        for key in swept:
+            self._pending.discard(key[1:].decode())
+        for k, (waited, _) in joined.items():
             self._pending.discard(batch.transaction_ids[fresh_list[k]])
-        self._expired(expired)
+            self.mismatched_labels += waited.label.merchant_id != mids[fresh_list[k]]
+        if expired:
+            self.expired += expired
+            self._expired_blobs.append(first)
         outcome.kind[fresh] = FRESH
         outcome.rows[fresh] = matrix
         outcome.has_row[fresh] = True
@@ -321,7 +411,7 @@ class MerchantStore:
                 outcome.rows[i] = np.frombuffer(blob, np.float32, N_FEATURES, at)
                 outcome.has_row[i] = True
             label = LabelMark.decode(mark) if mark is not None else None
-            if label is not None and label.seq < first.seq:
+            if label is not None and label.at_scoring and self.incarnation.is_replay(label.seq):
                 # the label waited for this transaction and was joined when it was scored
                 joins.append(LabelJoin(Label(
                     transaction_id=tids[i], card_id="", merchant_id=first.merchant_id,
@@ -329,61 +419,85 @@ class MerchantStore:
         return joins
 
     # --- labels ------------------------------------------------------------------------
-    def apply_labels(self, labels: Sequence[Label]) -> list[LabelJoin]:
-        """Apply labels in order (first label of an id wins) in one WriteBatch.
+    def apply_labels(self, labels: Sequence[Label],
+                     sources: Sequence[LabelSource] | None = None) -> list[LabelJoin]:
+        """Apply labels in order, in one WriteBatch (see :mod:`state.labels`).
 
-        Returns the joins to count for label feedback: new labels whose
-        transaction is known (verdict) or not (None, and the label waits); and
-        labels applied before a crash whose join was lost (``replay``).
+        ``sources[i]``: where ``labels[i]`` was read (for its dead letter should it
+        expire). Returns the joins to count in label feedback: labels that changed the
+        truth in force of a scored transaction (``replaces`` the truth they take
+        back), and labels applied before a crash whose feedback was lost (``replay``).
+        Raises :class:`~state.errors.StoreIOError` when the write fails (nothing is
+        applied) or :class:`~state.errors.StateFormatError` on a corrupt state.
         """
         if not labels:
             return []
         with gc_paused():
-            return self._apply_labels(labels)
+            return self._apply_labels(labels, sources or [_NO_SOURCE] * len(labels))
 
-    def _apply_labels(self, labels: Sequence[Label]) -> list[LabelJoin]:
+    def _apply_labels(self, labels: Sequence[Label], sources: Sequence[LabelSource]
+                      ) -> list[LabelJoin]:
         db = self.db
-        tids = [lab.transaction_id for lab in labels]
+        tids = list(dict.fromkeys(lab.transaction_id for lab in labels))
+        n = len(tids)
         found = db.get_many([keys.LABEL + t.encode() for t in tids]
-                            + [keys.VERDICT + t.encode() for t in tids])
-        marks, verdicts = found[: len(labels)], found[len(labels):]
+                            + [keys.TARGET + t.encode() for t in tids]
+                            + [keys.PENDING + t.encode() for t in tids])
+        marks = {t: LabelMark.decode(r) if r is not None else None
+                 for t, r in zip(tids, found[:n], strict=True)}
+        targets = {t: LabelTarget.decode(r) if r is not None else None
+                   for t, r in zip(tids, found[n:2 * n], strict=True)}
+        pending = {t: PendingLabel.decode(r) if r is not None else None
+                   for t, r in zip(tids, found[2 * n:], strict=True)}
         txn = StoreTransaction(db)
+        safe = db.safe[0]
         joins: list[LabelJoin] = []
-        done: set[str] = set()
         ops = MerchantOps()
         ids: dict[str, int] = {}
-        waiting: list[str] = []
-        for label, mark_raw, verdict_raw in zip(labels, marks, verdicts, strict=True):
+        unknown = mismatched = 0
+        for label, source in zip(labels, sources, strict=True):
             tid = label.transaction_id
-            if tid in done:
+            target = targets[tid]
+            if target is None or not contract.joinable(target.event_time, label.label_time,
+                                                       self._label_days):
+                # not scored here (yet), or past the label horizon (its record may linger)
+                unknown += self._wait(txn, label, source, pending)
                 continue
-            done.add(tid)
-            verdict = Verdict.decode(verdict_raw) if verdict_raw is not None else None
-            mark = LabelMark.decode(mark_raw) if mark_raw is not None else None
-            if mark is not None and not relabels(mark.label_time, label.label_time,
-                                                 db.options.label_horizon_ms):
-                if self.incarnation.is_replay(mark.seq) and (
-                        verdict is None or verdict.seq < mark.seq):
-                    joins.append(LabelJoin(label, verdict, replay=True))
+            verdict = target.verdict()
+            mark = marks[tid]
+            current = (contract.Current(mark.label_time, mark.is_fraud, mark.since)
+                       if mark is not None else None)
+            resolved = contract.resolve(current, label.label_time, label.is_fraud,
+                                        verdict.event_time)
+            if resolved is None:  # a repeat or an older label: nothing changes
+                if (mark is not None and tid not in self._redone and not mark.at_scoring
+                        and (mark.label_time, mark.is_fraud) == (label.label_time,
+                                                                 label.is_fraud)
+                        and self.incarnation.is_replay(mark.seq)):
+                    self._redone.add(tid)  # applied before a crash: its feedback was lost
+                    joins.append(LabelJoin(label, verdict, replay=True,
+                                           replaces=None if mark.base == NO_LABEL
+                                           else bool(mark.base)))
                 continue
-            seq = txn.next_seqs(1)
-            key = keys.LABEL + tid.encode()
-            txn.put(key, LabelMark(label.label_time, seq, label.is_fraud).encode())
-            label_day = label.label_time // DAY_MS
-            # kept past the label horizon (see relabels), so the sweep never decides a repeat
-            txn.expire(label_day + self._label_days + self._txn_days, key)
-            if label.is_fraud:
-                m = ids.setdefault(label.merchant_id, len(ids))
-                ops.fraud(m, label.label_time)
-                if verdict is not None and verdict.merchant_id == label.merchant_id:
-                    ops.aligned(m, verdict.event_time, label.label_time, verdict.familiar)
-            if verdict is None:
-                pending = keys.PENDING + tid.encode()
-                txn.put(pending, _label_json(label))
-                txn.expire(label_day + self._txn_days, pending)
-                waiting.append(tid)
-            joins.append(LabelJoin(label, verdict))
+            new, effect = resolved
+            if mark is None:
+                base = NO_LABEL
+                txn.expire(verdict.event_time // DAY_MS + self._label_days,
+                           keys.LABEL + tid.encode())
+            else:
+                base = _truth(mark.is_fraud) if mark.seq <= safe else mark.base
+            marks[tid] = written = LabelMark(new.label_time, txn.next_seqs(1), new.is_fraud,
+                                             new.since, base, False)
+            txn.put(keys.LABEL + tid.encode(), written.encode())
+            mismatched += label.merchant_id != verdict.merchant_id
+            ops.effect(ids.setdefault(verdict.merchant_id, len(ids)), verdict.event_time,
+                       verdict.familiar, effect)
+            if mark is None or mark.is_fraud != new.is_fraud:
+                joins.append(LabelJoin(label, verdict,
+                                       replaces=None if mark is None else mark.is_fraud,
+                                       replaces_time=0 if mark is None else mark.label_time))
         if txn.seq == db.seq:
+            self.unknown_labels += unknown
             return joins
         new_states: list[bytes] = []
         if ids:
@@ -392,8 +506,55 @@ class MerchantStore:
                 txn.put(keys.MERCHANT + merchant_id.encode(), state)
         txn.commit()
         self._remember(ids, new_states)
-        self._pending.update(waiting)
+        self._pending.update(t for t, p in pending.items() if p is not None)
+        self.unknown_labels += unknown
+        self.mismatched_labels += mismatched
         return joins
+
+    def _wait(self, txn: StoreTransaction, label: Label, source: LabelSource,
+              pending: dict[str, PendingLabel | None]) -> int:
+        """Keep ``label`` waiting for its transaction unless one that wins waits already.
+
+        Returns how many labels to count as unknown (0 for an exact repeat of the
+        waiting label, unless it was applied before a crash).
+        """
+        tid = label.transaction_id
+        waiting = pending[tid]
+        if waiting is not None:
+            old = waiting.label
+            if (old.label_time, old.is_fraud) == (label.label_time, label.is_fraud):
+                return int(self.incarnation.is_replay(waiting.seq))
+            if not contract.supersedes(label.label_time, label.is_fraud, old.label_time,
+                                       old.is_fraud):
+                return 1
+        seq = txn.next_seqs(1)
+        first_ms = waiting.first_ms if waiting is not None else label.label_time
+        pending[tid] = record = PendingLabel(label, source.partition, source.offset,
+                                             source.record_ms, first_ms, seq)
+        key = keys.PENDING + tid.encode()
+        txn.put(key, record.encode())
+        if waiting is None:
+            txn.expire(first_ms // DAY_MS + self._txn_days, key)
+        return 1
+
+    def _expire(self, txn: StoreTransaction, swept: list[bytes], seq: int
+                ) -> list[PendingLabel]:
+        """The pending labels among ``swept`` (deleted by this batch), kept under ``e<seq>``."""
+        if not swept:
+            return []
+        raws = [r for r in self.db.get_many(swept) if r is not None]
+        if raws:
+            txn.put(keys.expired_labels_key(seq), keys.pack_keys(raws))
+        return [PendingLabel.decode(r) for r in raws]
+
+    def _prune_expired(self, txn: StoreTransaction) -> None:
+        """Forget expired labels handed on before the last recovery snapshot."""
+        safe = self.db.safe[0]
+        done = [s for s in self._expired_blobs if s <= safe]
+        if done:
+            for s in done:
+                txn.delete(keys.expired_labels_key(s))
+            self._expired_blobs = [s for s in self._expired_blobs if s > safe]
 
     # --- merchant states ---------------------------------------------------------------
     def _load(self, merchant_ids: list[str]) -> list[bytes | None]:
@@ -417,12 +578,6 @@ class MerchantStore:
         if excess > 0:
             for m in list(cache)[:excess]:
                 del cache[m]
-
-    def _expired(self, pending_keys: list[bytes]) -> None:
-        """Labels that waited in vain: forget them, count them."""
-        for key in pending_keys:
-            self._pending.discard(key[1:].decode())
-        self.unknown_labels += len(pending_keys)
 
     def close(self) -> None:
         """Close the store."""

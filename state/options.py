@@ -50,11 +50,12 @@ class StoreOptions:
     max_open_files: int = 256
     #: Decoded merchant states kept in memory per merchant store (least recently used evicted).
     merchant_cache: int = 20_000
-    #: Transaction ids remembered (re-delivery detection, stored verdicts for re-emission and
-    #: label feedback), by event time. Also the horizon of labels waiting for their transaction.
+    #: Transaction ids remembered (re-delivery detection, stored verdicts for re-emission),
+    #: by event time. Also how long a label waits for its transaction.
     txn_horizon_ms: int = 35 * DAY_MS
-    #: Applied-label markers kept this long after their label time (idempotent labels).
-    label_horizon_ms: int = 62 * DAY_MS
+    #: How long after its transaction (UTC days) a label still joins it: a compact record
+    #: per scored transaction and its label in force are kept this long (state.labels).
+    label_horizon_ms: int = 180 * DAY_MS
     #: Feature rows of recent verdicts kept for recounting drift after a crash (per store).
     recent_rows: int = 200_000
     #: Expiry index entries processed per batch (spreads each day's expiry over many batches).

@@ -23,11 +23,12 @@ from typing import NamedTuple
 
 import msgspec
 
-from topics.contracts import Transaction
+from topics.contracts import Label, Transaction
 
 _SEEN = struct.Struct("<QQiqQ")
 _VERDICT = struct.Struct("<QQiqQq?H")
-_LABEL = struct.Struct("<qQ?")
+_LABEL = struct.Struct("<qQ?qb?")
+_TARGET = struct.Struct("<qQ?H")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -86,21 +87,125 @@ class Verdict(NamedTuple):
                    raw[_VERDICT.size:start].decode(), raw[start:])
 
 
-class LabelMark(NamedTuple):
-    """The first label applied for a transaction id (key ``l<transaction_id>``)."""
+class VerdictGist(msgspec.Struct, omit_defaults=True, gc=False):
+    """What label feedback needs of a published verdict (fields of ``Prediction``)."""
 
-    label_time: int
+    score: float
+    decision: str
+    model_version: str
+    shadow_score: float | None = None
+    shadow_decision: str | None = None
+    shadow_model_version: str | None = None
+
+
+_gist_decode = msgspec.json.Decoder(VerdictGist).decode
+
+
+def verdict_gist(output: bytes) -> bytes:
+    """The compact JSON of a verdict's :class:`VerdictGist` (the bytes unchanged if not one)."""
+    try:
+        return _encode(_gist_decode(output))
+    except msgspec.DecodeError:
+        return output
+
+
+class LabelTarget(NamedTuple):
+    """What a label needs of a scored transaction (key ``j<transaction_id>``).
+
+    Kept for the label horizon (``FRAUD_LABEL_HORIZON_DAYS``), well past the stored
+    verdict, so a chargeback months late still joins: about 20 bytes plus the merchant
+    id and the verdict's gist (:class:`VerdictGist`, about 80 bytes of JSON).
+    """
+
+    event_time: int
     seq: int
-    is_fraud: bool
+    """Store sequence number of its verdict."""
+    familiar: bool
+    """The card had used this merchant in the 30 days before (a regular customer)."""
+    merchant_id: str
+    gist: bytes
+    """:func:`verdict_gist` of the published verdict (decision and model, for feedback)."""
 
     def encode(self) -> bytes:
-        """17 bytes."""
+        """19 bytes plus the merchant id and the gist."""
+        merchant = self.merchant_id.encode()
+        return _TARGET.pack(self.event_time, self.seq, self.familiar, len(merchant)) + (
+            merchant + self.gist)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LabelTarget:
+        """Inverse of :meth:`encode`."""
+        event_time, seq, familiar, n = _TARGET.unpack_from(raw)
+        start = _TARGET.size + n
+        return cls(event_time, seq, familiar, raw[_TARGET.size:start].decode(), raw[start:])
+
+    def verdict(self) -> Verdict:
+        """A :class:`Verdict` with what label feedback reads (``output`` is the gist)."""
+        return Verdict(0, self.seq, -1, -1, 0, self.event_time, self.familiar,
+                       self.merchant_id, self.gist)
+
+
+NO_LABEL = -1
+"""``LabelMark.base`` of a transaction that had no label at the last recovery snapshot."""
+
+
+class LabelMark(NamedTuple):
+    """The label in force for a scored transaction (key ``l<transaction_id>``).
+
+    See :mod:`state.labels` for which label is in force.
+    """
+
+    label_time: int
+    """ms, of the label in force."""
+    seq: int
+    """Store sequence number of the change that wrote this mark."""
+    is_fraud: bool
+    since: int
+    """ms: when its truth took effect for the merchant (:attr:`state.labels.Current.since`)."""
+    base: int
+    """The truth in force at the last recovery snapshot before this mark was written
+    (1 fraud, 0 not fraud, :data:`NO_LABEL`): what label feedback replaces when a
+    crash makes this label's feedback be counted again."""
+    at_scoring: bool
+    """The label waited for its transaction and joined when the transaction was scored."""
+
+    def encode(self) -> bytes:
+        """27 bytes."""
         return _LABEL.pack(*self)
 
     @classmethod
     def decode(cls, raw: bytes) -> LabelMark:
         """Inverse of :meth:`encode`."""
         return cls(*_LABEL.unpack(raw))
+
+
+class PendingLabel(msgspec.Struct, array_like=True, gc=False):
+    """A label waiting for its transaction (key ``p<transaction_id>``): the one that wins so far.
+
+    ``partition``, ``offset`` and ``record_ms`` (its Kafka timestamp) say where it is on
+    ``labels``, for the dead letter when it expires.
+    """
+
+    label: Label
+    partition: int
+    offset: int
+    record_ms: int
+    first_ms: int
+    """``label_time`` of the first label of this id that waited (the wait starts then)."""
+    seq: int
+    """Store sequence number of the change that wrote it."""
+
+    def encode(self) -> bytes:
+        """Compact JSON (an array)."""
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PendingLabel:
+        """Inverse of :meth:`encode`."""
+        return _pending_decode(raw)
+
+
+_pending_decode = msgspec.json.Decoder(PendingLabel).decode
 
 
 class Incarnation(NamedTuple):

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.process import FlowProcess
+from rules.signing import dev_keys
 from topics.contracts import DeadLetter, Label, Prediction, Transaction
 from topics.settings import KafkaSettings
 
@@ -128,19 +129,40 @@ def topic_set(kafka: KafkaSettings, name: str) -> KafkaSettings:
     return dataclasses.replace(kafka, topic_prefix=prefix, topic_overrides={})
 
 
+#: The PAN tokenisation key of the test flows (``FRAUD_PAN_KEY_FILE``): a PAN sent as
+#: ``card_id`` is tokenised, as in production, and tests can compute its token.
+TEST_PAN_KEY = b"fraudstream test PAN tokenisation key, 32+ bytes"
+
+
+def pan_key_file(work: Path) -> Path:
+    """Write :data:`TEST_PAN_KEY` to ``work/secrets/pan.key`` (mode 0600) and return its path."""
+    path = work / "secrets" / "pan.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(TEST_PAN_KEY)
+    path.chmod(0o600)
+    return path
+
+
+#: The dev analysts (maker and checker, ``.dev/rules-keys/``, made on first use): the test
+#: flows trust them (``FRAUD_RULES_TRUSTED_KEYS``) and tests sign their rules with them.
+RULE_KEYS = dev_keys(Path(__file__).resolve().parents[1] / ".dev" / "rules-keys")
+
+
 def flow_env(settings: KafkaSettings, model_path: Path, work: Path,
              **extra: str) -> dict[str, str]:
     """The flow's ``FRAUD_*`` environment for one topic set; ``extra`` adds or overrides.
 
     Eight card and eight merchant shards, as a cluster runs (``k8s/``): the tests exercise
-    routing over many shards; the demo and the bench run the one-process default.
+    routing over many shards; the demo and the bench run the one-process default. PANs
+    sent as ``card_id`` are tokenised with :data:`TEST_PAN_KEY` (written under ``work``).
     """
     return {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
             "FRAUD_CARD_SHARDS": "8", "FRAUD_MERCHANT_SHARDS": "8",
             "FRAUD_TOPIC_PREFIX": settings.topic_prefix, "FRAUD_STATE_DIR": str(work / "state"),
             "FRAUD_SAMPLE_DIR": str(work / "samples"),
             "FRAUD_MODEL_PATH": str(model_path), "FRAUD_METRICS_PORT": "0",
-            "FRAUD_LOG_LEVEL": "WARNING", **extra}
+            "FRAUD_LOG_LEVEL": "WARNING", "FRAUD_PAN_KEY_FILE": str(pan_key_file(work)),
+            "FRAUD_RULES_TRUSTED_KEYS": str(RULE_KEYS.trusted), **extra}
 
 
 def input_positions(settings: KafkaSettings, count: int) -> dict[str, tuple[int, int]]:

@@ -27,6 +27,7 @@ from flows.merchant_stage import MerchantLogic, MerchantSnapshot, RuleRecord
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource
 from rules.book import RuleBook
+from rules.signing import TrustedKeys, dev_keys, sign_json
 from state.card_store import CardStore
 from state.db import StoreIdentity
 from state.merchant_store import MerchantStore
@@ -34,6 +35,11 @@ from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from topics.contracts import Label, Prediction, Transaction
 from topics.currency import default_rates, reference_amount
+
+#: The dev analysts (.dev/rules-keys/, made on first use), trusted by the stages' rule books.
+_KEYS = dev_keys(Path(__file__).resolve().parents[1] / ".dev" / "rules-keys")
+TRUST = TrustedKeys.from_file(_KEYS.trusted)
+SIGNERS = (_KEYS.maker, _KEYS.checker)
 
 Event = Transaction | Label
 LABEL_PARTITIONS = 1
@@ -124,8 +130,8 @@ class Stages:
             drift = (resumed.drift if resumed is not None else None) or (
                 PartitionDrift(shard, drift_window_ms, 0, n_inputs=card_shards)
                 if drift_window_ms else None)
-            book = (RuleBook.restore(resumed.rules) if resumed is not None and resumed.rules
-                    else RuleBook())
+            book = (RuleBook.restore(resumed.rules, trust=TRUST)
+                    if resumed is not None and resumed.rules else RuleBook(trust=TRUST))
             return MerchantScorer(store, champion, shadow, drift=drift, rules=book, shard=shard)
 
         self.merchants = {
@@ -194,13 +200,18 @@ class Stages:
         else:
             work[out[0]].append(out[1])
 
-    def publish_rules(self, topic: str, records: Sequence[tuple[str, object | None]]) -> None:
-        """``rules``/``lists`` records (key, JSON-able value or None), to every shard."""
+    def publish_rules(self, topic: str, records: Sequence[tuple[str, object | None]],
+                      signed: bool = True) -> None:
+        """``rules``/``lists`` records (key, JSON-able value or None), to every shard.
+
+        ``signed``: by the dev maker and checker (a loosening change takes effect).
+        """
         raws = []
         for key, value in records:
             offset = self._rule_offsets.get(topic, -1) + 1
             self._rule_offsets[topic] = offset
             raws.append(RawRecord(key.encode(), None if value is None
+                                  else sign_json(topic, value, SIGNERS) if signed
                                   else msgspec.json.encode(value), topic, 0, offset, 0))
         for shard, logic in sorted(self.merchants.items()):
             out, _ = logic.on_batch([RuleRecord(shard, r) for r in raws])

@@ -8,10 +8,11 @@ Evolving a contract: any change to a topic's fields bumps ``SCHEMA_VERSION`` of
 that topic and gets a new schema file (``topics/schemas/<topic>.v<N>.json``; old
 files stay). An added field is optional and omitted when it has its default, so a
 message of the previous version decodes unchanged and a record that uses no new
-field has the same bytes as before. Versions now: transactions v2 (cardholder
-billing amount and currency, amount 0 allowed), predictions v2 (rule hits, the
-model's own decision, reference amount, clamped event time), dead-letter v2
-(bounded copies with length and SHA-256), labels v1, drift v1.
+field has the same bytes as before. Versions now: transactions v3 (v2: cardholder
+billing amount and currency, amount 0 allowed; v3: ``card_bin``, ``card_last4``),
+predictions v3 (v2: rule hits, the model's own decision, reference amount, clamped
+event time; v3: ``amount_unrated``, ``rate_table``), dead-letter v3 (v2: bounded
+copies with length and SHA-256; v3: card data masked, ``masked``), labels v1, drift v1.
 
 >>> import msgspec
 >>> txn = Transaction(transaction_id="t1", card_id="c1", merchant_id="m1",
@@ -63,10 +64,32 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     ``event_time`` is epoch milliseconds once validated; on the wire an RFC 3339
     string with an offset, or an integral JSON float, is also accepted (see
     ``topics.validation``).
+
+    ``card_id`` is a token, never a card number (PAN): a PAN sent there (13-19
+    digits, Luhn-valid, spaces or dashes allowed) is tokenised at decode with a
+    keyed hash, or refused without a key (:mod:`topics.pan`). v3: ``card_bin`` and
+    ``card_last4`` are the BIN (first 6 digits, or 8 for PANs of 16+ digits) and
+    the last 4 digits, for BIN lists and display; sent by a tokenising producer,
+    or kept at decode from a PAN.
     """
 
     transaction_id: Id
-    card_id: Id
+    card_id: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=128,
+            description="Card token (opaque; never a PAN: a PAN here is tokenised at decode "
+            "with HMAC-SHA-256, or refused when no key is configured).",
+        ),
+    ]
+    card_bin: Annotated[
+        str,
+        msgspec.Meta(pattern="^[0-9]{6,8}$",
+                     description="BIN/IIN of the card (ISO/IEC 7812-1), 6 or 8 digits (v3)."),
+    ] | None = None
+    card_last4: Annotated[
+        str, msgspec.Meta(pattern="^[0-9]{4}$", description="Last 4 digits of the PAN (v3).")
+    ] | None = None
     merchant_id: Id
     amount: Annotated[
         float,
@@ -113,7 +136,7 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     customer_id: Id | None = None
     attributes: dict[str, AttributeValue] | None = None
 
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     #: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
     WIRE_TIME_FIELDS = ("event_time",)
 
@@ -206,6 +229,36 @@ class ListEntry(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, g
     WIRE_TIME_FIELDS = ENTRY_TIME_FIELDS
 
 
+class RuleAudit(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
+    """One rule or list change as published, on ``rules-audit`` (append-only, never compacted).
+
+    Written by the publisher (``just rules``) before the change itself, so no change
+    takes effect without its entry; the flow's refusals are on ``dead-letter``.
+    ``outcome`` is what the publisher expects the flow to do: ``in_force`` (at
+    ``valid_from``), or ``pending`` (it loosens decisions, ``loosens`` says how,
+    and waits for a second analyst). ``value`` is the exact record published
+    (``value_sha256`` its SHA-256), so the history survives a compacted topic.
+    """
+
+    time: EpochMs
+    analyst: Annotated[str, msgspec.Meta(description="Who signed this publication.")]
+    command: Literal["add", "update", "disable", "delete", "approve", "add-entries",
+                     "remove-entries"]
+    topic: Literal["rules", "lists"]
+    key: Annotated[str, msgspec.Meta(description="Rule id or `<list>/<value>`.")]
+    version: int | None = None
+    outcome: Literal["in_force", "pending"]
+    signers: list[str]
+    loosens: str = ""
+    reason: Annotated[str, msgspec.Meta(max_length=500, description="Why, in the analyst's "
+                                        "words (--reason).")] = ""
+    value: str
+    value_sha256: str
+    schema_version: int = 1
+
+    SCHEMA_VERSION = 1
+
+
 class RuleHit(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """One business rule that matched a transaction, and what it did (or would do)."""
 
@@ -234,6 +287,14 @@ class Prediction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     features used the record timestamp instead; ``amount_reference`` is the
     amount the features used, in ``reference_currency`` (billing amount when the
     transaction had one), converted with the rate table in the model's metadata.
+
+    v3 fields: ``amount_unrated`` is true when no rate converted the amount (no
+    billing amount in the reference currency or a rated one, no rate for the
+    transaction currency): the transaction was scored with its amount features at
+    their neutral values, ``amount_reference`` is absent and a reason
+    ``amount_unrated`` names the currency; ``rate_table`` is the version of the rate
+    table the flow converted with (the model's, plus the operator's rates file,
+    e.g. ``ecb-2026-10-30+pegs.1+treasury-2026-12-07``).
     """
 
     transaction_id: Id
@@ -275,9 +336,20 @@ class Prediction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     reference_currency: Annotated[
         str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code of amount_reference.")
     ] | None = None
-    schema_version: int = 2
+    amount_unrated: Annotated[
+        bool,
+        msgspec.Meta(
+            description="No rate converted the amount: scored with neutral amount features "
+            "(see the reason amount_unrated)."
+        ),
+    ] = False
+    rate_table: Annotated[
+        str | None,
+        msgspec.Meta(description="Version of the rate table amounts were converted with."),
+    ] = None
+    schema_version: int = 3
 
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
 
 
 class Label(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -397,12 +469,25 @@ ErrorClass = Literal[
     "rule_compile",
     "rule_conflict",
     "list_invalid",
+    # not signed by a trusted analyst (or a tombstone): docs/rules-security.md
+    "rule_unauthenticated",
+    "list_unauthenticated",
+    # over the rule cost budget, or beyond the cap on rules in force: rules/cost.py
+    "rule_too_costly",
+    "too_many_rules",
+    # a new list entry beyond the cap of its list or of all lists: rules/cost.py
+    "list_full",
+    # card data (issue 22): a PAN where a token belongs and no key to tokenise it
+    "pan_in_clear",
+    # a label whose transaction never became known to the merchant stage: state/labels.py
+    "label_unjoined",
 ]
 """Why a record went to the dead-letter topic (a bounded set: it is a metric label).
 
 v2 adds ``amount_precision`` (more decimals than the currency's ISO 4217 minor
 units), ``amount_limit`` (above the per-currency limit, expressed in the reference
-currency), ``unknown_rate`` (no exchange rate for the currency in the rate table),
+currency), ``unknown_rate`` (no exchange rate for the currency in the rate table; no
+longer raised since predictions v3: such an amount is scored, ``amount_unrated``),
 ``duplicate_conflict`` (a transaction id already seen with a different body),
 ``mis_keyed`` (a record on the wrong partition for its card, when routing is
 configured to refuse) and ``internal_error`` (a bug met this record; the flow
@@ -418,6 +503,12 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     length and SHA-256 of the value, so a dead letter always fits the topic whatever
     the input. ``time`` is the source record's Kafka timestamp, so a dead letter
     re-emitted after a replay is byte-identical.
+
+    v3: the copies (key, value, reason) never hold card data in clear: PANs keep at
+    most their first 6 and last 4 digits, card verification codes, track and PIN
+    data are masked (``*``, same length; :func:`topics.pan.scrub`). ``masked`` says
+    so, and ``value_sha256`` is then the hash of the masked value: an unkeyed hash of
+    a value holding a PAN could be reversed by trying the hidden digits.
     """
 
     source_topic: str
@@ -439,7 +530,8 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         int | None, msgspec.Meta(description="Full value length in bytes (v2; absent: no value).")
     ] = None
     value_sha256: Annotated[
-        str | None, msgspec.Meta(description="Hex SHA-256 of the full value (v2).")
+        str | None,
+        msgspec.Meta(description="Hex SHA-256 of the full value (v2), as masked (v3)."),
     ] = None
     value_complete: Annotated[
         bool, msgspec.Meta(description="False when value_b64 holds only a prefix (v2).")
@@ -463,6 +555,11 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     expected_partition: Annotated[
         int | None, msgspec.Meta(description="mis_keyed: the card's partition.")
     ] = None
-    schema_version: int = 2
+    masked: Annotated[
+        bool,
+        msgspec.Meta(description="Card data (PAN digits, CVV, track or PIN data) was masked "
+                     "in the key, value or reason copies (v3)."),
+    ] = False
+    schema_version: int = 3
 
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3

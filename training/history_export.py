@@ -14,8 +14,11 @@ the bring-your-own history format of :mod:`training.history`. Point-in-time rule
   timestamp, then partition and offset) wins; a later one with another body is
   counted as a conflict (the flow dead-letters it as ``duplicate_conflict``);
 - **labels**: only those known at ``--as-of`` (default: now) count; for each
-  transaction the **first** label (lowest ``label_time``, then arrival) gives
-  ``is_fraud`` and ``label_time``, as the stream applies only a transaction's first label;
+  transaction the label **in force** gives ``is_fraud`` and ``label_time``: the latest
+  by ``(label_time, is_fraud)`` (a fraud label wins a tie), as the stream resolves a
+  transaction's labels (:mod:`state.labels`: a chargeback reversed later is not fraud).
+  The file holds one label per transaction, so a transaction scored while a later
+  reversed chargeback was in force saw it in the stream, not in this file;
 - a transaction **without a label is legitimate so far**: ``is_fraud = false`` and
   ``label_time = as_of + --legit-delay-days`` (default 7), i.e. "still unlabelled at the
   end of the export": training counts it as legitimate at every cut-off, and its
@@ -39,6 +42,7 @@ from typing import Any
 
 import msgspec
 
+from state.labels import supersedes
 from topics.contracts import Label, Transaction
 from topics.errors import FraudStreamError
 from training.history import DAY_MS, OPTIONAL, REQUIRED
@@ -140,7 +144,7 @@ def build_history(
             continue
         kept[result.transaction_id] = (result, body)
     ldecoder = LabelDecoder()
-    labels: dict[str, tuple[tuple[int, int, int, int], Label]] = {}
+    labels: dict[str, tuple[tuple[int, ...], Label]] = {}
     for rec in label_records:
         stats.labels_read += 1
         lab = ldecoder.decode(rec.value, now)
@@ -150,11 +154,12 @@ def build_history(
         if lab.label_time > as_of_ms:
             stats.labels_after_as_of += 1
             continue
-        key = (lab.label_time, *order(rec))
+        key = (lab.label_time, int(lab.is_fraud), *order(rec))
         seen = labels.get(lab.transaction_id)
         if seen is not None:
             stats.labels_repeated += 1
-            if seen[0] <= key:
+            if not supersedes(lab.label_time, lab.is_fraud, seen[1].label_time,
+                              seen[1].is_fraud):
                 continue
         labels[lab.transaction_id] = (key, lab)
     stats.labels_without_transaction = sum(1 for t in labels if t not in kept)

@@ -14,7 +14,10 @@ Output (Parquet, or CSV when ``--out`` ends with ``.csv``), one row per transact
 in event-time order: ``transaction_id, card_id, merchant_id, event_time`` (epoch ms),
 ``score`` (float32 fraud probability), ``decision`` (approve/review/decline),
 ``model_version``, ``feature_spec_version``, ``reasons`` (Parquet: list of
-``{feature, text}``; CSV: JSON text) and ``reason_features`` (comma-separated).
+``{feature, text}``; CSV: JSON text), ``reason_features`` (comma-separated),
+``amount_reference`` (float64, reference currency; NaN when no rate converted it),
+``amount_unrated`` and ``rate_table``, as the flow's verdict (``--rates-file`` as
+``FRAUD_RATES_FILE``).
 Exit codes: 0 written, 1 model refused, 2 bad input.
 """
 
@@ -66,12 +69,25 @@ def _with_labels_column(path: Path) -> tuple[Path | IO[bytes], str | None]:
 
 
 def score_history(history: Any, model: Any, max_reasons: int = 3,
-                  progress: Any = None) -> dict[str, Any]:
-    """Columns of the verdicts of every transaction of ``history`` (see module docstring)."""
+                  progress: Any = None, rates_file: Path | None = None) -> dict[str, Any]:
+    """Columns of the verdicts of every transaction of ``history`` (see module docstring).
+
+    Amounts convert as in the flow: the model's rate table, then ``rates_file`` (the
+    operator's rates, :func:`topics.currency.load_rates_file`), then the committed
+    table; a row no rate converts is scored with neutral amount features, flagged
+    ``amount_unrated`` and given the same first model reason as in its verdict.
+    Raises :class:`topics.currency.RateTableError` for a bad rates file.
+    """
+    from flows.serving import model_rates
     from scoring.reasons import ReasonExplainer
+    from scoring.render import unrated_reasons
+    from topics.currency import load_rates_file, reference_amount, serving_rates
     from training.features import point_in_time_features
 
-    X = point_in_time_features(history, progress)
+    rates = serving_rates(model_rates(model),
+                          load_rates_file(rates_file) if rates_file is not None else None)
+    X = point_in_time_features(history, progress, reference_currency=rates.reference,
+                               rates=rates)
     scores = np.concatenate([model.predict(X[i:i + BATCH]) for i in range(0, len(X), BATCH)]) \
         if len(X) else np.zeros(0, np.float32)
     decisions = model.decide(scores)
@@ -83,6 +99,10 @@ def score_history(history: Any, model: Any, max_reasons: int = 3,
                             strict=True):
             reasons[i] = codes
     txns = history.transactions
+    amounts = np.fromiter((reference_amount(t, rates) for t in txns), np.float64, len(txns))
+    unrated = np.isnan(amounts)
+    for i in np.flatnonzero(unrated).tolist():
+        reasons[i] = unrated_reasons(txns[i], reasons[i], rates.reference, rates.version)
     return {
         "transaction_id": [t.transaction_id for t in txns],
         "card_id": [t.card_id for t in txns],
@@ -94,19 +114,28 @@ def score_history(history: Any, model: Any, max_reasons: int = 3,
         "feature_spec_version": [model.feature_spec_version] * len(txns),
         "reasons": [[{"feature": r.feature, "text": r.text} for r in rs] for rs in reasons],
         "reason_features": [",".join(r.feature for r in rs) for rs in reasons],
+        "amount_reference": amounts,
+        "amount_unrated": unrated.tolist(),
+        "rate_table": [rates.version] * len(txns),
     }
 
 
 def write_verdicts(columns: dict[str, Any], out: Path) -> None:
-    """Parquet, or CSV (reasons as JSON text) when ``out`` ends with ``.csv``."""
+    """Parquet, or CSV (reasons as JSON text) when ``out`` ends with ``.csv``.
+
+    CSV text cells that a spreadsheet would run as a formula get a ``'`` in front
+    (:mod:`topics.csvsafe`).
+    """
     import pyarrow as pa
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if str(out).lower().endswith(".csv"):
         import pandas as pd
 
+        from topics.csvsafe import neutralise_frame
+
         frame = pd.DataFrame({**columns, "reasons": [json.dumps(r) for r in columns["reasons"]]})
-        frame.to_csv(out, index=False)
+        neutralise_frame(frame).to_csv(out, index=False)
         return
     import pyarrow.parquet as pq
 
@@ -132,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="model file or directory (default models/current)")
     p.add_argument("--reasons", type=int, default=3, choices=range(0, 6), metavar="N",
                    help="reason codes per review/decline verdict, 0-5 (default 3, as the flow)")
+    p.add_argument("--rates-file", type=Path, default=None,
+                   help="the operator's rates of the day (JSON, as FRAUD_RATES_FILE) for "
+                        "currencies the model's rate table lacks")
     p.add_argument("--label-delay-days", type=float, default=7.0,
                    help="label_time of labelled rows without one: event_time + this (default 7)")
     args = p.parse_args(argv)
@@ -143,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       markup=False, soft_wrap=True)
 
     from export.model import load_model
+    from topics.currency import RateTableError
     from training.history import HistoryError, load_history
 
     try:
@@ -159,8 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     say(f"{len(history):,} transactions; replaying through state for point-in-time features")
-    columns = score_history(history, model, args.reasons,
-                            lambda n: say(f"  replayed {n:,} transactions"))
+    try:
+        columns = score_history(history, model, args.reasons,
+                                lambda n: say(f"  replayed {n:,} transactions"), args.rates_file)
+    except RateTableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.out is None:
         args.out = args.data.with_name(f"{args.data.stem}.verdicts.parquet")
     write_verdicts(columns, args.out)

@@ -36,8 +36,9 @@
    validated level because the refitted model ranks at least as well at equal volume,
    which is an assumption: ``--protocol prequential`` measures exactly this procedure
    (refit before each block, recalibrate, score the block) and reports it;
-9. write ``model.pkl`` (the served model) and the report into ``--out``, with the time
-   of each phase.
+9. write ``model.pkl`` (the served model, for notebooks) and the report into ``--out``,
+   with the time of each phase; the CLI also writes ``--out/handover/`` (ONNX and
+   Parquet, :mod:`export.handover`), the only thing ``just export-onnx`` reads.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from export.metadata import Thresholds
+from export.pseudonym import card_pseudonyms
 from topics.errors import FraudStreamError
 from training.artifact import TrainedModel
 
@@ -751,7 +753,7 @@ def train_on_features(
         model_version=model_version, params=metrics["config"], reference_labels=is_fraud[ref],
         feature_context=dict(feature_context), holdout_labels=is_fraud[hold],
         holdout_event_time=np.asarray(event_time[hold], dtype=np.int64),
-        holdout_card_id=np.asarray(card_id[hold], dtype=object),
+        holdout_card_id=card_pseudonyms(card_id[hold]),  # no card id in the artifact
         holdout_scores=(test_scores["ensemble"][np.searchsorted(te, hold)].astype(np.float32)
                         if cfg.refit else None),
     )
@@ -943,6 +945,14 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     except FraudStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from export.handover import Handover
+
+    try:  # ONNX + Parquet for `just export-onnx`, which never unpickles model.pkl
+        where = Handover.from_trained(trained).save(args.out)
+    except FraudStreamError as exc:
+        print(f"error: trained, but cannot hand the model over to export: {exc}", file=sys.stderr)
+        return 1
+    say(f"wrote {where}/ (ONNX, parity-checked; what `just export-onnx` reads)")
     from training.tracking import log_training_run
 
     run_id = log_training_run(trained, args.out)  # only with MLFLOW_TRACKING_URI set

@@ -25,6 +25,7 @@ from state.kernels.windows import (
     NO_TIME,
     add_amount,
     add_count,
+    add_unrated,
     advance,
     count_after,
     find,
@@ -33,8 +34,12 @@ from state.kernels.windows import (
 )
 from state.units import DAY_MS, HOUR_MS, MINUTE_MS
 
-FORMAT = 5
-"""Leading byte of an encoded card or merchant state (the store format's version)."""
+FORMAT = 6
+"""Leading byte of an encoded card or merchant state (the store format's version).
+
+6: merchant label counts as intervals (corrections), label marks and pending labels;
+card bucket windows keep a ``rated`` count per record (:data:`STRIDE`): unrated
+transactions count in velocity, not in amount means (issue 23)."""
 
 LONGEST_WINDOW_MS = 30 * DAY_MS
 IDLE_EVICT_MS = LONGEST_WINDOW_MS + DAY_MS
@@ -47,8 +52,11 @@ BUCKET_MS = np.array([MINUTE_MS, 15 * MINUTE_MS, 6 * HOUR_MS, DAY_MS, 15 * MINUT
 N_BUCKETS = np.array([60, 96, 28, 30, 96], dtype=np.int64)
 MERCHANTS_CAP, COUNTRIES_CAP, HOME_CAP = 64, 16, 16
 #: Head size and the largest encoded card state, in 8-byte words.
-HEAD_WORDS = 38
-MAX_STATE_WORDS = (HEAD_WORDS + 5 * int(N_BUCKETS[:4].sum()) + 2 * int(N_BUCKETS[4])
+HEAD_WORDS = 42
+#: Values per record of the four bucket windows: bucket, count, total, total_sq, small, rated
+#: (``count`` every transaction, ``rated`` those with an amount: issue 23).
+STRIDE = 6
+MAX_STATE_WORDS = (HEAD_WORDS + STRIDE * int(N_BUCKETS[:4].sum()) + 2 * int(N_BUCKETS[4])
                    + 2 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
 _MIN_TRAVEL_HOURS = 1.0 / 60.0
 _EARTH_KM = 6371.0088
@@ -62,8 +70,8 @@ def _scratch() -> tuple[np.ndarray, ...]:  # pragma: no cover - numba
     ints = np.zeros(4, np.int64)  # last_time, loc_time, ctry_time, ctry
     floats = np.zeros(2, np.float64)  # lat, lon
     wmeta = np.zeros((5, 2), np.int64)
-    wrec = np.zeros((5, 96 * 5), np.float64)
-    wsum = np.zeros((5, 4), np.float64)
+    wrec = np.zeros((5, 96 * STRIDE), np.float64)
+    wsum = np.zeros((5, STRIDE - 1), np.float64)
     mk = np.zeros(MERCHANTS_CAP + 1, np.int64)
     mv = np.zeros(MERCHANTS_CAP + 1, np.int64)
     ck = np.zeros(COUNTRIES_CAP + 1, np.int64)
@@ -85,7 +93,7 @@ def _reset(ints, floats, wmeta, wsum, sizes) -> None:  # type: ignore[no-untyped
     for w in range(5):
         wmeta[w, 0] = NO_TIME
         wmeta[w, 1] = 0
-        for f in range(4):
+        for f in range(STRIDE - 1):
             wsum[w, f] = 0.0
     for k in range(4):
         sizes[k] = 0
@@ -109,9 +117,9 @@ def _decode(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, 
     for w in range(4):
         wmeta[w, 0] = words[pos]
         wmeta[w, 1] = words[pos + 1]
-        for f in range(4):
+        for f in range(STRIDE - 1):
             wsum[w, f] = fwords[pos + 2 + f]
-        pos += 6
+        pos += STRIDE + 1
     sizes[0] = words[pos]
     sizes[1] = words[pos + 1]
     sizes[2] = words[pos + 2]
@@ -121,7 +129,7 @@ def _decode(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, 
     wsum[4, 0] = fwords[pos + 6]
     pos += 7
     for w in range(4):
-        pos = load_floats(fwords, pos, wrec[w], 5 * wmeta[w, 1])
+        pos = load_floats(fwords, pos, wrec[w], STRIDE * wmeta[w, 1])
     pos = load_pairs(words, pos, mk, mv, sizes[0])
     pos = load_pairs(words, pos, ck, cv, sizes[1])
     pos = load_pairs(words, pos, hk, hv, sizes[2])
@@ -144,9 +152,9 @@ def _encode(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
     for w in range(4):
         words[p] = wmeta[w, 0]
         words[p + 1] = wmeta[w, 1]
-        for f in range(4):
+        for f in range(STRIDE - 1):
             fwords[p + 2 + f] = wsum[w, f]
-        p += 6
+        p += STRIDE + 1
     words[p] = sizes[0]
     words[p + 1] = sizes[1]
     words[p + 2] = sizes[2]
@@ -156,7 +164,7 @@ def _encode(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
     fwords[p + 6] = wsum[4, 0]
     p += 7
     for w in range(4):
-        p = store_floats(fwords, p, wrec[w], 5 * wmeta[w, 1])
+        p = store_floats(fwords, p, wrec[w], STRIDE * wmeta[w, 1])
     p = store_pairs(words, p, mk, mv, sizes[0])
     p = store_pairs(words, p, ck, cv, sizes[1])
     p = store_pairs(words, p, hk, hv, sizes[2])
@@ -183,7 +191,8 @@ def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, w
         _reset(ints, floats, wmeta, wsum, sizes)
     for w in range(5):
         if t // BUCKET_MS[w] > wmeta[w, 0]:
-            advance(wmeta[w], wrec[w], wsum[w], 5 if w < 4 else 2, BUCKET_MS[w], N_BUCKETS[w], t)
+            advance(wmeta[w], wrec[w], wsum[w], STRIDE if w < 4 else 2, BUCKET_MS[w],
+                    N_BUCKETS[w], t)
     last = ints[0]
     ref = t if t > last else last
     # 10-min figures: the last 10 of the 1-h window's 1-minute buckets
@@ -192,9 +201,9 @@ def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, w
     small10m = 0.0
     rec1 = wrec[0]
     for i in range(wmeta[0, 1]):
-        if rec1[i * 5] > since_bucket:
-            n10m += rec1[i * 5 + 1]
-            small10m += rec1[i * 5 + 4]
+        if rec1[i * STRIDE] > since_bucket:
+            n10m += rec1[i * STRIDE + 1]
+            small10m += rec1[i * STRIDE + 4]
     n1h = wsum[0, 0]
     sum1h = wsum[0, 1]
     n24 = wsum[1, 0]
@@ -204,12 +213,15 @@ def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, w
     n30 = wsum[3, 0]
     sum30 = wsum[3, 1]
     sq30 = wsum[3, 2]
+    r24 = wsum[1, 4]  # transactions with an amount: the means' denominators (issue 23)
+    r7 = wsum[2, 4]
+    r30 = wsum[3, 4]
     m1h = count_after(mv, sizes[0], ref - HOUR_MS)
     m24h = count_after(mv, sizes[0], ref - DAY_MS)
-    mean24 = sum24 / n24 if n24 != 0.0 else 0.0
-    mean7 = sum7 / n7 if n7 != 0.0 else 0.0
-    mean30 = sum30 / n30 if n30 != 0.0 else 0.0
-    var30 = sq30 / n30 - mean30 * mean30 if n30 != 0.0 else 0.0
+    mean24 = sum24 / r24 if r24 != 0.0 else 0.0
+    mean7 = sum7 / r7 if r7 != 0.0 else 0.0
+    mean30 = sum30 / r30 if r30 != 0.0 else 0.0
+    var30 = sq30 / r30 - mean30 * mean30 if r30 != 0.0 else 0.0
     std30 = math.sqrt(var30) if var30 > _VAR_EPS * max(1.0, mean30 * mean30) else 0.0
     since = NO_HISTORY_SECONDS if last == NO_TIME else max(0, t - last) / 1000.0
     mi = find(mk, sizes[0], mhash)
@@ -236,13 +248,18 @@ def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, w
     row[8] = mean7
     row[9] = mean30
     row[10] = std30
-    if mean30 > 0.0:
+    rated = not math.isnan(amount)  # NaN: no rate converted it (state.inputs, unrated)
+    if not rated:
+        row[11] = 1.0  # the spec neutrals: "the card's usual amount"
+        row[12] = 0.0
+    elif mean30 > 0.0:
         row[11] = amount / mean30
-    elif n30 != 0.0:
+    elif r30 != 0.0:
         row[11] = 1.0 + amount
     else:
         row[11] = 1.0
-    row[12] = (amount - mean30) / std30 if std30 != 0.0 else 0.0
+    if rated:
+        row[12] = (amount - mean30) / std30 if std30 != 0.0 else 0.0
     row[13] = since
     row[14] = float(m1h)
     row[15] = float(m24h)
@@ -256,9 +273,13 @@ def _step(t, amount, mhash, country, lat, lon, row, ints, floats, wmeta, wrec, w
     # --- update --------------------------------------------------------------------------
     if t > ints[0]:
         ints[0] = t
-    small = 1.0 if amount < SMALL_AMOUNT else 0.0
-    for w in range(4):
-        add_amount(wmeta[w], wrec[w], wsum[w], BUCKET_MS[w], N_BUCKETS[w], t, amount, small)
+    if rated:
+        small = 1.0 if amount < SMALL_AMOUNT else 0.0
+        for w in range(4):
+            add_amount(wmeta[w], wrec[w], wsum[w], BUCKET_MS[w], N_BUCKETS[w], t, amount, small)
+    else:  # unrated: counted (velocity), but the windows learn no amount from it
+        for w in range(4):
+            add_unrated(wmeta[w], wrec[w], wsum[w], BUCKET_MS[w], N_BUCKETS[w], t)
     if amount == 0.0:
         add_count(wmeta[4], wrec[4], wsum[4], BUCKET_MS[4], N_BUCKETS[4], t)
     ref = ints[0]
@@ -321,7 +342,9 @@ def card_batch(words, fwords, state_off, txn_off, rows, t_ms, amount, mhash, cou
     Card ``c`` has the encoded state ``words[state_off[c]:state_off[c+1]]`` (int64 words,
     ``fwords`` the float64 view of the same memory; empty: a new card) and the
     transactions ``rows[txn_off[c]:txn_off[c+1]]`` (row indices, in the order to apply).
-    Per row: ``t_ms`` (int64 epoch ms), ``amount`` (float64, reference currency),
+    Per row: ``t_ms`` (int64 epoch ms), ``amount`` (float64, reference currency; NaN:
+    unrated, see :mod:`state.inputs`: ratio and z-score at their neutrals 1 and 0, the
+    bucket windows count it but learn no amount, everything else updates as usual),
     ``mhash`` (int64 stable hash of the merchant id), ``country`` (int64 code, -1
     absent), ``lat``/``lon`` (float64, NaN absent). Writes the card group of every row
     into ``features`` (float32 ``[n, 23]``) and, when ``encode``, card ``c``'s new state

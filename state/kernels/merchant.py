@@ -4,9 +4,21 @@ An operation is one of:
 
 * :data:`TXN`: read the merchant group of a transaction's row as of the buckets
   before its own, then count the transaction;
-* :data:`FRAUD`: count a fraud label at its UTC label hour;
-* :data:`ALIGNED`: count a fraud label under its transaction's UTC day (the
-  delay-aligned risk), flagged when the card was a regular customer.
+* :data:`FRAUD`: count a fraud label joined to one of the merchant's transactions,
+  known from its (effective) label hour: under that hour (with the flag "the card
+  was a regular customer") and under its transaction's UTC day (the delay-aligned
+  risk);
+* :data:`RETRACT`: a later label said "not fraud": the fraud counted from hour
+  ``hs`` stops counting from hour ``he`` on (both counts above).
+
+A counted fraud is an interval of label hours ``[hs, he)`` (``he`` = :data:`OPEN`
+until retracted), so a transaction reads the labels known, and not yet corrected,
+as of its own time, whatever else was read later (:mod:`state.labels` decides
+which labels count). Packed map keys (int64, the sort key first, so retention is
+one ``drop_below``):
+
+* fraud map: ``hs << 22 | he << 1 | familiar``;
+* aligned map: ``txn_day << 42 | hs << 21 | he``.
 
 Same semantics and float operations as the per-transaction reference
 (:class:`state.reference.merchant.MerchantState`): anchored, closed windows that
@@ -21,12 +33,22 @@ import math
 import numpy as np
 from numba import njit
 
+# numba's cache (cache=True) is keyed by this file's own timestamp, not by the constants it
+# imports: edit this file too when FORMAT changes (6: label counts as intervals).
 from state.kernels.card import FORMAT
 from state.kernels.codec import load_floats, load_pairs, store_floats, store_pairs
-from state.kernels.windows import NO_TIME, add_count, bump, count_between, drop_below
+from state.kernels.windows import (
+    NO_TIME,
+    add_count,
+    bump,
+    count_between,
+    drop_below,
+    find,
+    remove_at,
+)
 from state.units import DAY_MS, HOUR_MS
 
-TXN, FRAUD, ALIGNED = 0, 1, 2
+TXN, FRAUD, RETRACT = 0, 1, 2
 MERCHANT_WIDTH = 12
 LABEL_DELAY_DAYS = 7
 LATENESS = 2
@@ -39,17 +61,39 @@ WINDOW_KEEP = np.array([24 + _GAP + LATENESS, 28 + _GAP + LATENESS, _DAY_BUCKETS
                        dtype=np.int64)
 _HOUR_KEEP = 720 + _GAP + LATENESS * 24
 _HOUR_BITS = 21
-_FAMILIAR = 1 << _HOUR_BITS
-_DAY_SHIFT = _HOUR_BITS + 1
-_HOUR_MASK = _FAMILIAR - 1
+#: End hour of a fraud count that no later label has retracted.
+OPEN = (1 << _HOUR_BITS) - 1
+_HOUR_MASK = OPEN
+_FRAUD_SHIFT = _HOUR_BITS + 1
+_DAY_SHIFT = 2 * _HOUR_BITS
 HEAD_WORDS = 13
 #: Words an encoded merchant state can take beyond its two label maps.
 FIXED_MAX_WORDS = HEAD_WORDS + 2 * int(WINDOW_KEEP.sum())
 
 
 @njit(cache=True, inline="always")
-def _aligned_key(txn_day: int, label_hour: int, familiar: bool) -> int:  # pragma: no cover
-    return (txn_day << _DAY_SHIFT) | (_FAMILIAR if familiar else 0) | label_hour
+def _fraud_key(label_hour: int, end_hour: int, familiar: bool) -> int:  # pragma: no cover
+    return (label_hour << _FRAUD_SHIFT) | (end_hour << 1) | (1 if familiar else 0)
+
+
+@njit(cache=True, inline="always")
+def _aligned_key(txn_day: int, label_hour: int, end_hour: int) -> int:  # pragma: no cover
+    return (txn_day << _DAY_SHIFT) | (label_hour << _HOUR_BITS) | end_hour
+
+
+@njit(cache=True, inline="always")
+def _move(keys, vals, size, old: int, new: int) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One count from ``old`` to ``new`` (nothing when ``old`` is not there any more)."""
+    n = size[0]
+    i = find(keys, n, old)
+    if i < 0:
+        return
+    if vals[i] > 1:
+        vals[i] -= 1
+    else:
+        remove_at(keys, vals, n, i)
+        size[0] = n - 1
+    bump(keys, vals, size, new)
 
 
 @njit(cache=True)
@@ -62,41 +106,41 @@ def _features(t, row, wmeta, wrec, fk, fv, ak, av, sizes) -> None:  # type: igno
     h = t // HOUR_MS
     known = h - _GAP
     f1 = f7 = f30 = 0
+    familiar7 = familiar30 = 0
     if sizes[0] > 0:
         lo1, lo7, lo30 = known - 24, known - 168, known - 720
         for i in range(sizes[0]):
-            k = fk[i]
-            if lo30 < k <= known:
+            key = fk[i]
+            k = key >> _FRAUD_SHIFT
+            if lo30 < k <= known and (key >> 1) & _HOUR_MASK > known:
                 v = fv[i]
                 f30 += v
+                if key & 1:
+                    familiar30 += v
                 if k > lo7:
                     f7 += v
+                    if key & 1:
+                        familiar7 += v
                     if k > lo1:
                         f1 += v
     a1 = a7 = a30 = 0.0
-    familiar7 = familiar30 = 0
     if sizes[1] > 0:
         end = t // DAY_MS - LABEL_DELAY_DAYS
         s1, s7, s30 = end - 1, end - 7, end - 30
         fr1 = fr7 = fr30 = 0
-        lo7, lo30 = known - 168, known - 720
         for i in range(sizes[1]):
             key = ak[i]
-            v = av[i]
             day = key >> _DAY_SHIFT
-            label_hour = key & _HOUR_MASK
-            if label_hour > known:
+            if not s30 < day <= end:
                 continue
-            if s30 < day <= end:
-                fr30 += v
-                if day > s7:
-                    fr7 += v
-                if day > s1:
-                    fr1 += v
-            if key & _FAMILIAR and label_hour > lo30:
-                familiar30 += v
-                if label_hour > lo7:
-                    familiar7 += v
+            if (key >> _HOUR_BITS) & _HOUR_MASK > known or key & _HOUR_MASK <= known:
+                continue
+            v = av[i]
+            fr30 += v
+            if day > s7:
+                fr7 += v
+            if day > s1:
+                fr1 += v
         if fr1 != 0 or fr7 != 0 or fr30 != 0:
             t1 = count_between(wmeta[2], wrec[2], 2, s1, end)
             t7 = count_between(wmeta[2], wrec[2], 2, s7, end)
@@ -119,15 +163,16 @@ def _features(t, row, wmeta, wrec, fk, fv, ak, av, sizes) -> None:  # type: igno
 
 
 @njit(cache=True)
-def merchant_batch(words, fwords, state_off, op_off, kind, t1, t2, flag, rows,  # type: ignore[no-untyped-def]
+def merchant_batch(words, fwords, state_off, op_off, kind, t1, t2, t3, flag, rows,  # type: ignore[no-untyped-def]
                    features, out, fout, out_off, encode) -> None:  # pragma: no cover - numba
     """Run every merchant of a batch.
 
     Merchant ``m`` has the encoded state ``words[state_off[m]:state_off[m+1]]`` (int64
     words, ``fwords`` the float64 view; empty: new) and the operations
     ``op_off[m]:op_off[m+1]`` in order: ``kind`` (:data:`TXN`, :data:`FRAUD`,
-    :data:`ALIGNED`), ``t1`` (event time of a transaction or of the labelled
-    transaction, ms), ``t2`` (label time, ms), ``flag`` (regular customer), ``rows``
+    :data:`RETRACT`), ``t1`` (event time of a transaction or of the labelled
+    transaction, ms), ``t2`` (the time a fraud counts from, ms), ``t3`` (for
+    :data:`RETRACT`: the time it stops counting, ms), ``flag`` (regular customer), ``rows``
     (for :data:`TXN`: the row of ``features``, float32 ``[n, 12]``, to fill). Writes
     merchant ``m``'s new state into ``out[out_off[m]:out_off[m+1]]`` (``fout`` its
     float64 view) when ``encode`` (room: :func:`out_capacity` words). Raises
@@ -186,18 +231,27 @@ def merchant_batch(words, fwords, state_off, op_off, kind, t1, t2, flag, rows,  
                 h = t // HOUR_MS
                 if h > hmax:
                     hmax = h
-                    drop_below(fk, fv, sizes[0:1], h - _HOUR_KEEP)
+                    drop_below(fk, fv, sizes[0:1],
+                               ((h - _HOUR_KEEP + 1) << _FRAUD_SHIFT) - 1)
                     drop_below(ak, av, sizes[1:2],
-                               _aligned_key(h // 24 - _DAY_BUCKETS + 1, 0, False) - 1)
-            elif k == FRAUD:
-                h = t2[o] // HOUR_MS
-                if hmax == NO_TIME or h > hmax - _HOUR_KEEP:
-                    bump(fk, fv, sizes[0:1], h)
+                               ((h // 24 - _DAY_BUCKETS + 1) << _DAY_SHIFT) - 1)
             else:
+                hs = t2[o] // HOUR_MS
                 day = t1[o] // DAY_MS
-                if hmax == NO_TIME or day > hmax // 24 - _DAY_BUCKETS:
-                    bump(ak, av, sizes[1:2],
-                         _aligned_key(day, t2[o] // HOUR_MS, flag[o] != 0))
+                familiar = flag[o] != 0
+                keep_hour = hmax == NO_TIME or hs > hmax - _HOUR_KEEP
+                keep_day = hmax == NO_TIME or day > hmax // 24 - _DAY_BUCKETS
+                if k == FRAUD:
+                    if keep_hour:
+                        bump(fk, fv, sizes[0:1], _fraud_key(hs, OPEN, familiar))
+                    if keep_day:
+                        bump(ak, av, sizes[1:2], _aligned_key(day, hs, OPEN))
+                else:
+                    he = t3[o] // HOUR_MS
+                    _move(fk, fv, sizes[0:1], _fraud_key(hs, OPEN, familiar),
+                          _fraud_key(hs, he, familiar))
+                    _move(ak, av, sizes[1:2], _aligned_key(day, hs, OPEN),
+                          _aligned_key(day, hs, he))
         if encode:
             out_off[m] = pos
             out[pos] = FORMAT
@@ -222,7 +276,7 @@ def merchant_batch(words, fwords, state_off, op_off, kind, t1, t2, flag, rows,  
 
 def out_capacity(n_merchants: int, state_words: int, n_ops: int) -> int:
     """Words :func:`merchant_batch` may write for a batch of that many merchants and ops."""
-    return n_merchants * FIXED_MAX_WORDS + state_words + 2 * n_ops
+    return n_merchants * FIXED_MAX_WORDS + state_words + 4 * n_ops
 
 
 @njit(cache=True)

@@ -90,20 +90,35 @@ def record(meta: np.ndarray, rec: np.ndarray, sums: np.ndarray, stride: int, buc
 def add_amount(meta: np.ndarray, rec: np.ndarray, sums: np.ndarray, bucket_ms: int,
                n_buckets: int, t_ms: int, amount: float,
                small: float) -> None:  # pragma: no cover - numba
-    """Add one event to a bucket window of records ``[bucket, count, total, total_sq, small]``."""
-    i = record(meta, rec, sums, 5, bucket_ms, n_buckets, t_ms)
+    """Add one event to a window of records ``[bucket, count, total, total_sq, small, rated]``.
+
+    ``count`` counts every event, ``rated`` those with an amount (:func:`add_unrated`).
+    """
+    i = record(meta, rec, sums, 6, bucket_ms, n_buckets, t_ms)
     if i < 0:
         return
     sq = amount * amount
-    base = i * 5
+    base = i * 6
     rec[base + 1] += 1.0
     rec[base + 2] += amount
     rec[base + 3] += sq
     rec[base + 4] += small
+    rec[base + 5] += 1.0
     sums[0] += 1.0
     sums[1] += amount
     sums[2] += sq
     sums[3] += small
+    sums[4] += 1.0
+
+
+@njit(cache=True, inline="always")
+def add_unrated(meta: np.ndarray, rec: np.ndarray, sums: np.ndarray, bucket_ms: int,
+                n_buckets: int, t_ms: int) -> None:  # pragma: no cover - numba
+    """Count one event without an amount in an :func:`add_amount` window (sums unchanged)."""
+    i = record(meta, rec, sums, 6, bucket_ms, n_buckets, t_ms)
+    if i >= 0:
+        rec[i * 6 + 1] += 1.0
+        sums[0] += 1.0
 
 
 @njit(cache=True, inline="always")

@@ -13,7 +13,10 @@ more than :data:`IDLE_EVICT_MS` starts again from empty state, in memory and on
 disk alike (so a swept card and a stale one give the same features).
 
 Amounts are reference-currency amounts (:class:`~state.features.TxnInput`), so a
-card paying in several currencies has one consistent history. Zero-value
+card paying in several currencies has one consistent history. An unrated
+transaction (amount NaN: no rate, issue 23) counts in every window's count but adds
+no amount: the amount means divide by the windows' ``rated`` counts; its own ratio
+and z-score are the spec neutrals 1 and 0. Zero-value
 authorisations count in every window like any transaction; they are also counted
 on their own over 24 h (15-minute buckets), the card-testing signal.
 """
@@ -99,12 +102,13 @@ class CardState:
         n24, sum24 = w24.count, w24.total
         n7, sum7 = w7.count, w7.total
         n30, sum30, sq30 = w30.count, w30.total, w30.total_sq
+        r24, r7, r30 = w24.rated, w7.rated, w30.rated  # amounts known (issue 23)
         m1h, m24h = self.merchants.count_since2(ref - HOUR_MS, ref - DAY_MS)
         amount = txn.amount
-        mean24 = sum24 / n24 if n24 else 0.0
-        mean7 = sum7 / n7 if n7 else 0.0
-        mean30 = sum30 / n30 if n30 else 0.0
-        var30 = sq30 / n30 - mean30 * mean30 if n30 else 0.0
+        mean24 = sum24 / r24 if r24 else 0.0
+        mean7 = sum7 / r7 if r7 else 0.0
+        mean30 = sum30 / r30 if r30 else 0.0
+        var30 = sq30 / r30 - mean30 * mean30 if r30 else 0.0
         std30 = math.sqrt(var30) if var30 > _VAR_EPS * max(1.0, mean30 * mean30) else 0.0
         since = NO_HISTORY_SECONDS if last == NO_TIME else max(0, t - last) / 1000.0
         m = stable_hash(txn.merchant_id)
@@ -131,8 +135,10 @@ class CardState:
             mean7,
             mean30,
             std30,
-            amount / mean30 if mean30 > 0.0 else (1.0 + amount if n30 else 1.0),
-            (amount - mean30) / std30 if std30 else 0.0,
+            # NaN amount (unrated, state.inputs): the spec neutrals 1 and 0
+            1.0 if math.isnan(amount) else
+            amount / mean30 if mean30 > 0.0 else (1.0 + amount if r30 else 1.0),
+            0.0 if math.isnan(amount) else (amount - mean30) / std30 if std30 else 0.0,
             since,
             float(m1h),
             float(m24h),
@@ -152,11 +158,15 @@ class CardState:
         if t > self.last_time:
             self.last_time = t
         amount = txn.amount
-        small = 1.0 if amount < SMALL_AMOUNT else 0.0
-        self.w1h.add(t, amount, small)
-        self.w24h.add(t, amount, small)
-        self.w7d.add(t, amount, small)
-        self.w30d.add(t, amount, small)
+        if math.isnan(amount):  # unrated (issue 23): counted, but no amount is learnt
+            for w in (self.w1h, self.w24h, self.w7d, self.w30d):
+                w.add_unrated(t)
+        else:
+            small = 1.0 if amount < SMALL_AMOUNT else 0.0
+            self.w1h.add(t, amount, small)
+            self.w24h.add(t, amount, small)
+            self.w7d.add(t, amount, small)
+            self.w30d.add(t, amount, small)
         if amount == 0.0:
             self.zero24h.add(t)
         ref = self.last_time

@@ -19,10 +19,14 @@ the merchant's newest, so a late transaction reads what it would have read on
 time, up to :data:`LATENESS` buckets late.
 
 **Labels never move a clock** and are counted by when they became known: a
-fraud label is kept under its UTC label hour, and, once its transaction's UTC day
-is known, under that day too. A transaction counts labels whose label hour ended
-one hour before its own hour began, so a label read ahead of the stream (a
+fraud label joined to one of the merchant's transactions (:mod:`state.labels`
+decides which labels count, and from when) is kept under its UTC label hour and
+under its transaction's UTC day. A transaction counts labels whose label hour
+ended one hour before its own hour began, so a label read ahead of the stream (a
 backlog, a replay, a catch-up after an outage) waits, in effect, for its time.
+A later "not fraud" label of the same transaction *retracts* the count from its
+own hour on: each count is an interval of label hours ``[hs, he)``, so every
+transaction reads the labels known, and not yet corrected, as of its own time.
 
 Two kinds of rate (spec v2):
 
@@ -33,7 +37,9 @@ Two kinds of rate (spec v2):
   dilutes one fraud at a busy merchant); ``merchant_familiar_fraud_{7d,30d}``: fraud
   labels known in 7 or 30 days on transactions of the merchant's *regular* customers
   (cards that had used it in the 30 days before), the mark of a compromised point of
-  sale (skimming) rather than of fraudsters passing through;
+  sale (skimming) rather than of fraudsters passing through. These count by label
+  hour, whatever the age of the labelled transaction (a chargeback 120 days after
+  its purchase counts as one 7 days after it does);
 * ``merchant_risk_aligned_{1d,7d,30d}``: frauds among the merchant's transactions
   of the 1, 7 or 30 UTC days that ended :data:`~state.spec.LABEL_DELAY_DAYS` days
   before this transaction's day, counting labels known by then (label hour two
@@ -69,10 +75,11 @@ _ALIGNED_DAYS = (1, 7, 30)
 _DAY_BUCKETS = LABEL_DELAY_DAYS + _ALIGNED_DAYS[-1] + _GAP + LATENESS
 _HOUR_KEEP = _FRAUD_HOURS[-1] + _GAP + LATENESS * 24
 _HOUR_BITS = 21  # label hours since 1970 stay below 2**21 until the 2200s
-_FAMILIAR = 1 << _HOUR_BITS  # flag bit: the labelled transaction's card was a regular customer
-_DAY_SHIFT = _HOUR_BITS + 1
-_HOUR_MASK = _FAMILIAR - 1
-
+#: End hour of a fraud count that no later label has retracted.
+OPEN = (1 << _HOUR_BITS) - 1
+_HOUR_MASK = OPEN
+_FRAUD_SHIFT = _HOUR_BITS + 1  # fraud map key: hs << 22 | he << 1 | familiar
+_DAY_SHIFT = 2 * _HOUR_BITS  # aligned map key: txn_day << 42 | hs << 21 | he
 
 class Counts(dict[int, int]):
     """A bounded int -> count map stored as one flat int64 body (see :mod:`state.codec`)."""
@@ -104,9 +111,24 @@ class Counts(dict[int, int]):
         """Count one more under ``key``."""
         self[key] = self.get(key, 0) + 1
 
+    def move(self, old: int, new: int) -> None:
+        """Move one count from ``old`` to ``new`` (nothing when ``old`` is gone)."""
+        have = self.get(old)
+        if have is None:
+            return
+        if have > 1:
+            self[old] = have - 1
+        else:
+            del self[old]
+        self.bump(new)
 
-def _aligned_key(txn_day: int, label_hour: int, familiar: bool = False) -> int:
-    return (txn_day << _DAY_SHIFT) | (_FAMILIAR if familiar else 0) | label_hour
+
+def _fraud_key(label_hour: int, end_hour: int, familiar: bool) -> int:
+    return (label_hour << _FRAUD_SHIFT) | (end_hour << 1) | int(familiar)
+
+
+def _aligned_key(txn_day: int, label_hour: int, end_hour: int) -> int:
+    return (txn_day << _DAY_SHIFT) | (label_hour << _HOUR_BITS) | end_hour
 
 
 class MerchantState:
@@ -122,9 +144,9 @@ class MerchantState:
         self.quarters = CountWindow(q, nq + _GAP + LATENESS)
         self.days = CountWindow(d, _DAY_BUCKETS)
         self.fraud = Counts()
-        """Fraud labels per UTC label hour."""
+        """Fraud labels per (label hour, retracted hour, regular customer), packed."""
         self.aligned = Counts()
-        """Fraud labels per (UTC day of the transaction, UTC label hour), packed in one int."""
+        """Fraud labels per (transaction's UTC day, label hour, retracted hour), packed."""
 
     def _parts(self) -> tuple[Part, ...]:
         return (self.hours, self.quarters, self.days, self.fraud, self.aligned)
@@ -141,34 +163,31 @@ class MerchantState:
         h = t // HOUR_MS
         known = h - _GAP  # the newest label hour this transaction may count
         f1 = f7 = f30 = 0
+        familiar7 = familiar30 = 0
         if self.fraud:
             lo1, lo7, lo30 = (known - n for n in _FRAUD_HOURS)
-            for k, v in self.fraud.items():
-                if lo30 < k <= known:
+            for key, v in self.fraud.items():
+                k = key >> _FRAUD_SHIFT
+                if lo30 < k <= known and (key >> 1) & _HOUR_MASK > known:
                     f30 += v
+                    familiar30 += v if key & 1 else 0
                     if k > lo7:
                         f7 += v
+                        familiar7 += v if key & 1 else 0
                         if k > lo1:
                             f1 += v
         aligned = [0.0, 0.0, 0.0]
-        familiar7 = familiar30 = 0
         if self.aligned:
             end = t // DAY_MS - LABEL_DELAY_DAYS  # newest day of the aligned windows
             starts = [end - n for n in _ALIGNED_DAYS]  # exclusive lower bounds
             frauds = [0, 0, 0]
-            lo7, lo30 = known - _FRAUD_HOURS[1], known - _FRAUD_HOURS[2]
             for key, v in self.aligned.items():
-                day, label_hour = key >> _DAY_SHIFT, key & _HOUR_MASK
-                if label_hour > known:
-                    continue
-                if starts[2] < day <= end:
+                day = key >> _DAY_SHIFT
+                hs, he = (key >> _HOUR_BITS) & _HOUR_MASK, key & _HOUR_MASK
+                if starts[2] < day <= end and hs <= known < he:
                     for j in range(3):
                         if day > starts[j]:
                             frauds[j] += v
-                if key & _FAMILIAR and label_hour > lo30:
-                    familiar30 += v
-                    if label_hour > lo7:
-                        familiar7 += v
             if any(frauds):
                 totals = self.days.counts_between(starts, end)
                 aligned = [min(1.0, f / c) if c else 0.0
@@ -194,26 +213,36 @@ class MerchantState:
         h = t // HOUR_MS
         if h > self.hmax:
             self.hmax = h
-            self.fraud.drop_below(h - _HOUR_KEEP)
-            self.aligned.drop_below(_aligned_key(h // 24 - _DAY_BUCKETS + 1, 0) - 1)
+            self.fraud.drop_below(((h - _HOUR_KEEP + 1) << _FRAUD_SHIFT) - 1)
+            self.aligned.drop_below(((h // 24 - _DAY_BUCKETS + 1) << _DAY_SHIFT) - 1)
 
-    def add_fraud(self, label_time: int) -> None:
-        """Count one fraud label known from ``label_time`` on (callers deduplicate labels)."""
-        h = label_time // HOUR_MS
-        if self.hmax == NO_TIME or h > self.hmax - _HOUR_KEEP:
-            self.fraud.bump(h)
+    def add_fraud(self, txn_time: int, since: int, familiar: bool = False) -> None:
+        """Count one fraud label of a transaction of this merchant (callers resolve labels).
 
-    def add_aligned_fraud(self, txn_time: int, label_time: int, familiar: bool = False) -> None:
-        """Count one fraud label under its transaction's UTC day (callers deduplicate).
-
-        ``familiar``: the labelled transaction's card had used this merchant in the 30
-        days before it (``card_new_merchant_30d`` was 0): a regular customer defrauded
-        here, the mark of a compromised point of sale rather than of a fraudster passing
-        through.
+        ``txn_time``: the labelled transaction's event time; ``since``: when the label
+        counts from (ms; :func:`state.labels.resolve`); ``familiar``: the labelled
+        transaction's card had used this merchant in the 30 days before it
+        (``card_new_merchant_30d`` was 0): a regular customer defrauded here, the mark
+        of a compromised point of sale rather than of a fraudster passing through.
+        Kept under its label hour while that is within the hours the merchant keeps,
+        and under its transaction's day while that is within the days it keeps.
         """
-        day = txn_time // DAY_MS
+        hs, day = since // HOUR_MS, txn_time // DAY_MS
+        if self.hmax == NO_TIME or hs > self.hmax - _HOUR_KEEP:
+            self.fraud.bump(_fraud_key(hs, OPEN, familiar))
         if self.hmax == NO_TIME or day > self.hmax // 24 - _DAY_BUCKETS:
-            self.aligned.bump(_aligned_key(day, label_time // HOUR_MS, familiar))
+            self.aligned.bump(_aligned_key(day, hs, OPEN))
+
+    def retract_fraud(self, txn_time: int, since: int, until: int,
+                      familiar: bool = False) -> None:
+        """The fraud counted by ``add_fraud(txn_time, since, familiar)`` stops at ``until`` (ms).
+
+        Transactions from ``until``'s hour on no longer count it; earlier ones still
+        do (it was known then). Nothing when the count has already been forgotten.
+        """
+        hs, he, day = since // HOUR_MS, until // HOUR_MS, txn_time // DAY_MS
+        self.fraud.move(_fraud_key(hs, OPEN, familiar), _fraud_key(hs, he, familiar))
+        self.aligned.move(_aligned_key(day, hs, OPEN), _aligned_key(day, hs, he))
 
     def encode(self) -> bytes:
         """Versioned compact bytes of this state (see :mod:`state.codec`)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from state.inputs import CHANNEL_CODES, ENTRY_MODE_CODES, TxnInput
+from state.inputs import CHANNEL_CODES, ENTRY_MODE_CODES, NEUTRAL_AMOUNT, TxnInput
 from state.reference.card import CardState
 from state.reference.merchant import MerchantState
 from state.units import DAY_MS, HOUR_MS
@@ -20,9 +20,10 @@ def context_features(txn: TxnInput) -> list[float]:
     t = txn.event_time
     hour = (t // HOUR_MS) % 24
     dow = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    amount = NEUTRAL_AMOUNT if math.isnan(txn.amount) else txn.amount  # unrated: state.inputs
     return [
-        txn.amount,
-        math.log1p(txn.amount),
+        amount,
+        math.log1p(amount),
         float(hour),
         float(dow),
         1.0 if dow >= 5 else 0.0,

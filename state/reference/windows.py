@@ -148,31 +148,33 @@ class CountWindow:
 class BucketWindow(CountWindow):
     """:class:`CountWindow` that also sums amounts, squared amounts and "small" flags.
 
-    Records are ``[bucket, count, total, total_sq, small]``.
+    Records are ``[bucket, count, total, total_sq, small, rated]``: ``count`` counts
+    every event (velocity), ``rated`` the events with an amount, the denominator of
+    amount means (an unrated event, :meth:`add_unrated`, has no amount: issue 23).
     """
 
-    __slots__ = ("total", "total_sq", "small")
+    __slots__ = ("total", "total_sq", "small", "rated")
 
-    STRIDE = 5
-    _ZERO = array("d", [0.0] * 4)
-    head_codes = "qqdddd"
+    STRIDE = 6
+    _ZERO = array("d", [0.0] * 5)
+    head_codes = "qqddddd"
 
     def _clear(self) -> None:
-        self.count = self.total = self.total_sq = self.small = 0.0
+        self.count = self.total = self.total_sq = self.small = self.rated = 0.0
 
     def _refold(self) -> None:
         data = self.data
-        self.count, self.total, self.total_sq, self.small = (
-            reduce(add, data[j::5], 0.0) for j in range(1, 5)
+        self.count, self.total, self.total_sq, self.small, self.rated = (
+            reduce(add, data[j::6], 0.0) for j in range(1, 6)
         )
 
     def head(self) -> tuple[int | float, ...]:
         """Fixed encoding fields: end bucket, bucket count, window sums."""
-        return (self.bmax, len(self.data) // 5, self.count, self.total, self.total_sq,
-                self.small)
+        return (self.bmax, len(self.data) // 6, self.count, self.total, self.total_sq,
+                self.small, self.rated)
 
     def _load_sums(self, sums: Head) -> None:
-        self.count, self.total, self.total_sq, self.small = sums
+        self.count, self.total, self.total_sq, self.small, self.rated = sums
 
     def add(self, t_ms: int, amount: float, small: float) -> None:  # type: ignore[override]
         """Add one event (advancing first); an event older than the window is ignored."""
@@ -185,16 +187,22 @@ class BucketWindow(CountWindow):
         data[i + 2] += amount
         data[i + 3] += sq
         data[i + 4] += small
+        data[i + 5] += 1.0
         self.count += 1.0
         self.total += amount
         self.total_sq += sq
         self.small += small
+        self.rated += 1.0
+
+    def add_unrated(self, t_ms: int) -> None:
+        """Count one event without an amount (advancing first); its sums stay as they are."""
+        CountWindow.add(self, t_ms)
 
     def since(self, bucket: int) -> tuple[float, float]:
         """Count and small count over the buckets after ``bucket``."""
         data = self.data
         count = small = 0.0
-        for i in range(0, len(data), 5):
+        for i in range(0, len(data), 6):
             if data[i] > bucket:
                 count += data[i + 1]
                 small += data[i + 4]

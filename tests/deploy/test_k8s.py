@@ -154,3 +154,59 @@ def test_the_approximation_renders_what_kustomize_renders(directory: Path) -> No
 
     real, _ = render(directory)
     assert sorted(approximate(directory), key=key) == sorted(real, key=key)
+
+
+def test_network_policy_admits_only_prometheus_and_peers_and_reaches_only_kafka_and_dns(
+    rendered: tuple[Path, list[Any]]
+) -> None:
+    _, objs = rendered
+    policy, sts = by_kind(objs, "NetworkPolicy"), by_kind(objs, "StatefulSet")
+    spec = policy["spec"]
+    pod = sts["spec"]["template"]
+    # it selects the flow's pods and denies by default both ways
+    assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    (container,) = pod["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    config = by_kind(objs, "ConfigMap")["data"]
+
+    def port(p: dict[str, Any]) -> int:
+        return named[p["port"]] if isinstance(p["port"], str) else int(p["port"])
+
+    ingress = {(port(p), tuple(sorted(src.get("podSelector", {}).get("matchLabels", {}).items())))
+               for rule in spec["ingress"] for p in rule["ports"] for src in rule["from"]}
+    assert ingress == {
+        (int(config["FRAUD_METRICS_PORT"]), (("app.kubernetes.io/name", "prometheus"),)),
+        (named["cluster"], (("app.kubernetes.io/name", "fraud-score"),)),
+    }
+    assert all(rule.get("from") for rule in spec["ingress"])  # no rule open to everyone
+    egress_ports = {port(p) for rule in spec["egress"] for p in rule["ports"]}
+    kafka_port = int(config["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
+    assert {named["cluster"], kafka_port, 53} <= egress_ports <= {named["cluster"], 9092, 9093, 53}
+    assert all(rule.get("to") for rule in spec["egress"])  # no rule open to everywhere
+    kafka_ns = config["KAFKA_BOOTSTRAP_SERVERS"].split(".")[1]  # host.<namespace>.svc:port
+    namespaces = {src["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for rule in spec["egress"] for src in rule["to"] if "namespaceSelector" in src}
+    assert namespaces == {kafka_ns, "kube-system"}
+
+
+def test_pod_has_no_service_account_token_and_mounts_secrets_read_only(
+    rendered: tuple[Path, list[Any]]
+) -> None:
+    _, objs = rendered
+    pod = by_kind(objs, "StatefulSet")["spec"]["template"]["spec"]
+    job = by_kind(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert job["automountServiceAccountToken"] is False
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert {s["secretName"] for s in secrets.values()} == {
+        "fraud-pan-key", "fraud-rules-trusted-keys"}
+    assert all(s["defaultMode"] & 0o222 == 0 for s in secrets.values())  # nobody may write
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    for name in secrets:
+        assert mounts[name]["readOnly"] is True, name
+    for init in pod.get("initContainers", []):  # the seed container needs no secret
+        assert not {m["name"] for m in init["volumeMounts"]} & set(secrets)
+    # the metrics endpoint listens beyond the loopback only because the policy guards it
+    assert by_kind(objs, "ConfigMap")["data"]["FRAUD_METRICS_BIND"] == "0.0.0.0"

@@ -95,6 +95,8 @@ def start_cluster(settings: KafkaSettings, model_dir: Path, work: Path) -> Clust
             "FRAUD_METRICS_PORT": str(ports[i]),
             "FRAUD_LOG_LEVEL": "WARNING",
             "FRAUD_SAMPLE_DIR": str(data / "samples"),
+            # the dev analysts `just rules add` signs with (publish_rules)
+            "FRAUD_RULES_TRUSTED_KEYS": str(ROOT / ".dev" / "rules-keys" / "trusted.yaml"),
             # short drift windows, and every labelled verdict flagged: precision exists
             "FRAUD_DRIFT_WINDOW_SECONDS": "5", "FRAUD_DRIFT_GRACE_SECONDS": "0",
             "FRAUD_DRIFT_FLUSH_SECONDS": "2", "FRAUD_REVIEW_THRESHOLD": "0",

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from flows.serving import ModelSource
-from stages import Stages, sourced
+from rules.signing import sign_json
+from stages import SIGNERS, Stages, sourced
 from topics.contracts import DeadLetter, Transaction
 
 T0 = 1_800_000_000_000
@@ -156,3 +157,43 @@ def test_rule_hits_and_their_overlap_with_the_model_reach_the_drift_snapshot(
             c[1] += r.model_flagged
     assert got == expected
     assert got[("all", "shadow")][0] == 47 and got[("big", "active")][0] == 10
+
+
+def test_an_unsigned_approve_all_rule_is_refused_counted_and_changes_no_verdict(
+    stages: Stages, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The case ``unsigned-approve-rule``: written to ``rules`` by anyone, owner self-declared."""
+    alone = Stages(tmp_path / "alone", _source(tiny_model_dir))
+    refused = hits("fraud_rule_messages_refused_total", topic="rules",
+                   error_class="rule_unauthenticated")
+    vip = rule("vip-allow", "amount >= 0.0", "approve", owner="fraud-ops")
+    stages.publish_rules("rules", [("vip-allow", vip)], signed=False)
+    letters = [msgspec.json.decode(d.value, type=DeadLetter) for d in stages.dead_letters()]
+    assert [(d.error_class, d.source_topic) for d in letters] == [("rule_unauthenticated",
+                                                                   "rules")]
+    assert "'vip-allow'" in letters[0].reason and "not signed" in letters[0].reason
+    assert hits("fraud_rule_messages_refused_total", topic="rules",
+                error_class="rule_unauthenticated") == refused + 1  # once, by shard 0
+    batch = [txn(i, amount=4800.0 + i) for i in range(12)]
+    stages.feed(sourced(batch, stages.parts))
+    alone.feed(sourced(batch, alone.parts))
+    got, ref = stages.verdicts(), alone.verdicts()
+    assert [(v.transaction_id, v.decision) for v in got] == [
+        (v.transaction_id, v.decision) for v in ref]
+    assert not any(v.rule_hits for v in got)
+
+
+def test_a_loosening_rule_signed_once_waits_and_is_counted_pending(stages: Stages) -> None:
+    maker = SIGNERS[0]
+    value = sign_json("rules", rule("vip", "amount >= 0.0", "approve"), [maker])
+    stages.publish_rules("rules", [("vip", msgspec.json.decode(value))], signed=False)
+    assert hits("fraud_rule_changes_pending", topic="rules") == 1
+    assert hits("fraud_rule_changes_total", topic="rules", outcome="pending") >= 1
+    assert stages.dead_letters() == []
+    stages.feed(sourced([txn(i, amount=4800.0) for i in range(5)], stages.parts))
+    assert not any(v.rule_hits for v in stages.verdicts())
+    stages.publish_rules("rules", [("vip", rule("vip", "amount >= 0.0", "approve"))])
+    assert hits("fraud_rule_changes_pending", topic="rules") == 0
+    stages.feed(sourced([txn(i, amount=4800.0) for i in range(5, 8)], stages.parts))
+    later = [v for v in stages.verdicts() if v.transaction_id >= "t-c-1-5"]
+    assert later and all(v.decision == "approve" and v.rule_hits for v in later)

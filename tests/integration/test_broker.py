@@ -100,6 +100,36 @@ def test_parent_terminated_with_sigterm_stops_its_broker_cleanly(tmp_path: Path)
     assert _wait_dead(broker_pid, 2.0)
 
 
+def test_killing_the_launcher_of_just_broker_stops_the_broker(tmp_path: Path) -> None:
+    """`kill <pid of just>` kills only `just`: its `python -m devkit.broker` child must stop
+    its broker too, not keep it running with nobody to stop it."""
+    port = broker_mod.free_port()
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import subprocess, sys, time
+            p = subprocess.Popen([sys.executable, "-m", "devkit.broker", "--port", "{port}",
+                                  "--no-topics", "--log-dir", {str(tmp_path)!r}])
+            print(p.pid, flush=True)
+            time.sleep(120)
+            """)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    cli_pid = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not port_answers("127.0.0.1", port):
+        assert time.monotonic() < deadline and pid_alive(cli_pid), "the broker never served"
+        time.sleep(0.1)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait(5)
+    assert _wait_dead(cli_pid, 10.0), "python -m devkit.broker outlived its launcher"
+    deadline = time.monotonic() + 5
+    while port_answers("127.0.0.1", port):
+        assert time.monotonic() < deadline, "the broker outlived its launcher"
+        time.sleep(0.1)
+    state = DevBrokerState.read(record_mod.state_file())
+    assert state is None or state.pid != cli_pid  # its state file was removed
+
+
 def test_start_failure_is_a_broker_error_naming_the_log(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

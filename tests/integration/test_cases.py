@@ -16,6 +16,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,17 @@ from confluent_kafka import Producer
 
 from devkit.broker import free_port
 from devkit.process import FlowProcess
-from flowkit import Collector, Outcome, flow_env, metric, scrape, topic_set, wait_until
+from flowkit import (
+    RULE_KEYS,
+    Collector,
+    Outcome,
+    flow_env,
+    metric,
+    scrape,
+    topic_set,
+    wait_until,
+)
+from rules.signing import sign_json
 from state.partitioning import murmur2_partition
 from state.spec import FEATURE_NAMES
 from topics.admin import ensure_topics
@@ -52,6 +63,7 @@ class Record:
     timestamp: int
     partition: int | None
     case: str
+    topic: str = "transactions"
 
     @property
     def json(self) -> dict[str, Any] | None:
@@ -74,7 +86,8 @@ def load_case(folder: Path) -> list[Record]:
                      else json.dumps(r["value_json"]).encode())
             key = r.get("key")
             records.append(Record(key.encode() if key is not None else None, value,
-                                  int(r["timestamp"]), r.get("partition"), folder.name))
+                                  int(r["timestamp"]), r.get("partition"), folder.name,
+                                  r.get("topic") or "transactions"))
     for gz in sorted(folder.glob("*.json.gz")):
         value = gzip.decompress(gz.read_bytes())
         card = json.loads(value)["card_id"]
@@ -90,16 +103,31 @@ class Run:
     outcome: Outcome
     features: dict[str, dict[str, float]]
     metrics: dict[Any, float]
+    work: Path
     extra_txn: str = "case-after-oversize"
     dead_by_offset: dict[tuple[int, int], Any] = field(default_factory=dict)
 
 
 def _partition(r: Record) -> int:
+    if r.topic != "transactions":
+        return 0 if r.partition is None else int(r.partition)  # rules, lists, labels: one order
     if r.partition is not None:
         return int(r.partition)
     if r.key is not None:
         return murmur2_partition(r.key.decode(), PARTITIONS)
     return 0
+
+
+#: Case kinds whose rule records are signed by a trusted analyst before they are produced:
+#: what they test is not authentication (an unsigned record is refused before its cost is
+#: measured) but what a signed rule may still do.
+SIGNED_KINDS = ("expensive-",)
+
+
+def _signed(r: Record) -> bytes:
+    if r.topic == "rules" and r.case.startswith(SIGNED_KINDS):
+        return sign_json("rules", json.loads(r.value), [RULE_KEYS.maker])
+    return r.value
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +138,10 @@ def run(kafka: KafkaSettings, tiny_model_dir: Path,
     cases = {d.name: load_case(d) for d in sorted(CASES.iterdir()) if d.is_dir()}
     producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
     topic = settings.topic("transactions")
-    expected_valid = 0
     for records in cases.values():
         for r in records:
-            producer.produce(topic, key=r.key, value=r.value, partition=_partition(r),
-                             timestamp=r.timestamp)
-            expected_valid += 1
+            producer.produce(settings.topic(r.topic), key=r.key, value=_signed(r),
+                             partition=_partition(r), timestamp=r.timestamp)
         producer.flush(30)
     # a valid transaction after everything: the flow kept going past every bad input
     after = Transaction(transaction_id="case-after-oversize", card_id="card-after",
@@ -144,11 +170,12 @@ def run(kafka: KafkaSettings, tiny_model_dir: Path,
     for path in (work / "samples").rglob("*.parquet"):
         for row in pq.read_table(path).to_pylist():
             features[row["transaction_id"]] = {n: row[n] for n in FEATURE_NAMES}
-    return Run(cases, collector.outcome, features, samples)
+    return Run(cases, collector.outcome, features, samples, work)
 
 
 def _txns(records: list[Record]) -> list[dict[str, Any]]:
-    return [j for r in records if (j := r.json) is not None and "transaction_id" in j]
+    return [j for r in records
+            if r.topic == "transactions" and (j := r.json) is not None and "transaction_id" in j]
 
 
 def _final(records: list[Record], card: str) -> str:
@@ -162,7 +189,7 @@ def _pair(records: list[Record], disturbed: Any) -> tuple[str, str]:
     cards: dict[str, bool] = {}
     for r in records:
         j = r.json
-        if j is None or "card_id" not in j:
+        if r.topic != "transactions" or j is None or "card_id" not in j:
             continue
         cards[j["card_id"]] = cards.get(j["card_id"], False) or bool(disturbed(r, j))
     case = [c for c, d in cards.items() if d]
@@ -296,3 +323,222 @@ def test_oversize_message_fits_the_dead_letter_topic(run: Run) -> None:
 
     assert letter.value_sha256 == hashlib.sha256(big.value).hexdigest()
     assert run.extra_txn in run.outcome.verdicts  # the flow kept scoring
+
+
+# ---- security, labels and money (issues 22 and 23) ----------------------------------
+
+_DIGIT_RUN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+#: Field names of sensitive authentication data (PCI DSS 3.3.1: never stored after
+#: authorisation): card verification codes, track data, PIN blocks.
+_SAD_NAME = re.compile(r"cvv|cvc|cid|cav|track|pin", re.IGNORECASE)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _strings(obj: Any) -> list[str]:
+    """Every string of a decoded JSON value (numbers such as epoch times are not card data)."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (k, *_strings(v))]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def _pans(records: list[Record]) -> set[bytes]:
+    """Every PAN-like number (13-19 digits, Luhn-valid) in the records' keys and text values."""
+    found: set[bytes] = set()
+    for r in records:
+        j = r.json
+        texts = [r.key or b"", *(s.encode() for s in _strings(j))] if j is not None else [
+            r.key or b"", r.value]
+        for blob in texts:
+            for m in _DIGIT_RUN.finditer(blob):
+                digits = re.sub(rb"[ -]", b"", m.group())
+                if 13 <= len(digits) <= 19 and _luhn(digits.decode()):
+                    found |= {digits, m.group()}
+    return found
+
+
+def _sad_values(records: list[Record]) -> list[tuple[str, str]]:
+    """(field, value) of sensitive authentication data in the records' JSON values."""
+    out: list[tuple[str, str]] = []
+    for r in records:
+        j = r.json
+        if isinstance(j, dict):
+            out += [(k, str(v)) for k, v in j.items() if _SAD_NAME.search(k) and str(v)]
+    return out
+
+
+def _state_blobs(run: Run) -> list[tuple[str, bytes]]:
+    """Every key and value of every RocksDB store of the run, and every other file's bytes
+    under the state, recovery and sample directories (SST files are read through RocksDB:
+    their blocks may be compressed)."""
+    import rocksdict
+
+    out: list[tuple[str, bytes]] = []
+    for current in (run.work / "state").rglob("CURRENT"):
+        db = rocksdict.Rdict(str(current.parent), rocksdict.Options(raw_mode=True),
+                             access_type=rocksdict.AccessType.read_only())
+        try:
+            for k, v in db.items():
+                out.append((f"{current.parent} key", k))
+                out.append((f"{current.parent} value of {k[:24]!r}", v))
+        finally:
+            db.close()
+    for path in run.work.rglob("*"):
+        if path.is_file() and path.suffix not in (".sst", ".parquet"):
+            out.append((str(path), path.read_bytes()))
+    for path in run.work.rglob("*.parquet"):
+        for column in pq.read_table(path).columns:
+            if column.type == "string":
+                out.append((f"{path}:{column._name}", "\n".join(
+                    str(x) for x in column.to_pylist()).encode()))
+    return out
+
+
+def test_pan_as_card_id_is_never_kept_or_published_in_clear(run: Run) -> None:
+    """No PAN downstream of decode; no CVV, track or PIN data in any dead letter.
+
+    Every case folder of this kind (``pan-*``): the PANs are found in the records
+    (13-19 digits, Luhn-valid, with or without separators), not listed by hand.
+    """
+    records = _records(run, "pan-")
+    pans = _pans(records)
+    assert pans, "the case holds no PAN-like number"
+    published = [(f"verdict {tid}", msgspec.json.encode(v))
+                 for tid, vs in run.outcome.verdicts.items() for v in vs]
+    letters = [(f"dead letter {d.error_class}", msgspec.json.encode(d))
+               for d in run.outcome.dead_letters]
+    letters += [(f"dead letter raw {d.error_class}", raw_value(d) or b"")
+                for d in run.outcome.dead_letters]
+    for where, blob in published + letters + _state_blobs(run):
+        for pan in pans:
+            assert pan not in blob, f"a PAN in clear in {where}"
+    for field_name, value in _sad_values(records):
+        pattern = re.compile(
+            rb'"' + re.escape(field_name.encode()) + rb'"\s*:\s*"?' + re.escape(value.encode()))
+        for where, blob in letters:
+            assert not pattern.search(blob), f"{field_name} kept in {where}"
+            if len(value) >= 8:
+                assert value.encode() not in blob, f"{field_name}'s value kept in {where}"
+    # nothing lost: every transaction of the case got a verdict or a dead letter
+    for j in _txns(records):
+        tid = j["transaction_id"]
+        if tid in run.outcome.verdicts:
+            assert run.outcome.verdicts[tid][0].card_id.encode() not in pans
+        else:
+            assert any(tid.encode() in (raw_value(d) or b"") or tid in d.reason
+                       for d in run.outcome.dead_letters), f"{tid}: no verdict, no dead letter"
+
+
+def _rule_records(records: list[Record]) -> dict[str, dict[str, Any]]:
+    """The case's rule records by rule id (as written to ``rules``)."""
+    return {j["id"]: j for r in records if r.topic == "rules" and (j := r.json) is not None}
+
+
+def _refusals(run: Run, rule_id: str) -> list[Any]:
+    """Dead letters of ``rules`` records naming ``rule_id``."""
+    return [d for d in run.outcome.dead_letters
+            if d.source_topic.endswith("rules") and rule_id in d.reason]
+
+
+def test_unsigned_loosening_rule_changes_no_verdict(run: Run) -> None:
+    """A rule written straight to ``rules`` without an analyst's signature never applies.
+
+    Every case folder of this kind (``unsigned-*``): each of its rule records is refused
+    (dead letter naming the rule, counted), and no transaction's decision is changed by it.
+    """
+    records = _records(run, "unsigned-")
+    rules = _rule_records(records)
+    assert rules
+    for rule_id in rules:
+        assert _refusals(run, rule_id), f"no dead letter for the refused rule {rule_id}"
+    for j in _txns(records):
+        (verdict, *_) = run.outcome.verdicts[j["transaction_id"]]
+        assert not [h for h in verdict.rule_hits if h.rule_id in rules]
+        assert verdict.model_decision in (None, verdict.decision)  # the model's own decision
+    assert metric(run.metrics, "fraud_rule_messages_refused_total") >= len(rules)
+
+
+def test_expensive_rule_is_refused_and_scoring_goes_on(run: Run) -> None:
+    """A rule over the cost budget never runs on the stream, even signed by a trusted analyst:
+    refused with its measured cost; its transactions are scored."""
+    records = _records(run, "expensive-")
+    rules = _rule_records(records)
+    assert rules
+    for rule_id in rules:
+        refusals = _refusals(run, rule_id)
+        assert refusals, f"no dead letter for the refused rule {rule_id}"
+        assert {d.error_class for d in refusals} == {"rule_too_costly"}, refusals
+        assert all("µs per transaction" in d.reason for d in refusals), refusals
+    for j in _txns(records):
+        (verdict, *_) = run.outcome.verdicts[j["transaction_id"]]
+        assert not [h for h in verdict.rule_hits if h.rule_id in rules]
+
+
+_MERCHANT_FRAUD = [n for n in FEATURE_NAMES
+                   if n.startswith("merchant_") and ("fraud" in n or "risk" in n)]
+
+
+def _probes(records: list[Record]) -> dict[str, str]:
+    """merchant id -> the transaction id of its last transaction (the probe)."""
+    last: dict[str, str] = {}
+    for j in _txns(records):
+        last[j["merchant_id"]] = j["transaction_id"]
+    return last
+
+
+def test_labels_for_unknown_transactions_change_no_merchant_feature(run: Run) -> None:
+    """Labels of transaction ids the flow never saw leave the merchant they name untouched."""
+    records = _records(run, "labels-for-unknown")
+    known = {j["transaction_id"] for j in _txns(records)}
+    ghosts = [j for r in records if r.topic == "labels" and (j := r.json) is not None
+              and j["transaction_id"] not in known]
+    assert ghosts
+    victims = {g["merchant_id"] for g in ghosts}
+    probes = _probes(records)
+    controls = [m for m in probes if m not in victims]
+    assert controls and victims <= set(probes)
+    for victim in victims:
+        for control in controls:
+            a, b = run.features[probes[victim]], run.features[probes[control]]
+            assert {n: a[n] for n in _MERCHANT_FRAUD} == {n: b[n] for n in _MERCHANT_FRAUD}
+    assert metric(run.metrics, "fraud_labels_unknown_total") >= len(ghosts)
+
+
+def test_the_latest_label_of_a_transaction_wins(run: Run) -> None:
+    """A chargeback reversed later counts as not fraud, like a transaction only ever cleared."""
+    records = _records(run, "label-correction")
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        j = r.json
+        if r.topic == "labels" and j is not None:
+            old = latest.get(j["transaction_id"])
+            if old is None or j["label_time"] >= old["label_time"]:
+                latest[j["transaction_id"]] = j
+    merchant_of = {j["transaction_id"]: j["merchant_id"] for j in _txns(records)}
+    cleared = {merchant_of[t] for t, j in latest.items() if not j["is_fraud"]}
+    probes = _probes(records)
+    rows = [{n: run.features[probes[m]][n] for n in _MERCHANT_FRAUD} for m in sorted(cleared)]
+    assert len(rows) >= 2 and all(row == rows[0] for row in rows), rows
+
+
+def test_every_currency_gets_a_verdict(run: Run) -> None:
+    """A well-formed authorisation in a currency without a rate is scored, and says so."""
+    records = _records(run, "currency-without-rate")
+    unrated = 0
+    for j in _txns(records):
+        (verdict, *_) = run.outcome.verdicts[j["transaction_id"]]
+        if verdict.amount_unrated:
+            unrated += 1
+            assert any(j["currency"] in r.text for r in verdict.reasons), verdict.reasons
+    assert unrated >= 1
+    assert metric(run.metrics, "fraud_amount_unrated_total") >= unrated

@@ -4,6 +4,7 @@ import base64
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -204,7 +205,7 @@ def test_tail_pretty_prints_each_topic_type(topics: KafkaSettings, env: dict[str
         dl.stdout
     )
     assert "lots" in dl.stdout
-    pred = run(["devkit.tail", topics.topic("predictions"), "--timeout", "5"], env)
+    pred = run(["devkit.tail", topics.topic("predictions"), "--timeout", "1"], env)
     assert pred.returncode == 0, pred.stderr
     first, second = sorted(pred.stdout.splitlines(), key=lambda line: "not json" in line)
     assert "tx-1 card=card-9 DECLINE score=0.970 model=m7 reasons=amount_z" in first
@@ -236,6 +237,27 @@ def test_admin_creates_then_reports_existing(env: dict[str, str]) -> None:
     assert listed.stdout.count(" present") == len(TOPICS)
     second = run(["devkit.topics"], env)
     assert second.stdout.count(" exists") == len(TOPICS)
+
+
+def test_tail_with_a_timeout_waits_for_records_on_an_empty_topic(
+        topics: KafkaSettings, env: dict[str, str]) -> None:
+    """``tail --timeout N`` (no --follow) waits for a record that arrives after it started."""
+    tail = subprocess.Popen([sys.executable, "-m", "devkit.tail", "labels", "--timeout", "20",
+                             "--limit", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the topic is empty: without the wait, tail has ended by now
+        assert tail.poll() is None, tail.communicate()
+        producer = Producer(topics.client_config())
+        label = Label(transaction_id="tx-late", card_id="c1", merchant_id="m1", is_fraud=True,
+                      label_time=1_700_000_000_000)
+        producer.produce(topics.topic("labels"), msgspec.json.encode(label), b"tx-late")
+        assert producer.flush(10) == 0
+        out, err = tail.communicate(timeout=30)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+    assert "tx-late" in out
 
 
 def test_tail_unknown_topic_is_a_clear_error(env: dict[str, str]) -> None:

@@ -20,7 +20,8 @@ from confluent_kafka import Producer
 
 from devkit.broker import free_port
 from devkit.process import FlowProcess
-from flowkit import Collector, flow_env, topic_set, wait_until
+from flowkit import RULE_KEYS, Collector, flow_env, topic_set, wait_until
+from rules.signing import sign_record
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.contracts import Rule, Transaction
@@ -37,6 +38,11 @@ encode = msgspec.json.Encoder().encode
 def _rule(rule_id: str, expression: str, version: int = 1, **kw: object) -> Rule:
     return Rule(id=rule_id, version=version, description=f"rule {rule_id} v{version}",
                 owner="tests", expression=expression, action="tag", **kw)  # type: ignore[arg-type]
+
+
+def signed(rule: Rule) -> bytes:
+    """The rule's record, signed by the dev maker (a tag rule needs one analyst)."""
+    return sign_record(rule, [RULE_KEYS.maker])
 
 
 def _send(producer: Producer, settings: KafkaSettings, topic: str,
@@ -71,8 +77,8 @@ def test_a_rule_published_mid_stream_applies_from_its_valid_from_on_every_worker
         collector.wait_for(half // 2, flows)
         # mid-stream: a rule from a point in event time still ahead, and a broken rule
         _send(producer, settings, "rules", [
-            ("every", encode(_rule("every", "amount_reference >= 0.0", valid_from=valid_from))),
-            ("broken", encode(_rule("broken", "card_count_10m > no_such_feature"))),
+            ("every", signed(_rule("every", "amount_reference >= 0.0", valid_from=valid_from))),
+            ("broken", signed(_rule("broken", "card_count_10m > no_such_feature"))),
         ])
         wait_until(lambda: any(d.source_topic.endswith("rules")
                                for d in collector.outcome.dead_letters), flows,
@@ -119,7 +125,7 @@ def test_kill_9_during_rule_updates_changes_no_verdict(
             flow = FlowProcess(env, tmp_path / "flow.log", recovery_dir=tmp_path / "recovery",
                                snapshot_seconds=1)
             if k < len(versions):
-                _send(producer, settings, "rules", [("big", encode(versions[k]))])
+                _send(producer, settings, "rules", [("big", signed(versions[k]))])
             _txns(producer, settings, chunk)
             seen = len(collector.outcome.verdicts)
             wait_until(lambda s=seen: len(collector.outcome.verdicts) >= s + rng.randint(1, 200),

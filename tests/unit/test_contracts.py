@@ -21,8 +21,8 @@ def test_committed_schemas_are_fresh() -> None:
 def test_version_bumps_keep_the_old_schema_files() -> None:
     versions = {name: spec.contract.SCHEMA_VERSION  # type: ignore[attr-defined]
                 for name, spec in TOPICS.items()}
-    assert versions == {"transactions": 2, "predictions": 2, "dead-letter": 2, "labels": 1,
-                        "drift": 1, "rules": 1, "lists": 1}
+    assert versions == {"transactions": 3, "predictions": 3, "dead-letter": 3, "labels": 1,
+                        "drift": 1, "rules": 1, "lists": 1, "rules-audit": 1}
     for name, version in versions.items():
         for v in range(1, version + 1):
             assert (SCHEMA_DIR / f"{name}.v{v}.json").is_file()
@@ -81,7 +81,7 @@ def test_prediction_v2_fields_round_trip_and_are_omitted_when_default() -> None:
 
 def test_every_topic_has_a_versioned_contract() -> None:
     assert set(TOPICS) == {"transactions", "predictions", "labels", "drift", "dead-letter",
-                           "rules", "lists"}
+                           "rules", "lists", "rules-audit"}
     for spec in TOPICS.values():
         assert spec.contract.SCHEMA_VERSION >= 1  # type: ignore[attr-defined]
         assert spec.partitions >= 1

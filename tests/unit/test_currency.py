@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -149,8 +150,6 @@ def test_reference_amount_prefers_the_cardholder_billing_amount() -> None:
     assert reference_amount(billed, RATES) == 26.32
     usd = RATES.with_reference("USD")
     assert reference_amount(billed, usd) == 26.32 / usd.per_reference["EUR"]
-    with pytest.raises(UnknownRateError):
-        reference_amount(txn(currency="VND", amount=1000.0), RATES)
 
 
 def test_cli_summary_lists_every_rate(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,3 +157,128 @@ def test_cli_summary_lists_every_rate(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert RATES.version in out and "BHD" in out and "(3 decimals)" in out
     assert len([line for line in out.splitlines() if line.startswith("  ")]) == len(CODES)
+
+
+# ---- issue 23: every currency gets a verdict (conversion order, operator rates file)
+
+VND = dict(amount=2_600_000.0, currency="VND")
+
+
+def test_conversion_order_billing_amount_then_rate_table_then_unrated() -> None:
+    assert "VND" not in RATES.per_reference and "COP" not in RATES.per_reference
+    # 1. billing amount in the reference currency: as it is, whatever the currency
+    assert reference_amount(txn(**VND, billing_amount=94.1, billing_currency="EUR"),
+                            RATES) == 94.1
+    # 1b. billing amount in another rated currency: through the table
+    assert reference_amount(txn(**VND, billing_amount=110.0, billing_currency="USD"),
+                            RATES) == 110.0 / RATES.per_reference["USD"]
+    # 2. billing currency without a rate: the transaction amount through the table
+    assert reference_amount(txn(amount=50.0, currency="USD", billing_amount=1_300_000.0,
+                                billing_currency="VND"), RATES) == 50.0 / RATES.per_reference[
+        "USD"]
+    # 3. nothing rated: UNRATED (NaN), and the currency it names
+    for unrated in (txn(**VND), txn(amount=12_000_000.0, currency="COP"),
+                    txn(**VND, billing_amount=1_000_000.0, billing_currency="COP")):
+        assert math.isnan(reference_amount(unrated, RATES))
+        assert currency.unrated_currency(unrated, RATES) == unrated.currency
+    assert currency.unrated_currency(txn(**VND, billing_amount=94.1, billing_currency="EUR"),
+                                     RATES) is None
+    # a zero-value authorisation is 0 in every currency: never unrated
+    assert reference_amount(txn(amount=0.0, currency="VND"), RATES) == 0.0
+
+
+def _rates_file(tmp_path: Path, **data: object) -> Path:
+    body: dict[str, object] = {"version": "treasury-2026-12-07", "reference": "USD",
+                               "as_of": "2026-12-07", "source": "test fixing",
+                               "per_reference": {"EUR": 0.8951, "VND": 26210.0, "COP": 3890.5,
+                                                 "USD": 1.0, "JPY": 150.0}}
+    body.update(data)
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_operator_rates_file_fills_gaps_crossed_into_the_reference_and_versioned(
+        tmp_path: Path) -> None:
+    operator = currency.load_rates_file(_rates_file(tmp_path))
+    assert operator.version == "treasury-2026-12-07" and operator.reference == "USD"
+    served = currency.serving_rates(RATES, operator)
+    assert served.version == f"{RATES.version}+treasury-2026-12-07"
+    assert served.reference == "EUR"
+    # VND per EUR = VND per USD / EUR per USD (the file's own cross)
+    assert served.per_reference["VND"] == 26210.0 / 0.8951
+    assert reference_amount(txn(**VND), served) == 2_600_000.0 / (26210.0 / 0.8951)
+    # the model's table wins where both quote a currency (its amounts keep their scale)
+    assert served.per_reference["JPY"] == RATES.per_reference["JPY"]
+    assert served.per_reference["USD"] == RATES.per_reference["USD"]
+    # a file that adds nothing changes nothing, not even the version
+    same = currency.load_rates_file(_rates_file(tmp_path, per_reference={"EUR": 0.9}))
+    assert currency.serving_rates(RATES, same) is RATES
+
+
+def test_the_next_days_file_gives_the_next_version(tmp_path: Path) -> None:
+    monday = currency.serving_rates(RATES, currency.load_rates_file(_rates_file(tmp_path)))
+    tuesday = currency.serving_rates(RATES, currency.load_rates_file(
+        _rates_file(tmp_path, version="treasury-2026-12-08",
+                    per_reference={"EUR": 0.8951, "VND": 26300.0})))
+    assert tuesday.version.endswith("+treasury-2026-12-08") and tuesday != monday
+    assert tuesday.per_reference["VND"] == 26300.0 / 0.8951
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"version": "treasury 7 Dec"}, "version 'treasury 7 Dec'"),
+    ({"version": None}, "version None"),
+    ({"reference": "XYZ"}, "'XYZ' is not an ISO 4217"),
+    ({"per_reference": {"EUR": 0.9, "ABC": 3.0}}, "'ABC' is not an ISO 4217"),
+    ({"per_reference": {"EUR": 0.9, "VND": -26210.0}}, "rate of 'VND' must be a positive"),
+    ({"per_reference": {"EUR": 0.9, "VND": 0}}, "rate of 'VND' must be a positive"),
+    ({"per_reference": {"EUR": 0.9, "VND": "26210"}}, "rate of 'VND' must be a positive"),
+    ({"per_reference": {"EUR": 0.9, "VND": True}}, "rate of 'VND' must be a positive"),
+    ({"per_reference": {"EUR": 0.9, "USD": 1.1}}, "must have rate 1"),
+    ({"per_reference": {}}, "per_reference must be"),
+])
+def test_a_bad_rates_file_is_refused_naming_the_file_and_the_problem(
+        tmp_path: Path, change: dict[str, object], expected: str) -> None:
+    path = _rates_file(tmp_path, **change)
+    with pytest.raises(RateTableError, match="rates file") as err:
+        currency.load_rates_file(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert isinstance(err.value, FraudStreamError)
+
+
+def test_unreadable_rates_files_are_refused(tmp_path: Path) -> None:
+    for text in ("{not json", "[1, 2]", '{"version": "v1", "reference": "USD", '
+                 '"per_reference": {"VND": NaN}}'):
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(RateTableError, match=str(path)):
+            currency.load_rates_file(path)
+    with pytest.raises(RateTableError, match="cannot read"):
+        currency.load_rates_file(tmp_path / "missing.json")
+
+
+def test_a_file_without_the_reference_currency_cannot_be_crossed(tmp_path: Path) -> None:
+    operator = currency.load_rates_file(
+        _rates_file(tmp_path, per_reference={"VND": 26210.0, "COP": 3890.5}))
+    with pytest.raises(RateTableError, match="no rate for EUR"):
+        currency.serving_rates(RATES, operator)
+
+
+def test_serving_rates_add_the_committed_table_to_an_older_model_table() -> None:
+    older = RateTable("ecb-2020-01-02", "EUR", {"EUR": 1.0, "USD": 1.12})
+    served = currency.serving_rates(older)
+    assert served.per_reference["USD"] == 1.12  # the model's own rate stays
+    assert served.per_reference["JPY"] == RATES.per_reference["JPY"]
+    assert served.version == f"ecb-2020-01-02+{RATES.version}"
+    assert currency.serving_rates(RATES) is RATES  # the committed model: nothing to add
+
+
+def test_cli_checks_an_operator_rates_file(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    good = _rates_file(tmp_path)
+    assert currency.main(["--check-rates-file", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "treasury-2026-12-07" in out and "VND" in out
+    bad = _rates_file(tmp_path, per_reference={"EUR": 0.9, "VND": -1})
+    assert currency.main(["--check-rates-file", str(bad)]) == 1
+    assert "rate of 'VND'" in capsys.readouterr().err

@@ -1,23 +1,27 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samples import NOW_MS, oversize_message
+from samples import NOW_MS, case_records, oversize_message
 from topics.contracts import DeadLetter
 from topics.deadletter import (
     MAX_KEY_BYTES,
     MAX_REASON_CHARS,
     MAX_VALUE_BYTES,
     dead_letter,
+    masked_prefix,
     matches,
     raw_key,
     raw_value,
+    record_key,
 )
+from topics.pan import luhn_ok, scrub
 from topics.validation import Rejection, TransactionDecoder
 
 #: Kafka's default max.message.bytes (1 MB) and what a dead letter may use at most.
@@ -60,15 +64,16 @@ def test_every_dead_letter_is_bounded_and_says_what_it_kept(
     assert len(decoded.reason) <= MAX_REASON_CHARS
     if value is None:
         assert decoded.value_b64 is None and decoded.value_len is None
-    else:
+    else:  # card data masked (length kept): the copy is the masked prefix
         kept = raw_value(decoded)
-        assert kept == value[:limit] and decoded.value_len == len(value)
+        assert kept == masked_prefix(value, limit) and decoded.value_len == len(value)
         assert decoded.value_complete == (len(value) <= limit)
         assert matches(decoded, value)
     if key is None:
         assert decoded.key_b64 is None and decoded.key_len is None
     else:
-        assert raw_key(decoded) == key[:MAX_KEY_BYTES] and decoded.key_len == len(key)
+        assert raw_key(decoded) == masked_prefix(key, MAX_KEY_BYTES)
+        assert decoded.key_len == len(key)
         assert decoded.key_complete == (len(key) <= MAX_KEY_BYTES)
 
 
@@ -115,3 +120,59 @@ def test_a_v1_dead_letter_still_decodes_as_a_complete_copy() -> None:
 def test_negative_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="max_value_bytes"):
         letter(b"v", max_value_bytes=-1)
+
+
+# ---- card data (issue 22): no PAN, CVV, track or PIN data in a dead letter ---------------
+
+def test_the_case_bad_record_leaves_no_pan_cvv_or_track_data() -> None:
+    (bad,) = [r for r in case_records("pan-as-card-id") if b"twelve" in r.value]
+    rejection = TransactionDecoder().decode(bad.value, bad.timestamp)
+    assert isinstance(rejection, Rejection) and rejection.error_class == "wrong_type"
+    record = letter(bad.value, bad.key, rejection=rejection)
+    encoded = msgspec.json.encode(record)
+    kept, key = raw_value(record) or b"", raw_key(record) or b""
+    for blob in (encoded, kept, key, record.reason.encode()):
+        assert b"5105105105105100" not in blob
+        assert b"28101011234567890123" not in blob and b"=2810" not in blob
+    assert not re.search(rb'"cvv"\s*:\s*"123"', kept)
+    assert key == b"510510******5100" and record_key(bad.key) == key
+    assert b'"card_id": "510510******5100"' in kept  # PCI DSS 3.4.1: BIN and last 4
+    assert b'"transaction_id": "pan-bad"' in kept and b'"amount": "twelve"' in kept
+    assert record.masked and len(kept) == len(bad.value) == record.value_len
+    # the hash is of the masked value, never of the PAN-bearing one
+    assert record.value_sha256 == hashlib.sha256(kept).hexdigest()
+    assert record.value_sha256 != hashlib.sha256(bad.value).hexdigest()
+    assert matches(record, bad.value) and not matches(record, bad.value.replace(b"EUR", b"USD"))
+
+
+def test_a_reason_that_quotes_a_pan_is_masked() -> None:
+    record = letter(b"{}", rejection=Rejection(
+        "bad_event_time", "event_time: '4111 1111 1111 1111' is not RFC 3339"))
+    assert "4111 11** **** 1111" in record.reason and record.masked
+
+
+def test_a_value_without_card_data_is_kept_and_hashed_as_it_is() -> None:
+    value = b'{"transaction_id":"t","amount":"x","event_time":1795953540000}'
+    record = letter(value)
+    assert raw_value(record) == value and not record.masked
+    assert record.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert b"masked" not in msgspec.json.encode(record)
+
+
+@given(body=st.integers(min_value=12, max_value=18).flatmap(
+           lambda n: st.text("0123456789", min_size=n, max_size=n)),
+       sep=st.sampled_from(["", " ", "-"]), at=st.integers(min_value=0, max_value=300),
+       limit=st.integers(min_value=0, max_value=400),
+       filler=st.binary(max_size=300).map(lambda b: re.sub(rb"[0-9]", b"x", b)))
+def test_a_pan_anywhere_even_across_the_cut_is_never_kept(
+    body: str, sep: str, at: int, limit: int, filler: bytes
+) -> None:
+    pan = next(body + d for d in "0123456789" if luhn_ok(body + d))
+    shown = sep.join(pan[i:i + 4] for i in range(0, len(pan), 4)).encode()
+    value = filler[:at] + b" " + shown + b" " + filler[at:]
+    record = letter(value, key=shown, max_value_bytes=limit)
+    for blob in (raw_value(record) or b"", raw_key(record) or b""):
+        assert pan.encode() not in re.sub(rb"[ -]", b"", blob)
+        digits = [m.group() for m in re.finditer(rb"[0-9]+", re.sub(rb"[ -]", b"", blob))]
+        assert all(len(d) <= 6 for d in digits)  # at most the BIN-side 6 in one piece
+    assert record.value_sha256 == hashlib.sha256(scrub(value).data).hexdigest()

@@ -11,11 +11,20 @@ from pathlib import Path
 import pytest
 
 from demo.model import ModelBootstrapError, export_model
+from export.handover import Handover
 from tiny_model import train_tiny
+from training.artifact import TrainedModel
+
+
+def trained_with_handover(out: Path) -> TrainedModel:
+    """The tiny model, trained into ``out`` with the hand-over `just train` writes."""
+    trained = train_tiny(out)
+    Handover.from_trained(trained).save(out)
+    return trained
 
 
 def test_a_rejected_model_stops_the_demo_with_a_remedy_that_works(tmp_path: Path) -> None:
-    trained = train_tiny(tmp_path / "train")
+    trained = trained_with_handover(tmp_path / "train")
     models = tmp_path / "models"
     with pytest.raises(ModelBootstrapError) as caught:
         export_model(tmp_path / "train", models, ["--gate", "min_auc_roc=0.9999"])
@@ -33,7 +42,7 @@ def test_a_rejected_model_stops_the_demo_with_a_remedy_that_works(tmp_path: Path
 
 
 def test_an_accepted_model_becomes_current(tmp_path: Path) -> None:
-    trained = train_tiny(tmp_path / "train")
+    trained = trained_with_handover(tmp_path / "train")
     current = export_model(tmp_path / "train", tmp_path / "models", ["--gate", "min_auc_roc=0.5"])
     assert current == tmp_path / "models" / "current"
     assert current.resolve().name == trained.model_version

@@ -191,10 +191,11 @@ def test_another_reference_currency_and_limit() -> None:
     assert isinstance(refused, Rejection) and "over the limit of 1,000 USD" in refused.reason
 
 
-def test_a_currency_without_a_rate_names_the_table_version_and_the_remedy() -> None:
-    refused = decoder.decode(raw(amount=250_000.0, currency="VND"), NOW_MS)
-    assert isinstance(refused, Rejection) and refused.error_class == "unknown_rate"
-    assert RATES.version in refused.reason and "python -m topics.currency" in refused.reason
+def test_a_currency_without_a_rate_is_accepted_never_refused() -> None:
+    # issue 23: a refused authorisation gets no verdict; it is scored, amount unrated
+    accepted = decoder.decode(raw(amount=250_000.0, currency="VND"), NOW_MS)
+    assert isinstance(accepted, Transaction) and accepted.currency == "VND"
+    assert math.isnan(reference_amount(accepted, RATES))
 
 
 # ---- parsing per the standards: BOM, RFC 3339, integer epoch milliseconds
@@ -302,3 +303,145 @@ def test_case_jpy_amount_is_about_the_control_in_the_reference_currency() -> Non
     assert (jpy.amount, jpy.currency) == (4500.0, "JPY")
     ratio = reference_amount(jpy, RATES) / reference_amount(eur, RATES)
     assert 0.8 < ratio < 1.2, ratio  # the same purchase, not a 100x spike
+
+
+# ---- issue 23: every well-formed authorisation is accepted whatever its currency
+
+
+@pytest.mark.parametrize("code", sorted(set(MINOR_UNITS) - set(RATES.per_reference)))
+def test_every_iso_currency_without_a_rate_is_accepted(code: str) -> None:
+    amount = 12_000_000.0 if MINOR_UNITS[code] == 0 else 1_000.0
+    accepted = decoder.decode(raw(amount=amount, currency=code), NOW_MS)
+    assert isinstance(accepted, Transaction), accepted
+    assert math.isnan(reference_amount(accepted, RATES))
+
+
+def test_a_rated_billing_amount_is_used_for_the_limit_when_the_currency_has_no_rate() -> None:
+    billed = decoder.decode(raw(amount=2_600_000.0, currency="VND", billing_amount=94.1,
+                                billing_currency="EUR"), NOW_MS)
+    assert isinstance(billed, Transaction) and reference_amount(billed, RATES) == 94.1
+    over = decoder.decode(raw(amount=2_600_000.0, currency="VND", billing_amount=1_500_000.0,
+                              billing_currency="EUR"), NOW_MS)
+    assert isinstance(over, Rejection) and over.error_class == "amount_limit"
+    assert over.reason.startswith("billing_amount:")
+
+
+def test_an_unrated_billing_currency_falls_back_to_the_rated_amount_for_the_limit() -> None:
+    ok = decoder.decode(raw(amount=50.0, currency="USD", billing_amount=1_300_000.0,
+                            billing_currency="VND"), NOW_MS)
+    assert isinstance(ok, Transaction)
+    over = decoder.decode(raw(amount=2_000_000.0, currency="USD", billing_amount=1.0,
+                              billing_currency="VND"), NOW_MS)
+    assert isinstance(over, Rejection) and over.reason.startswith("amount:")
+    assert "USD" in over.reason
+
+
+def test_the_billing_fields_rules_still_hold_for_unrated_currencies() -> None:
+    half = decoder.decode(raw(amount=2_600_000.0, currency="VND", billing_amount=94.1),
+                          NOW_MS)
+    assert isinstance(half, Rejection) and "give both or neither" in half.reason
+    cents = decoder.decode(raw(amount=2_600_000.5, currency="VND"), NOW_MS)
+    assert isinstance(cents, Rejection) and cents.error_class == "amount_precision"
+
+
+def test_an_operator_rate_makes_the_limit_apply_to_that_currency() -> None:
+    served = RATES.supplemented(type(RATES)("ops-1", "EUR", {"EUR": 1.0, "VND": 28_000.0}))
+    with_rate = TransactionDecoder(rates=served)
+    assert isinstance(with_rate.decode(raw(amount=2_600_000.0, currency="VND"), NOW_MS),
+                      Transaction)
+    over = with_rate.decode(raw(amount=30_000_000_000.0, currency="VND"), NOW_MS)
+    assert isinstance(over, Rejection) and over.error_class == "amount_limit"
+
+
+def test_case_currency_without_rate_both_accepted() -> None:
+    vnd, eur = decode_case("currency-without-rate")
+    assert isinstance(vnd, Transaction) and isinstance(eur, Transaction)
+    assert math.isnan(reference_amount(vnd, RATES)) and reference_amount(eur, RATES) == 95.0
+
+
+# ---- card data at decode (issue 22): a PAN as card_id is tokenised, or refused ----------
+
+
+def _pan_decoder(key: bytes | None = b"k" * 32) -> TransactionDecoder:
+    from topics.pan import CardGuard, PanKey
+
+    return TransactionDecoder(cards=CardGuard(PanKey(key) if key else None))
+
+
+@pytest.mark.parametrize("shown", ["4111111111111111", "4111 1111 1111 1111",
+                                   "4111-1111-1111-1111"])
+def test_a_pan_card_id_is_tokenised_deterministically_keeping_bin_and_last4(
+    shown: str,
+) -> None:
+    first = _pan_decoder().decode(raw(card_id=shown), NOW_MS)
+    again = _pan_decoder().decode(raw(card_id="4111111111111111"), NOW_MS)
+    other_key = _pan_decoder(b"q" * 32).decode(raw(card_id=shown), NOW_MS)
+    assert isinstance(first, Transaction) and isinstance(again, Transaction)
+    assert isinstance(other_key, Transaction)
+    assert first.card_id == again.card_id != other_key.card_id
+    assert len(first.card_id) == 36 and first.card_id.startswith("tok_")
+    assert (first.card_bin, first.card_last4) == ("41111111", "1111")
+    assert b"4111111111111111" not in msgspec.json.encode(first)
+
+
+def test_a_token_card_id_is_left_as_sent_with_the_producers_bin() -> None:
+    txn = _pan_decoder().decode(raw(card_id="tok-card-77", card_bin="520000",
+                                    card_last4="0004"), NOW_MS)
+    assert isinstance(txn, Transaction)
+    assert (txn.card_id, txn.card_bin, txn.card_last4) == ("tok-card-77", "520000", "0004")
+    bad = decoder.decode(raw(card_bin="52"), NOW_MS)
+    assert isinstance(bad, Rejection) and "card_bin" in bad.reason
+
+
+def test_without_a_key_a_pan_card_id_is_refused_naming_the_setting() -> None:
+    result = decoder.decode(raw(card_id="5105105105105100"), NOW_MS)
+    assert isinstance(result, Rejection) and result.error_class == "pan_in_clear"
+    assert "FRAUD_PAN_KEY_FILE" in result.reason and "510510******5100" in result.reason
+    assert "5105105105105100" not in result.reason
+    label = LabelDecoder().decode(
+        b'{"transaction_id":"t","card_id":"5105105105105100","merchant_id":"m",'
+        b'"is_fraud":true,"label_time":1699999999000}', NOW_MS)
+    assert isinstance(label, Rejection) and label.error_class == "pan_in_clear"
+
+
+def test_a_label_gets_the_token_of_its_transaction() -> None:
+    from topics.pan import CardGuard, PanKey
+
+    guard = CardGuard(PanKey(b"k" * 32))
+    label = LabelDecoder(cards=guard).decode(
+        b'{"transaction_id":"t","card_id":"4111 1111 1111 1111","merchant_id":"m",'
+        b'"is_fraud":true,"label_time":1699999999000}', NOW_MS)
+    txn = _pan_decoder().decode(raw(card_id="4111111111111111"), NOW_MS)
+    assert isinstance(label, Label) and isinstance(txn, Transaction)
+    assert label.card_id == txn.card_id
+
+
+def test_pans_in_other_ids_and_attributes_are_not_kept() -> None:
+    txn = _pan_decoder().decode(raw(device_id="4111111111111111", customer_id="c-9",
+                                    attributes={"cvv": "123", "track2": "x", "bin": "411111",
+                                                "memo": "4111 1111 1111 1111"}), NOW_MS)
+    assert isinstance(txn, Transaction)
+    assert txn.device_id is not None and txn.device_id.startswith("tok_")
+    assert txn.customer_id == "c-9"
+    assert txn.attributes == {"bin": "411111", "memo": "4111 11** **** 1111"}
+
+
+def test_a_currency_code_iso_4217_does_not_list_is_scored_unrated_not_refused() -> None:
+    """Three capital letters that no table knows still get a verdict (neutral amounts)."""
+    import math
+
+    from topics.currency import default_rates, metric_currency, reference_amount
+
+    decoder = TransactionDecoder()
+    for fields in ({"currency": "XYZ"}, {"currency": "XYZ", "amount": 12.3456},
+                   {"billing_amount": 40.0, "billing_currency": "QQQ"}):
+        got = decoder.decode(raw(**fields), NOW_MS)
+        assert isinstance(got, Transaction), (fields, got)
+    xyz = decoder.decode(raw(currency="XYZ"), NOW_MS)
+    assert isinstance(xyz, Transaction)
+    assert math.isnan(reference_amount(xyz, default_rates()))
+    assert metric_currency("XYZ") == "unlisted" and metric_currency("VND") == "VND"
+    billed = decoder.decode(raw(billing_amount=40.0, billing_currency="QQQ"), NOW_MS)
+    assert isinstance(billed, Transaction)
+    assert not math.isnan(reference_amount(billed, default_rates()))  # DE4 in EUR still counts
+    assert not isinstance(decoder.decode(raw(currency="eur"), NOW_MS), Transaction)

@@ -1,8 +1,9 @@
 """Real tiny models for the export tests: trained on simulated worlds, with held-out labels.
 
 Training stores a sample of the test period (``holdout_*``: features, eventual labels,
-event times, card ids and the selection model's scores) in the artifact, so the
-champion comparison runs on real rows.
+event times, card pseudonyms and the selection model's scores) in the artifact, so the
+champion comparison runs on real rows. ``tiny`` also has the hand-over ``just train``
+writes (``out/handover/``), which ``just export-onnx`` reads.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ def train_with_holdout(out: Path, history: History, cfg: TrainConfig = TINY,
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    """The tiny world's model, with held-out labels."""
-    return train_with_holdout(tmp_path_factory.mktemp("tiny"), tiny_history())
+    """The tiny world's model, with held-out labels and its hand-over on disk."""
+    from export.handover import Handover
+
+    tiny = train_with_holdout(tmp_path_factory.mktemp("tiny"), tiny_history())
+    Handover.from_trained(tiny.trained).save(tiny.out)
+    return tiny
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,12 @@ from training.artifact import TrainedModel
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainedModel, Path]:
+    from export.handover import Handover
+
     out = tmp_path_factory.mktemp("run")
-    return train_tiny(out), out
+    model = train_tiny(out)
+    Handover.from_trained(model).save(out)  # what `just train` writes for `just export-onnx`
+    return model, out
 
 
 def test_training_outputs_report_and_artifact(trained: tuple[TrainedModel, Path]) -> None:

@@ -1,15 +1,24 @@
-"""Shared builders for the rules tests: random batches over the running feature spec."""
+"""Shared builders for the rules tests: random batches, signed records, the test analysts."""
 
 from __future__ import annotations
 
-import msgspec
+import tempfile
+from collections.abc import Sequence
+
 import numpy as np
 
 from rules.batch import RuleBatch
 from rules.book import Message
 from rules.contracts import ListEntry, Rule, list_key
 from rules.names import TEXT_FIELDS
+from rules.signing import Signer, TrustedKeys, dev_keys, sign_record
 from state.spec import FEATURE_NAMES
+
+#: A maker and a checker, made once per test session in a temporary directory.
+KEYS = dev_keys(tempfile.mkdtemp(prefix="rules-keys-"))
+TRUST = TrustedKeys.from_file(KEYS.trusted)
+#: Both analysts: a record signed by them takes effect even when it loosens decisions.
+BOTH = (KEYS.maker, KEYS.checker)
 
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 CHANNELS = np.array(["pos", "ecom", "atm", "moto", ""], dtype=object)
@@ -51,14 +60,18 @@ def random_batch(seed: int, n: int = 64, names: tuple[str, ...] | None = None) -
     )
 
 
-def rule_message(rule_id: str, expression: str, action: str = "review", **kw: object) -> Message:
+def rule_message(rule_id: str, expression: str, action: str = "review",
+                 signers: Sequence[Signer] = BOTH, **kw: object) -> Message:
+    """A ``rules`` record signed by ``signers`` (default: maker and checker)."""
     rule = Rule(id=rule_id, version=int(kw.pop("version", 1)), description=f"rule {rule_id}",
                 owner="tests", expression=expression, action=action, **kw)  # type: ignore[arg-type]
-    return Message("rules", rule_id, msgspec.json.encode(rule))
+    return Message("rules", rule_id, sign_record(rule, signers))
 
 
-def entry_message(entry: ListEntry) -> Message:
-    return Message("lists", list_key(entry), msgspec.json.encode(entry))
+def entry_message(entry: ListEntry, signers: Sequence[Signer] = BOTH,
+                  retired: bool = False) -> Message:
+    """A ``lists`` record signed by ``signers`` (``retired``: the entry's removal)."""
+    return Message("lists", list_key(entry), sign_record(entry, signers, retired=retired))
 
 
 STANDARD_ENTRIES = [

@@ -60,7 +60,8 @@ def test_backtest_matches_brute_force(history_file: Path, tmp_path: Path) -> Non
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(doc))
     out = tmp_path / "report"
-    assert main([str(rules_file), "--data", str(history_file), "--out", str(out)]) == 0
+    assert main([str(rules_file), "--data", str(history_file), "--out", str(out),
+                 "--no-model"]) == 0
     assert {p.name for p in out.iterdir()} == {
         "report.md", "rules.csv", "precision_recall.png", "hits_per_day.png"
     }
@@ -101,6 +102,27 @@ def test_backtest_matches_brute_force(history_file: Path, tmp_path: Path) -> Non
             (len(rows) - len(frauds)) / days)
     report = (out / "report.md").read_text()
     assert "| velocity | review | active |" in report and "model + active rules" in report
+
+
+def test_backtest_scores_with_the_served_model_by_default(
+        history_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    """Without --model the backtest uses models/current (the model the flow serves)."""
+    import rules.backtest as backtest
+
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(RULES))
+    checkout = tiny_model_dir.parent.parent  # holds models/current, as a checkout does
+    monkeypatch.chdir(checkout)
+    assert backtest.DEFAULT_MODEL.exists()
+    assert main([str(rules_file), "--data", str(history_file), "--out", str(tmp_path / "o")]) == 0
+    out, err = capsys.readouterr()
+    assert "model: models/current (" in err
+    flagged = int(out.split("model alone: flagged ")[1].split(" ")[0].replace(",", ""))
+    assert flagged > 0  # the model flags some of the 5% fraud; with no model it would be 0
+    monkeypatch.chdir(tmp_path)  # no models/current here: a clear error, not a silent 0
+    assert main([str(rules_file), "--data", str(history_file), "--out", str(tmp_path / "p")]) == 2
+    assert "--no-model" in capsys.readouterr().err
 
 
 def test_backtest_refuses_a_bad_rules_file(history_file: Path, tmp_path: Path) -> None:

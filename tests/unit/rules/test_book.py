@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit.rules.rulekit import STANDARD_ENTRIES, T0, entry_message, random_batch, rule_message
+from unit.rules.rulekit import (
+    BOTH,
+    STANDARD_ENTRIES,
+    T0,
+    TRUST,
+    entry_message,
+    random_batch,
+    rule_message,
+)
 
 from rules.book import Applied, Message, Refused, RuleBook
 from rules.contracts import ListEntry, Rule
 from rules.errors import SnapshotError
+from rules.signing import sign_record
 from scoring.policy import apply, combine
 from state.spec import FEATURE_NAMES
 
@@ -19,7 +27,7 @@ DAY = 86_400_000
 
 
 def book() -> RuleBook:
-    return RuleBook(FEATURE_NAMES)
+    return RuleBook(FEATURE_NAMES, TRUST)
 
 
 def test_rule_versions_are_idempotent_stale_or_conflicting() -> None:
@@ -83,14 +91,17 @@ def test_bad_messages_are_refused_not_raised() -> None:
     assert b.compiled() == [] and b.lists.entries() == []
 
 
-def test_tombstones_and_disabling_take_rules_out_of_force() -> None:
+def test_a_tombstone_is_refused_and_a_signed_disabled_version_retires_a_rule() -> None:
     b = book()
     b.apply(rule_message("a", "true", action="decline"))
     b.apply(rule_message("b", "true", action="decline"))
     b.apply(rule_message("b", "true", action="decline", version=2, enabled=False))
-    b.apply(Message("rules", "a", None))
+    tombstone = b.apply(Message("rules", "a", None))
+    assert isinstance(tombstone, Refused) and tombstone.error_class == "rule_unauthenticated"
+    assert "tombstone" in tombstone.reason and [c.rule.id for c in b.compiled()] == ["a"]
+    b.apply(rule_message("a", "true", action="decline", version=2, enabled=False))
     assert b.compiled() == []
-    assert [r.id for r in b.rules()] == ["b"]  # disabled rules stay listed
+    assert [r.id for r in b.rules()] == ["a", "b"]  # disabled rules stay listed
     assert b.version == book().version  # nothing in force, no lists: the empty version
 
 
@@ -153,7 +164,7 @@ def test_snapshot_restores_the_same_decisions() -> None:
 
 def test_a_restored_rule_that_no_longer_compiles_is_kept_out_of_force() -> None:
     names = tuple(FEATURE_NAMES)
-    b = RuleBook(names)
+    b = RuleBook(names, TRUST)
     b.apply(rule_message("r", f"{names[0]} > 1.0"))
     restored = RuleBook.restore(b.snapshot(), names[1:])
     assert restored.compiled() == [] and [r.id for r in restored.rules()] == ["r"]
@@ -207,7 +218,7 @@ def test_batch_of_another_spec_is_an_error() -> None:
 def test_rule_contract_roundtrip() -> None:
     rule = Rule(id="r", version=3, description="d", owner="o", expression="true",
                 action="tag", valid_from=T0)  # fmt: skip
-    data = msgspec.json.encode(rule)
+    data = sign_record(rule, BOTH)  # signed over the decoded content: any time format verifies
     assert b'"valid_from":1735689600000' in data
     b = book()
     assert b.apply(Message("rules", "r", data.replace(b"1735689600000",

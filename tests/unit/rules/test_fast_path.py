@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit.rules.rulekit import STANDARD_ENTRIES, T0, entry_message, random_batch, rule_message
+from unit.rules.rulekit import (
+    STANDARD_ENTRIES,
+    T0,
+    TRUST,
+    entry_message,
+    random_batch,
+    rule_message,
+)
 
 from rules.book import Applied, RuleBook
 from rules.lists import brute_member
@@ -81,7 +88,7 @@ def expression() -> st.SearchStrategy[str]:
 
 
 def book_with(expressions: list[str]) -> tuple[RuleBook, list[str]]:
-    book = RuleBook(FEATURE_NAMES)
+    book = RuleBook(FEATURE_NAMES, TRUST)
     for entry in STANDARD_ENTRIES:
         assert isinstance(book.apply(entry_message(entry)), Applied)
     ids = []

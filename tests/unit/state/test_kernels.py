@@ -87,6 +87,7 @@ def test_card_kernel_equals_the_reference_in_any_batches(seed: int) -> None:
 def test_merchant_kernel_equals_the_reference_in_any_batches(seed: int) -> None:
     rng = random.Random(seed)
     t, ops = T0, []
+    frauds: list[tuple[str, str, int, int, int, bool]] = []
     merchants = rng.choice([1, 2, 10])
     for _ in range(2000):
         t += rng.randint(0, 2 * HOUR) if rng.random() < 0.3 else rng.randint(0, 60_000)
@@ -95,24 +96,28 @@ def test_merchant_kernel_equals_the_reference_in_any_batches(seed: int) -> None:
         m, k = f"m{rng.randrange(merchants)}", rng.random()
         if k < 0.7:
             ops.append((m, "txn", t - (rng.randint(0, 5 * HOUR) if rng.random() < 0.1 else 0),
-                        0, False))
-        elif k < 0.85:
-            ops.append((m, "fraud", 0, t + rng.randint(-40 * DAY, 3 * DAY), False))
-        else:
-            ops.append((m, "aligned", t - rng.randint(0, 40 * DAY),
-                        t + rng.randint(-3 * DAY, 3 * DAY), rng.random() < 0.5))
+                        0, 0, False))
+        elif k < 0.88 or not frauds:
+            op = (m, "fraud", t - rng.randint(0, 150 * DAY),
+                  t + rng.randint(-40 * DAY, 3 * DAY), 0, rng.random() < 0.5)
+            ops.append(op)
+            frauds.append(op)
+        else:  # a later "not fraud" label ends an earlier count (or one long forgotten)
+            m, _, t1, since, _, flag = rng.choice(frauds)
+            ops.append((m, "retract", t1, since, max(since, t + rng.randint(-3 * DAY, 3 * DAY)),
+                        flag))
     reference: dict[str, MerchantState] = {}
     expected = []
-    for m, kind, t1, t2, flag in ops:
+    for m, kind, t1, t2, t3, flag in ops:
         state = reference.setdefault(m, MerchantState())
         if kind == "txn":
             x = TxnInput(t1, 1.0, m, None, None, None, None, None)
             expected.append(state.features(x))
             state.update(x)
         elif kind == "fraud":
-            state.add_fraud(t2)
+            state.add_fraud(t1, t2, flag)
         else:
-            state.add_aligned_fraud(t1, t2, flag)
+            state.retract_fraud(t1, t2, t3, flag)
     states: dict[str, bytes] = {}
     got = []
     for a, b in _batches(len(ops), rng, 400):
@@ -121,14 +126,14 @@ def test_merchant_kernel_equals_the_reference_in_any_batches(seed: int) -> None:
         index = {m: k for k, m in enumerate(ids)}
         batch = MerchantOps()
         rows = 0
-        for m, kind, t1, t2, flag in chunk:
+        for m, kind, t1, t2, t3, flag in chunk:
             if kind == "txn":
                 batch.txn(index[m], t1, rows)
                 rows += 1
             elif kind == "fraud":
-                batch.fraud(index[m], t2)
+                batch.fraud(index[m], t1, t2, flag)
             else:
-                batch.aligned(index[m], t1, t2, flag)
+                batch.retract(index[m], t1, t2, t3, flag)
         features, new = merchant_features([states.get(m) for m in ids], batch, rows)
         got.append(features)
         states.update(zip(ids, new, strict=True))

@@ -85,12 +85,14 @@ def card_reference(hist: list[Transaction], txn: Transaction) -> dict[str, float
 
 
 def merchant_reference(
-    txns: list[Transaction], frauds: list[int], aligned: list[tuple[int, int, bool]],
+    txns: list[Transaction], frauds: list[tuple[int, int, int, bool]], newest_hour: int | None,
     txn: Transaction,
 ) -> dict[str, float]:
     """Merchant features in event time, as the spec defines them: from all of the merchant's
-    transactions (``txns``, any order), its fraud label times and its (transaction time,
-    label time, regular customer) pairs, whatever order they were read in."""
+    transactions (``txns``, any order) and its fraud counts ``(transaction time, from,
+    until, regular customer)`` (ms; until: when a correction ended it), whatever order they
+    were read in. ``newest_hour``: the merchant's newest transaction hour before ``txn``
+    (what it still keeps: label hours within 770 hours, transaction days within 41 days)."""
     t, h = txn.event_time, txn.event_time // HOUR
     out: dict[str, float] = {}
     counts = {}
@@ -99,21 +101,87 @@ def merchant_reference(
         counts[k] = sum(1 for e in txns if b - n - 2 < e.event_time // size <= b - 2)
         out[f"merchant_count_{k}"] = counts[k]
     known = h - 2
+    live = [(tt, hs // HOUR, fam) for tt, hs, he, fam in frauds
+            if hs // HOUR <= known < he // HOUR]
+    kept = [x for x in live if newest_hour is None or x[1] > newest_hour - 770]
     for k, hours in FRAUD_HOURS.items():
-        f = sum(1 for lt in frauds if known - hours < lt // HOUR <= known)
+        f = sum(1 for _, hs, _ in kept if known - hours < hs)
         out[f"merchant_fraud_rate_{k}"] = min(1.0, f / counts[k]) if counts[k] else 0.0
         if k == "7d":
             out["merchant_fraud_labels_7d"] = f
     end = t // DAY - LABEL_DELAY_DAYS
     for k, days in (("1d", 1), ("7d", 7), ("30d", 30)):
         c = sum(1 for e in txns if end - days < e.event_time // DAY <= end)
-        f = sum(1 for tt, lt, _ in aligned if end - days < tt // DAY <= end
-                and lt // HOUR <= known)
+        f = sum(1 for tt, _, _ in live if end - days < tt // DAY <= end
+                and (newest_hour is None or tt // DAY > newest_hour // 24 - 41))
         out[f"merchant_risk_aligned_{k}"] = min(1.0, f / c) if c and f else 0.0
     for k, hours in (("7d", 168), ("30d", 720)):
         out[f"merchant_familiar_fraud_{k}"] = sum(
-            1 for _, lt, fam in aligned if fam and known - hours < lt // HOUR <= known)
+            1 for _, hs, fam in kept if fam and known - hours < hs)
     return out
+
+
+def fraud_counts(events: list[Transaction | Label], familiar: dict[str, bool],
+                 horizon_days: int = 180, wait_days: int = 35
+                 ) -> dict[str, list[tuple[int, int, int, bool]]]:
+    """Per merchant, every fraud count ``(transaction time, from, until, regular customer)``.
+
+    The label contract, in event time (transactions at their event time before labels at
+    the same time, then stream order): a label joins the first transaction of its id,
+    once that is known, while its UTC day is within ``horizon_days`` of the transaction's,
+    for the transaction's merchant (never the one the label names); one read before its
+    transaction waits (the latest wins) and joins right after it, unless the transaction
+    comes ``wait_days`` or more after the first waiting label. The label with the
+    latest (label_time, is_fraud) is in force; a fraud counts from the later of its label
+    time and its transaction's time until a later not-fraud label.
+    """
+    never = 1 << 62
+    keyed = sorted(((e.event_time if isinstance(e, Transaction) else e.label_time,
+                     int(isinstance(e, Label)), i, e) for i, e in enumerate(events)),
+                   key=lambda x: x[:3])
+    known: dict[str, Transaction] = {}
+    waiting: dict[str, tuple[Label, int]] = {}
+    current: dict[str, tuple[int, bool]] = {}
+    opened: dict[str, list] = {}
+    out: dict[str, list[tuple[int, int, int, bool]]] = {}
+
+    def apply(tid: str, lt: int, fraud: bool) -> None:
+        x = known[tid]
+        now = current.get(tid)
+        if now is not None and (lt, fraud) <= now:
+            return
+        current[tid] = (lt, fraud)
+        if now is not None and now[1] == fraud:
+            return
+        at = max(lt, x.event_time)
+        if fraud:
+            opened[tid] = [x.event_time, at, never, familiar[tid]]
+            out.setdefault(x.merchant_id, []).append(opened[tid])  # type: ignore[arg-type]
+        elif tid in opened:
+            opened.pop(tid)[2] = at
+
+    for _, _, _, e in keyed:
+        if isinstance(e, Transaction):
+            if e.transaction_id in known:
+                continue
+            known[e.transaction_id] = e
+            w = waiting.pop(e.transaction_id, None)
+            if w is not None:
+                if e.event_time // DAY < w[1] // DAY + wait_days:
+                    apply(e.transaction_id, w[0].label_time, w[0].is_fraud)
+                else:
+                    waiting[e.transaction_id] = w  # expired: it never joins
+            continue
+        x = known.get(e.transaction_id)
+        if x is not None and e.label_time // DAY < x.event_time // DAY + horizon_days:
+            apply(e.transaction_id, e.label_time, e.is_fraud)
+            continue
+        w = waiting.get(e.transaction_id)
+        if w is None:
+            waiting[e.transaction_id] = (e, e.label_time)
+        elif (e.label_time, e.is_fraud) > (w[0].label_time, w[0].is_fraud):
+            waiting[e.transaction_id] = (e, w[1])
+    return {m: [tuple(c) for c in counts] for m, counts in out.items()}  # type: ignore[misc]
 
 
 def context_reference(txn: Transaction) -> dict[str, float]:
@@ -132,26 +200,18 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
     """Per transaction: expected features by name, and the brute 30-d std (for z checks).
 
     Card features follow the stream order of the card; merchant features event time
-    (everything the merchant will ever see, filtered by time); labels: the first of a
-    transaction id wins (for 62 days), judged in stream order.
+    (everything the merchant will ever see, filtered by time); labels: the label contract
+    (:func:`fraud_counts`).
     """
     card_hist: dict[str, list[Transaction]] = {}
     m_txns: dict[str, list[Transaction]] = {}
-    m_frauds: dict[str, list[int]] = {}
-    fraud_labels: list[tuple[str, str, int]] = []  # (merchant, txn id, label time)
-    labelled: dict[str, int] = {}
-    seen: dict[str, Transaction] = {}
+    seen: set[str] = set()
     familiar: dict[str, bool] = {}
     cards: list[tuple[Transaction, dict[str, float], float]] = []
     for e in events:
-        if isinstance(e, Label):
-            first = labelled.get(e.transaction_id)
-            if first is None or e.label_time - first >= 62 * DAY:
-                labelled[e.transaction_id] = e.label_time
-                if e.is_fraud:
-                    m_frauds.setdefault(e.merchant_id, []).append(e.label_time)
-                    fraud_labels.append((e.merchant_id, e.transaction_id, e.label_time))
+        if isinstance(e, Label) or e.transaction_id in seen:
             continue
+        seen.add(e.transaction_id)
         hist = card_hist.setdefault(e.card_id, [])
         if hist and e.event_time - max(x.event_time for x in hist) > IDLE_EVICT_MS:
             hist.clear()
@@ -164,27 +224,21 @@ def reference(events: list[Transaction | Label]) -> list[tuple[dict[str, float],
         cards.append((e, exp, std))
         hist.append(e)
         m_txns.setdefault(e.merchant_id, []).append(e)
-        seen[e.transaction_id] = e
         familiar[e.transaction_id] = exp["card_new_merchant_30d"] == 0.0
-
-    # a label counts under its transaction's day once that transaction was scored: in event
-    # time (ties: stream order), so only for transactions scored after it; and only while
-    # that day is within the 41 days the merchant keeps (behind its newest transaction)
+    counts = fraud_counts(events, familiar)
+    # what the merchant still keeps when a transaction reads: behind its newest transaction
+    # scored before it in event time (ties: stream order)
     by_time = sorted(cards, key=lambda c: c[0].event_time)
     rank = {c[0].transaction_id: r for r, c in enumerate(by_time)}
 
-    def aligned(m: str, before: int) -> list[tuple[int, int, bool]]:
+    def newest(m: str, before: int) -> int | None:
         earlier = [c[0].event_time // HOUR for c in by_time[:before] if c[0].merchant_id == m]
-        newest_day = max(earlier) // 24 if earlier else None
-        return [(seen[tid].event_time, lt, familiar[tid]) for mm, tid, lt in fraud_labels
-                if mm == m and tid in seen and seen[tid].merchant_id == m
-                and rank[tid] < before and (
-                    newest_day is None or seen[tid].event_time // DAY > newest_day - 41)]
+        return max(earlier) if earlier else None
 
     out = []
     for e, exp, std in cards:
-        exp |= merchant_reference(m_txns[e.merchant_id], m_frauds.get(e.merchant_id, []),
-                                  aligned(e.merchant_id, rank[e.transaction_id]), e)
+        exp |= merchant_reference(m_txns[e.merchant_id], counts.get(e.merchant_id, []),
+                                  newest(e.merchant_id, rank[e.transaction_id]), e)
         exp |= context_reference(e)
         out.append((exp, std))
     return out

@@ -266,11 +266,12 @@ def test_a_label_read_before_its_transaction_waits_and_joins(tmp_path: Path) -> 
                   label_time=t0 + DAY_MS)
     pipe = Pipeline(tmp_path)
     pipe.feed([(0, label)])
-    assert pipe.joins == [LabelJoin(label, None)]  # not scored yet: waits
+    assert pipe.joins == [] and pipe.merchants.unknown_labels == 1  # not scored yet: waits
     pipe.feed([(1, txn)])
-    assert len(pipe.joins) == 2 and pipe.joins[1].verdict is not None
-    pipe.feed([(2, label)])  # the same label again: first label wins, nothing new
-    assert len(pipe.joins) == 2
+    assert len(pipe.joins) == 1 and pipe.joins[0].verdict is not None
+    assert pipe.joins[0].verdict.merchant_id == "m"
+    pipe.feed([(2, label)])  # the same label again: nothing new
+    assert len(pipe.joins) == 1 and pipe.merchants.unknown_labels == 1
     pipe.close()
 
 

@@ -203,7 +203,16 @@ def test_refit_learns_from_rows_after_the_validation_split(
     assert t[idx].min() >= split.bounds["test_start"]
     assert np.array_equal(model.holdout_features, world["X"][idx])
     assert np.array_equal(model.holdout_labels, world["is_fraud"][idx])
-    assert np.array_equal(model.holdout_card_id, world["card_id"][idx])
+    # cards as pseudonyms (export.pseudonym): rows share a ref iff they share a card, and
+    # no card id is kept in the artifact
+    cards, refs = world["card_id"][idx], model.holdout_card_id
+    assert not set(map(str, world["card_id"])) & set(refs)
+    _, card_groups = np.unique(cards.astype(str), return_inverse=True)
+    _, ref_groups = np.unique(refs.astype(str), return_inverse=True)
+    first_ref = {}
+    for c, r in zip(card_groups.tolist(), ref_groups.tolist(), strict=True):
+        assert first_ref.setdefault(c, r) == r
+    assert len(set(first_ref.values())) == len(first_ref)
     assert model.holdout_scores is not None and frozen.holdout_scores is None
     np.testing.assert_allclose(
         model.holdout_scores, frozen.ensemble.predict_proba(model.holdout_features)[:, 1],
@@ -333,6 +342,7 @@ def test_cli_trains_a_dirty_history_end_to_end_with_skip_invalid(
     assert "--skip-invalid" in capsys.readouterr().err.splitlines()[0]
     out = tmp_path / "run"
     assert main([*base, "--out", str(out), "--skip-invalid"]) == 0
+    assert (out / "handover" / "handover.json").is_file()  # what `just export-onnx` reads
     metrics = json.loads((out / "metrics.json").read_text())
     hygiene = metrics["history"]
     assert hygiene["rows_read"] == len(df) + 3 and hygiene["rows_kept"] == len(df)
