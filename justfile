@@ -173,7 +173,7 @@ bench *ARGS:
 backlog *ARGS:
     @FRAUD_BACKLOG=full {{python}} -m pytest tests/integration/test_backlog.py "$@"
 
-# chaos tier (~6 min): kill -9 x10 over 100k transactions, paused/replaced/lost broker, bad models, signals
+# chaos tier (~8 min): kill -9 x10 over 100k transactions, a crash loop (8 kills 4 s after start), paused/replaced/lost broker, bad models, signals
 [positional-arguments]
 chaos *ARGS:
     @FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"

@@ -9,14 +9,17 @@
 #   FLOW_RECOVERY_DIR         recovery partitions (default /data/recovery)
 #   FLOW_RECOVERY_PARTITIONS  how many process 0 creates, once, when its recovery
 #                             directory is empty (default 1); fixed from then on
-#   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 5)
+#   FLOW_SNAPSHOT_SECONDS     snapshot interval (default 5); whatever it is, a single
+#                             process commits its first snapshot about a second after
+#                             its first output, so a crash loop still makes progress
+#                             (lifecycle/process.py, "First snapshot")
 #
 # FLOW_*, not FRAUD_*: the flow refuses FRAUD_* variables it does not know.
 #
 # Signals: this script ends by exec-ing Python, so no shell stays in between: under the
 # image's tini (PID 1) the flow is its direct child and receives SIGTERM/SIGINT; run
 # without an init (docker run --entrypoint fraud-flow) Python itself is PID 1, which the
-# flow handles too (it installs its own handlers: flows/lifecycle.py). First signal: a
+# flow handles too (it installs its own handlers: lifecycle/process.py). First signal: a
 # clean stop (exit 0, final snapshot); second signal or 25 s: exit at once. Stop every
 # process of a cluster together: one process cannot leave a Bytewax cluster on its own.
 set -eu

@@ -41,6 +41,7 @@ from flows import metrics
 from flows.decode import MARKER_MS, DeadLetterRecord
 from flows.items import CardRows, CardWork, Decoded, MerchantWork
 from flows.routing import shard_key
+from lifecycle import process as lifecycle
 from state import card_store as cs
 from state.card_store import CardBatch, CardStore
 from state.errors import StaleStateError
@@ -203,8 +204,13 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         return self._apply(self._release() if due else None), False
 
     def on_eof(self) -> tuple[list[CardOutput], bool]:
-        """End of the input: apply whatever is held."""
-        return self._apply(self._release() if self._held is not None else None), False
+        """End of the input: apply whatever is held.
+
+        Not at the first-snapshot end of an execution (:func:`lifecycle.process.restarting`):
+        the held records are in the snapshot and the next execution goes on holding them.
+        """
+        held = self._held is not None and not lifecycle.restarting()
+        return self._apply(self._release() if held else None), False
 
     def progress(self) -> tuple[int, bool]:
         """How far this shard has got, and whether it is idle.

@@ -16,6 +16,9 @@ Card data stops here: the decoder tokenises a PAN sent as ``card_id`` (or refuse
 it without a key, :mod:`topics.pan`), every dead letter is masked, its Kafka key
 too (:func:`topics.deadletter.record_key`), and a tokenised card is judged at
 home on the partition of its key as produced (:class:`TransactionRouter`).
+
+With tracing on (:mod:`tracing`), the decode step picks the batch's traced rows
+(:meth:`tracing.spans.Tracing.carry`) and hands them on in ``Decoded.traces``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from topics.currency import RateTable, metric_currency, unrated_currency
 from topics.deadletter import dead_letter, record_key
 from topics.pan import TOKEN_PREFIX, CardGuard
 from topics.validation import ContractDecoder, Rejection, TransactionDecoder
+from tracing.carry import Header
+from tracing.spans import Tracing
 
 T = TypeVar("T", Transaction, Label)
 
@@ -173,6 +178,17 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
         np.asarray(clamped, dtype=bool),
     )
     return decoded, kept, dead
+
+
+def kept_traces(batch: RawBatch, kept: list[RawRecord]) -> dict[int, Header] | None:
+    """The trace headers of ``batch`` (by record) re-indexed by decoded row (``kept``)."""
+    if not batch.traces:
+        return None
+    if len(kept) == len(batch.records):  # nothing refused: the same indices
+        return batch.traces
+    by_offset = {batch.records[i].offset: found for i, found in batch.traces.items()}
+    return {row: by_offset[m.offset] for row, m in enumerate(kept)
+            if m.offset in by_offset} or None
 
 
 def count_unrated(txns: list[Transaction], rates: RateTable) -> int:
@@ -331,11 +347,11 @@ class LabelRouter:
 def decode_transactions(
     step_id: str, up: Stream[RawBatch], decoder: ContractDecoder[Transaction],
     skew: SkewRule, keys: KeyRule, clock: Callable[[], float] | None = None,
-    card_shards: int | None = None,
+    card_shards: int | None = None, tracing: Tracing | None = None,
 ) -> KafkaOpOut[tuple[str, CardWork], DeadLetterRecord]:
     """Polls of ``transactions`` -> :class:`TransactionRouter` work, and dead letters.
 
-    Never raises.
+    With ``tracing``, the traced rows ride along (``Decoded.traces``). Never raises.
     """
     import time
 
@@ -347,6 +363,8 @@ def decode_transactions(
         if router is None:
             router = TransactionRouter(keys, batch.topic, card_shards, decoder.cards)
         decoded, kept, dead = decode_batch(batch.records, decoder, int(now() * 1000), skew)
+        if tracing is not None:
+            decoded.traces = tracing.carry(kept_traces(batch, kept), len(decoded), now())
         if isinstance(decoder, TransactionDecoder):
             count_unrated(decoded.values, decoder.rates)
         out: list[tuple[str, CardWork] | DeadLetterRecord] = list(dead)

@@ -7,24 +7,64 @@ in event time, or that it is idle); a card shard hands its results on to the
 merchant shards as :class:`CardRows` (:class:`MerchantWork`, with the card
 shard's own progress). So Bytewax moves a few items per batch, not several per
 transaction, and every step works on arrays.
+
+A traced transaction (:mod:`tracing`) is carried as a small dict beside the
+columns, ``traces``: row index -> its trace state, None when none is traced, so
+an untraced batch pays one None check per selection, nothing per row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Generic, NamedTuple, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import numpy as np
 
 from state.inputs import FeatureInputs
 from topics.contracts import Label, Transaction
+from tracing.carry import Carried, Timeline
+
+#: Traced rows of a batch: row index -> what their trace needs (None: no row traced).
+Traces = dict[int, Any] | None
 
 T = TypeVar("T", Transaction, Label)
 
 
 def _take_list(values: list[T], index: np.ndarray) -> list[T]:
     return [values[i] for i in index.tolist()]
+
+
+def take_traces(traces: Traces, index: np.ndarray) -> Traces:
+    """``traces`` of the rows at ``index``, re-indexed to their new positions.
+
+    One vectorised comparison per traced row (few: they are sampled), no per-row Python.
+    """
+    if not traces:
+        return None
+    out: dict[int, Any] = {}
+    for i, carried in traces.items():
+        for j in np.flatnonzero(index == i).tolist():
+            out[j] = carried
+    return out or None
+
+
+def slice_traces(traces: Traces, start: int, stop: int) -> Traces:
+    """``traces`` of rows ``start:stop``, re-indexed from 0."""
+    if not traces:
+        return None
+    return {i - start: t for i, t in traces.items() if start <= i < stop} or None
+
+
+def concat_traces(parts: Sequence[Any]) -> Traces:
+    """The ``traces`` of ``parts`` (each with ``traces`` and a length), one after the other."""
+    out: dict[int, Any] = {}
+    at = 0
+    for p in parts:
+        if p.traces:
+            out.update({at + i: t for i, t in p.traces.items()})
+        at += len(p)
+    return out or None
 
 
 @dataclass(slots=True)
@@ -46,31 +86,44 @@ class Decoded(Generic[T]):
     fetched: np.ndarray
     clamped: np.ndarray
     """bool: the time used is the record timestamp (:class:`flows.decode.SkewRule`)."""
+    traces: dict[int, Carried] | None = None
+    """Traced rows (:mod:`tracing.carry`): row index -> :class:`~tracing.carry.Carried`."""
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Unpickle (a recovery snapshot); one taken before ``traces`` existed has none."""
+        self.traces = None
+        for name, value in state[1].items():
+            setattr(self, name, value)
 
     def take(self, index: np.ndarray) -> Self:
         """The rows at ``index`` (int array), in that order."""
         return type(self)(_take_list(self.values, index), self.partition[index],
                           self.offset[index], self.ingest_ms[index], self.event_ms[index],
-                          self.fetched[index], self.clamped[index])
+                          self.fetched[index], self.clamped[index],
+                          take_traces(self.traces, index) if self.traces else None)
 
     def slice(self, start: int, stop: int) -> Self:
         """Rows ``start:stop`` (array views)."""
         return type(self)(self.values[start:stop], self.partition[start:stop],
                           self.offset[start:stop], self.ingest_ms[start:stop],
                           self.event_ms[start:stop], self.fetched[start:stop],
-                          self.clamped[start:stop])
+                          self.clamped[start:stop],
+                          slice_traces(self.traces, start, stop) if self.traces else None)
 
     @classmethod
     def concat(cls, parts: Sequence[Decoded[T]]) -> Decoded[T]:
         """The rows of ``parts`` one after the other."""
         if len(parts) == 1:
             return parts[0]
-        return cls([v for p in parts for v in p.values],
-                   *(np.concatenate([getattr(p, f.name) for p in parts])
-                     for f in fields(cls)[1:]))
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        return cls([v for p in parts for v in p.values], joined("partition"), joined("offset"),
+                   joined("ingest_ms"), joined("event_ms"), joined("fetched"),
+                   joined("clamped"), concat_traces(parts))
 
 
 @dataclass(slots=True)
@@ -157,3 +210,6 @@ class SinkBatch(NamedTuple):
     records: list[tuple[bytes | None, bytes]]
     made: float = 0.0
     """When they were made (epoch seconds; 0: not timed), for the sink's stage latency."""
+    traces: dict[int, Timeline] | None = None
+    """Traced records: index in ``records`` -> :class:`~tracing.carry.Timeline` (the sink
+    records their spans and gives them a ``traceparent`` header)."""

@@ -7,7 +7,10 @@ The source is Bytewax's ``KafkaSource`` made lean: the same partitions
 A partition with nothing to read for ``idle_ms`` says so once (an empty batch with
 ``idle``), so event-time watermarks downstream do not wait for it
 (:mod:`state.reorder`); a ``transactions`` partition that runs too far ahead of the
-watermark in event time is paused (:mod:`flows.alignment`).
+watermark in event time is paused (:mod:`flows.alignment`). With ``headers`` (tracing
+on) the W3C trace headers of the records that have them ride along
+(:attr:`RawBatch.traces`); the predictions sink gives traced verdicts theirs
+(:mod:`tracing`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from topics.admin import partition_count
 from topics.errors import BrokerError
 from topics.producer import produce_waiting
 from topics.settings import KafkaSettings
+from tracing.carry import Header, trace_headers
+from tracing.spans import Tracing
 
 
 class RawRecord(NamedTuple):
@@ -64,6 +69,9 @@ class RawBatch(NamedTuple):
     records: list[RawRecord]
     idle: bool = False
     """Nothing to read on the partition for the source's ``idle_ms`` (``records`` empty)."""
+    traces: dict[int, Header] | None = None
+    """Records with a W3C ``traceparent`` header: index in ``records`` -> (traceparent,
+    tracestate); only read with tracing on (None: none)."""
 
 
 class SinkRecord(NamedTuple):
@@ -129,6 +137,10 @@ class _TopicReader:
         self.linger_s = 0.0
         """Between two fills, at least this long (s): see :meth:`due`."""
         self.next_fill = 0.0
+        self.keep_headers = False
+        """Note the trace headers of fetched records (tracing on)."""
+        self.traces: dict[tuple[int, int], Header] = {}
+        """(partition, offset) -> trace headers of records fetched, not yet handed on."""
 
     @classmethod
     def of(cls, source: object, step_id: str, topic: str, config: dict[str, Any]
@@ -175,7 +187,8 @@ class _TopicReader:
         topic, queues = self.topic, self.queues
         fetched = time.time()
         self.next_fill = fetched + self.linger_s
-        for msg in self._consumer.consume(batch_size * max(1, len(queues)), 0):
+        messages = self._consumer.consume(batch_size * max(1, len(queues)), 0)
+        for msg in messages:
             error = msg.error()
             partition = int(msg.partition() or 0)
             if error is not None:
@@ -188,6 +201,26 @@ class _TopicReader:
             queues[partition].append(RawRecord(
                 msg.key(), msg.value(), topic, partition, msg.offset() or 0,
                 ts if kind != TIMESTAMP_NOT_AVAILABLE else 0, fetched))
+        if self.keep_headers:
+            self._note_traces(messages)
+
+    def _note_traces(self, messages: list[Any]) -> None:
+        """Keep the trace headers of the records that have a ``traceparent`` (tracing on)."""
+        for msg in messages:
+            if msg.error() is None and (found := trace_headers(msg.headers())) is not None:
+                self.traces[(int(msg.partition() or 0), msg.offset() or 0)] = found
+
+    def traces_of(self, partition: int, records: list[RawRecord]) -> dict[int, Header] | None:
+        """Hand on the noted trace headers of ``records`` (one poll of ``partition``)."""
+        first, last = records[0].offset, records[-1].offset
+        found: dict[int, Header] = {}
+        for key in [k for k in self.traces if k[0] == partition and first <= k[1] <= last]:
+            offset = key[1]
+            index = offset - first  # offsets are usually consecutive
+            if not (index < len(records) and records[index].offset == offset):
+                index = next(i for i, r in enumerate(records) if r.offset == offset)
+            found[index] = self.traces.pop(key)
+        return found or None
 
     def caught_up(self, partition: int, next_offset: int) -> bool:
         """Whether ``partition`` has nothing left to read at ``next_offset``, as far as known.
@@ -272,6 +305,9 @@ class _SourcePartition(StatefulSourcePartition[RawBatch, int]):
             self._awake = None
             self._last_data = now
             self._said_idle = False
+            if reader.traces:
+                return [RawBatch(reader.topic, partition, out,
+                                 traces=reader.traces_of(partition, out))]
             return [RawBatch(reader.topic, partition, out)]
         # Nothing for this partition. Whichever partition filled (another one may always
         # come first), the idle check below runs: it asks the broker's end, not the fill.
@@ -311,10 +347,11 @@ class LeanKafkaSource(FixedPartitionedSource[RawBatch, int]):
     def __init__(
         self, settings: KafkaSettings, topic: str, *, tail: bool, batch_size: int,
         config: dict[str, str] | None = None, idle_s: float | None = None,
-        idle_ms: int = 2000, aligned: bool = False, linger_ms: int = 0,
+        idle_ms: int = 2000, aligned: bool = False, linger_ms: int = 0, headers: bool = False,
     ) -> None:
         self._settings, self._topic = settings, topic
         self._linger_ms = linger_ms
+        self._headers = headers
         self._tail, self._batch_size = tail, batch_size
         self._config = config or {}
         self._idle_s = idle_s
@@ -341,6 +378,7 @@ class LeanKafkaSource(FixedPartitionedSource[RawBatch, int]):
         start = OFFSET_BEGINNING if resume_state is None else resume_state
         reader = _TopicReader.of(self, step_id, topic, config)
         reader.linger_s = self._linger_ms / 1000
+        reader.keep_headers = self._headers
         return _SourcePartition(reader, int(index), start, self._batch_size, self._idle_s,
                                 self._idle_ms, self._aligned)
 
@@ -348,7 +386,7 @@ class LeanKafkaSource(FixedPartitionedSource[RawBatch, int]):
 def source(
     settings: KafkaSettings, logical: str, *, tail: bool = True, batch_size: int = 1000,
     config: dict[str, str] | None = None, idle_s: float | None = None, idle_ms: int = 2000,
-    aligned: bool = False, linger_ms: int = 0,
+    aligned: bool = False, linger_ms: int = 0, headers: bool = False,
 ) -> LeanKafkaSource:
     """Read one registry topic from the beginning; offsets live in Bytewax's recovery store.
 
@@ -358,12 +396,13 @@ def source(
     with nothing to read this long hands on an idle notice. ``aligned``: pause a
     partition that runs ahead of the event-time watermark (:mod:`flows.alignment`).
     ``linger_ms``: drain the consumer at most this often, for every partition at once
-    (:meth:`_TopicReader.due`). A consumer error stops the flow (it resumes from its last
-    snapshot), so only records reach the stream.
+    (:meth:`_TopicReader.due`). ``headers``: hand on the W3C trace headers of the records
+    that have them (:attr:`RawBatch.traces`; tracing on). A consumer error stops the flow
+    (it resumes from its last snapshot), so only records reach the stream.
     """
     return LeanKafkaSource(settings, settings.topic(logical), tail=tail, batch_size=batch_size,
                            config=config, idle_s=idle_s, idle_ms=idle_ms, aligned=aligned,
-                           linger_ms=linger_ms)
+                           linger_ms=linger_ms, headers=headers)
 
 
 def read(
@@ -406,9 +445,10 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord | SinkBatch, None]):
     outputs, so a crash still loses nothing (at-least-once, as Bytewax's own sink).
     """
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, tracing: Tracing | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._tracing = tracing
         self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -421,8 +461,11 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord | SinkBatch, None]):
         producer, topic, report = self._producer, self._topic, self._on_delivery
         for item in values:
             if isinstance(item, SinkBatch):
-                for key, value in item.records:
-                    produce_waiting(producer, topic, value, key, report)
+                if item.traces is not None and self._tracing is not None:
+                    self._write_traced(item, handed)
+                else:
+                    for key, value in item.records:
+                        produce_waiting(producer, topic, value, key, report)
                 made = item.made or made
             else:  # a SinkRecord, a dead letter
                 produce_waiting(producer, topic, item[1], item[0], report)
@@ -432,6 +475,24 @@ class _CheckedPartition(StatefulSinkPartition[SinkRecord | SinkBatch, None]):
         self._check()
         if made:
             metrics.STAGE_SECONDS.labels(stage="sink").observe(max(0.0, handed - made))
+
+    def _write_traced(self, item: SinkBatch, handed: float) -> None:
+        """Produce a batch with traced verdicts: theirs with trace headers, and their spans."""
+        assert self._tracing is not None and item.traces is not None
+        producer, topic, report = self._producer, self._topic, self._on_delivery
+        headers, spans = self._tracing.publish(item.traces, handed, topic)
+        for i, (key, value) in enumerate(item.records):
+            found = headers.get(i)
+            while True:  # as produce_waiting, with headers
+                try:
+                    if found is None:
+                        producer.produce(topic, value, key, on_delivery=report)
+                    else:
+                        producer.produce(topic, value, key, on_delivery=report, headers=found)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        self._tracing.end(spans, time.time())
 
     def _check(self) -> None:
         if self._failures:
@@ -480,9 +541,11 @@ class CheckedSink(FixedPartitionedSink[SinkRecord | SinkBatch, None]):
     :data:`SINK_PARTS` partitions.
     """
 
-    def __init__(self, settings: KafkaSettings, logical: str) -> None:
+    def __init__(self, settings: KafkaSettings, logical: str, tracing: Tracing | None = None
+                 ) -> None:
         self._config = {**SINK_DEFAULTS, **settings.client_config()}
         self._topic = settings.topic(logical)
+        self._tracing = tracing
 
     def list_parts(self) -> list[str]:
         """The same partition names on every worker."""
@@ -491,12 +554,16 @@ class CheckedSink(FixedPartitionedSink[SinkRecord | SinkBatch, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None
                    ) -> _CheckedPartition:
         """A partition writing through the process's shared producer."""
-        return _CheckedPartition(_Deliveries.producer(self._config), self._topic)
+        return _CheckedPartition(_Deliveries.producer(self._config), self._topic, self._tracing)
 
 
-def sink(settings: KafkaSettings, logical: str) -> CheckedSink:
-    """The sink for one registry topic (its input: ``(key, SinkRecord)`` pairs)."""
-    return CheckedSink(settings, logical)
+def sink(settings: KafkaSettings, logical: str, tracing: Tracing | None = None) -> CheckedSink:
+    """The sink for one registry topic (its input: ``(key, SinkRecord)`` pairs).
+
+    With ``tracing``, a :class:`~flows.items.SinkBatch`'s traced records get their spans
+    and W3C trace headers (:meth:`tracing.spans.Tracing.publish`).
+    """
+    return CheckedSink(settings, logical, tracing)
 
 
 def keyed(record: SinkRecord | SinkBatch | Any) -> tuple[str, Any]:
@@ -508,6 +575,7 @@ def keyed(record: SinkRecord | SinkBatch | Any) -> tuple[str, Any]:
     return (key.decode("utf-8", "replace") if key else ""), record
 
 
-def write(step_id: str, up: Stream[Any], settings: KafkaSettings, logical: str) -> None:
+def write(step_id: str, up: Stream[Any], settings: KafkaSettings, logical: str,
+          tracing: Tracing | None = None) -> None:
     """Output step: ``up``'s records (:class:`SinkRecord` or alike) to one registry topic."""
-    op.output(step_id, op.map(f"{step_id}-key", up, keyed), sink(settings, logical))
+    op.output(step_id, op.map(f"{step_id}-key", up, keyed), sink(settings, logical, tracing))

@@ -42,6 +42,7 @@ from flows.items import CardRows, Decoded, MerchantWork, SinkBatch
 from flows.kafka import RawRecord
 from flows.routing import shard_key
 from flows.scorer import MerchantScorer
+from lifecycle import process as lifecycle
 from state.errors import StaleStateError
 from state.merchant_store import LabelSource
 from state.records import PendingLabel
@@ -255,10 +256,14 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         return out, False
 
     def on_eof(self) -> tuple[list[MerchantOutput], bool]:
-        """End of the input: score everything still waiting, write the buffered sample rows."""
+        """End of the input: score everything still waiting, write the buffered sample rows.
+
+        Not at the first-snapshot end of an execution (:func:`lifecycle.process.restarting`):
+        the reorder buffer is in the snapshot and the next execution releases it in order.
+        """
         if self._scorer is None:
             return [], False
-        out = self._release(self._scorer, everything=True)
+        out = [] if lifecycle.restarting() else self._release(self._scorer, everything=True)
         if self._scorer.samples is not None:
             self._scorer.samples.flush()
         return out, False

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -81,6 +82,7 @@ from topics.currency import RateTable, load_rates_file, reference_amount, servin
 from topics.errors import ConfigError, FraudStreamError
 from topics.pan import CardGuard, PanKey
 from topics.validation import LabelDecoder, TransactionDecoder
+from tracing import spans as tracing
 
 log = logging.getLogger("flows.score")
 _encode = msgspec.json.Encoder().encode
@@ -260,13 +262,15 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     alignment.configure(settings.align_ms)
     idle = settings.input_idle_ms
     flow = Dataflow("fraud-score")
+    # W3C traceparent continued, spans over OTLP (FRAUD_TRACING; None: off, no cost)
+    tracer = tracing.configure(settings.tracing, settings.trace_sample_rate, topic, os.environ)
     txn_polls = kafka.read("transactions-in", flow, settings.kafka, "transactions",
                            batch_size=settings.batch_max, idle_ms=idle, aligned=True,
-                           linger_ms=settings.input_linger_ms)
+                           linger_ms=settings.input_linger_ms, headers=tracer is not None)
     txns = decode_transactions(
         "decode-transactions", txn_polls,
         TransactionDecoder(settings.max_message_bytes, future, rates=serving, cards=guard), skew,
-        KeyRule(parts, settings.miskeyed), card_shards=cards,
+        KeyRule(parts, settings.miskeyed), card_shards=cards, tracing=tracer,
     )
     # Labels are days late anyway: a long fetch wait keeps idle consumers cheap.
     label_polls = kafka.read("labels-in", flow, settings.kafka, "labels",
@@ -306,7 +310,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
                                       labels_topic=settings.kafka.topic("labels")),
     ))
     verdicts = op.branch("split-verdicts", scored, lambda x: isinstance(x, SinkBatch))
-    kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions")
+    kafka.write("predictions-out", verdicts.trues, settings.kafka, "predictions", tracer)
     rest: Any = op.branch("split-drift", verdicts.falses,
                           lambda x: isinstance(x, DriftPartial))
     dead: Stream[Any] = op.merge("dead-letters", txns.errs, labels.errs,
@@ -323,6 +327,17 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     )
     kafka.write("drift-out", drift_msgs, settings.kafka, "drift")
     return flow
+
+
+def _processed() -> float:
+    """Records the flow has finished with (scored, replayed, dead-lettered); only grows.
+
+    The first-snapshot watch (:func:`lifecycle.process.first_snapshot`) ends the
+    first execution soon after this first grows.
+    """
+    counters = (metrics.TRANSACTIONS_IN, metrics.REPLAYED, metrics.DEAD_LETTERS)
+    return sum(sample.value for counter in counters for family in counter.collect()
+               for sample in family.samples if sample.name.endswith("_total"))
 
 
 def _tune_gc() -> None:
@@ -363,6 +378,7 @@ def _flow_from_env() -> Dataflow:
         if run.recovery_dir is not None:
             _KEEP.append(lock_recovery_dir(run.recovery_dir))
         run.publish()
+        lifecycle.first_snapshot(run, _processed)  # a crash loop still makes progress (#23)
         inputs = [settings.kafka.topic("transactions"), settings.kafka.topic("labels")]
         identity = {t: health.topic_identity(settings.kafka, t) for t in inputs}
         flow = build_flow(settings, identity[inputs[0]].partitions,

@@ -44,9 +44,15 @@ from state.records import Verdict, VerdictGist
 from topics.contracts import Label
 from topics.deadletter import masked_text
 from topics.validation import Rejection
+from tracing.carry import timelines
 
 log = logging.getLogger(__name__)
 
+
+#: Verdict kinds by ``state.merchant_store`` outcome code (a span attribute of traced ones).
+_KINDS = np.empty(5, dtype=object)
+_KINDS[[ms.FRESH, ms.REPEAT, ms.REPLAY, ms.CONFLICT, ms.MISSING]] = [
+    "fresh", "repeat", "replay", "conflict", "missing"]
 
 #: The fields of a stored verdict that drift and label feedback need.
 _decode_scored = msgspec.json.Decoder(VerdictGist).decode
@@ -225,6 +231,10 @@ class MerchantScorer:
         sent = np.flatnonzero((kind != ms.CONFLICT) & (kind != ms.MISSING)).tolist()
         out = SinkBatch([(values[i].transaction_id.encode(), outcome.output[i])  # type: ignore[misc]
                          for i in sent], made) if sent else None
+        if out is not None and txns.traces:  # traced rows (tracing on): their steps' times
+            out = out._replace(traces=timelines(
+                txns.traces, sent, txns.partition, txns.offset, txns.fetched, rows.carded,
+                made - (time.perf_counter() - started), made, _KINDS[kind]))
         repeats = int(np.count_nonzero(kind == ms.REPEAT))
         if repeats:
             metrics.DUPLICATES.labels(kind="redelivery").inc(repeats)

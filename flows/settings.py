@@ -147,6 +147,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "card number (PAN) sent as card_id at decode (topics/pan.py); unset: such records "
         "are dead-lettered (pan_in_clear), never stored"
     ),
+    "FRAUD_TRACING": (
+        "off", "on: continue a W3C traceparent header of a transaction into its verdict's "
+        "headers and export spans of its steps over OTLP (OTEL_EXPORTER_OTLP_*; tracing/)"
+    ),
+    "FRAUD_TRACE_SAMPLE_RATE": (
+        "0", "with tracing on, share of transactions without a traceparent that start a new "
+        "trace (0-1); a traceparent's own sampled flag always decides for its transaction"
+    ),
 }
 
 
@@ -307,6 +315,10 @@ class ScoringSettings:
     pan_key_file: Path | None = None
     """The PAN tokenisation key's file (:meth:`topics.pan.PanKey.from_file`); only its path
     is kept here, the key is read once at start-up and never logged."""
+    tracing: bool = False
+    """W3C trace context continued and spans exported (:mod:`tracing`)."""
+    trace_sample_rate: float = 0.0
+    """Probability that a transaction without a ``traceparent`` starts a trace (0-1)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ScoringSettings:
@@ -370,4 +382,6 @@ class ScoringSettings:
             drift=DriftSettings.from_env(env),
             rates_file=Path(rates) if (rates := _raw(env, "FRAUD_RATES_FILE")) else None,
             pan_key_file=Path(key) if (key := _raw(env, "FRAUD_PAN_KEY_FILE")) else None,
+            tracing=_choice(env, "FRAUD_TRACING", ("off", "on")) == "on",
+            trace_sample_rate=_float(env, "FRAUD_TRACE_SAMPLE_RATE", 0.0, 1.0),
         )

@@ -35,6 +35,8 @@ from state.options import StoreOptions
 from state.partitioning import murmur2_partition
 from topics.contracts import Label, Prediction, Transaction
 from topics.currency import default_rates, reference_amount
+from tracing.carry import Header
+from tracing.spans import Tracing
 
 #: The dev analysts (.dev/rules-keys/, made on first use), trusted by the stages' rule books.
 _KEYS = dev_keys(Path(__file__).resolve().parents[1] / ".dev" / "rules-keys")
@@ -103,9 +105,10 @@ class Stages:
                  *, parts: int = 4, shards: int = 3, cards: int | None = None,
                  hold_ms: int = 0, drift_window_ms: int | None = None,
                  options: StoreOptions | None = None, resumed: tuple[
-                     dict[int, CardSnapshot], dict[int, MerchantSnapshot]] | None = None
-                 ) -> None:
+                     dict[int, CardSnapshot], dict[int, MerchantSnapshot]] | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.parts, self.shards = parts, shards
+        self.tracing = tracing  # the decode step's: picks traced rows (feed's ``traces``)
         card_shards = cards or parts
         rates = default_rates()
 
@@ -159,9 +162,13 @@ class Stages:
             if logic.notify_at() is not None and logic.notify_at().timestamp() <= self.now:
                 self.outputs.extend(logic.on_notify()[0])
 
-    def feed(self, batch: Sequence[Src], settle: bool = True) -> None:
+    def feed(self, batch: Sequence[Src], settle: bool = True,
+             traces: dict[str, Header] | None = None) -> None:
         """One batch through both stages; then (``settle``) every source goes idle and the
-        watermark's grace for sources waking up passes."""
+        watermark's grace for sources waking up passes.
+
+        ``traces``: transaction id -> its W3C trace headers, as the source hands them on
+        (with ``tracing``, the decode step picks the traced rows as in the flow)."""
         card_work: dict[str, list[Any]] = defaultdict(list)
         merchant_work: dict[str, list[Any]] = defaultdict(list)
         by_partition: dict[tuple[bool, int], list[Src]] = defaultdict(list)
@@ -169,7 +176,12 @@ class Stages:
             by_partition[(isinstance(item.value, Transaction), item.partition)].append(item)
         for (is_txn, q), items in sorted(by_partition.items()):
             if is_txn:
-                for out in self._txn_router.route(q, decoded(items), []):
+                rows = decoded(items)
+                if self.tracing is not None:
+                    found = {i: traces[s.value.transaction_id] for i, s in enumerate(items)
+                             if traces and s.value.transaction_id in traces}
+                    rows.traces = self.tracing.carry(found or None, len(rows), self.now)
+                for out in self._txn_router.route(q, rows, []):
                     self._collect(out, card_work)
             else:
                 for key, work in self._label_router.route(q, decoded(items)):

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,11 +50,14 @@ TOY_FLOW = textwrap.dedent('''
 
     OUT = Path(os.environ["TOY_OUT"])
 
+    PROCESSED = [0]
+
     class Part(StatefulSourcePartition):
         def __init__(self, name, resume):
             self.name, self.i = name, resume or 0
         def next_batch(self):
             lifecycle.check_stop()
+            PROCESSED[0] += 1
             self.i += 1
             return [(self.name, self.i - 1)]
         def next_awake(self):
@@ -90,6 +93,8 @@ TOY_FLOW = textwrap.dedent('''
     if not os.environ.get("TOY_NO_LIFECYCLE"):
         lifecycle.install(debug_log=OUT.with_name("debug.log"),
                           grace_seconds=float(os.environ.get("TOY_GRACE", "25")), prog="toy")
+    if os.environ.get("TOY_FIRST_SNAPSHOT"):
+        assert lifecycle.first_snapshot(lifecycle.run_options(), lambda: PROCESSED[0])
     if os.environ.get("TOY_FATAL_AFTER"):
         def fatal():
             time.sleep(float(os.environ["TOY_FATAL_AFTER"]))
@@ -134,13 +139,15 @@ class Toy:
                    PYTHONUNBUFFERED="1", **extra)
         return env
 
-    def command(self, *extra: str, recovery: Path | None = None) -> list[str]:
+    def command(self, *extra: str, recovery: Path | None = None, snapshot: int = 1
+                ) -> list[str]:
         return [sys.executable, "-m", "bytewax.run", "toyflow:flow",
-                "-r", str(recovery or self.recovery), "-s", "1", "-b", "0", *extra]
+                "-r", str(recovery or self.recovery), "-s", str(snapshot), "-b", "0", *extra]
 
-    def start(self, *extra: str, prefix: tuple[str, ...] = (), **env: str
+    def start(self, *extra: str, prefix: tuple[str, ...] = (), snapshot: int = 1, **env: str
               ) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([*prefix, *self.command(*extra)], env=self.env(**env),
+        proc = subprocess.Popen([*prefix, *self.command(*extra, snapshot=snapshot)],
+                                env=self.env(**env),
                                 cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         _started.append(proc)
@@ -233,6 +240,101 @@ def test_a_signal_in_process_sets_the_request_without_an_exception() -> None:
     time.sleep(0.01)
     request = lifecycle.current_request()
     assert request is not None and request.reason == "SIGINT received" and not request.fatal
+
+
+# ---- the first snapshot soon after the first output -------------------------------------
+
+
+def test_a_stop_replaces_a_first_snapshot_end_and_readiness_stays() -> None:
+    assert not lifecycle.restarting()
+    assert lifecycle.request_restart("first snapshot")
+    assert not lifecycle.request_restart("again")
+    assert lifecycle.restarting()  # stateful steps keep what they hold back
+    assert lifecycle.ready() == (True, "running")  # an early end is no stop
+    with pytest.raises(StopIteration):
+        check_stop()  # the inputs end as for a clean stop
+    assert request_stop("SIGTERM received")  # a stop wins: the process then exits
+    request = lifecycle.current_request()
+    assert request is not None and not request.restart and not lifecycle.ready()[0]
+    assert not lifecycle.restarting()  # a stop: the end of input releases everything
+    assert not lifecycle.request_restart("later")
+
+
+def _fake_cli_main(calls: list[dict[str, object]], progress: list[int],
+                   stop_in_run: int | None) -> Callable[..., None]:
+    """Bytewax's run as far as the lifecycle sees it: sources poll ``check_stop``."""
+
+    def cli_main(**kwargs: object) -> None:
+        calls.append(kwargs)
+        while True:
+            try:
+                check_stop()
+            except StopIteration:
+                return
+            progress[0] += 1
+            if len(calls) == stop_in_run and progress[0] > 5:
+                request_stop("SIGTERM received")
+            time.sleep(0.005)
+
+    return cli_main
+
+
+def test_the_first_execution_snapshots_each_second_then_the_flow_runs_on_with_s() -> None:
+    from datetime import timedelta
+
+    calls: list[dict[str, object]] = []
+    progress = [0]
+    started = time.monotonic()
+    ten = timedelta(seconds=10)
+    lifecycle.run_with_first_snapshot(_fake_cli_main(calls, progress, stop_in_run=2),
+                                      {"flow": "f", "epoch_interval": ten},
+                                      lambda: progress[0], 0.1)
+    # the same dataflow twice: first with a snapshot every second, then with -s
+    assert calls == [{"flow": "f", "epoch_interval": timedelta(seconds=1)},
+                     {"flow": "f", "epoch_interval": ten}]
+    assert time.monotonic() - started < 2  # the first ended 0.1 s after the first output
+    request = lifecycle.current_request()
+    assert request is not None and request.reason == "SIGTERM received"
+
+
+def test_a_stop_during_the_first_execution_ends_the_process() -> None:
+    calls: list[dict[str, object]] = []
+    progress = [0]
+    lifecycle.run_with_first_snapshot(_fake_cli_main(calls, progress, stop_in_run=1), {},
+                                      lambda: progress[0], 5.0)
+    assert len(calls) == 1  # no second execution after a real stop
+
+
+def test_the_first_snapshot_is_armed_only_under_bytewax_run_with_a_long_interval() -> None:
+    import types
+
+    def options(*args: str) -> lifecycle.RunOptions:
+        return run_options(["run.py", "flows.score", *args], env={})
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="bytewax.run")  # type: ignore[assignment]
+    main.cli_main = real = lambda **kw: None  # type: ignore[attr-defined]
+    recovering = ("-r", "/r", "-b", "0")
+    assert not lifecycle.first_snapshot(options("-s", "10"), lambda: 0, main=main)  # no -r
+    assert not lifecycle.first_snapshot(options(*recovering, "-s", "1"), lambda: 0, main=main)
+    assert not lifecycle.first_snapshot(options(*recovering, "-s", "10", "-i", "0", "-a",
+                                                "a:1;b:1"), lambda: 0, main=main)
+    assert main.cli_main is real
+    other = types.ModuleType("__main__")
+    assert not lifecycle.first_snapshot(options(*recovering, "-s", "10"), lambda: 0, main=other)
+    assert lifecycle.first_snapshot(options(*recovering, "-s", "10"), lambda: 0, main=main)
+    assert main.cli_main is not real
+
+
+def test_bytewax_run_still_calls_cli_main_by_name_after_importing_the_flow() -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("bytewax.run")
+    assert spec is not None and spec.origin is not None
+    source = Path(spec.origin).read_text()
+    main = source[source.index('if __name__ == "__main__":'):]
+    # first_snapshot replaces the name between these two lines: an upgrade must keep them
+    assert main.index("_locate_dataflow(") < main.index("cli_main(**kwargs)")
 
 
 # ---- diagnosis of failures -----------------------------------------------------------
@@ -417,6 +519,34 @@ def test_a_signal_drains_the_flow_and_a_restart_continues_exactly(
         assert seen == [(i, i + 1) for i in range(len(seen))], part
 
 
+def test_a_process_killed_soon_after_its_first_output_resumes_from_its_first_snapshot(
+    tmp_path: Path,
+) -> None:
+    toy = Toy(tmp_path)
+    proc = toy.start(snapshot=30, TOY_FIRST_SNAPSHOT="1")
+    toy.wait_for_output(lines=20)
+    time.sleep(2.5)  # well before -s 30: only the first execution's 1-s epochs committed
+    proc.kill()
+    proc.communicate()
+    first = toy.records()
+    again = toy.start(snapshot=30, TOY_FIRST_SNAPSHOT="1")
+    toy.wait_for_output(lines=len(first) + 20)
+    again.send_signal(signal.SIGINT)
+    code, err, _ = finish(again)
+    assert code == 0, err
+    rows = toy.records()
+    assert all(n == i + 1 for _, i, n in rows)  # the keyed state resumed with the offsets
+    for part in ("p0", "p1"):
+        killed = [i for k, i, _ in first if k == part]
+        resumed = [i for k, i, _ in rows[len(first):] if k == part]
+        # from a snapshot of the first execution (1-s epochs), not from offset 0 ...
+        assert 0 < resumed[0] <= max(killed) + 1, (part, resumed[0], max(killed))
+        # a second or so before the kill: under half of what the killed process read again
+        assert max(killed) + 1 - resumed[0] < (max(killed) + 1) / 2, (part, resumed[0])
+        # ... and the rest of the input once, in order
+        assert resumed == list(range(resumed[0], resumed[0] + len(resumed))), part
+
+
 def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     toy = Toy(tmp_path)
     proc = toy.start(TOY_SLOW_CLOSE="1")  # the drain hangs in a sink's close()
@@ -544,3 +674,37 @@ def test_a_two_process_cluster_stops_cleanly_only_together(tmp_path: Path) -> No
     assert code0 == 1 and "Traceback" not in err0
     assert our_lines(err0)[-1].startswith(
         "toy: stopped: lost the connection to another process of the Bytewax cluster"), err0
+
+
+# ---- the stages at a first-snapshot end ------------------------------------------------
+
+
+def test_at_a_first_snapshot_end_the_merchant_stage_keeps_its_reorder_buffer(
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    from flows.serving import ModelSource
+    from stages import Stages, sourced
+    from topics.contracts import Transaction
+
+    def fed() -> Stages:
+        stages = Stages(tmp_path / f"s{len(list(tmp_path.iterdir()))}",
+                        ModelSource(tiny_model_dir, thresholds=lambda m: m.thresholds,
+                                    interval=0))
+        txns = [Transaction(transaction_id=f"t-{i}", card_id=f"c-{i}", merchant_id="m-1",
+                            amount=20.0, currency="EUR", event_time=1_800_000_000_000 + i)
+                for i in range(8)]
+        stages.feed(sourced(txns, stages.parts), settle=False)  # not idle: held back
+        return stages
+
+    stages = fed()
+    held = sum(m.snapshot().order.buffered for m in stages.merchants.values())
+    assert held > 0 and not stages.verdicts()
+    lifecycle.request_restart("end of the first execution")
+    for logic in stages.merchants.values():
+        out, _ = logic.on_eof()
+        assert out == []  # nothing released ahead of its event-time order ...
+    assert sum(m.snapshot().order.buffered for m in stages.merchants.values()) == held
+    lifecycle.reset()  # ... while a real end of input releases it all
+    stages = fed()
+    released = [o for m in stages.merchants.values() for o in m.on_eof()[0]]
+    assert released and sum(m.snapshot().order.buffered for m in stages.merchants.values()) == 0
