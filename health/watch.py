@@ -249,7 +249,6 @@ class TopicWatch:
         self.confirm_after_s = min(confirm_after_s, interval_s)
         self._consumed = consumed_offsets_fn
         self._on_fault = on_fault
-        self._admin: Any = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_ok = time.monotonic()
@@ -291,14 +290,16 @@ class TopicWatch:
         except RuntimeError:  # the owner changed the mapping meanwhile: next round
             consumed = {}
         try:
-            if self._admin is None:
-                self._admin = _admin(self.settings, self.timeout_s)
-            found = describe(self._admin, self.topics, self.timeout_s,
+            # A fresh admin client each round, as for the fetches below: librdkafka 2.16 can
+            # crash when a client whose metadata cache holds a topic sees it re-created, which
+            # is what this watch exists to see (a full test run segfaulted there, 2 in 5).
+            admin = _admin(self.settings, self.timeout_s)
+            found = describe(admin, self.topics, self.timeout_s,
                              use_topic_ids=self.use_topic_ids)
             fault = self._check_topics(found)
             if fault is None:
                 mine = {tp: off for tp, off in consumed.items() if tp[0] in self.topics and off > 0}
-                ends = high_watermarks(self._admin, mine, self.timeout_s)
+                ends = high_watermarks(admin, mine, self.timeout_s)
                 fault = self._check_offsets(self._confirm_ends(ends, mine), mine)
         except Exception as exc:  # any failure to ask counts as unreachable
             return self._unreachable(now, exc)
