@@ -378,7 +378,9 @@ def _flow_from_env() -> Dataflow:
         if run.recovery_dir is not None:
             _KEEP.append(lock_recovery_dir(run.recovery_dir))
         run.publish()
-        lifecycle.first_snapshot(run, _processed)  # a crash loop still makes progress (#23)
+        if lifecycle.previous_run_unclean(run):  # a crash loop still makes progress (#23)
+            lifecycle.first_snapshot(run, _processed)
+        lifecycle.clear_on_clean_return(run)
         inputs = [settings.kafka.topic("transactions"), settings.kafka.topic("labels")]
         identity = {t: health.topic_identity(settings.kafka, t) for t in inputs}
         flow = build_flow(settings, identity[inputs[0]].partitions,

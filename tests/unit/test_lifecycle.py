@@ -708,3 +708,33 @@ def test_at_a_first_snapshot_end_the_merchant_stage_keeps_its_reorder_buffer(
     stages = fed()
     released = [o for m in stages.merchants.values() for o in m.on_eof()[0]]
     assert released and sum(m.snapshot().order.buffered for m in stages.merchants.values()) == 0
+
+
+def test_only_a_restart_after_an_unclean_end_runs_the_short_first_execution(
+        tmp_path: Path) -> None:
+    """The marker stays behind a crash (the next start is armed), not a normal return."""
+    import types
+
+    run = lifecycle.RunOptions(tmp_path, 10.0, None, 1)
+    assert not lifecycle.previous_run_unclean(run)  # a fresh directory: full speed
+    assert lifecycle.previous_run_unclean(run)  # that process never returned: armed
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="bytewax.run")  # type: ignore[assignment]
+    calls: list[str] = []
+
+    def failing(**kwargs: object) -> None:
+        calls.append("run")
+        raise RuntimeError("poison input")
+
+    main.cli_main = failing  # type: ignore[attr-defined]
+    assert lifecycle.clear_on_clean_return(run, main)
+    with pytest.raises(RuntimeError):
+        main.cli_main()  # type: ignore[attr-defined]
+    assert (tmp_path / lifecycle.RUNNING_MARKER).exists()  # a crash: the next start is armed
+    main.cli_main = lambda **kwargs: calls.append("run")  # type: ignore[attr-defined]
+    assert lifecycle.clear_on_clean_return(run, main)
+    main.cli_main()  # type: ignore[attr-defined]
+    assert not (tmp_path / lifecycle.RUNNING_MARKER).exists()
+    assert not lifecycle.previous_run_unclean(run)  # after a clean return: full speed
+    assert calls == ["run", "run"]
+    assert not lifecycle.previous_run_unclean(lifecycle.RunOptions(None, 10.0, None, 1))
