@@ -431,7 +431,9 @@ class _Deliveries:
         key = tuple(sorted((k, str(v)) for k, v in config.items()))
         found = cls._producers.get(key)
         if found is None:
-            found = cls._producers[key] = Producer(config)
+            # librdkafka notices (level 5: a topic's partition count changed, ...) are the
+            # input watch's to report, in its one line; warnings and errors still print
+            found = cls._producers[key] = Producer({"log_level": 4, **config})
         return found
 
 
