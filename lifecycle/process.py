@@ -675,6 +675,20 @@ def run_with_first_snapshot(cli_main: Callable[..., object], kwargs: Mapping[str
     cli_main(**kwargs)
 
 
+def _bytewax_main(main: ModuleType | None
+                  ) -> tuple[ModuleType | None, Callable[..., object] | None]:
+    """``(__main__, its cli_main)`` when ``python -m bytewax.run`` runs us, else ``(None, None)``.
+
+    ``main`` (tests) stands for ``sys.modules["__main__"]``.
+    """
+    main = sys.modules.get("__main__") if main is None else main
+    spec = getattr(main, "__spec__", None)
+    real = getattr(main, "cli_main", None)
+    if main is None or spec is None or spec.name != "bytewax.run" or not callable(real):
+        return None, None
+    return main, real
+
+
 def first_snapshot(run: RunOptions, progress: Callable[[], float],
                    main: ModuleType | None = None) -> bool:
     """Make ``python -m bytewax.run`` commit snapshots every second while the process is young.
@@ -691,14 +705,12 @@ def first_snapshot(run: RunOptions, progress: Callable[[], float],
     would have to end and rejoin together; not done), or when the process was not
     started by ``python -m bytewax.run``.
     """
-    main = sys.modules.get("__main__") if main is None else main
-    spec = getattr(main, "__spec__", None)
-    real = getattr(main, "cli_main", None)
     seconds = run.snapshot_seconds
     if (run.recovery_dir is None or seconds is None or seconds <= FIRST_EPOCH_SECONDS
             or run.process_id is not None or run.processes > 1):
         return False
-    if main is None or spec is None or spec.name != "bytewax.run" or not callable(real):
+    main, real = _bytewax_main(main)
+    if main is None or real is None:
         log.info("not started by python -m bytewax.run: the first snapshot comes after -s")
         return False
 
@@ -737,11 +749,8 @@ def clear_on_clean_return(run: RunOptions, main: ModuleType | None = None) -> bo
     Wraps the outermost ``cli_main`` of ``python -m bytewax.run`` (call after
     :func:`first_snapshot`); an exception or a kill leaves the marker. True when armed.
     """
-    main = sys.modules.get("__main__") if main is None else main
-    spec = getattr(main, "__spec__", None)
-    real = getattr(main, "cli_main", None)
-    if (run.recovery_dir is None or main is None or spec is None
-            or spec.name != "bytewax.run" or not callable(real)):
+    main, real = _bytewax_main(main)
+    if run.recovery_dir is None or main is None or real is None:
         return False
     marker = Path(run.recovery_dir) / RUNNING_MARKER
 
