@@ -39,7 +39,7 @@ from topics.errors import BrokerError, FraudStreamError, InputError
 from topics.producer import PACED_PRODUCER, PRODUCER_DEFAULTS, produce_waiting
 from topics.registry import TOPICS
 from topics.settings import BOOTSTRAP_ENV, KafkaSettings
-from topics.validation import _reject_from_validation_error, parse_time_ms
+from topics.validation import TRANSACTION_PATTERNS, _reject_from_validation_error, parse_time_ms
 
 FORMATS = ("jsonl", "csv", "parquet")
 DAY_MS = 86_400_000
@@ -219,11 +219,15 @@ def _row_to_transaction(row: dict[str, Any], where: str, strict: bool) -> Transa
     try:
         if "event_time" in row:
             row["event_time"] = _to_ms(row["event_time"])
-        return msgspec.convert(row, Transaction, strict=strict)
+        txn = msgspec.convert(row, Transaction, strict=strict)
     except msgspec.ValidationError as exc:
         raise InputError(f"{where}: {_reject_from_validation_error(exc).reason}") from exc
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from exc
+    unmatched = TRANSACTION_PATTERNS.first_unmatched(txn)
+    if unmatched is not None:
+        raise InputError(f"{where}: {unmatched.reason}")
+    return txn
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -49,7 +49,7 @@ from state.features import group
 from state.inputs import FeatureInputs
 from state.kernels.windows import NO_TIME
 from state.partitioning import murmur2_partitions
-from state.records import body_digest
+from state.records import body_digests
 from state.reorder import Watermark
 from topics.contracts import Transaction
 from topics.deadletter import dead_letter
@@ -151,24 +151,36 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
             self._before_batch()
         self._opened(values[0].shard)
         parts = []
+        at_home: set[tuple[int, int]] = set()
         for work in values:
             self._inputs.heard(work.source, work.progress, work.idle, self._clock())
             if work.txns is not None and len(work.txns):
                 parts.append(work.txns)
+                at_home.update((work.source, o) for o in work.produced_home)
         ready = merge_partitions(Decoded.concat(parts)) if parts else None
         if ready is not None and self._hold_s > 0:
-            ready = self._hold(ready)
+            ready = self._hold(ready, at_home)
         if ready is None and self._held is not None and self._clock() >= self._release_at:
             ready = self._release()
         return self._apply(ready), False
 
-    def _hold(self, ordered: Decoded[Transaction]) -> Decoded[Transaction] | None:
-        """Hold mis-keyed records and their cards' records; release them when due."""
+    def _hold(self, ordered: Decoded[Transaction],
+              at_home: set[tuple[int, int]] | None = None) -> Decoded[Transaction] | None:
+        """Hold mis-keyed records and their cards' records; release them when due.
+
+        ``at_home``: ``(partition, offset)`` of records the router found on their
+        producer's partition though their (tokenised) card id hashes elsewhere: a card
+        keyed by its PAN keeps its order on that partition, so it is not held.
+        """
         cards = [t.card_id for t in ordered.values]
         held_cards = {t.card_id for t in self._held.values} if self._held is not None else set()
         home = (self._shard if self._by_partition
                 else murmur2_partitions(cards, self._partitions))
         away = ordered.partition != home
+        if at_home and away.any():
+            where = np.flatnonzero(away)
+            away[where] = [(p, o) not in at_home for p, o in zip(
+                ordered.partition[where].tolist(), ordered.offset[where].tolist(), strict=True)]
         if not away.any() and not held_cards:
             return ordered
         hold = np.fromiter((a or c in held_cards for a, c in zip(away.tolist(), cards,
@@ -262,7 +274,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         store = self._opened(self._shard)
         txns = ready.values
         amounts = self._amounts(txns)
-        body = np.fromiter((body_digest(t) for t in txns), np.uint64, len(txns))
+        body = body_digests(txns)
         inputs = FeatureInputs.of(txns, amounts, ready.event_ms)
         batch = CardBatch([t.transaction_id for t in txns], [t.card_id for t in txns], body,
                           ready.partition, ready.offset, inputs)

@@ -164,6 +164,10 @@ def decode_batch(records: list[RawRecord], decoder: ContractDecoder[T], now_ms: 
                 "(FRAUD_MAX_SKEW_SECONDS); stamp times in UTC",
             )
         dead.append(reject(msg, result))
+    cards = getattr(decoder, "cards", None)
+    if cards is not None and cards.tokenised:
+        for field, count in cards.take_tokenised().items():
+            metrics.PANS_TOKENISED.labels(field=field).inc(count)
     n_clamped = sum(clamped)
     if n_clamped and records:
         metrics.CLAMPED.labels(topic=records[0].topic).inc(n_clamped)
@@ -286,10 +290,13 @@ class TransactionRouter:
         keys, q = self.keys, partition
         out: list[tuple[str, CardWork] | DeadLetterRecord] = []
         routed: dict[int, np.ndarray] = {}
+        at_home: frozenset[int] = frozenset()
         if len(decoded):
             cards = [t.card_id for t in decoded.values]
             home = murmur2_partitions(cards, keys.partitions)
             produced = self._produced_home(home, cards, kept)
+            if produced is not home:  # PAN-keyed records at home under their PAN
+                at_home = frozenset(decoded.offset[(produced == q) & (home != q)].tolist())
             wrong = produced != q
             if wrong.any():
                 metrics.MISKEYED.labels(action=keys.policy).inc(int(wrong.sum()))
@@ -310,7 +317,7 @@ class TransactionRouter:
             if self._progress.due(q, s, p, idle, rows is not None):
                 part = None if rows is None else (
                     decoded if len(rows) == len(decoded) else decoded.take(rows))
-                out.append((shard_key(s), CardWork(s, q, p, idle, part)))
+                out.append((shard_key(s), CardWork(s, q, p, idle, part, at_home)))
         return out
 
 

@@ -188,6 +188,10 @@ class CardWork(NamedTuple):
     idle: bool
     """Nothing to read on the partition for a while: it holds no one back."""
     txns: Decoded[Transaction] | None
+    produced_home: frozenset[int] = frozenset()
+    """Offsets (of ``source``) of records on the partition their producer's key puts them
+    on although their card id's hash does not: a PAN key with its card id tokenised at
+    decode (:meth:`flows.decode.TransactionRouter.route`). They are not mis-keyed."""
 
 
 class MerchantWork(NamedTuple):

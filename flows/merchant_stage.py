@@ -271,7 +271,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
     def snapshot(self) -> MerchantSnapshot:
         """The store's sequence number and copies of the drift windows and reorder buffer."""
         metrics.LAST_SNAPSHOT.set(time.time())
-        order = copy.deepcopy(self._order)  # Bytewax pickles it later: hand over a frozen copy
+        order = self._order.frozen()  # Bytewax pickles it later: hand over a frozen copy
         if self._scorer is None:
             resumed = self._resumed
             return MerchantSnapshot(resumed.seq if resumed else 0,

@@ -51,6 +51,13 @@ MISKEYED = Counter(
     "partitioner), by what was done: routed to the card's state, or refused (dead letter).",
     ["action"],
 )
+PANS_TOKENISED = Counter(
+    "fraud_pans_tokenised_total",
+    "Card numbers (PANs) found in clear in a decoded record and replaced by their keyed "
+    "token (FRAUD_PAN_KEY_FILE), by field: card_id, device_id, customer_id. Without a key "
+    "such records are dead letters (pan_in_clear) instead.",
+    ["field"],
+)
 UNRATED = Counter(
     "fraud_amount_unrated_total",
     "Transactions decoded whose amount no rate converts to the reference currency (no "

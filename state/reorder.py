@@ -49,7 +49,7 @@ transaction, around UTC midnight, that one count can differ from the replay's.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, Self, TypeVar
 
 import numpy as np
@@ -233,6 +233,22 @@ class EventTimeOrder(Generic[R, L]):
     def buffered(self) -> int:
         """Rows waiting."""
         return self.txns.size + self.labels.size
+
+    def frozen(self) -> EventTimeOrder[R, L]:
+        """A copy for a recovery snapshot that later calls on this one leave unchanged.
+
+        Buffered chunks are never changed in place (a split takes new chunks), so the
+        copy shares them and copies only the lists and the watermark's dictionaries:
+        O(chunks) instead of a deep copy of every buffered transaction (about 4% of
+        the scoring flow's CPU in a backlog).
+        """
+        mark = self.watermark
+        return replace(
+            self,
+            watermark=replace(mark, progress=dict(mark.progress), idle=dict(mark.idle),
+                              suspect_until=dict(mark.suspect_until)),
+            txns=replace(self.txns, chunks=list(self.txns.chunks)),
+            labels=replace(self.labels, chunks=list(self.labels.chunks)))
 
     def add_txns(self, chunk: R) -> None:
         """Buffer transactions (late ones are counted, and go with the next release)."""

@@ -52,6 +52,17 @@ CurrencyCode = Annotated[
 AttributeValue = str | int | float | bool | None
 
 
+def checked_pattern(pattern: str, description: str) -> msgspec.Meta:
+    """A string ``pattern`` the JSON Schema states and the decoder checks, not msgspec.
+
+    msgspec runs a ``pattern`` through Python's ``re`` at every decode (about 1.4 µs
+    a field, a third of a transaction's decode); ``topics.validation`` checks the
+    :attr:`Transaction.PATTERNS` fields itself, remembering values that passed, with
+    the same error. The schema is unchanged (``extra_json_schema``).
+    """
+    return msgspec.Meta(description=description, extra_json_schema={"pattern": pattern})
+
+
 class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """A card transaction, as payment systems publish it to ``transactions`` (key: card id).
 
@@ -84,11 +95,11 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     ]
     card_bin: Annotated[
         str,
-        msgspec.Meta(pattern="^[0-9]{6,8}$",
-                     description="BIN/IIN of the card (ISO/IEC 7812-1), 6 or 8 digits (v3)."),
+        checked_pattern("^[0-9]{6,8}$",
+                        "BIN/IIN of the card (ISO/IEC 7812-1), 6 or 8 digits (v3)."),
     ] | None = None
     card_last4: Annotated[
-        str, msgspec.Meta(pattern="^[0-9]{4}$", description="Last 4 digits of the PAN (v3).")
+        str, checked_pattern("^[0-9]{4}$", "Last 4 digits of the PAN (v3).")
     ] | None = None
     merchant_id: Id
     amount: Annotated[
@@ -102,7 +113,7 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     ]
     currency: Annotated[
         str,
-        msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO 4217 alphabetic code (DE49)."),
+        checked_pattern("^[A-Z]{3}$", "ISO 4217 alphabetic code (DE49)."),
     ]
     billing_amount: Annotated[
         float,
@@ -115,19 +126,19 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     ] | None = None
     billing_currency: Annotated[
         str,
-        msgspec.Meta(
-            pattern="^[A-Z]{3}$",
-            description="Cardholder billing currency (ISO 8583 DE51), ISO 4217 alphabetic code.",
+        checked_pattern(
+            "^[A-Z]{3}$",
+            "Cardholder billing currency (ISO 8583 DE51), ISO 4217 alphabetic code.",
         ),
     ] | None = None
     event_time: EpochMs
     mcc: Annotated[
-        str, msgspec.Meta(pattern="^[0-9]{4}$", description="ISO 18245 merchant category code.")
+        str, checked_pattern("^[0-9]{4}$", "ISO 18245 merchant category code.")
     ] | None = None
     channel: Channel | None = None
     entry_mode: EntryMode | None = None
     country: Annotated[
-        str, msgspec.Meta(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2 of the merchant.")
+        str, checked_pattern("^[A-Z]{2}$", "ISO 3166-1 alpha-2 of the merchant.")
     ] | None = None
     lat: Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)] | None = None
     lon: Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)] | None = None
@@ -139,6 +150,10 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     SCHEMA_VERSION = 3
     #: Fields that may arrive as RFC 3339 strings and are normalised to epoch ms.
     WIRE_TIME_FIELDS = ("event_time",)
+    #: String fields whose pattern the decoder checks (:func:`checked_pattern`).
+    PATTERNS = {"card_bin": "^[0-9]{6,8}$", "card_last4": "^[0-9]{4}$",
+                "currency": "^[A-Z]{3}$", "billing_currency": "^[A-Z]{3}$",
+                "mcc": "^[0-9]{4}$", "country": "^[A-Z]{2}$"}
 
 
 class ReasonCode(msgspec.Struct, kw_only=True, frozen=True, gc=False):

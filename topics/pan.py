@@ -68,6 +68,9 @@ _RUN = re.compile(rb"[0-9](?<![0-9]{2})(?:[ .\-]?[0-9]){12,}(?![0-9])")
 #: Could hold a PAN: 13 digits or more, with separators (a cheap first test).
 _MAYBE = re.compile(r"[0-9](?:[ .\-]?[0-9]){12}", re.ASCII)
 _GROUP = re.compile(rb"[0-9]+")
+#: A run of 13+ digits some of which are JSON escapes (``\u0034`` is "4"): what a producer's
+#: encoder (or someone hiding a PAN from a scanner) may write; JSON decoders read it as digits.
+_ESCAPED_RUN = re.compile(rb"(?:\\u003[0-9]|[0-9])(?:[ .\-]?(?:\\u003[0-9]|[0-9])){12,}")
 #: Track 2 (ISO/IEC 7813): PAN, "=" (or "D" in EMV tag 57), expiry YYMM, service code, data.
 _TRACK2 = re.compile(rb"[0-9](?<![0-9]{2})[0-9]{11,18}[=Dd][0-9]{7,}[0-9A-Fa-f]*\??")
 #: Track 1 (ISO/IEC 7813): "%B", PAN, "^", name, "^", expiry, service code, data.
@@ -296,6 +299,11 @@ def scrub(data: bytes) -> Scrubbed:
         return Scrubbed(data)
     out = bytearray(data)
     sad = pans = 0
+    if b"\\u003" in out:  # digits written as JSON escapes: the whole run goes
+        for m in _ESCAPED_RUN.finditer(bytes(out)):
+            if b"\\u" in m[0]:
+                _mask_span(out, *m.span())
+                pans += 1
     for name_start, name_end in _names(data):
         kind = _field_kind(data[name_start:name_end])
         if kind is None:
@@ -445,10 +453,17 @@ class CardGuard:
     expression that fails on the first characters of a token).
     """
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "tokenised")
 
     def __init__(self, key: PanKey | None = None) -> None:
         self.key = key
+        #: PANs replaced by tokens since the last :meth:`take_tokenised`, by field.
+        self.tokenised: dict[str, int] = {}
+
+    def take_tokenised(self) -> dict[str, int]:
+        """The counts of :attr:`tokenised` (field -> PANs tokenised), reset to none."""
+        counts, self.tokenised = self.tokenised, {}
+        return counts
 
     def __repr__(self) -> str:
         return f"CardGuard(key={self.key!r})"
@@ -482,13 +497,16 @@ class CardGuard:
         found = self.identify(value.card_id)
         others = [(name, self.identify(text, name)) for name in _OTHER_IDS
                   if isinstance(text := getattr(value, name, None), str) and _MAYBE.search(text)]
+        counts = self.tokenised
         if found is not None:
             value.card_id = found.card_id
             if found.bin is not None and hasattr(value, "card_bin"):
                 value.card_bin, value.card_last4 = found.bin, found.last4
+            counts["card_id"] = counts.get("card_id", 0) + 1
         for name, other in others:
             if other is not None:
                 setattr(value, name, other.card_id)
+                counts[name] = counts.get(name, 0) + 1
         attributes = getattr(value, "attributes", None)
         if attributes:
             value.attributes = clean_attributes(attributes)

@@ -201,6 +201,41 @@ def _first_non_finite(obj: Any, path: str = "") -> str | None:
     return None
 
 
+#: Values remembered per pattern-checked field (:class:`PatternCheck`).
+PATTERN_MEMORY = 65_536
+
+
+class PatternCheck:
+    """The string patterns of a contract's ``PATTERNS`` (``field -> regex``), checked in Python.
+
+    See :func:`topics.contracts.checked_pattern`. A value that matched once is
+    remembered (up to :data:`PATTERN_MEMORY` per field: currencies, countries and
+    MCCs are few), so the common case is a set lookup instead of a regular
+    expression per field. The whole value must match (a trailing newline does not).
+    """
+
+    def __init__(self, patterns: dict[str, str]) -> None:
+        self.fields: list[tuple[str, re.Pattern[str], set[str]]] = [
+            (name, re.compile(pattern), set()) for name, pattern in patterns.items()]
+
+    def first_unmatched(self, value: Any) -> Rejection | None:
+        """The first field of ``value`` that does not match, named as msgspec names it."""
+        for name, pattern, seen in self.fields:
+            text = getattr(value, name)
+            if text is None or text in seen:
+                continue
+            if pattern.fullmatch(text) is None:
+                return Rejection(
+                    "invalid_value", f"{name}: expected `str` matching regex '{pattern.pattern}'")
+            if len(seen) < PATTERN_MEMORY:
+                seen.add(text)
+        return None
+
+
+#: The checks of :attr:`Transaction.PATTERNS` for code that converts rows itself.
+TRANSACTION_PATTERNS = PatternCheck(Transaction.PATTERNS)
+
+
 class ContractDecoder(Generic[S]):
     """Decode one contract type from raw bytes; subclasses add the checks msgspec can't express.
 
@@ -219,6 +254,7 @@ class ContractDecoder(Generic[S]):
         self.time_fields: tuple[str, ...] = getattr(struct, "WIRE_TIME_FIELDS", ())
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(struct)
+        self._patterns = PatternCheck(getattr(struct, "PATTERNS", {}))
 
     def decode(self, raw: bytes | None, now_ms: int) -> S | Rejection:
         """Return the struct, or the first rule the message breaks; never raises.
@@ -258,6 +294,10 @@ class ContractDecoder(Generic[S]):
             value = value_or_rejection
         except msgspec.DecodeError as exc:
             return self._malformed(raw, exc)
+        if self._patterns.fields:
+            rejection = self._patterns.first_unmatched(value)
+            if rejection is not None:
+                return rejection
         checked = self.check(value, now_ms)
         if self._has_card and not isinstance(checked, Rejection):
             try:
@@ -269,6 +309,7 @@ class ContractDecoder(Generic[S]):
     def check(self, value: S, now_ms: int) -> S | Rejection:
         """Rules beyond the struct's own constraints; override per contract."""
         return value
+
 
     def _decode_slow(self, raw: bytes, exc: msgspec.ValidationError) -> S | Rejection:
         """Second chance for RFC 3339 or float times; everything else as msgspec said."""

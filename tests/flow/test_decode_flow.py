@@ -55,3 +55,25 @@ def test_bad_messages_become_one_dead_letter_each_and_valid_ones_pass() -> None:
         assert raw_key(record) == msg.key == b"k%d" % record.offset
         assert record.source_topic == "tx" and record.partition == record.offset % 3
     assert not by_offset
+
+
+def test_pans_tokenised_at_decode_are_counted_by_field() -> None:
+    from prometheus_client import REGISTRY
+
+    from flows.decode import decode_batch
+    from topics.pan import CardGuard, PanKey
+
+    def counted(field: str) -> float:
+        return REGISTRY.get_sample_value("fraud_pans_tokenised_total", {"field": field}) or 0.0
+
+    before = {f: counted(f) for f in ("card_id", "device_id")}
+    decoder = TransactionDecoder(cards=CardGuard(PanKey(b"k" * 32)))
+    values = [raw(transaction_id="a", card_id="4111 1111 1111 1111"),
+              raw(transaction_id="b", card_id="tok-card-1", device_id="5105105105105100"),
+              raw(transaction_id="c", card_id="tok-card-2")]
+    records = [RawRecord(b"k", v, "tx", 0, n, NOW_MS) for n, v in enumerate(values)]
+    decoded, _, dead = decode_batch(records, decoder, NOW_MS)
+    assert len(decoded.values) == 3 and not dead
+    assert counted("card_id") - before["card_id"] == 1
+    assert counted("device_id") - before["device_id"] == 1
+    assert decoder.cards is not None and decoder.cards.tokenised == {}  # handed to the metric

@@ -279,3 +279,53 @@ def test_prediction_records_the_reference_amount(
     (v,) = stages.verdicts()
     assert isinstance(v, Prediction) and v.reference_currency == "EUR"
     assert 10 < (v.amount_reference or 0) < 60  # about 27 EUR, never 4,500
+
+
+def test_a_card_keyed_by_its_pan_is_not_held_as_mis_keyed(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A producer keys a card's records by the PAN it sends as ``card_id``; decode turns
+    the PAN into a token whose hash points at another partition. The router knows the
+    records are on their key's partition, so the card stage applies them at once instead
+    of holding them FRAUD_MISKEYED_HOLD_MS like mis-keyed records."""
+    from flows.decode import KeyRule, TransactionRouter, decode_batch
+    from flows.kafka import RawRecord
+    from samples import NOW_MS, raw
+    from state.partitioning import murmur2_partition
+    from topics.pan import CardGuard, PanKey
+    from topics.validation import TransactionDecoder
+
+    stages = Stages(tmp_path, _source(tiny_model_dir), hold_ms=60_000)
+    guard = CardGuard(PanKey(b"k" * 32))
+    pan = next(p for p in (f"4111111111{n:06d}" for n in range(100_000))
+               if _luhn(p) and murmur2_partition(p, stages.parts) != murmur2_partition(
+                   guard.identify(p).card_id, stages.parts))  # type: ignore[union-attr]
+    q = murmur2_partition(pan, stages.parts)
+    records = [RawRecord(pan.encode(), raw(transaction_id=f"p-{i}", card_id=pan,
+                                           event_time=NOW_MS - 60_000 + i), "transactions",
+                         q, i, NOW_MS) for i in range(3)]
+    decoded, kept, dead = decode_batch(records, TransactionDecoder(cards=guard), NOW_MS)
+    assert len(decoded) == 3 and not dead
+    router = TransactionRouter(KeyRule(stages.parts), card_shards=stages.parts, cards=guard)
+    works = [w for key, w in router.route(q, decoded, kept)]  # type: ignore[misc]
+    mine = [w for w in works if w.txns is not None]
+    assert len(mine) == 1 and mine[0].produced_home == frozenset({0, 1, 2})
+    logic = stages.cards[mine[0].shard]
+    outs, _ = logic.on_batch(mine)
+    assert logic._held is None  # applied now, not held for a minute
+    applied = sum(len(o[1].rows) for o in outs
+                  if isinstance(o, tuple) and o[1].rows is not None)
+    assert applied == 3
+    # the same records without the router's word (another key) are held as mis-keyed
+    moved = mine[0]._replace(produced_home=frozenset())
+    other = Stages(tmp_path / "other", _source(tiny_model_dir), hold_ms=60_000)
+    other.cards[moved.shard].on_batch([moved])
+    assert other.cards[moved.shard]._held is not None
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0

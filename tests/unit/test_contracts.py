@@ -130,3 +130,31 @@ def test_bad_topic_name_names_the_variable() -> None:
 def test_missing_bootstrap_says_what_to_do() -> None:
     with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS"):
         KafkaSettings.from_env({}).client_config()
+
+
+def test_the_decoder_checks_exactly_the_patterns_the_transaction_schema_states() -> None:
+    """Patterns moved out of msgspec (topics.contracts.checked_pattern) stay in the schema,
+    and the decoder checks every one of them, also for values it has seen pass before."""
+    import msgspec
+
+    from samples import NOW_MS, raw
+    from topics.contracts import Transaction
+    from topics.validation import Rejection, TransactionDecoder
+
+    props = msgspec.json.schema(Transaction)["$defs"]["Transaction"]["properties"]
+
+    def pattern_of(spec: dict) -> str | None:
+        for option in spec.get("anyOf", [spec]):
+            if "pattern" in option:
+                return option["pattern"]
+        return None
+
+    stated = {name: p for name, spec in props.items() if (p := pattern_of(spec)) is not None}
+    assert stated == Transaction.PATTERNS
+    decoder = TransactionDecoder()
+    for _ in range(2):  # the second time, the good values are remembered
+        assert not isinstance(decoder.decode(raw(mcc="5411", country="FR"), NOW_MS), Rejection)
+        for field, bad in (("mcc", "541"), ("country", "FRA"), ("currency", "EUR\n")):
+            out = decoder.decode(raw(**{field: bad}), NOW_MS)
+            assert isinstance(out, Rejection) and out.error_class == "invalid_value"
+            assert out.reason.startswith(f"{field}: expected `str` matching regex")

@@ -339,3 +339,19 @@ def test_the_token_cli_gives_the_token_decode_gives(tmp_path: Path,
     monkeypatch.setattr("sys.stdin", io.StringIO("c-17\n"))
     assert main(["--key-file", str(key_file)]) == 2
     assert "line 1" in capsys.readouterr().err
+
+
+def test_a_pan_written_with_json_escapes_is_masked_in_raw_bytes_and_refused_decoded() -> None:
+    """``\\u0034`` is "4" to every JSON decoder: a PAN spelt with escapes is still a PAN."""
+    from samples import NOW_MS
+    from topics.validation import TransactionDecoder
+
+    escaped = "".join(f"\\u{ord(c):04x}" if i % 3 == 0 else c
+                      for i, c in enumerate("5105105105105100"))
+    for body in (f'{{"card_id":"{escaped}"}}', f'{{"note":"card {escaped} ok"}}'):
+        out = scrub(body.encode())
+        assert out.pans >= 1 and b"\\u" not in out.data.split(b'"')[3], out
+    raw = (f'{{"transaction_id":"t","card_id":"{escaped}","merchant_id":"m","amount":1.0,'
+           f'"currency":"EUR","event_time":{NOW_MS}}}').encode()
+    refused = TransactionDecoder().decode(raw, NOW_MS)
+    assert getattr(refused, "error_class", None) == "pan_in_clear"

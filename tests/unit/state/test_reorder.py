@@ -156,3 +156,24 @@ def test_before_the_watermark_moves_every_idle_input_may_be_starting() -> None:
     assert w.update(now=5.5) == NO_TIME
     w.heard("b", T0 + HOUR, False, now=5.6)
     assert w.update(now=5.7) == T0
+
+
+def test_a_frozen_copy_for_a_snapshot_is_untouched_by_what_follows() -> None:
+    import pickle
+
+    order: EventTimeOrder[Rows, Rows] = EventTimeOrder()
+    order.watermark.expect(["p0", "p1"])
+    order.add_txns(Rows(["a", "b"], [T0 + 5 * HOUR, T0 + 1]))
+    order.add_labels(Rows(["L"], [T0 + 2]))
+    order.watermark.heard("p0", T0 + 5 * HOUR, False)
+    frozen = order.frozen()
+    before = pickle.dumps(frozen)
+    order.add_txns(Rows(["c"], [T0 + 3]))  # later work on the live order
+    order.watermark.heard("p1", T0 + 4 * HOUR, True)
+    released = order.release(Rows.concat, Rows.concat)
+    assert released and order.buffered == 0
+    assert pickle.dumps(frozen) == before  # the snapshot still says what it said
+    assert frozen.buffered == 3 and frozen.watermark.progress["p1"] == NO_TIME
+    assert [n for c in frozen.txns.chunks for n in c.names] == ["a", "b"]
+    again = pickle.loads(before)  # and restores to the same state as a deep copy would
+    assert again.release(Rows.concat, Rows.concat) == [] and again.buffered == 3
