@@ -143,7 +143,11 @@ class Collector(threading.Thread):
 
     def wait_for(self, n: int, timeout: float, flow: FlowProcess | None = None,
                  stall: float | None = None) -> bool:
-        """Wait until ``n`` messages were consumed; False on timeout or a ``stall`` s pause."""
+        """Wait until ``n`` messages were consumed; False on timeout or a ``stall`` s pause.
+
+        The stall clock starts at the first message: a slow start-up (a busy machine, a JVM
+        broker's first fetch) is bounded by ``timeout`` only.
+        """
         deadline = time.monotonic() + timeout
         last, since = -1, time.monotonic()
         while self.count < n:
@@ -152,7 +156,7 @@ class Collector(threading.Thread):
             now = time.monotonic()
             if self.count != last:
                 last, since = self.count, now
-            if now > deadline or (stall is not None and now - since > stall):
+            if now > deadline or (stall is not None and self.count and now - since > stall):
                 return False
             time.sleep(0.02)
         return True
@@ -216,10 +220,11 @@ class Env:
         return settings
 
     def start(self, module: str, settings: KafkaSettings,
-              metrics_port: int = 0) -> FlowProcess:
+              metrics_port: int = 0, extra: dict[str, str] | None = None) -> FlowProcess:
         """One flow process on ``settings``' topics, with its own state and recovery dirs.
 
-        ``metrics_port``: where the flow serves /metrics (0: not served).
+        ``metrics_port``: where the flow serves /metrics (0: not served); ``extra``: more
+        environment variables (e.g. ``FRAUD_RULES_TRUSTED_KEYS``).
         """
         run = self.work / f"{module}-{self.counter}"
         env = {"KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
@@ -233,6 +238,7 @@ class Env:
                "FRAUD_METRICS_PORT": str(metrics_port), "FRAUD_LOG_LEVEL": "WARNING"}
         for logical, name in settings.topic_overrides.items():
             env[f"FRAUD_TOPIC_{logical.upper().replace('-', '_')}"] = name
+        env.update(extra or {})
         return FlowProcess(env, run / "flow.log", recovery_dir=run / "recovery",
                            snapshot_seconds=10, module=module)
 
@@ -269,6 +275,32 @@ def scrape_buckets(port: int, metric: str) -> Buckets:
                 labels = {k: v for k, v in sample.labels.items() if k != "le"}
                 key = (metric, frozenset(labels.items()))
                 out.setdefault(key, {})[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def scrape_counters(port: int, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Counter and gauge samples on /metrics: ``{metric: {"k=v,...": value}}`` (``_total`` kept).
+
+    Samples of each named family, labels joined in order (``""`` when unlabelled);
+    ``_created`` samples are left out.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    wanted = {m.removesuffix("_total"): m for m in metrics}
+    out: dict[str, dict[str, float]] = {m: {} for m in metrics}
+    for family in text_string_to_metric_families(text):
+        name = wanted.get(family.name)
+        if name is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sample.labels.items())
+            out[name][labels] = out[name].get(labels, 0.0) + sample.value
     return out
 
 

@@ -12,7 +12,9 @@ measured in the same run:
    hop (the broker's floor), the pass-through flow and the scoring flow;
 3. components in process (:mod:`bench.components`);
 4. analyst rules: µs per transaction with 1, 10 and 100 active rules
-   (``bench/rules_bench.py``);
+   (``bench/rules_bench.py``); and in the flow (``rules-flow``, :mod:`bench.rules_flow`):
+   ``flows.score`` over the throughput part's pre-loaded topic with no rules, with 100
+   signed rules and lists, and with those plus hostile rules published mid-run;
 5. memory and disk with 1,000,000 and 10,000,000 cards (``bench/state_bench.py``,
    one fresh process per size, both at once: they use a core each).
 
@@ -42,6 +44,7 @@ from bench.components import components  # noqa: E402
 from bench.harness import Env, Phases, say  # noqa: E402
 from bench.latency import WARMUP, latency  # noqa: E402
 from bench.report import machine, markdown, targets  # noqa: E402
+from bench.rules_flow import rules_flow  # noqa: E402
 from bench.throughput import throughput  # noqa: E402
 from devkit.apache_kafka import ApacheKafka  # noqa: E402
 from devkit.broker import EmbeddedBroker  # noqa: E402
@@ -50,7 +53,7 @@ from topics.contracts import Transaction  # noqa: E402
 from topics.settings import KafkaSettings  # noqa: E402
 from training.simulate import SimConfig, simulated_history  # noqa: E402
 
-ALL_PARTS = ("throughput", "latency", "components", "rules", "memory")
+ALL_PARTS = ("throughput", "latency", "components", "rules", "rules-flow", "memory")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -116,20 +119,26 @@ def fresh_broker(kind: str, work: Path) -> EmbeddedBroker | ApacheKafka:
 def kafka_phases(res: dict[str, Any], parts: set[str], txns: list[Transaction],
                  live: list[Transaction], work: Path, model: Path, phase: Phases,
                  opts: dict[str, Any]) -> None:
-    """Throughput and latency, each on a fresh broker (``opts["broker"]``).
+    """Throughput, rules in the flow and latency, on fresh brokers (``opts["broker"]``).
 
-    The embedded broker keeps every record in memory and its fetches slow down as a
+    Throughput and ``rules-flow`` read the same pre-loaded topic on one broker. The
+    embedded broker keeps every record in memory and its fetches slow down as a
     partition fills, so the latency phase does not inherit the throughput runs' topics.
     """
-    if "throughput" in parts:
+    if parts & {"throughput", "rules-flow"}:
         with fresh_broker(opts["broker"], work) as broker:
             env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), work / "throughput",
                       model, broker.pid)
             with phase("preload"):
                 shared = env.topic_set("preload").topic("transactions")
                 produce_transactions(env.base, shared, txns, progress=False, flush_timeout=120)
-            with phase("throughput"):
-                res["throughput"] = throughput(env, shared, len(txns), opts["runs"])
+            if "throughput" in parts:
+                with phase("throughput"):
+                    res["throughput"] = throughput(env, shared, len(txns), opts["runs"])
+            if "rules-flow" in parts:
+                with phase("rules-flow"):
+                    res["rules_flow"] = rules_flow(env, shared, [t.card_id for t in txns],
+                                                   len(txns), opts["runs"])
     if "latency" in parts:
         with fresh_broker(opts["broker"], work) as broker:
             env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), work / "latency",

@@ -4,7 +4,8 @@ The flow builds one per scoring batch (the rows it just scored), the backtest
 one per chunk of history. Shapes: ``n`` rows; ``features`` float32 ``[n, F]``
 named by ``feature_names``; times int64 epoch ms; amounts float64 in major
 units (``amount`` in the transaction currency, ``amount_reference`` in the
-reference currency).
+reference currency, NaN where no rate converted the amount: the row is
+*unrated*, :attr:`RuleBatch.amount_unrated`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class RuleBatch:
     ``text`` maps each of :data:`rules.names.TEXT_FIELDS` to an object array of
     ``str`` (absent = ``""``); ``model_decision`` is a ``<U7`` array of
     ``approve``/``review``/``decline``. Raises ``ValueError`` when lengths differ.
+    ``amount_reference`` is NaN on unrated rows; :attr:`amount_unrated` derives from it.
     """
 
     event_time: np.ndarray
@@ -63,6 +65,18 @@ class RuleBatch:
         return len(self.event_time)
 
     @property
+    def amount_unrated(self) -> np.ndarray:
+        """Bool ``[n]``: no rate converted the amount (``amount_reference`` is NaN), computed once.
+
+        The flow passes NaN for such rows (:mod:`state.inputs`); the rule variable
+        ``amount_unrated`` reads this column.
+        """
+        cached = self._cache.get("amount_unrated")
+        if cached is None:
+            cached = self._cache["amount_unrated"] = np.isnan(self.amount_reference)
+        return cached
+
+    @property
     def bins(self) -> np.ndarray:
         """Each card's BIN (object array of str, ``""`` when unknown), computed once."""
         cached = self._cache.get("bin")
@@ -89,8 +103,9 @@ class RuleBatch:
         """Columns of ``transactions`` (one row each, in order).
 
         ``amount_reference`` (float ``[n]``, reference currency) is what the flow
-        computed for the features; when None it is the feature ``amount`` (which
-        feature spec v2 states in the reference currency), else the raw amount.
+        computed for the features, NaN where unrated; when None it is the feature
+        ``amount`` (which feature spec v2 states in the reference currency, and at its
+        neutral 0 when unrated: nothing is then unrated), else the raw amount.
         """
         names = tuple(feature_names)
         n = len(transactions)
@@ -130,6 +145,7 @@ class RuleBatch:
         out["bin"] = str(self.bins[i])
         out["amount"] = float(self.amount[i])
         out["amount_reference"] = float(self.amount_reference[i])
+        out["amount_unrated"] = bool(self.amount_unrated[i])
         out["score"] = float(self.score[i])
         out["model_decision"] = str(self.model_decision[i])
         out["event_time"] = int(self.event_time[i])
@@ -152,6 +168,8 @@ class RuleBatch:
                 out[name] = float(getattr(self, name)[i])
             elif name == "event_time":
                 out[name] = int(self.event_time[i])
+            elif name == "amount_unrated":
+                out[name] = bool(self.amount_unrated[i])
             elif name == "bin":
                 out[name] = str(self.bins[i])
             elif name == "model_decision":

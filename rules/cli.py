@@ -130,6 +130,26 @@ def _costs(book: RuleBook) -> str:
             f"(budget {book.budget.row_us:g} µs, FRAUD_RULE_COST_US)")
 
 
+def unrated_warnings(book: RuleBook) -> list[str]:
+    """One warning per enabled rule that reads ``amount_reference`` but not ``amount_unrated``.
+
+    Such a rule never fires for a transaction without a rate (``amount_reference`` is
+    NaN: every comparison is false), which is rarely what its author meant.
+    """
+    from rules.celast import Ident, walk
+
+    out = []
+    for c in book.compiled():
+        names = {n.name for n in walk(c.tree, loops=True) if isinstance(n, Ident)}
+        if "amount_reference" in names and "amount_unrated" not in names:
+            out.append(
+                f"warning: rule {c.rule.id!r} compares amount_reference but never mentions "
+                "amount_unrated: it cannot fire for a currency without a rate (NaN); say "
+                "which way with `amount_unrated || ...` or `!amount_unrated && ...`"
+            )
+    return out
+
+
 def read_book(settings: KafkaSettings, names: tuple[str, str],
               trust: TrustedKeys | None = None) -> RuleBook:
     """The current state: both compacted topics read to their end into a :class:`RuleBook`.
@@ -383,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per s
             for entry in doc.entry_objects():
                 book.put_entry(entry)
             _check(book.put_rule(r) for r in doc.rule_objects())
+            for warning in unrated_warnings(book):
+                print(warning, file=sys.stderr)
             print(f"{args.file}: {len(doc.rules)} rule(s) and {len(doc.entries)} entr(ies) valid; "
                   f"{sum(c.fast is None for c in book.compiled())} evaluated row by row"
                   f"{_costs(book)}")

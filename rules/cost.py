@@ -248,7 +248,8 @@ _ATTRIBUTES: tuple[dict[str, str | int | float | bool | None] | None, ...] = (
 def reference_batch(vocab: Vocabulary) -> RuleBatch:
     """The fixed batch rules are measured on: :data:`REFERENCE_ROWS` rows, the same every time.
 
-    Every text field with varied values (and ``""``), amounts from 0 to millions,
+    Every text field with varied values (and ``""``), amounts from 0 to millions
+    (``amount_reference`` NaN on the ``VND`` rows: unrated, ``amount_unrated`` true),
     attributes absent, empty, typical, and one row with :data:`WIDE_ROW_ATTRIBUTES`
     keys; features from a fixed pattern (float32 ``[n, F]``), scores 0-1, all three
     model decisions.
@@ -265,11 +266,13 @@ def reference_batch(vocab: Vocabulary) -> RuleBatch:
     width = len(vocab.feature_names)
     grid = (np.arange(n)[:, None] * 7 + np.arange(width)[None, :] * 3) % 11
     amount = np.array([_AMOUNTS[i % len(_AMOUNTS)] for i in range(n)], dtype=np.float64)
+    # VND rows are unrated, as without a rates file: NaN reference amount, amount_unrated true
+    unrated = text["currency"] == "VND"
     return RuleBatch(
         event_time=_REFERENCE_T0 + np.arange(n, dtype=np.int64) * 60_000,
         text=text,
         amount=amount,
-        amount_reference=amount * 0.9,
+        amount_reference=np.where(unrated, np.nan, amount * 0.9),
         attributes=attributes,
         features=(grid * 0.5).astype(np.float32),
         feature_names=vocab.feature_names,

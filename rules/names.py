@@ -7,7 +7,10 @@ mistake is refused when the rule arrives, with the position of the problem):
 name                  CEL type                 meaning
 ====================  =======================  ==========================================
 ``amount``            double                   amount in major units of ``currency``
-``amount_reference``  double                   amount in the reference currency (EUR)
+``amount_reference``  double                   amount in the reference currency (EUR);
+                                               NaN when unrated (every comparison false)
+``amount_unrated``    bool                     no rate converted the amount: the currency
+                                               (or billing currency) has none
 ``currency``          string                   ISO 4217 alphabetic code
 ``channel``           string                   ``pos``, ``ecom``, ``atm``, ``moto`` or ``""``
 ``entry_mode``        string                   ``chip``, ``contactless``, ... or ``""``
@@ -32,7 +35,10 @@ every feature name    double                   the feature (``state.spec.FEATURE
 Absent optional text reads as ``""``, so ``country != "FR"`` holds for a
 transaction without a country; test absence with ``country == ""``. Features are
 float32 in the model and read as double here. CEL does not mix int and double
-in a comparison: write ``card_count_10m > 3.0``, not ``> 3``.
+in a comparison: write ``card_count_10m > 3.0``, not ``> 3``. An amount rule
+says what it means for an unrated transaction (README "Every currency gets a
+verdict"): ``amount_unrated || amount_reference > 1000.0`` catches both,
+``!amount_unrated && amount_reference > 1000.0`` only the rated ones.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ TEXT_FIELDS = (
 )  # fmt: skip
 NUMBER_FIELDS = ("amount", "amount_reference", "score")
 INT_FIELDS = ("event_time",)
+#: True where ``amount_reference`` is NaN (no rate converted the amount).
+BOOL_FIELDS = ("amount_unrated",)
 #: Derived text: the BIN, and the model's decision.
 DERIVED_TEXT = ("bin", "model_decision")
 MAPS = ("attributes", "lists", "features")
@@ -58,7 +66,7 @@ RESERVED = frozenset(
     "namespace return var void while".split()
 )
 
-Kind = Literal["text", "double", "int", "attributes", "lists", "features"]
+Kind = Literal["text", "double", "int", "bool", "attributes", "lists", "features"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class Vocabulary:
             kinds[name] = "double"
         for name in INT_FIELDS:
             kinds[name] = "int"
+        for name in BOOL_FIELDS:
+            kinds[name] = "bool"
         kinds["attributes"] = "attributes"
         kinds["lists"] = "lists"
         kinds["features"] = "features"
@@ -88,7 +98,7 @@ class Vocabulary:
     @cached_property
     def bare_features(self) -> frozenset[str]:
         """Feature names usable without ``features.`` (those not shadowed by a field)."""
-        taken = set(TEXT_FIELDS + DERIVED_TEXT + NUMBER_FIELDS + INT_FIELDS + MAPS)
+        taken = set(TEXT_FIELDS + DERIVED_TEXT + NUMBER_FIELDS + INT_FIELDS + BOOL_FIELDS + MAPS)
         return frozenset(
             n for n in self.feature_names
             if n not in taken and n.isidentifier() and n not in RESERVED
@@ -104,7 +114,7 @@ class Vocabulary:
         from cel_expr_python import cel
 
         t = cel.Type
-        types = {"text": t.STRING, "double": t.DOUBLE, "int": t.INT}
+        types = {"text": t.STRING, "double": t.DOUBLE, "int": t.INT, "bool": t.BOOL}
         out: dict[str, Any] = {}
         for name, kind in self.kinds.items():
             if kind in types:

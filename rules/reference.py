@@ -47,7 +47,7 @@ def activation(
     for name, kind in vocab.kinds.items():
         if wanted is not None and name not in wanted:
             continue
-        if kind in ("text", "double", "int", "attributes"):
+        if kind in ("text", "double", "int", "bool", "attributes"):
             data[name] = row[name] if name in row else row["features"][name]
         elif kind == "features":
             data[name] = row["features"]

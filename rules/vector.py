@@ -75,6 +75,15 @@ class Columns:
             self._cache[key] = out
         return out
 
+    def boolean(self, name: str) -> np.ndarray:
+        """Bool ``[n]``: a bool field of the batch (``amount_unrated``)."""
+        key = ("bool", name)
+        out = self._cache.get(key)
+        if out is None:
+            out = np.asarray(getattr(self.batch, name), dtype=bool)
+            self._cache[key] = out
+        return out
+
     def feature(self, name: str) -> np.ndarray:
         """Float64 ``[n]``: one feature column."""
         key = ("feature", name)
@@ -220,6 +229,8 @@ class Compiler:
             return Compiled("double", lambda c: (c.number(name), None), key=("number", name))
         if kind == "int":
             return Compiled("int", lambda c: (c.integer(name), None), key=("int", name))
+        if kind == "bool":
+            return Compiled("bool", lambda c: (c.boolean(name), None), key=("bool", name))
         raise Unsupported(f"bare {name}")
 
     def _attribute(self, key: str) -> Compiled:

@@ -197,3 +197,24 @@ def test_a_loosening_rule_signed_once_waits_and_is_counted_pending(stages: Stage
     stages.feed(sourced([txn(i, amount=4800.0) for i in range(5, 8)], stages.parts))
     later = [v for v in stages.verdicts() if v.transaction_id >= "t-c-1-5"]
     assert later and all(v.decision == "approve" and v.rule_hits for v in later)
+
+
+def test_amount_unrated_lets_a_rule_catch_a_currency_without_a_rate(stages: Stages) -> None:
+    """Issue 23: without a rates file VND has no rate; ``amount_reference > X`` cannot see it."""
+    stages.publish_rules("rules", [
+        ("unrated", rule("unrated", "amount_unrated", action="review")),
+        ("big-rated", rule("big-rated", "!amount_unrated && amount_reference > 1000.0")),
+        ("big-silent", rule("big-silent", "amount_reference > 1000.0", mode="shadow")),
+    ])
+    vnd = msgspec.structs.replace(txn(1, "c-vn", amount=52_000_000.0), currency="VND")
+    stages.feed(sourced([vnd, txn(2, "c-eu", amount=2000.0), txn(3, "c-eu")], stages.parts))
+    by_id = {v.transaction_id: v for v in stages.verdicts()}
+    unrated, big, small = by_id["t-c-vn-1"], by_id["t-c-eu-2"], by_id["t-c-eu-3"]
+    assert unrated.amount_unrated and unrated.amount_reference is None
+    assert [h.rule_id for h in unrated.rule_hits] == ["unrated"]
+    assert unrated.decision in ("review", "decline")
+    assert unrated.reasons[0].feature == "rule:unrated"
+    assert [(h.rule_id, h.mode) for h in big.rule_hits] == [("big-rated", "active"),
+                                                           ("big-silent", "shadow")]
+    assert big.decision == "decline" and not big.amount_unrated
+    assert small.rule_hits == []

@@ -28,7 +28,10 @@ IPS = ["10.0.0.7", "10.0.1.9", "203.0.113.5", "2001:db8::1", "2001:db9::2", "not
 
 
 def random_batch(seed: int, n: int = 64, names: tuple[str, ...] | None = None) -> RuleBatch:
-    """A batch with small value pools (so equality and lists hit), NaN-free features."""
+    """A batch with small value pools (so equality and lists hit), NaN-free features.
+
+    ``amount_reference`` is NaN on some rows: unrated, as the flow passes them.
+    """
     rng = np.random.default_rng(seed)
     names = tuple(FEATURE_NAMES) if names is None else names
     pick = lambda pool: np.array([pool[i] for i in rng.integers(0, len(pool), n)], dtype=object)  # noqa: E731
@@ -51,7 +54,7 @@ def random_batch(seed: int, n: int = 64, names: tuple[str, ...] | None = None) -
         event_time=T0 + rng.integers(0, 10 * 86_400_000, n),
         text=text,
         amount=rng.choice([0.0, 5.0, 999.0, 1000.0, 1500.0], n),
-        amount_reference=rng.choice([0.0, 4.5, 999.5, 1000.0, 2000.0], n),
+        amount_reference=rng.choice([0.0, 4.5, 999.5, 1000.0, 2000.0, np.nan], n),
         attributes=attributes,
         features=features.astype(np.float32),
         feature_names=names,

@@ -56,7 +56,8 @@ def comparison() -> st.SearchStrategy[str]:
         st.tuples(attr, ops, st.sampled_from(["3", "2.5", "3u", '"3"', "true", "null"])).map(
             lambda t: f"{t[0]} {t[1]} {t[2]}"
         ),
-        st.sampled_from(["has(attributes.k)", "has(attributes.bin)", "true", "false"]),
+        st.sampled_from(["has(attributes.k)", "has(attributes.bin)", "true", "false",
+                         "amount_unrated", "!amount_unrated"]),
         st.tuples(st.sampled_from(TEXTS), st.sampled_from(["startsWith", "endsWith", "contains"]),
                   text_lit).map(lambda t: f"{t[0]}.{t[1]}({t[2]})"),  # fmt: skip
         st.tuples(st.sampled_from(TEXTS), st.sampled_from(['["ecom", "FR", "c2"]', '["NG"]'])).map(
