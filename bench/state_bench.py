@@ -1,7 +1,9 @@
-"""Memory and disk of the card state at scale: peak RSS and bytes per card (issue 18).
+"""Memory and disk of the card state at scale: peak RSS and bytes per card (issues 18, 21).
 
     python bench/state_bench.py --cards 1000000            # 1M cards, defaults below
     python bench/state_bench.py --cards 10000000 --probe-txns 50000
+    python bench/run.py --only memory                     # 1M and 10M, one simulated
+                                                          # transaction per template card
 
 1. Templates: ``--real-cards`` simulated cards (``training.simulate``, about
    ``--txns-per-card`` transactions each over ``--days``) run through the card
@@ -10,8 +12,11 @@
 2. A fresh child process opens one RocksDB store with the flow's options
    (:class:`state.options.StoreOptions`: the block cache and write-buffer manager
    shared per process), writes ``--cards`` cards (card ``j`` holds template
-   ``j % real-cards``, keys as :func:`state.keys.card_key`), flushes and compacts.
-   Bytes per card = every file of the store directory / cards.
+   ``j % real-cards``; its id is a PAN token ``tok_<32 hex>`` as the stream's card ids
+   are, or ``c<j>`` with ``--card-ids plain``; keys as :func:`state.keys.card_key`),
+   flushes and compacts. Bytes per card = every file of the store directory / cards;
+   the JSON also splits the SST files into keys, values, data blocks (compressed),
+   index and filter blocks per card (RocksDB's table properties).
 3. Then ``--probe-txns`` transactions on random cards of the whole store, in batches
    of ``--batch``, through the card path as the card store runs it: multi-get, the
    card kernel (decode, features and update, encode), one ``WriteBatch``. Peak RSS (``VmHWM``) is
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import subprocess
 import sys
@@ -34,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -89,7 +95,31 @@ def _rss_mib() -> tuple[float, float]:
     return status.get("VmRSS", 0.0), status.get("VmHWM", 0.0)
 
 
-def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str, Any]:
+def card_id(j: int, kind: str) -> str:
+    """Card ``j``'s id: a PAN token (random-looking 128 bits, as tokenised ids are) or plain."""
+    if kind == "plain":
+        return f"c{j:09d}"
+    return "tok_" + hashlib.blake2b(j.to_bytes(8, "little"), digest_size=16).hexdigest()
+
+
+def sst_split(db: Any, cards: int) -> dict[str, float]:
+    """Bytes per card of the SST files by part, from RocksDB's aggregated table properties."""
+    text = db.property_value("rocksdb.aggregated-table-properties") or ""
+    props = {}
+    for item in text.split(";"):
+        name, _, value = item.partition("=")
+        props[name.strip().split(" (")[0]] = value.strip()
+    out = {}
+    for name, key in (("raw key size", "sst_raw_key"), ("raw value size", "sst_raw_value"),
+                      ("data block size", "sst_data"), ("index block size", "sst_index"),
+                      ("filter block size", "sst_filter")):
+        with contextlib.suppress(KeyError, ValueError):
+            out[f"{key}_bytes_per_card"] = round(int(props[name]) / cards, 1)
+    return out
+
+
+def store_child(path: Path, cards: int, batch: int, state_dir: Path,
+                ids: str = "token") -> dict[str, Any]:
     """The fresh process: fill RocksDB with ``cards`` states, compact, probe; measure."""
     import rocksdict
 
@@ -112,7 +142,7 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
     for start in range(0, cards, step):
         wb = rocksdict.WriteBatch(raw_mode=True)
         for j in range(start, min(cards, start + step)):
-            wb.put(keys.card_key(f"c{j:09d}"), states[j % len(states)])
+            wb.put(keys.card_key(card_id(j, ids)), states[j % len(states)])
         db.write(wb)
         if start // step % 10 == 9:
             say(f"  filled {start + step:,} of {cards:,} cards")
@@ -127,10 +157,12 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
     t0 = time.perf_counter()
     for lo in range(0, len(probes), batch):
         chunk = probes.take(np.arange(lo, min(len(probes), lo + batch)))
-        ids = [keys.card_key(f"c{j:09d}") for j in rng.integers(0, cards, len(chunk)).tolist()]
-        uniq = list(dict.fromkeys(ids))
+        picked = [keys.card_key(card_id(j, ids))
+                  for j in rng.integers(0, cards, len(chunk)).tolist()]
+        uniq = list(dict.fromkeys(picked))
         index = {k: i for i, k in enumerate(uniq)}
-        _, new = card_features(db.get(uniq), np.array([index[k] for k in ids]), chunk)
+        stored = cast(list[bytes | None], db.get(cast(Any, uniq)))
+        _, new = card_features(stored, np.array([index[k] for k in picked]), chunk)
         wb = rocksdict.WriteBatch(raw_mode=True)
         for k, state in zip(uniq, new, strict=True):
             wb.put(k, state)
@@ -138,6 +170,7 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
     probe_s = time.perf_counter() - t0
     rss_now, peak_probe = _rss_mib()
     db.flush()
+    split = sst_split(db, cards)
     db.close()
     on_disk = sum(p.stat().st_size for p in state_dir.rglob("*") if p.is_file())
     return {
@@ -146,6 +179,7 @@ def store_child(path: Path, cards: int, batch: int, state_dir: Path) -> dict[str
         "disk_bytes_total": on_disk, "disk_bytes_per_card": round(on_disk / cards, 1),
         "rss_after_fill_mib": round(rss_filled, 1), "peak_rss_fill_mib": round(peak_fill, 1),
         "rss_mib": round(rss_now, 1), "peak_rss_mib": round(peak_probe, 1),
+        "card_ids": ids, **split,
     }
 
 
@@ -161,11 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-txns", type=int, default=50_000,
                         help="transactions on random cards after the fill")
     parser.add_argument("--batch", type=int, default=256, help="probe batch size")
+    parser.add_argument("--card-ids", choices=("token", "plain"), default="token",
+                        help="card ids: PAN tokens (tok_<32 hex>, as in the stream) or c<j>")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(store_child(args.child, args.cards, args.batch, args.state_dir)))
+        print(json.dumps(store_child(args.child, args.cards, args.batch, args.state_dir,
+                                     args.card_ids)))
         return 0
     with tempfile.TemporaryDirectory(prefix="state-bench-") as tmp:
         work = Path(tmp)
@@ -174,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"store: {args.cards:,} cards in a fresh process ...")
         child = subprocess.run(
             [sys.executable, __file__, "--child", str(fixture), "--cards", str(args.cards),
-             "--batch", str(args.batch), "--state-dir", str(work / "store")],
+             "--batch", str(args.batch), "--state-dir", str(work / "store"),
+             "--card-ids", args.card_ids],
             stdout=subprocess.PIPE, text=True, check=True,
         )
         out.update(json.loads(child.stdout.strip().splitlines()[-1]))

@@ -186,7 +186,8 @@ class CardStore:
         ids: dict[str, int] = {}
         card_of = np.fromiter((ids.setdefault(cards[i], len(ids)) for i in fresh.tolist()),
                               np.int64, len(fresh))
-        states = db.get_many([keys.CARD + c.encode() for c in ids])
+        card_keys = keys.card_keys(ids)
+        states = db.get_many(card_keys)
         inputs = batch.inputs if len(fresh) == len(batch) else batch.inputs.take(fresh)
         features, new_states = card_features(states, card_of, inputs.for_card_windows())
         txn = StoreTransaction(db)
@@ -202,8 +203,8 @@ class CardStore:
         fresh_list = fresh.tolist()
         for k, i in enumerate(fresh_list):
             txn.put(seen_keys[i], blob[k * size:(k + 1) * size])
-        for card_id, state in zip(ids, new_states, strict=True):
-            txn.put(keys.CARD + card_id.encode(), state)
+        for key, state in zip(card_keys, new_states, strict=True):
+            txn.put(key, state)
         txn.put(keys.seq_key(first), features.tobytes())
         days = inputs.event_ms // DAY_MS
         txn.expire_many(days + self._horizon_days, [seen_keys[i] for i in fresh_list])

@@ -20,7 +20,19 @@ import math
 import numpy as np
 from numba import njit
 
-from state.kernels.codec import load_floats, load_pairs, store_floats, store_pairs
+from state.kernels.codec import (
+    get_f64,
+    get_varint,
+    load_floats,
+    load_pairs,
+    put_f64,
+    put_varint,
+    same_bits,
+    store_floats,
+    store_pairs,
+    unzigzag,
+    zigzag,
+)
 from state.kernels.windows import (
     NO_TIME,
     add_amount,
@@ -34,12 +46,17 @@ from state.kernels.windows import (
 )
 from state.units import DAY_MS, HOUR_MS, MINUTE_MS
 
-FORMAT = 6
+FORMAT = 7
 """Leading byte of an encoded card or merchant state (the store format's version).
 
 6: merchant label counts as intervals (corrections), label marks and pending labels;
 card bucket windows keep a ``rated`` count per record (:data:`STRIDE`): unrated
-transactions count in velocity, not in amount means (issue 23)."""
+transactions count in velocity, not in amount means (issue 23).
+7: a stored card state is a compact byte record (:func:`_encode`: varints, times relative
+to the card's last transaction, floats the decoder recomputes bit for bit left out),
+about 80 bytes for a card with one transaction instead of 576 (issue 21). The kernels
+still work on the word layout of :class:`state.reference.card.CardState`
+(:func:`card_transcode` converts)."""
 
 LONGEST_WINDOW_MS = 30 * DAY_MS
 IDLE_EVICT_MS = LONGEST_WINDOW_MS + DAY_MS
@@ -51,13 +68,20 @@ BUCKET_MS = np.array([MINUTE_MS, 15 * MINUTE_MS, 6 * HOUR_MS, DAY_MS, 15 * MINUT
                      dtype=np.int64)
 N_BUCKETS = np.array([60, 96, 28, 30, 96], dtype=np.int64)
 MERCHANTS_CAP, COUNTRIES_CAP, HOME_CAP = 64, 16, 16
-#: Head size and the largest encoded card state, in 8-byte words.
+#: Head size and the largest card state in the word layout, in 8-byte words.
 HEAD_WORDS = 42
 #: Values per record of the four bucket windows: bucket, count, total, total_sq, small, rated
 #: (``count`` every transaction, ``rated`` those with an amount: issue 23).
 STRIDE = 6
-MAX_STATE_WORDS = (HEAD_WORDS + STRIDE * int(N_BUCKETS[:4].sum()) + 2 * int(N_BUCKETS[4])
-                   + 2 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
+WIDE_STATE_WORDS = (HEAD_WORDS + STRIDE * int(N_BUCKETS[:4].sum()) + 2 * int(N_BUCKETS[4])
+                    + 2 * (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP))
+_VARINT = 10  # the longest varint of a 64-bit value
+#: The largest stored (compact) card state, in 8-byte words: every field at its widest.
+MAX_STATE_WORDS = (1 + 4 * _VARINT + 1 + 16                          # head
+                   + 4 * (2 * _VARINT + 1 + 8 * (STRIDE - 1))        # window heads, sums
+                   + int(N_BUCKETS[:4].sum()) * (4 * _VARINT + 16)   # their buckets
+                   + 4 * _VARINT + 2 * _VARINT + 9 + int(N_BUCKETS[4]) * 2 * _VARINT
+                   + (MERCHANTS_CAP + COUNTRIES_CAP + HOME_CAP) * 2 * _VARINT + 7) // 8 + 1
 _MIN_TRAVEL_HOURS = 1.0 / 60.0
 _EARTH_KM = 6371.0088
 _VAR_EPS = 1e-12
@@ -100,7 +124,7 @@ def _reset(ints, floats, wmeta, wsum, sizes) -> None:  # type: ignore[no-untyped
 
 
 @njit(cache=True)
-def _decode(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,  # type: ignore[no-untyped-def]
+def _decode_wide(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,  # type: ignore[no-untyped-def]
             hk, hv, sizes) -> None:  # pragma: no cover - numba
     _reset(ints, floats, wmeta, wsum, sizes)
     if end == start:
@@ -139,7 +163,7 @@ def _decode(words, fwords, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, 
 
 
 @njit(cache=True)
-def _encode(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
+def _encode_wide(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
             sizes) -> int:  # pragma: no cover - numba
     words[pos] = FORMAT
     words[pos + 1] = ints[0]
@@ -170,6 +194,308 @@ def _encode(words, fwords, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
     p = store_pairs(words, p, hk, hv, sizes[2])
     p = store_floats(fwords, p, wrec[4], 2 * wmeta[4, 1])
     return p
+
+
+# --- the stored (compact) record -------------------------------------------------------
+@njit(cache=True, inline="always")
+def _put_time(buf, pos, t, last) -> int:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """A time as 0 (:data:`NO_TIME`) or 1 + zigzag(``last`` - t) (small: times trail ``last``)."""
+    if t == NO_TIME:
+        return put_varint(buf, pos, np.uint64(0))
+    return put_varint(buf, pos, zigzag(last - t) + np.uint64(1))
+
+
+@njit(cache=True, inline="always")
+def _get_time(buf, pos, limit, last):  # type: ignore[no-untyped-def]  # pragma: no cover
+    u, pos = get_varint(buf, pos, limit)
+    if u == np.uint64(0):
+        return NO_TIME, pos
+    return last - unzigzag(u - np.uint64(1)), pos
+
+
+@njit(cache=True, inline="always")
+def _whole(x: float) -> np.uint64:  # pragma: no cover - numba
+    """A count (a float holding a whole number >= 0) as an unsigned integer."""
+    if not (x >= 0.0 and x < 9.0e15) or float(np.int64(x)) != x:
+        raise ValueError("card state cannot be encoded (a count is not a whole number)")
+    return np.uint64(np.int64(x))
+
+
+@njit(cache=True, inline="always")
+def _bucket(x: float) -> np.int64:  # pragma: no cover - numba
+    """A bucket index (a float holding a whole number) as an integer."""
+    if not abs(x) < 9.0e15 or float(np.int64(x)) != x:
+        raise ValueError("card state cannot be encoded (a bucket is not a whole number)")
+    return np.int64(x)
+
+
+@njit(cache=True, inline="always")
+def _get_count(buf, pos, limit, cap):  # type: ignore[no-untyped-def]  # pragma: no cover
+    u, pos = get_varint(buf, pos, limit)
+    if u > np.uint64(cap):
+        raise ValueError("card state is corrupt (a size exceeds its capacity)")
+    return np.int64(u), pos
+
+
+@njit(cache=True)
+def _encode(buf, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes,  # type: ignore[no-untyped-def]
+            bits, ibits, bbits) -> int:  # pragma: no cover - numba
+    """Write the compact record (see :data:`FORMAT`) at byte ``pos``; the next byte position.
+
+    Whole-number floats (bucket indices, counts) are varints, times are varints relative to
+    the last transaction, and a float that the decoder can recompute bit for bit (a bucket's
+    sum of squares and small count when it holds one amount, a window total equal to the
+    left-to-right sum of its buckets, a bucket total equal to that of the coarser window's
+    bucket holding it) is not written. Padded with zero bytes to whole 8-byte words.
+    """
+    buf[pos] = FORMAT
+    pos += 1
+    last = ints[0]
+    pos = put_varint(buf, pos, zigzag(last))
+    pos = _put_time(buf, pos, ints[1], last)
+    located = (ints[1] != NO_TIME or not same_bits(floats[0], 0.0, bits, ibits)
+               or not same_bits(floats[1], 0.0, bits, ibits))
+    buf[pos] = 1 if located else 0
+    pos += 1
+    if located:
+        pos = put_f64(buf, pos, floats[0], bits, bbits)
+        pos = put_f64(buf, pos, floats[1], bits, bbits)
+    pos = _put_time(buf, pos, ints[2], last)
+    pos = put_varint(buf, pos, zigzag(ints[3]))
+    for w in range(3, -1, -1):  # coarse to fine: a finer bucket may repeat a coarser total
+        endb = wmeta[w, 0]
+        n = wmeta[w, 1]
+        rec = wrec[w]
+        n_prev = wmeta[w + 1, 1] if w < 3 else 0
+        prev = wrec[w + 1] if w < 3 else rec
+        pos = put_varint(buf, pos, zigzag(last // BUCKET_MS[w] - endb))
+        pos = put_varint(buf, pos, np.uint64(n))
+        j = 0  # the coarser window's bucket holding this one (records ascend, mostly)
+        for i in range(n):
+            b = i * STRIDE
+            bucket = _bucket(rec[b])
+            pos = put_varint(buf, pos, zigzag(endb - bucket))
+            pos = put_varint(buf, pos, _whole(rec[b + 1]))
+            rated = _whole(rec[b + 5])
+            total = rec[b + 2]
+            sq = rec[b + 3]
+            small = rec[b + 4]
+            mode = 1
+            if rated == np.uint64(0):
+                if (same_bits(total, 0.0, bits, ibits) and same_bits(sq, 0.0, bits, ibits)
+                        and same_bits(small, 0.0, bits, ibits)):
+                    mode = 0
+            elif rated == np.uint64(1) and (
+                    same_bits(sq, total * total, bits, ibits)
+                    and same_bits(small, 1.0 if total < SMALL_AMOUNT else 0.0, bits, ibits)):
+                mode = 0
+            ref = -1
+            if mode == 0 and rated == np.uint64(1) and w < 3:
+                coarse = float((bucket * BUCKET_MS[w]) // BUCKET_MS[w + 1])
+                while j < n_prev and prev[j * STRIDE] < coarse:
+                    j += 1
+                if (j < n_prev and prev[j * STRIDE] == coarse
+                        and same_bits(prev[j * STRIDE + 2], total, bits, ibits)):
+                    ref = j
+                    mode = 2
+            pos = put_varint(buf, pos, rated * np.uint64(4) + np.uint64(mode))
+            if mode == 2:
+                pos = put_varint(buf, pos, np.uint64(ref))
+            elif mode == 1:
+                pos = put_f64(buf, pos, total, bits, bbits)
+                pos = put_f64(buf, pos, sq, bits, bbits)
+                pos = put_varint(buf, pos, _whole(small))
+            elif rated == np.uint64(1):
+                pos = put_f64(buf, pos, total, bits, bbits)
+        flag_at = pos
+        pos += 1
+        flags = 0
+        for f in range(STRIDE - 1):
+            acc = 0.0
+            for i in range(n):
+                acc += rec[i * STRIDE + f + 1]
+            if not same_bits(acc, wsum[w, f], bits, ibits):
+                flags |= 1 << f
+                pos = put_f64(buf, pos, wsum[w, f], bits, bbits)
+        buf[flag_at] = flags
+    pos = put_varint(buf, pos, np.uint64(sizes[0]))
+    pos = put_varint(buf, pos, np.uint64(sizes[1]))
+    pos = put_varint(buf, pos, np.uint64(sizes[2]))
+    pos = put_varint(buf, pos, zigzag(sizes[3] if sizes[2] > 0 else 0))
+    endb = wmeta[4, 0]
+    n = wmeta[4, 1]
+    rec = wrec[4]
+    pos = put_varint(buf, pos, zigzag(last // BUCKET_MS[4] - endb))
+    pos = put_varint(buf, pos, np.uint64(n))
+    acc = 0.0
+    for i in range(n):
+        pos = put_varint(buf, pos, zigzag(endb - _bucket(rec[2 * i])))
+        pos = put_varint(buf, pos, _whole(rec[2 * i + 1]))
+        acc += rec[2 * i + 1]
+    if same_bits(acc, wsum[4, 0], bits, ibits):
+        buf[pos] = 0
+        pos += 1
+    else:
+        buf[pos] = 1
+        pos = put_f64(buf, pos + 1, wsum[4, 0], bits, bbits)
+    for i in range(sizes[0]):
+        ibits[0] = mk[i]
+        for j in range(8):
+            buf[pos + j] = bbits[j]
+        pos = _put_time(buf, pos + 8, mv[i], last)
+    for i in range(sizes[1]):
+        pos = put_varint(buf, pos, zigzag(ck[i]))
+        pos = _put_time(buf, pos, cv[i], last)
+    for i in range(sizes[2]):
+        pos = put_varint(buf, pos, zigzag(hk[i]))
+        pos = put_varint(buf, pos, zigzag(hv[i]))
+    while pos & 7:
+        buf[pos] = 0
+        pos += 1
+    return pos
+
+
+@njit(cache=True)
+def _decode(buf, start, end, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv,  # type: ignore[no-untyped-def]
+            sizes, bits, ibits, bbits) -> None:  # pragma: no cover - numba
+    """Inverse of :func:`_encode`: the record in ``buf[start:end]`` (bytes) into the scratch."""
+    _reset(ints, floats, wmeta, wsum, sizes)
+    if end == start:
+        return
+    if buf[start] != FORMAT:
+        raise ValueError("card state format version unsupported")
+    pos = start + 1
+    u, pos = get_varint(buf, pos, end)
+    last = unzigzag(u)
+    ints[0] = last
+    t, pos = _get_time(buf, pos, end, last)
+    ints[1] = t
+    if pos >= end:
+        raise ValueError("card state is corrupt (it ends early)")
+    located = buf[pos]
+    pos += 1
+    if located == 1:
+        floats[0] = get_f64(buf, pos, end, bits, bbits)
+        floats[1] = get_f64(buf, pos + 8, end, bits, bbits)
+        pos += 16
+    elif located != 0:
+        raise ValueError("card state is corrupt (a bad flag)")
+    t, pos = _get_time(buf, pos, end, last)
+    ints[2] = t
+    u, pos = get_varint(buf, pos, end)
+    ints[3] = unzigzag(u)
+    for w in range(3, -1, -1):
+        u, pos = get_varint(buf, pos, end)
+        endb = last // BUCKET_MS[w] - unzigzag(u)
+        n, pos = _get_count(buf, pos, end, N_BUCKETS[w])
+        wmeta[w, 0] = endb
+        wmeta[w, 1] = n
+        rec = wrec[w]
+        n_prev = wmeta[w + 1, 1] if w < 3 else 0
+        prev = wrec[w + 1] if w < 3 else rec
+        for i in range(n):
+            b = i * STRIDE
+            u, pos = get_varint(buf, pos, end)
+            rec[b] = float(endb - unzigzag(u))
+            u, pos = get_varint(buf, pos, end)
+            rec[b + 1] = float(u)
+            code, pos = get_varint(buf, pos, end)
+            rated = code >> np.uint64(2)
+            mode = code & np.uint64(3)
+            rec[b + 5] = float(rated)
+            if mode == np.uint64(1):
+                rec[b + 2] = get_f64(buf, pos, end, bits, bbits)
+                rec[b + 3] = get_f64(buf, pos + 8, end, bits, bbits)
+                u, pos = get_varint(buf, pos + 16, end)
+                rec[b + 4] = float(u)
+                continue
+            if rated == np.uint64(0) and mode == np.uint64(0):
+                rec[b + 2] = 0.0
+                rec[b + 3] = 0.0
+                rec[b + 4] = 0.0
+                continue
+            if rated != np.uint64(1) or mode == np.uint64(3):
+                raise ValueError("card state is corrupt (a bad bucket code)")
+            if mode == np.uint64(2):
+                u, pos = get_varint(buf, pos, end)
+                k = np.int64(u)
+                if u >= np.uint64(n_prev):
+                    raise ValueError("card state is corrupt (a bad bucket reference)")
+                total = prev[k * STRIDE + 2]
+            else:
+                total = get_f64(buf, pos, end, bits, bbits)
+                pos += 8
+            rec[b + 2] = total
+            rec[b + 3] = total * total
+            rec[b + 4] = 1.0 if total < SMALL_AMOUNT else 0.0
+        if pos >= end:
+            raise ValueError("card state is corrupt (it ends early)")
+        flags = buf[pos]
+        pos += 1
+        for f in range(STRIDE - 1):
+            if flags & (1 << f):
+                wsum[w, f] = get_f64(buf, pos, end, bits, bbits)
+                pos += 8
+            else:
+                acc = 0.0
+                for i in range(n):
+                    acc += rec[i * STRIDE + f + 1]
+                wsum[w, f] = acc
+    k, pos = _get_count(buf, pos, end, MERCHANTS_CAP)
+    sizes[0] = k
+    k, pos = _get_count(buf, pos, end, COUNTRIES_CAP)
+    sizes[1] = k
+    k, pos = _get_count(buf, pos, end, HOME_CAP)
+    sizes[2] = k
+    u, pos = get_varint(buf, pos, end)
+    sizes[3] = unzigzag(u)
+    u, pos = get_varint(buf, pos, end)
+    endb = last // BUCKET_MS[4] - unzigzag(u)
+    n, pos = _get_count(buf, pos, end, N_BUCKETS[4])
+    wmeta[4, 0] = endb
+    wmeta[4, 1] = n
+    rec = wrec[4]
+    acc = 0.0
+    for i in range(n):
+        u, pos = get_varint(buf, pos, end)
+        rec[2 * i] = float(endb - unzigzag(u))
+        u, pos = get_varint(buf, pos, end)
+        rec[2 * i + 1] = float(u)
+        acc += rec[2 * i + 1]
+    if pos >= end:
+        raise ValueError("card state is corrupt (it ends early)")
+    if buf[pos] == 1:
+        wsum[4, 0] = get_f64(buf, pos + 1, end, bits, bbits)
+        pos += 9
+    elif buf[pos] == 0:
+        wsum[4, 0] = acc
+        pos += 1
+    else:
+        raise ValueError("card state is corrupt (a bad flag)")
+    for i in range(sizes[0]):
+        if pos + 8 > end:
+            raise ValueError("card state is corrupt (it ends early)")
+        for j in range(8):
+            bbits[j] = buf[pos + j]
+        mk[i] = ibits[0]
+        t, pos = _get_time(buf, pos + 8, end, last)
+        mv[i] = t
+    for i in range(sizes[1]):
+        u, pos = get_varint(buf, pos, end)
+        ck[i] = unzigzag(u)
+        t, pos = _get_time(buf, pos, end, last)
+        cv[i] = t
+    for i in range(sizes[2]):
+        u, pos = get_varint(buf, pos, end)
+        hk[i] = unzigzag(u)
+        u, pos = get_varint(buf, pos, end)
+        hv[i] = unzigzag(u)
+    if pos > end or end - pos >= 8:
+        raise ValueError("card state is corrupt (its length disagrees with its contents)")
+    while pos < end:
+        if buf[pos] != 0:
+            raise ValueError("card state is corrupt (its length disagrees with its contents)")
+        pos += 1
 
 
 @njit(cache=True, inline="always")
@@ -352,18 +678,72 @@ def card_batch(words, fwords, state_off, txn_off, rows, t_ms, amount, mhash, cou
     :data:`MAX_STATE_WORDS` per card). Raises ``ValueError`` on a corrupt state.
     """
     ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes = _scratch()
+    bits = np.zeros(1, np.float64)
+    ibits = bits.view(np.int64)
+    bbits = bits.view(np.uint8)
+    buf = words.view(np.uint8)
+    obuf = out.view(np.uint8)
     pos = 0
     n_cards = len(state_off) - 1
     for c in range(n_cards):
-        _decode(words, fwords, state_off[c], state_off[c + 1], ints, floats, wmeta, wrec,
-                wsum, mk, mv, ck, cv, hk, hv, sizes)
+        _decode(buf, 8 * state_off[c], 8 * state_off[c + 1], ints, floats, wmeta, wrec,
+                wsum, mk, mv, ck, cv, hk, hv, sizes, bits, ibits, bbits)
         for k in range(txn_off[c], txn_off[c + 1]):
             r = rows[k]
             _step(t_ms[r], amount[r], mhash[r], country[r], lat[r], lon[r], features[r],
                   ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes)
         if encode:
             out_off[c] = pos
-            pos = _encode(out, fout, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
-                          hk, hv, sizes)
+            pos = _encode(obuf, 8 * pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
+                          hk, hv, sizes, bits, ibits, bbits) // 8
     if encode:
         out_off[n_cards] = pos
+
+
+@njit(cache=True)
+def card_transcode(words, fwords, state_off, out, fout, out_off, to_wide) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Stored card states to the word layout (``to_wide``) or back.
+
+    The word layout is :class:`state.reference.card.CardState`'s: the reference
+    comparisons and golden tests read both.
+    """
+    ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv, hk, hv, sizes = _scratch()
+    bits = np.zeros(1, np.float64)
+    ibits = bits.view(np.int64)
+    bbits = bits.view(np.uint8)
+    buf = words.view(np.uint8)
+    obuf = out.view(np.uint8)
+    pos = 0
+    for c in range(len(state_off) - 1):
+        if to_wide:
+            _decode(buf, 8 * state_off[c], 8 * state_off[c + 1], ints, floats, wmeta, wrec,
+                    wsum, mk, mv, ck, cv, hk, hv, sizes, bits, ibits, bbits)
+        else:
+            _decode_wide(words, fwords, state_off[c], state_off[c + 1], ints, floats, wmeta,
+                         wrec, wsum, mk, mv, ck, cv, hk, hv, sizes)
+        out_off[c] = pos
+        if to_wide:
+            pos = _encode_wide(out, fout, pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck,
+                               cv, hk, hv, sizes)
+        else:
+            pos = _encode(obuf, 8 * pos, ints, floats, wmeta, wrec, wsum, mk, mv, ck, cv,
+                          hk, hv, sizes, bits, ibits, bbits) // 8
+    out_off[len(state_off) - 1] = pos
+
+
+def transcode(states: list[bytes], to_wide: bool) -> list[bytes]:
+    """Stored card states in the word layout (``to_wide``), or word-layout states as stored.
+
+    The word layout is :class:`state.reference.card.CardState`'s (for tests and inspection).
+    """
+    blob = b"".join(states)
+    words = np.frombuffer(blob, dtype=np.int64)
+    offsets = np.cumsum([0, *(len(s) // 8 for s in states)]).astype(np.int64)
+    size = (WIDE_STATE_WORDS if to_wide else MAX_STATE_WORDS) * len(states)
+    out = np.zeros(size, dtype=np.int64)
+    out_off = np.zeros(len(states) + 1, dtype=np.int64)
+    card_transcode(words, words.view(np.float64), offsets, out, out.view(np.float64), out_off,
+                   to_wide)
+    raw = out[: out_off[-1]].tobytes()
+    ends = (out_off * 8).tolist()
+    return [raw[a:b] for a, b in zip(ends, ends[1:], strict=False)]

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 # numba's cache (cache=True) is keyed by this file's own timestamp, not by the constants it
-# imports: edit this file too when FORMAT changes (6: label counts as intervals).
+# imports: edit this file too when FORMAT changes (7: compact stored card states).
 from state.kernels.card import FORMAT
 from state.kernels.codec import load_floats, load_pairs, store_floats, store_pairs
 from state.kernels.windows import (

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from state.errors import StateFormatError
 
 #: Leading byte of every encoded key state: the kernels' :data:`state.kernels.card.FORMAT`.
-STATE_FORMAT_VERSION = 6
+STATE_FORMAT_VERSION = 7
 
 Head = tuple[Any, ...]
 """Unpacked head values (ints and floats, as the struct codes say)."""

@@ -4,7 +4,8 @@ Random event sequences (late events, idle cards, more merchants and countries th
 card keeps, zero amounts, missing locations) go once through the reference classes one
 event at a time, and once through the kernels in random batches with the encoded state
 handed from batch to batch: every feature (as float32 bits) and every encoded state
-(byte for byte) must agree.
+(byte for byte; a stored card state in the reference's word layout,
+:func:`state.kernels.card.transcode`) must agree.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from state.errors import StateFormatError
 from state.features import MerchantOps, card_features, context_features, merchant_features
 from state.inputs import FeatureInputs, TxnInput
+from state.kernels.card import transcode
 from state.reference.card import CardState
 from state.reference.merchant import MerchantState
 from state.reference.steps import card_step
@@ -80,7 +82,9 @@ def test_card_kernel_equals_the_reference_in_any_batches(seed: int) -> None:
         got[a:b] = rows
         states.update(zip(ids, new, strict=True))
     assert np.array_equal(expected.view(np.uint32), got.view(np.uint32))
-    assert {c: s.encode() for c, s in cards.items()} == states
+    wide = dict(zip(states, transcode(list(states.values()), to_wide=True), strict=True))
+    assert {c: s.encode() for c, s in cards.items()} == wide
+    assert transcode([cards[c].encode() for c in states], to_wide=False) == list(states.values())
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -15,6 +15,7 @@ import pytest
 
 from state.features import CARD_WIDTH, card_features, context_features
 from state.inputs import NEUTRAL_AMOUNT, FeatureInputs, TxnInput
+from state.kernels.card import transcode
 from state.reference.card import CardState
 from state.reference.steps import card_step
 from state.reference.steps import context_features as reference_context
@@ -125,7 +126,7 @@ def test_kernel_equals_the_reference_with_unrated_rows(seed: int) -> None:
     got, state = run(txns)
     assert got.shape == (len(txns), CARD_WIDTH) and np.isfinite(got).all()
     assert np.array_equal(expected.view(np.uint32), got.view(np.uint32))
-    assert card.encode() == state
+    assert card.encode() == transcode([state], to_wide=True)[0]
     context = context_features(FeatureInputs.of(txns, amounts))
     ref = np.array([reference_context(TxnInput(t.event_time, a, t.merchant_id, None, None,
                                                None, t.channel, t.entry_mode))
