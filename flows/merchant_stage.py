@@ -3,21 +3,24 @@
 Fed the card stage's results for the shard's merchants from every card shard,
 every label naming one of its merchants, and a copy of every ``rules`` and ``lists`` record
 (broadcast to every shard, :func:`broadcast`). Rules and lists apply as they
-arrive; transactions and labels wait in an :class:`~state.reorder.EventTimeOrder`
-until the watermark over every card shard and ``labels`` partition lets them go,
-and are applied in event-time order, so the merchant features equal the offline
-replay's whatever order the partitions are read in. A label changes only the
-merchant of the transaction it joins (:mod:`state.labels`); one whose transaction
+arrive (a ``lists`` record once per process: the shards' rule books share the
+process's list table, :mod:`rules.list_table`); transactions and labels wait in an
+:class:`~state.reorder.EventTimeOrder` until the watermark over every card shard and
+``labels`` partition lets them go, and are applied in event-time order, so the merchant
+features equal the offline replay's whatever order the partitions are read in. A label
+changes only the merchant of the transaction it joins (:mod:`state.labels`); one whose transaction
 never becomes known here expires to ``dead-letter`` (``label_unjoined``,
 :func:`expired_letters`). With several merchant shards a label reaches the shard of
 the merchant it names: if that is not its transaction's, it does not join there and
 expires the same way (it is never applied to the merchant it names).
 
 Its recovery snapshot holds the store's sequence number, the open drift windows,
-the rule book and the reorder buffer with the inputs' progress, so a crash loses
-no drift count, no rule and no buffered transaction: verdicts stored after the
-snapshot are counted again as they are replayed (see
-:class:`~state.records.Incarnation`), and re-read rule records are no-ops.
+the rule book (rules, their approvals, offsets: no list entry, the process reads
+the ``lists`` topic at start-up, :mod:`flows.list_loader`) and the reorder buffer
+with the inputs' progress, so a crash loses no drift count, no rule, no list entry
+and no buffered transaction: verdicts stored after the snapshot are counted again
+as they are replayed (see :class:`~state.records.Incarnation`), and re-read rule
+and list records are no-ops.
 
 A shard idle for ``idle_seconds`` hands its open drift windows on, so the end of
 a stream (or a quiet shard) does not hold them back forever.
@@ -64,7 +67,11 @@ class RuleRecord(NamedTuple):
 
 
 def broadcast(record: RawRecord, shards: int) -> list[tuple[str, RuleRecord]]:
-    """A rule or list record keyed to every merchant shard (each keeps its own rule book)."""
+    """A rule or list record keyed to every merchant shard (each keeps its own rule book).
+
+    A list record is applied by the first shard of a process to get it: the books of a
+    process share its list table (:mod:`rules.list_table`).
+    """
     return [(shard_key(s), RuleRecord(s, record)) for s in range(shards)]
 
 
@@ -110,7 +117,7 @@ class MerchantSnapshot(NamedTuple):
     seq: int
     drift: PartitionDrift | None
     rules: bytes | None = None
-    """The rule book (:meth:`rules.book.RuleBook.snapshot`)."""
+    """The rule book (:meth:`rules.book.RuleBook.snapshot`: no list entry)."""
     order: EventTimeOrder[CardRows, Decoded[Label]] | None = None
     """Transactions and labels waiting for the watermark, and the inputs' progress."""
 

@@ -248,6 +248,15 @@ WATERMARK = Gauge(
     ["shard"],
 )
 RULE_SET = Info("fraud_rule_set", "The rule set in force (version of its rules and lists).")
+LIST_ENTRIES = Gauge(
+    "fraud_list_entries",
+    "Entries in this process's list table (one, shared by its merchant shards; "
+    "FRAUD_LISTS_MAX_ENTRIES caps it).",
+)
+LISTS_LOAD_SECONDS = Gauge(
+    "fraud_lists_load_seconds",
+    "Seconds the process took at start-up to read the lists topic to its end, before scoring.",
+)
 LAST_SNAPSHOT = Gauge(
     "fraud_last_snapshot_timestamp_seconds",
     "When this process last handed Bytewax a recovery snapshot (start time until the first); "

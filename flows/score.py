@@ -62,6 +62,7 @@ from flows.decode import (
 )
 from flows.items import SinkBatch
 from flows.kafka import SinkRecord
+from flows.list_loader import load_lists
 from flows.merchant_stage import MerchantLogic, MerchantSnapshot, broadcast
 from flows.scorer import MerchantScorer
 from flows.serving import ModelSource, check_rates, model_rates
@@ -168,11 +169,14 @@ def amounts(rates: RateTable) -> Callable[[list[Transaction]], np.ndarray]:
 
 
 def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
-               topic_id: str = "") -> Dataflow:
+               topic_id: str = "", process_id: int = 0) -> Dataflow:
     """The scoring dataflow for ``settings``; loads and checks the model first.
 
     ``topic_id`` is the broker's id of the ``transactions`` topic: every state store
     records it and refuses to serve another topic (or the same name re-created).
+    Before it returns, the process's list table is read from the ``lists`` topic
+    (:mod:`flows.list_loader`); ``process_id`` (``-i``): process 0 reports the lists
+    records (dead letter, metric, log), once for the cluster.
     """
     rates = model_rates(load_model(settings.model_path))  # before any network call: fail fast
     # amounts convert with the model's table, then the operator's file, then the committed one;
@@ -235,6 +239,11 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     check_state_dir(settings.state_dir, [*map(card_identity, range(cards)),
                                          *map(merchant_identity, range(shards))])
 
+    budget = settings.rule_budget
+    # One list table per process, shared by its merchant shards' rule books (a GlobalKTable):
+    # read from the lists topic now, before scoring; never in a snapshot.
+    lists = load_lists(settings.kafka, trust, budget)
+
     def open_cards(shard: int) -> CardStore:
         return CardStore.open(settings.state_dir, card_identity(shard), options)
 
@@ -244,17 +253,16 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
             SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None
         )
-        budget = settings.rule_budget
-        book = (RuleBook.restore(resumed.rules, trust=trust, budget=budget)
+        book = (RuleBook.restore(resumed.rules, trust=trust, budget=budget, table=lists)
                 if resumed is not None and resumed.rules
-                else RuleBook(trust=trust, budget=budget))
+                else RuleBook(trust=trust, budget=budget, table=lists))
         windows = resumed.drift if resumed is not None else None
         return MerchantScorer(
             store, champion, shadow, topic=topic, reference_currency=rates.reference,
             rate_table=serving.version,
             drift=windows or PartitionDrift(shard, drift.window_ms, drift.grace_ms,
                                             drift.flush_seconds, cards),
-            samples=samples, rules=book, shard=shard,
+            samples=samples, rules=book, shard=shard, reports_lists=process_id == 0,
         )
 
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
@@ -290,7 +298,8 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
         )),
         lambda x: not isinstance(x, DeadLetterRecord),
     )
-    # Rules and lists: every merchant shard keeps a rule book, so each gets every record.
+    # Rules and lists: every merchant shard keeps a rule book, so each gets every record (a
+    # lists record is applied once per process, by the first shard: the books share a table).
     rule_polls = op.merge(
         "rule-records",
         kafka.read("rules-in", flow, settings.kafka, "rules", idle_s=0.1,
@@ -384,7 +393,7 @@ def _flow_from_env() -> Dataflow:
         inputs = [settings.kafka.topic("transactions"), settings.kafka.topic("labels")]
         identity = {t: health.topic_identity(settings.kafka, t) for t in inputs}
         flow = build_flow(settings, identity[inputs[0]].partitions,
-                          identity[inputs[0]].topic_id or "")
+                          identity[inputs[0]].topic_id or "", run.process_id or 0)
         watch = health.TopicWatch(
             settings.kafka, inputs, {t: i.partitions for t, i in identity.items()},
             kafka.consumed_offsets, lifecycle.request_fatal, settings.input_check_seconds,

@@ -81,6 +81,7 @@ class MerchantScorer:
         samples: SampleWriter | None = None,
         rules: RuleBook | None = None,
         shard: int = 0,
+        reports_lists: bool | None = None,
     ) -> None:
         self.store = store
         self.champion = champion
@@ -93,6 +94,9 @@ class MerchantScorer:
         self.samples = samples
         self.rules = rules
         self.shard = shard
+        #: Whether this shard reports the ``lists`` records its book applies (see
+        #: :meth:`apply_rules`); None: shard 0 alone, as for rules (a book with its own lists).
+        self.reports_lists = shard == 0 if reports_lists is None else reports_lists
         if rules is not None:  # restored from a snapshot: its rules count from 0 here
             _zero_rule_series(rules)
             _zero_rule_change_series()
@@ -106,25 +110,33 @@ class MerchantScorer:
 
         A refused record (unsigned or not signed by a trusted analyst, a tombstone, does
         not compile, names an unknown feature, bad list value) leaves the previous version
-        in force; shard 0 dead-letters it (every shard gets a copy of every record, one
-        dead letter is enough) and counts it in ``fraud_rule_messages_refused_total``. A signed
-        change that loosens decisions waits for a second analyst (``pending``, counted in
-        ``fraud_rule_changes_pending``) and changes no verdict (:mod:`rules.approval`).
+        in force; it is dead-lettered once and counted in
+        ``fraud_rule_messages_refused_total``. A ``rules`` record is applied by every
+        shard's book (every shard gets a copy) and reported by shard 0; a ``lists`` record
+        is applied once per process, by the process's list table (:mod:`rules.list_table`)
+        for the first shard that hands it in, the others see it ``replayed``: that shard
+        reports it when :attr:`reports_lists` (the flow: in process 0, so once per
+        cluster). A signed change that loosens decisions waits for a second analyst
+        (``pending``, counted in ``fraud_rule_changes_pending``) and changes no verdict
+        (:mod:`rules.approval`).
         """
         if self.rules is None:
             return []
         out: list[DeadLetterRecord] = []
+        lists = False
         for r in records:
             topic = "rules" if r.topic.endswith("rules") else "lists"
+            lists |= topic == "lists"
             result = self.rules.apply(Message(topic, r.key, r.value, r.offset))  # type: ignore[arg-type]
+            reports = self.shard == 0 if topic == "rules" else self.reports_lists
             if isinstance(result, Refused):
-                if self.shard == 0:
+                if reports:
                     metrics.RULE_REFUSED.labels(topic=topic, error_class=result.error_class).inc()
                     log.warning("%s record %r refused: %s", topic,  # keys may be card data
                                 masked_text(str(result.key)), masked_text(result.reason))
                     out.append(reject(r, Rejection(result.error_class, result.reason)))
             elif result.change == "pending":
-                if self.shard == 0:
+                if reports:
                     metrics.RULE_CHANGES.labels(topic=topic, outcome="pending").inc()
                     waiting = self.rules.pending.get((topic, result.key))
                     log.warning("%s change of %s signed by %s waits for a second analyst (%s)",
@@ -132,16 +144,21 @@ class MerchantScorer:
                                 else result.key.partition("/")[0],
                                 waiting.author if waiting else "?",
                                 waiting.reason if waiting else "loosens decisions")
-            elif self.shard == 0 and result.change not in ("unchanged", "stale", "replayed"):
+            elif reports and result.change not in ("unchanged", "stale", "replayed"):
                 metrics.RULE_CHANGES.labels(topic=topic, outcome="applied").inc()
                 log.info("%s %s %s (rule set %s)", topic, result.key if topic == "rules" else
                          f"entry of list {result.key.partition('/')[0]}",  # no card id logged
                          result.change, self.rules.version)
         metrics.RULE_SET.info({"version": self.rules.version})
+        pending = self.rules.pending
         if self.shard == 0:
-            for name in ("rules", "lists"):
-                metrics.RULE_PENDING.labels(topic=name).set(
-                    sum(1 for t, _ in self.rules.pending if t == name))
+            metrics.RULE_PENDING.labels(topic="rules").set(
+                sum(1 for t, _ in pending if t == "rules"))
+        if self.reports_lists:
+            metrics.RULE_PENDING.labels(topic="lists").set(
+                sum(1 for t, _ in pending if t == "lists"))
+        if lists:
+            metrics.LIST_ENTRIES.set(self.rules.lists.size())
         _zero_rule_series(self.rules)
         return out
 

@@ -1,6 +1,8 @@
 """The rule book: rules and lists in force, fed by the ``rules`` and ``lists`` topics.
 
-This is the one object the flow holds (per worker or per state shard). It
+This is the one object the flow holds per merchant shard; the lists are not its
+own but the process's :class:`~rules.list_table.ListTable`, shared by every book of
+the process (a book made alone gets a private one). It
 
 - **applies** messages idempotently: a rule by id and version (a lower version
   is stale and ignored, the same version with another body is refused, a
@@ -25,7 +27,9 @@ This is the one object the flow holds (per worker or per state shard). It
 - has a **version**, a deterministic id of the rule versions in force and the
   list entries (the same messages give the same version on every worker), and
   (version, event time) fixes what applied to a transaction;
-- is **snapshotted** to bytes and **restored** (for the flow's recovery state).
+- is **snapshotted** to bytes and **restored** (for the flow's recovery state): its
+  rules, their approvals and the offsets, never the list entries (the table is
+  loaded from the ``lists`` topic, :mod:`flows.list_loader`).
 
 >>> import tempfile
 >>> from rules.signing import dev_keys, sign_record
@@ -48,7 +52,7 @@ This is the one object the flow holds (per worker or per state shard). It
 'pending'
 >>> book.apply(Message("rules", "vip", sign_record(allow, [keys.maker, keys.checker]))).change
 'added'
->>> RuleBook.restore(book.snapshot()).version == book.version
+>>> RuleBook.restore(book.snapshot(), table=book.table).version == book.version
 True
 """
 
@@ -58,81 +62,38 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import msgspec
 import numpy as np
 
 from rules import reference
 from rules.approval import (
-    AuthClass,
     Authorised,
     Pending,
     Unauthenticated,
     Waiting,
     authorise,
-    entry_loosens,
     rule_loosens,
 )
 from rules.batch import RuleBatch
-from rules.compile import CompiledRule, Refusal, RefusalClass, RuleCompiler
-from rules.contracts import (
-    ContractError,
-    ListEntry,
-    Rule,
-    RuleHit,
-    decode_json,
-    entry_from_obj,
-    list_key,
-    rule_from_obj,
-)
+from rules.compile import CompiledRule, Refusal, RuleCompiler
+from rules.contracts import ContractError, ListEntry, Rule, RuleHit, decode_json, rule_from_obj
 from rules.cost import CostBudget
 from rules.errors import SnapshotError
 from rules.guard import Disabled, RuleGuard
+from rules.list_table import _MASK, Applied, Change, ListTable, Message, Refused, Topic
+from rules.list_table import digest as _digest
 from rules.lists import ListIndex, in_force
 from rules.names import Vocabulary, vocabulary
 from rules.signing import TrustedKeys, split_signed
 from rules.vector import Columns
 from topics.contracts import ReasonCode
-from topics.pan import mask_pan, pan_digits
 
-Topic = Literal["rules", "lists"]
-Change = Literal["added", "updated", "removed", "unchanged", "stale", "replayed", "pending"]
-_MASK = (1 << 64) - 1
-SNAPSHOT_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Message:
-    """One record of the ``rules`` or ``lists`` topic: key, value (None = tombstone), offset."""
-
-    topic: Topic
-    key: bytes | str | None
-    value: bytes | str | None
-    offset: int | None = None
-
-
-@dataclass(frozen=True)
-class Applied:
-    """A message was applied, was a no-op or waits for a second analyst.
-
-    No-ops: ``unchanged``, ``stale``, ``replayed``; ``pending``: validly signed,
-    waiting for a second analyst, changing nothing yet.
-    """
-
-    topic: Topic
-    key: str
-    change: Change
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A message was not applied; ``error_class`` and ``reason`` go to the dead letter."""
-
-    topic: Topic
-    key: str
-    error_class: RefusalClass | AuthClass
-    reason: str
+__all__ = ["Applied", "Change", "ListTable", "Message", "Outcome", "Refused", "RuleBook",
+           "SNAPSHOT_FORMAT", "Topic"]
+#: 2: no list entries (the process's table is loaded from the ``lists`` topic); 1 held them.
+SNAPSHOT_FORMAT = 2
+_OLDER_FORMATS = (1,)
 
 
 @dataclass
@@ -182,10 +143,6 @@ class _Run:
     shadow_skipped: list[str]
 
 
-def _digest(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
 def _text(key: bytes | str | None) -> str | None:
     if key is None:
         return None
@@ -196,8 +153,9 @@ class _Snapshot(msgspec.Struct, kw_only=True):
     format: int
     feature_names: list[str]
     rules: list[Rule]
-    entries: list[ListEntry]
     offsets: dict[str, int]
+    #: Format 1 only (ignored when restored: the ``lists`` topic is the source).
+    entries: list[ListEntry] = []
     pending: list[Pending] = []
     signers: dict[str, list[str]] = {}
     #: Rules the cost guard disabled: id -> the disabled version.
@@ -212,11 +170,13 @@ class RuleBook:
     :meth:`put_rule`/:meth:`put_entry` take already-checked content (files, snapshots).
     ``budget``: the cost limits (default :data:`rules.cost.DEFAULT_BUDGET`; the flow
     passes ``ScoringSettings.rule_budget``), applied to every rule, checked or not.
+    ``table``: the process's lists, shared with the other books of the process (the
+    flow passes one, :mod:`flows.score`); by default a private one.
     """
 
     def __init__(
         self, feature_names: Sequence[str] | None = None, trust: TrustedKeys | None = None,
-        *, budget: CostBudget | None = None,
+        *, budget: CostBudget | None = None, table: ListTable | None = None,
     ) -> None:
         self.vocab: Vocabulary = vocabulary(feature_names)
         #: Cost limits (``FRAUD_RULE_COST_US``, ``FRAUD_RULES_MAX``, ...; :mod:`rules.cost`).
@@ -228,15 +188,13 @@ class RuleBook:
         self._compiled: dict[str, CompiledRule] = {}
         self._order: list[CompiledRule] = []
         self._hit_of: dict[str, RuleHit] = {}
-        self.lists = ListIndex()
+        #: The lists (entries, offset, approvals, signers): the process's, or a private one.
+        self.table = table if table is not None else ListTable()
         self._rule_sum = 0
-        self._list_sum = 0
-        self.offsets: dict[str, int] = {}
+        self._rule_offset = -1
         self.trust = trust if trust is not None else TrustedKeys()
-        #: Signed loosening changes waiting for a second analyst, by (topic, key).
-        self.pending: dict[tuple[str, str], Pending] = {}
-        #: Who signed what is in force: ``"<topic>:<key>"`` -> analysts (author first).
-        self.signers: dict[str, tuple[str, ...]] = {}
+        self._pending: dict[tuple[str, str], Pending] = {}
+        self._signers: dict[str, tuple[str, ...]] = {}
         #: Rules of a restored snapshot that no longer compile (kept, out of force).
         self.restore_refusals: list[Refused] = []
 
@@ -245,8 +203,31 @@ class RuleBook:
     @property
     def version(self) -> str:
         """Deterministic id of the enabled rule versions and list entries (``rs-`` + 12 hex)."""
-        both = self._rule_sum.to_bytes(8, "big") + self._list_sum.to_bytes(8, "big")
+        both = self._rule_sum.to_bytes(8, "big") + self.table.digest.to_bytes(8, "big")
         return "rs-" + hashlib.blake2b(both, digest_size=6).hexdigest()
+
+    @property
+    def lists(self) -> ListIndex:
+        """The list entries in force (the table's index, shared in the flow)."""
+        return self.table.index
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """The last applied offset of each topic (a copy; ``lists``: the table's)."""
+        out = {"rules": self._rule_offset} if self._rule_offset >= 0 else {}
+        if self.table.offset >= 0:
+            out["lists"] = self.table.offset
+        return out
+
+    @property
+    def pending(self) -> dict[tuple[str, str], Pending]:
+        """Signed loosening changes waiting for a second analyst, by (topic, key) (a copy)."""
+        return {**self._pending, **self.table.pending}
+
+    @property
+    def signers(self) -> dict[str, tuple[str, ...]]:
+        """Who signed what is in force: ``"<topic>:<key>"`` -> analysts, author first (a copy)."""
+        return {**self._signers, **self.table.signers}
 
     def rules(self) -> list[Rule]:
         """Every rule the book holds (enabled or not), by id."""
@@ -268,21 +249,22 @@ class RuleBook:
             if (c.rule.valid_from is None or t >= c.rule.valid_from)
             and (c.rule.valid_until is None or t < c.rule.valid_until)
         ]  # fmt: skip
-        return rules, [e for e in self.lists.entries() if in_force(e, t)]
+        with self.table.lock:
+            entries = self.lists.entries()
+        return rules, [e for e in entries if in_force(e, t)]
 
     # ---- apply -----------------------------------------------------------------------------
 
     def apply(self, message: Message) -> Applied | Refused:
         """Apply one record of ``rules`` or ``lists``; never raises on bad content."""
         key = _text(message.key)
-        if message.offset is not None and message.offset <= self.offsets.get(message.topic, -1):
+        if message.topic != "rules":  # once per process, in the table (rules.list_table)
+            return self.table.apply(key, message.value, message.offset, self)
+        if message.offset is not None and message.offset <= self._rule_offset:
             return Applied(message.topic, key or "", "replayed")
-        if message.topic == "rules":
-            result = self._apply_rule(key, message.value)
-        else:
-            result = self._apply_entry(key, message.value)
+        result = self._apply_rule(key, message.value)
         if message.offset is not None:
-            self.offsets[message.topic] = message.offset
+            self._rule_offset = message.offset
         return result
 
     def apply_all(self, messages: Iterable[Message]) -> list[Applied | Refused]:
@@ -334,7 +316,7 @@ class RuleBook:
             return Refused("rules", key, decision.error_class, decision.reason)
         if isinstance(decision, Waiting):
             if newer:
-                self.pending[("rules", key)] = decision.pending
+                self._pending[("rules", key)] = decision.pending
             return Applied("rules", key, "pending" if newer else "stale")
         result = self.put_rule(rule)
         self._authorised("rules", key, decision, result,
@@ -344,10 +326,10 @@ class RuleBook:
     def _authorised(self, topic: Topic, key: str, decision: Authorised,
                     result: Applied | Refused, settles: Callable[[Pending], bool]) -> None:
         if isinstance(result, Applied) and result.change in ("added", "updated", "removed"):
-            self.signers[f"{topic}:{key}"] = decision.signers
-            waiting = self.pending.get((topic, key))
+            self._signers[f"{topic}:{key}"] = decision.signers
+            waiting = self._pending.get((topic, key))
             if waiting is not None and settles(waiting):
-                del self.pending[(topic, key)]
+                del self._pending[(topic, key)]
 
     def list_users(self) -> tuple[set[str], set[str]]:
         """Lists named by active approve rules, and by active decline/review rules."""
@@ -358,7 +340,7 @@ class RuleBook:
                 continue
             names = set(c.list_operands)
             if c.variables is None:  # hidden parts (comprehensions) may name any list
-                names |= {e.list for e in self.lists.entries()}
+                names |= set(self.lists.names())
             (allow if c.rule.action == "approve" else block).update(names)
         return allow, block
 
@@ -392,80 +374,13 @@ class RuleBook:
         self._set_compiled(rule.id, compiled)
         return Applied("rules", rule.id, "added" if current is None else "updated")
 
-    def _apply_entry(self, key: str | None, value: bytes | str | None) -> Applied | Refused:
-        if not key or "/" not in key:
-            return Refused("lists", key or "", "list_invalid",
-                           "a lists record needs the key <list>/<value>")  # fmt: skip
-        name, _, member = key.partition("/")
-        if value is None:
-            return Refused("lists", key, "list_unauthenticated",
-                           f"list entry {key!r}: a tombstone cannot carry a signature and is "
-                           "refused (the entry stays); remove entries with `just rules "
-                           "remove-entries` (a signed record)")  # fmt: skip
-        try:
-            content, signatures, retired = split_signed(decode_json(value))
-            entry = entry_from_obj(content)
-        except ContractError as exc:
-            return Refused("lists", key, "list_invalid", f"list entry {key!r}: {exc}")
-        if list_key(entry) != key:
-            return Refused("lists", key, "list_invalid",
-                           f"record key {key!r} differs from {list_key(entry)!r} "
-                           "(<list>/<value>)")  # fmt: skip
-        if entry.kind == "card_id" and pan_digits(entry.value) is not None:
-            return Refused("lists", mask_pan(key), "list_invalid",
-                           f"list entry {mask_pan(key)!r} holds a card number in clear: card_id "
-                           "entries are tokens, as the flow's card ids are (the token of a "
-                           "PAN: FRAUD_PAN_KEY_FILE's HMAC, topics.pan); a PAN would never "
-                           "match and must not be stored (PCI DSS req. 3)")  # fmt: skip
-        if not retired and self.lists.get(name, member) is None:
-            full = self._list_full(name)
-            if full is not None:
-                return Refused("lists", key, "list_full", full)
-        decision = authorise(self.trust, "lists", key, entry, signatures,
-                             "retire" if retired else "put",
-                             entry_loosens(entry, retired, *self.list_users()))
-        if isinstance(decision, Unauthenticated):
-            return Refused("lists", key, decision.error_class, decision.reason)
-        if isinstance(decision, Waiting):
-            self.pending[("lists", key)] = decision.pending
-            return Applied("lists", key, "pending")
-        result: Applied
-        if retired:
-            old = self.lists.remove(name, member)
-            if old is None:
-                result = Applied("lists", key, "unchanged")
-            else:
-                self._list_sum = (self._list_sum - _digest(msgspec.json.encode(old))) & _MASK
-                result = Applied("lists", key, "removed")
-        else:
-            result = self.put_entry(entry)
-        self._authorised("lists", key, decision, result, lambda p: True)
-        return result
+    def put_entry(self, entry: ListEntry) -> Applied:
+        """Add or replace a decoded list entry (in the table: every book sharing it sees it)."""
+        return self.table.put_entry(entry)
 
     def _list_full(self, name: str) -> str | None:
         """Why list ``name`` takes no new entry (its cap or the cap of all lists), or None."""
-        budget = self.budget
-        if self.lists.size(name) >= budget.max_list_entries:
-            return (f"list {name!r} holds {self.lists.size(name):,} entries, its cap "
-                    f"(FRAUD_LIST_MAX_ENTRIES={budget.max_list_entries:,}); remove entries "
-                    "(`just rules remove-entries`) or raise the cap")
-        if self.lists.size() >= budget.max_entries:
-            return (f"the lists hold {self.lists.size():,} entries in all, the cap "
-                    f"(FRAUD_LISTS_MAX_ENTRIES={budget.max_entries:,}); remove entries "
-                    "(`just rules remove-entries`) or raise the cap")
-        return None
-
-    def put_entry(self, entry: ListEntry) -> Applied:
-        """Add or replace a decoded list entry."""
-        key = list_key(entry)
-        old = self.lists.get(entry.list, entry.value)
-        if old == entry:
-            return Applied("lists", key, "unchanged")
-        if old is not None:
-            self._list_sum = (self._list_sum - _digest(msgspec.json.encode(old))) & _MASK
-        self.lists.put(entry)
-        self._list_sum = (self._list_sum + _digest(msgspec.json.encode(entry))) & _MASK
-        return Applied("lists", key, "added" if old is None else "updated")
+        return self.table.list_full(name, self.budget)
 
     # ---- evaluate --------------------------------------------------------------------------
 
@@ -496,8 +411,15 @@ class RuleBook:
         rules, from a starting point that rotates per batch; a shadow rule starts only
         while the batch's shadow budget (``shadow_row_us`` per row) is not spent, else
         it is skipped (counted in ``shadow_skipped``). Each rule's time goes to the
-        guard (:mod:`rules.guard`); a rule it disables takes no part in this batch.
+        guard (:mod:`rules.guard`); a rule it disables takes no part in this batch. The
+        table's lock is held throughout (another worker thread may apply a list record).
         """
+        with self.table.lock:
+            return self._run_locked(batch, use_library=use_library,
+                                    honour_validity=honour_validity, guarded=guarded)
+
+    def _run_locked(self, batch: RuleBatch, *, use_library: bool, honour_validity: bool,
+                    guarded: bool) -> _Run:
         if batch.feature_names != self.vocab.feature_names:
             raise ValueError(
                 "the batch's feature names differ from the rule book's feature spec; build "
@@ -619,13 +541,17 @@ class RuleBook:
     # ---- snapshot --------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Plain bytes (msgpack) of every rule, list entry and applied offset."""
+        """Plain bytes (msgpack) of every rule, its approvals and the applied offsets.
+
+        No list entry, list approval or list signer: those are the table's, loaded from
+        the ``lists`` topic (so the snapshot does not grow with the lists).
+        """
         return msgspec.msgpack.encode(
             _Snapshot(
                 format=SNAPSHOT_FORMAT, feature_names=list(self.vocab.feature_names),
-                rules=self.rules(), entries=self.lists.entries(), offsets=dict(self.offsets),
-                pending=[self.pending[k] for k in sorted(self.pending)],
-                signers={k: list(v) for k, v in sorted(self.signers.items())},
+                rules=self.rules(), offsets=self.offsets,
+                pending=[self._pending[k] for k in sorted(self._pending)],
+                signers={k: list(v) for k, v in sorted(self._signers.items())},
                 disabled={k: d.version for k, d in sorted(self.guard.disabled.items())},
             )
         )  # fmt: skip
@@ -634,11 +560,16 @@ class RuleBook:
     def restore(
         cls, data: bytes, feature_names: Sequence[str] | None = None,
         trust: TrustedKeys | None = None, *, budget: CostBudget | None = None,
+        table: ListTable | None = None,
     ) -> RuleBook:
         """A book from :meth:`snapshot` bytes, compiled for ``feature_names`` (default: the spec).
 
         Rules are compiled (and their cost judged) again under ``budget``; a rule the
-        cost guard had disabled stays disabled.
+        cost guard had disabled stays disabled. The lists are ``table``'s (the flow's,
+        loaded from the ``lists`` topic; by default a new, empty one that reads the
+        topic from offset 0): the snapshot's ``lists`` offset is not restored. A
+        snapshot of format 1 (it held the list entries) is restored the same way, its
+        entries, list approvals and list signers ignored: the topic is their source.
 
         A rule that no longer compiles (the feature spec changed) stays out of
         force; :attr:`restore_refusals` lists why. Raises :class:`SnapshotError`
@@ -651,12 +582,12 @@ class RuleBook:
                 f"not a rule book snapshot ({exc}); rebuild the book from the rules and lists "
                 "topics (read both from offset 0)"
             ) from exc
-        if snap.format != SNAPSHOT_FORMAT:
+        if snap.format != SNAPSHOT_FORMAT and snap.format not in _OLDER_FORMATS:
             raise SnapshotError(
                 f"snapshot format {snap.format}, this code reads {SNAPSHOT_FORMAT}; rebuild the "
                 "book from the rules and lists topics (read both from offset 0)"
             )
-        book = cls(feature_names, trust, budget=budget)
+        book = cls(feature_names, trust, budget=budget, table=table)
         for rule in snap.rules:
             result = book.put_rule(rule)
             if isinstance(result, Refused):
@@ -666,9 +597,7 @@ class RuleBook:
             if rule_id in book._compiled and book._rules[rule_id].version == version:
                 book.guard.restore(rule_id, version)
                 book._set_compiled(rule_id, None)
-        for entry in snap.entries:
-            book.put_entry(entry)
-        book.offsets = dict(snap.offsets)
-        book.pending = {(p.topic, p.key): p for p in snap.pending}
-        book.signers = {k: tuple(v) for k, v in snap.signers.items()}
+        book._rule_offset = snap.offsets.get("rules", -1)
+        book._pending = {(p.topic, p.key): p for p in snap.pending if p.topic == "rules"}
+        book._signers = {k: tuple(v) for k, v in snap.signers.items() if k.startswith("rules:")}
         return book

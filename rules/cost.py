@@ -96,9 +96,10 @@ class CostBudget:
     transaction all shadow rules of a batch may spend together, after the live
     rules (``FRAUD_SHADOW_RULES_COST_US``); ``max_list_entries``: most entries in one
     list (``FRAUD_LIST_MAX_ENTRIES``) and ``max_entries`` in all lists together
-    (``FRAUD_LISTS_MAX_ENTRIES``): every merchant shard holds the lists in memory and
-    in its recovery snapshot, so they are bounded like the rules (README "Rules and
-    lists" gives the memory and snapshot size at the caps).
+    (``FRAUD_LISTS_MAX_ENTRIES``): each process holds the lists in memory (one table
+    shared by its merchant shards, :mod:`rules.list_table`) and reads them from the
+    ``lists`` topic at every start, so they are bounded like the rules (README "Rules
+    and lists" gives the memory and start-up time at the caps).
     """
 
     row_us: float = 50.0

@@ -6,6 +6,9 @@
 * ``kill -9`` while rules are being updated: every transaction still gets exactly one
   verdict value, and each hit is of a version in force at the transaction's event
   time (the rule book is part of the recovery snapshot).
+* Lists: eight merchant shards share the process's list table, loaded from the ``lists``
+  topic at every start; a blocklist entry stays in force after a clean stop and after a
+  ``kill -9`` (no snapshot holds it), and a refused entry is dead-lettered once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from confluent_kafka import Producer
 from devkit.broker import free_port
 from devkit.process import FlowProcess
 from flowkit import RULE_KEYS, Collector, flow_env, topic_set, wait_until
+from rules.contracts import ListEntry
 from rules.signing import sign_record
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
@@ -150,3 +154,63 @@ def test_kill_9_during_rule_updates_changes_no_verdict(
             assert rule.valid_from is not None and rule.valid_from <= t.event_time
             assert (v.amount_reference or 0) > 10.0 * hit.version
     assert outcome.duplicates > 0, "a resumed run re-emits its last epoch: recovery did not run"
+
+
+def _entry(value: str) -> tuple[str, bytes]:
+    entry = ListEntry(list="blocked_cards", kind="card_id", value=value)
+    return f"blocked_cards/{value}", sign_record(entry, [RULE_KEYS.maker])
+
+
+def test_list_entries_are_loaded_per_process_and_stay_in_force_across_restarts(
+    kafka: KafkaSettings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    txns = tiny_history(WORLD).transactions[:1_500]
+    counts: dict[str, int] = {}
+    for t in txns:
+        counts[t.card_id] = counts.get(t.card_id, 0) + 1
+    first, later = sorted(counts, key=lambda c: -counts[c])[:2]  # blocked now, after a kill
+    settings = topic_set(kafka, "lists-restart")
+    ensure_topics(settings)
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    decline = Rule(id="blk", version=1, description="blocked card", owner="tests",
+                   expression="card_id in lists.blocked_cards", action="decline")
+    _send(producer, settings, "rules", [("blk", signed(decline))])
+    unsigned = ListEntry(list="blocked_cards", kind="card_id", value="tok-unsigned")
+    _send(producer, settings, "lists", [_entry(first), *(_entry(f"tok-{i}") for i in range(20)),
+                                        ("blocked_cards/tok-unsigned", encode(unsigned))])
+    collector = Collector(settings)
+    collector.start()
+    env = flow_env(settings, tiny_model_dir, tmp_path,  # eight merchant shards, one process
+                   FRAUD_LOG_LEVEL="INFO")
+    log = tmp_path / "flow.log"
+    runs = [txns[:500], txns[500:1_000], txns[1_000:]]
+    try:
+        for k, chunk in enumerate(runs):
+            flow = FlowProcess(env, log, recovery_dir=tmp_path / "recovery", snapshot_seconds=1)
+            if k == 0:  # the rule is read before the first transaction is sent
+                wait_until(lambda: "rules blk added" in log.read_text(errors="replace"),
+                           [flow], "the rule applied")
+            if k == 2:  # published while the flow was down
+                _send(producer, settings, "lists", [_entry(later)])
+            _txns(producer, settings, chunk)
+            collector.wait_for(len(collector.outcome.verdicts) + len(chunk), [flow], n_dead=1)
+            if k == 1:
+                time.sleep(2.5)  # a snapshot holds the chunk, then a crash
+                flow.kill()
+            else:
+                flow.stop()
+    finally:
+        collector.stop()
+    outcome = collector.outcome
+    text = log.read_text(errors="replace")
+    loads = [line for line in text.splitlines() if "lists: " in line and "loaded" in line]
+    assert len(loads) == 3 and "21 entries loaded" in loads[0] and "22 entries" in loads[2]
+    assert set(outcome.verdicts) == {t.transaction_id for t in txns}
+    for k, chunk in enumerate(runs):
+        for t in chunk:
+            v = outcome.verdicts[t.transaction_id][0]
+            blocked = t.card_id == first or (k == 2 and t.card_id == later)
+            assert ([h.rule_id for h in v.rule_hits] == ["blk"]) == blocked, (k, t.card_id)
+            assert v.decision == "decline" or not blocked
+    letters = [d for d in outcome.dead_letters if d.source_topic.endswith("lists")]
+    assert [d.error_class for d in letters] == ["list_unauthenticated"]  # once, 8 shards

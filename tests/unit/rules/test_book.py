@@ -153,7 +153,7 @@ def test_snapshot_restores_the_same_decisions() -> None:
     b.apply(rule_message("x", "ip in lists.bad_ips", action="decline"))
     b.apply(rule_message("y", "score > 0.7", action="review", mode="shadow"))
     b.apply(rule_message("z", "true", action="tag", enabled=False))
-    restored = RuleBook.restore(b.snapshot(), FEATURE_NAMES)
+    restored = RuleBook.restore(b.snapshot(), FEATURE_NAMES, table=b.table)  # the process's
     assert restored.version == b.version
     assert restored.rules() == b.rules() and restored.lists.entries() == b.lists.entries()
     batch = random_batch(5, n=128)
