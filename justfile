@@ -168,6 +168,11 @@ drift-report *ARGS:
 bench *ARGS:
     @{{python}} bench/run.py "$@"
 
+# our scoring flow vs the same job in Quix Streams, batched and per-message ONNX (issue 21; its own .venv-quix): bench/quix/RESULTS.md; --help
+[positional-arguments]
+bench-quix *ARGS:
+    @{{python}} bench/quix/compare.py "$@"
+
 # a 200,000-transaction, 60-day labelled backlog streamed by 1 and 2 processes equals just score-file (~3 min)
 [positional-arguments]
 backlog *ARGS:
@@ -177,6 +182,11 @@ backlog *ARGS:
 [positional-arguments]
 chaos *ARGS:
     @FRAUD_CHAOS=full {{python}} -m pytest tests/chaos "$@"
+
+# the integration and chaos tiers' telling tests on a real Apache Kafka broker (~12 min): scoring, kill -9, stops, input watch, rules and lists, the handed cases
+[positional-arguments]
+test-kafka *ARGS:
+    @FRAUD_TEST_BROKER=kafka FRAUD_CHAOS=full CHAOS_TRANSACTIONS=20000 {{python}} -m pytest tests/integration/test_score_flow.py tests/integration/test_health.py tests/integration/test_rules_flow.py tests/integration/test_cases.py tests/chaos/test_kill9.py tests/chaos/test_operations.py "$@"
 
 # build the image with podman on a Debian base made by mmdebstrap (no Docker, no registry); --help
 [positional-arguments]

@@ -17,6 +17,18 @@ behaviour. Nothing is downloaded except through Maven:
   parent (:mod:`devkit.deathsig`). Kafka logs WARN and above to
   ``<log_dir>/server.log``; JVM output goes to ``<log_dir>/stdout.log``.
 
+* With ``scram_users`` (``--scram-user NAME[:PASSWORD]``) the client listener is
+  ``SASL_PLAINTEXT`` with SCRAM-SHA-512 only, and the KRaft ``StandardAuthorizer``
+  decides every request: nothing is allowed without an ACL
+  (``allow.everyone.if.no.acl.found=false``) except to the super user
+  :data:`ADMIN_USER`, whose password is random per start (:attr:`ApacheKafka.admin_password`).
+  The users' SCRAM credentials are written at format time (``kafka-storage format
+  --add-scram``); :meth:`ApacheKafka.client_options` gives a user's librdkafka options.
+  The controller listener authenticates the broker with SASL/PLAIN as the super user
+  (KRaft cannot check SCRAM there: the credentials live in the metadata it serves).
+  Without ``scram_users`` nothing changes: PLAINTEXT, no authorizer. ACLs are the
+  caller's (``docs/kafka-acls.md``, ``tests/integration/test_kafka_acls.py``).
+
 ``python -m devkit.apache_kafka`` runs one in the foreground (``--help``).
 
 Measured on the 2-core development machine (Kafka 4.1.1, OpenJDK 17, 512 MB heap,
@@ -35,6 +47,7 @@ import contextlib
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,12 +56,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from devkit import child
 from devkit.broker import HOST, free_port
 from devkit.deathsig import orphan_safe, stop_with_parent
+from topics.devbroker import port_answers
 from topics.errors import BrokerError
 from topics.settings import BOOTSTRAP_ENV
 
@@ -65,7 +79,11 @@ BROKER_JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:TieredStop
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STACK_FRAME = re.compile(r"^\s+(at |\.\.\. \d+ more)")
 _STAMP = ".installed"  # written last: its presence (with the version inside) means complete
-
+#: The super user of a broker started with ``scram_users`` (the broker itself, and admin tools).
+ADMIN_USER = "admin"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+_USER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class KafkaInstallError(BrokerError):
@@ -181,7 +199,9 @@ class ApacheKafka:
     ``log_dir=None`` a temporary directory is used and deleted at :meth:`stop`
     (kept if start-up failed, for its logs). ``heap`` is the JVM's ``-Xmx``/``-Xms``
     (``"512m"``, ``"1g"``); ``jvm_options`` follow :data:`BROKER_JVM_OPTIONS` and
-    override them. Errors are :class:`~topics.errors.BrokerError`
+    override them. ``scram_users`` (user name to password) turns on SASL/SCRAM and
+    the ACL authorizer (see the module docstring); :data:`ADMIN_USER` is added as
+    the super user. Errors are :class:`~topics.errors.BrokerError`
     (:class:`KafkaInstallError` when the jars cannot be had).
     """
 
@@ -194,6 +214,7 @@ class ApacheKafka:
         jvm_options: Sequence[str] = (),
         startup_timeout: float = 60.0,
         version: str = KAFKA_VERSION,
+        scram_users: Mapping[str, str] | None = None,
     ) -> None:
         self.requested_port = port
         self.port = port or 0
@@ -206,6 +227,38 @@ class ApacheKafka:
         self.log_dir = Path(log_dir) if log_dir is not None else Path()
         self._process: subprocess.Popen[bytes] | None = None
         self._failed = False
+        self.users: dict[str, str] | None = None
+        if scram_users is not None:
+            self.users = {ADMIN_USER: secrets.token_hex(16), **scram_users}
+            for name, password in self.users.items():
+                # they go into a properties file and a --add-scram argument unquoted
+                if not _USER_NAME.match(name) or not _USER_NAME.match(password):
+                    raise ValueError(f"SCRAM user {name!r}: use 1-64 letters, digits, '.', "
+                                     "'_' or '-' for the name and the password")
+
+    @property
+    def secured(self) -> bool:
+        """True when the broker requires SASL/SCRAM and checks ACLs."""
+        return self.users is not None
+
+    @property
+    def admin_password(self) -> str:
+        """The super user's password (random per instance); only with ``scram_users``."""
+        if self.users is None:
+            raise BrokerError("this broker has no SASL users (start it with scram_users)")
+        return self.users[ADMIN_USER]
+
+    def client_options(self, user: str = ADMIN_USER,
+                       password: str | None = None) -> dict[str, str]:
+        """The librdkafka options to log in as ``user`` (``password`` defaults to the known one).
+
+        ``{}`` on a broker without SASL, so callers can always merge them.
+        """
+        if self.users is None:
+            return {}
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SCRAM_MECHANISM,
+                "sasl.username": user,
+                "sasl.password": self.users.get(user, "") if password is None else password}
 
     @property
     def bootstrap(self) -> str:
@@ -277,6 +330,9 @@ class ApacheKafka:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(data),
             "offsets.topic.replication.factor": "1",
+            # not 50: librdkafka looks up a coordinator for every consumer's group.id (even
+            # one that only assigns), and the first lookup creates this topic (1 s, not 5-10)
+            "offsets.topic.num.partitions": "1",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
@@ -285,6 +341,8 @@ class ApacheKafka:
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
         }
+        if self.users is not None:
+            settings.update(self._sasl_settings())
         properties = self.log_dir / "server.properties"
         properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         (self.log_dir / "log4j2.properties").write_text(
@@ -299,6 +357,32 @@ class ApacheKafka:
         )
         return properties
 
+    def _sasl_settings(self) -> dict[str, str]:
+        """SASL_PLAINTEXT/SCRAM for clients and the broker itself, PLAIN for the controller."""
+        admin = self.admin_password
+        scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{ADMIN_USER}" password="{admin}";')
+        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                 f'username="{ADMIN_USER}" password="{admin}" user_{ADMIN_USER}="{admin}";')
+        return {
+            "listeners": f"SASL_PLAINTEXT://{HOST}:{self.port},"
+                         f"CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{HOST}:{self.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                                              "CONTROLLER:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": scram,
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "authorizer.class.name": AUTHORIZER,
+            "super.users": f"User:{ADMIN_USER}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
     def _java(self, java: str, libs: Path, *options: str) -> list[str]:
         return [
             java, *options, "-Djava.awt.headless=true",
@@ -310,6 +394,8 @@ class ApacheKafka:
         # A short-lived tool: C1 alone runs it in 1.4 s instead of 2 s.
         command = self._java(java, libs, "-Xmx256m", "-XX:TieredStopAtLevel=1")
         command += ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)]
+        for name, password in (self.users or {}).items():
+            command += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
@@ -340,9 +426,40 @@ class ApacheKafka:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        child.wait_serving(self._process, HOST, self.port, self.startup_timeout,
-                           name="Apache Kafka", need_broker=True, pause=0.1,
-                           where=lambda: f"{self.log_dir}:\n{self.log_tail()}")
+        where = lambda: f"{self.log_dir}:\n{self.log_tail()}"  # noqa: E731
+        if self.users is None:
+            child.wait_serving(self._process, HOST, self.port, self.startup_timeout,
+                               name="Apache Kafka", need_broker=True, pause=0.1, where=where)
+        else:
+            self._wait_ready_as_admin(where)
+
+    def _wait_ready_as_admin(self, where: Callable[[], str]) -> None:
+        """:func:`devkit.child.wait_serving`, logged in as the super user."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        assert self._process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        admin = None
+        last: object = "port closed"
+        while True:
+            if self._process.poll() is not None:
+                raise BrokerError(f"Apache Kafka exited with code {self._process.returncode} "
+                                  f"during start-up; see {where()}")
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Apache Kafka on {self.bootstrap} was not ready within "
+                                  f"{self.startup_timeout:g} s ({last}); see {where()}")
+            if admin is None and port_answers(HOST, self.port, timeout=0.2):
+                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+                                     **self.client_options()})
+            if admin is not None:
+                try:
+                    if admin.list_topics(timeout=1.0).brokers:
+                        return
+                    last = "no broker registered yet"
+                except KafkaException as exc:
+                    last = exc
+            time.sleep(0.1)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of Kafka's log, then of the JVM's output, for error messages.
@@ -417,6 +534,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"Kafka version from Maven Central (default: {KAFKA_VERSION})",
     )  # fmt: skip
     parser.add_argument(
+        "--scram-user", action="append", default=None, metavar="NAME[:PASSWORD]",
+        help="repeatable: require SASL_PLAINTEXT/SCRAM-SHA-512 and check ACLs "
+        f"(StandardAuthorizer), with this user (random password if none given) and the super "
+        f"user {ADMIN_USER!r}; every password is printed (docs/kafka-acls.md)",
+    )  # fmt: skip
+    parser.add_argument(
         "--install-only", action="store_true",
         help="only resolve the jars into the cache (what CI runs), print their directory, exit",
     )  # fmt: skip
@@ -436,12 +559,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Apache Kafka {args.kafka_version} jars in {libs} "
                   f"({time.monotonic() - started:.1f} s)")  # fmt: skip
             return 0
+        users = None
+        if args.scram_user is not None:
+            users = {}
+            for spec in args.scram_user:
+                name, _, password = spec.partition(":")
+                users[name] = password or secrets.token_hex(16)
         broker = ApacheKafka(
             args.log_dir,
             args.port,
             args.heap,
             jvm_options=args.jvm_option,
             version=args.kafka_version,
+            scram_users=users,
         )
         started = time.monotonic()
         with broker:
@@ -449,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.monotonic() - started:.1f} s (pid {broker.pid}, logs: {broker.log_dir})",
                   flush=True)  # fmt: skip
             print(f"export {BOOTSTRAP_ENV}={broker.bootstrap}", flush=True)
+            for name, password in (broker.users or {}).items():
+                print(f"SASL user {name} password {password} ({SCRAM_MECHANISM}; as env: "
+                      "FRAUD_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT "
+                      f"FRAUD_KAFKA_SASL_MECHANISM={SCRAM_MECHANISM} "
+                      f"FRAUD_KAFKA_SASL_USERNAME={name} FRAUD_KAFKA_SASL_PASSWORD=...)",
+                      flush=True)
             print("Ctrl-C to stop.", file=sys.stderr, flush=True)
             while broker.running:
                 time.sleep(0.5)

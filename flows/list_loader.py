@@ -20,7 +20,6 @@ re-delivers at or below the loaded offset is a no-op.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -56,7 +55,9 @@ def read_to_end(settings: KafkaSettings, topic: str, stall_s: float = STALL_SECO
     )
 
     options: dict[str, str | int | bool] = {
-        "group.id": f"fraudstream-lists-{os.getpid()}",  # required, never joined: assign()
+        # required, never joined (assign()), but librdkafka looks up its coordinator: the
+        # flow's own input group (FRAUD_KAFKA_GROUP_ID), the one its ACLs grant (docs/kafka-acls.md)
+        "group.id": str(settings.client_options.get("group.id", "BYTEWAX_IGNORED")),
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,

@@ -1,29 +1,46 @@
-"""Running the real scoring flow on the embedded broker: topic sets, environment, collectors.
+"""Running the real scoring flow on the test broker: topic sets, environment, collectors.
 
 Shared by the integration tests that start ``python -m bytewax.run flows.score``
 through :class:`~devkit.process.FlowProcess`.
+
+The session broker (:func:`session_broker`) of the integration and chaos tiers is
+the embedded Tansu broker; ``FRAUD_TEST_BROKER=kafka`` (what ``just test-kafka``
+sets) makes it a real Apache Kafka (:mod:`devkit.apache_kafka`), and
+``KAFKA_BOOTSTRAP_SERVERS`` an external one. The variable is removed from this
+process's environment when this module is imported: the flow processes inherit
+the environment and refuse any ``FRAUD_*`` variable they do not know.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import os
 import random
 import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.apache_kafka import KAFKA_VERSION, ApacheKafka
+from devkit.broker import EmbeddedBroker
 from devkit.process import FlowProcess
 from rules.signing import dev_keys
 from topics.contracts import DeadLetter, Label, Prediction, Transaction
-from topics.settings import KafkaSettings
+from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+
+TEST_BROKER_ENV = "FRAUD_TEST_BROKER"
+TEST_BROKERS = ("embedded", "kafka")
+#: The tiers' broker: ``embedded`` (Tansu, the default) or ``kafka`` (Apache Kafka).
+TEST_BROKER = os.environ.pop(TEST_BROKER_ENV, "").strip().lower() or "embedded"
 
 TIMEOUT = 180
 PARTITIONS = 8
@@ -240,3 +257,56 @@ def close_clients() -> int:
                 continue
             closed += 1
     return closed
+
+
+def on_kafka() -> bool:
+    """True when the session broker is Apache Kafka (``FRAUD_TEST_BROKER=kafka``)."""
+    return TEST_BROKER == "kafka" and not os.environ.get(BOOTSTRAP_ENV, "").strip()
+
+
+def broker_header() -> str:
+    """The line the pytest report header shows for the session broker."""
+    external = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if external:
+        return f"broker: external, {BOOTSTRAP_ENV}={external}"
+    if TEST_BROKER == "kafka":
+        return f"broker: Apache Kafka {KAFKA_VERSION} (devkit/apache_kafka.py, {TEST_BROKER_ENV})"
+    return f"broker: embedded Tansu ({TEST_BROKER_ENV}=kafka runs on Apache Kafka)"
+
+
+def check_test_broker() -> None:
+    """Refuse an unknown :data:`TEST_BROKER_ENV` value (call from ``pytest_configure``)."""
+    if TEST_BROKER not in TEST_BROKERS:
+        raise pytest.UsageError(
+            f"{TEST_BROKER_ENV}={TEST_BROKER!r}: expected one of {', '.join(TEST_BROKERS)}")
+
+
+@contextlib.contextmanager
+def session_broker(log_dir: Path) -> Iterator[KafkaSettings]:
+    """Settings pointing at a tier's broker, started here (logs under ``log_dir``).
+
+    ``KAFKA_BOOTSTRAP_SERVERS`` set: that broker, nothing started. Otherwise the
+    embedded broker, or Apache Kafka when ``FRAUD_TEST_BROKER=kafka``.
+    """
+    if os.environ.get(BOOTSTRAP_ENV, "").strip():
+        yield KafkaSettings.from_env()
+        return
+    broker = ApacheKafka(log_dir=log_dir) if TEST_BROKER == "kafka" else EmbeddedBroker(
+        log_dir=log_dir)
+    with broker:
+        yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
+        close_clients()
+
+
+#: Why a backlog scored on Apache Kafka differs from the event-time answer (see
+#: :func:`xfail_on_kafka`); found by ``just test-kafka``, issue 24.
+KAFKA_BACKLOG_ORDER = (
+    "on Apache Kafka a backlog's scores differ from offline replay (thousands of 20,000, "
+    "grouped by transactions partition: some partitions all equal, others mostly not; "
+    "no forced reorder release, not the labels, the produced order is right); the "
+    "embedded broker gives the event-time answer: a product difference, see issue 24")
+
+
+def xfail_on_kafka(reason: str) -> pytest.MarkDecorator:
+    """Expected to fail when the session broker is Apache Kafka (not strict: it may pass)."""
+    return pytest.mark.xfail(on_kafka(), reason=reason, strict=False)

@@ -6,7 +6,8 @@ so the default ``pytest`` run and CI stay inside their time budget. The variable
 removed from this process's environment as soon as it is read: the flow processes
 inherit the environment and refuse any ``FRAUD_*`` variable they do not know.
 
-The tier starts its own embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), so
+The tier starts its own embedded broker (Apache Kafka with ``FRAUD_TEST_BROKER=kafka``,
+or uses ``KAFKA_BOOTSTRAP_SERVERS``: :func:`flowkit.session_broker`), so
 the heavy streams here do not slow the integration tests' broker; the broker
 scenarios start further brokers of their own.
 """
@@ -20,10 +21,9 @@ from pathlib import Path
 import pytest
 from chaos.chaoskit import QUICK, Launch, start
 
-from devkit.broker import EmbeddedBroker
 from devkit.process import FlowProcess
-from flowkit import Collector, close_clients
-from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+from flowkit import Collector, broker_header, check_test_broker, session_broker
+from topics.settings import KafkaSettings
 
 CHAOS_ENV = "FRAUD_CHAOS"
 MODES = ("quick", "full")
@@ -35,11 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """Refuse an unknown tier name at once."""
     if _MODE not in MODES:
         raise pytest.UsageError(f"{CHAOS_ENV}={_MODE!r}: expected one of {', '.join(MODES)}")
+    check_test_broker()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which chaos set runs."""
-    return f"chaos tier: {_MODE} ({CHAOS_ENV}=full runs every scenario)"
+    return f"chaos tier: {_MODE} ({CHAOS_ENV}=full runs every scenario); {broker_header()}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,12 +58,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
     """Settings pointing at the chaos tier's broker."""
-    if os.environ.get(BOOTSTRAP_ENV, "").strip():
-        yield KafkaSettings.from_env()
-        return
-    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("chaos-broker")) as broker:
-        yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
-        close_clients()
+    with session_broker(tmp_path_factory.mktemp("chaos-broker")) as settings:
+        yield settings
 
 
 @pytest.fixture

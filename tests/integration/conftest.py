@@ -1,33 +1,38 @@
 """Integration fixtures: one broker per test session, unique topics per test.
 
 With ``KAFKA_BOOTSTRAP_SERVERS`` set, the tests run against that broker instead
-of starting the embedded one.
+of starting the embedded one; with ``FRAUD_TEST_BROKER=kafka`` (``just test-kafka``)
+they start a real Apache Kafka (:func:`flowkit.session_broker`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from devkit.broker import EmbeddedBroker
-from flowkit import close_clients
+from flowkit import broker_header, check_test_broker, session_broker
 from topics.admin import ensure_topics
-from topics.settings import BOOTSTRAP_ENV, KafkaSettings
+from topics.settings import KafkaSettings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse an unknown ``FRAUD_TEST_BROKER`` at once."""
+    check_test_broker()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which broker the integration tier runs on."""
+    return f"integration {broker_header()}"
 
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
     """Settings pointing at the session's broker."""
-    if os.environ.get(BOOTSTRAP_ENV, "").strip():
-        yield KafkaSettings.from_env()
-        return
-    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker")) as broker:
-        yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
-        close_clients()
+    with session_broker(tmp_path_factory.mktemp("broker")) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ def _java_pids(marker: str) -> set[int]:
 def test_registry_topics_exist_with_their_partitions(
     broker: ApacheKafka, settings: KafkaSettings
 ) -> None:
+    assert not broker.secured and broker.client_options() == {}  # the default: no SASL
     found = topic_partitions(settings)
     for logical, spec in TOPICS.items():
         assert found.get(settings.topic(logical)) == spec.partitions, logical
