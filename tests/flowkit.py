@@ -296,17 +296,3 @@ def session_broker(log_dir: Path) -> Iterator[KafkaSettings]:
     with broker:
         yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
         close_clients()
-
-
-#: Why a backlog scored on Apache Kafka differs from the event-time answer (see
-#: :func:`xfail_on_kafka`); found by ``just test-kafka``, issue 24.
-KAFKA_BACKLOG_ORDER = (
-    "on Apache Kafka a backlog's scores differ from offline replay (thousands of 20,000, "
-    "grouped by transactions partition: some partitions all equal, others mostly not; "
-    "no forced reorder release, not the labels, the produced order is right); the "
-    "embedded broker gives the event-time answer: a product difference, see issue 24")
-
-
-def xfail_on_kafka(reason: str) -> pytest.MarkDecorator:
-    """Expected to fail when the session broker is Apache Kafka (not strict: it may pass)."""
-    return pytest.mark.xfail(on_kafka(), reason=reason, strict=False)

@@ -47,14 +47,12 @@ from chaos.chaoskit import (
 
 from devkit.process import FlowProcess
 from flowkit import (
-    KAFKA_BACKLOG_ORDER,
     Collector,
     Outcome,
     flow_env,
     input_positions,
     offline_scores,
     topic_set,
-    xfail_on_kafka,
 )
 from state.spec import FEATURE_NAMES
 from tiny_model import tiny_history
@@ -180,7 +178,6 @@ def fault_free(kafka: KafkaSettings, stream: LabelledStream, tiny_model_dir: Pat
     return _run(kafka, stream, tiny_model_dir, work, "chaos-fault-free", [])
 
 
-@xfail_on_kafka(KAFKA_BACKLOG_ORDER)
 def test_kill_9_at_ten_random_points_changes_no_verdict_no_drift_window_no_label_join(
     kafka: KafkaSettings, stream: LabelledStream, tiny_model_dir: Path, fault_free: Run,
     tmp_path: Path, record_property: pytest.RecordProperty,

@@ -23,7 +23,15 @@ from confluent_kafka import Producer
 
 from devkit.apache_kafka import ApacheKafka
 from devkit.process import FlowProcess
-from flowkit import Collector, close_clients, flow_env, offline_scores, on_kafka, topic_set
+from flowkit import (
+    Collector,
+    close_clients,
+    flow_env,
+    input_positions,
+    offline_scores,
+    on_kafka,
+    topic_set,
+)
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
 from topics.contracts import Transaction
@@ -61,17 +69,19 @@ def stream() -> list[Transaction]:
     return list(tiny_history(WORLD).transactions)
 
 
-def _produce(settings: KafkaSettings, txns: list[Transaction], first: int = 0) -> int:
+def _produce(settings: KafkaSettings, txns: list[Transaction], first: int = 0,
+             invalid_every: int = INVALID_EVERY) -> int:
     """The stream keyed by card, an invalid message every 500; returns how many invalid.
 
-    ``first``: the position of ``txns[0]`` in the whole stream (where the 500s fall).
+    ``first``: the position of ``txns[0]`` in the whole stream (where the 500s fall);
+    ``invalid_every`` 0: no invalid message.
     """
     ensure_topics(settings)
     producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
     topic, invalid = settings.topic("transactions"), 0
     for i, txn in enumerate(txns, first + 1):
         producer.produce(topic, key=txn.card_id.encode(), value=msgspec.json.encode(txn))
-        if i % INVALID_EVERY == 0:
+        if invalid_every and i % invalid_every == 0:
             producer.produce(topic, key=txn.card_id.encode(), value=b'{"amount": 1}')
             invalid += 1
     assert producer.flush(30) == 0
@@ -88,6 +98,32 @@ def _check(collector: Collector, txns: list[Transaction], invalid: int,
     for tid, copies in outcome.verdicts.items():
         assert len({msgspec.json.encode(c) for c in copies}) == 1, tid  # re-emitted unchanged
         assert abs(copies[0].score - offline[tid]) <= 1e-6, tid  # the event-time answer
+
+
+def test_each_partition_keeps_the_production_order_from_a_new_topic(
+    apache_kafka: KafkaSettings, tmp_path: Path,
+) -> None:
+    """Our producers keep a partition in the order they send (``PRODUCER_DEFAULTS``).
+
+    Produced at once after the topics are created, the first requests can fail with
+    NOT_LEADER and be retried: with several requests in flight and no idempotence they
+    landed behind later ones (20,000 records: partitions in two or three runs out of
+    order), and a card's velocity was then counted out of its payments' order. The race
+    is timing's: it hit every run of ``test_score_flow`` as the first test on a new
+    broker, not every run of this one; when it happens, this fails without the fix.
+    """
+    settings = topic_set(apache_kafka, "kafka-tier-order")
+    world = SimConfig(n_transactions=20_000, n_cards=500, days=30, seed=31, fraud_rate=0.02)
+    txns = list(tiny_history(world).transactions)
+    _produce(settings, txns, invalid_every=0)
+    sent = {t.transaction_id: i for i, t in enumerate(txns)}
+    positions = input_positions(settings, len(txns))
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for tid, (partition, offset) in positions.items():
+        by_partition.setdefault(partition, []).append((offset, sent[tid]))
+    for partition, found in by_partition.items():
+        order = [i for _, i in sorted(found)]
+        assert order == sorted(order), f"partition {partition} is not in production order"
 
 
 def test_scoring_on_apache_kafka_equals_offline_replay(

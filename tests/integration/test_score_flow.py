@@ -21,13 +21,11 @@ from confluent_kafka import Producer
 from devkit.broker import free_port
 from devkit.process import FlowProcess
 from flowkit import (
-    KAFKA_BACKLOG_ORDER,
     Collector,
     Outcome,
     flow_env,
     offline_scores,
     topic_set,
-    xfail_on_kafka,
 )
 from tiny_model import tiny_history
 from topics.admin import ensure_topics
@@ -98,7 +96,6 @@ def fault_free(kafka: KafkaSettings, history: History, tiny_model_dir: Path,
     return collector.outcome, work / "state"
 
 
-@xfail_on_kafka(KAFKA_BACKLOG_ORDER)
 def test_one_verdict_per_transaction_equal_to_offline_scoring(
     fault_free: tuple[Outcome, Path], history: History, tiny_model_dir: Path,
     record_property: pytest.RecordProperty,
@@ -158,7 +155,6 @@ def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
     print(f"\nkilled at {killed_at} verdicts; {outcome.duplicates} duplicate verdicts re-emitted")
 
 
-@xfail_on_kafka(KAFKA_BACKLOG_ORDER)
 def test_two_process_cluster_gives_the_same_verdicts(
     kafka: KafkaSettings, history: History, tiny_model_dir: Path,
     fault_free: tuple[Outcome, Path], tmp_path: Path,
