@@ -432,6 +432,7 @@ class RuleBook:
         order = self._order
         shadow_left = float("inf")
         overrun_s = self.guard.overrun_s(n)
+        stop_floor_s, stop_row_s = self.guard.stop_rate()
         if guarded:
             live = [c for c in order if c.rule.mode == "active"]
             shadow = [c for c in order if c.rule.mode != "active"]
@@ -459,7 +460,8 @@ class RuleBook:
                 try:
                     if library:
                         hit, err = reference.evaluate(c, batch, self.vocab, self.lists.member,
-                                                      cpu_limit_s=self.guard.stop_s(n))
+                                                      cpu_limit_s=stop_floor_s,
+                                                      cpu_limit_per_row_s=stop_row_s)
                     else:
                         hit, err = c.fast(cols)  # type: ignore[misc]  # not None: not library
                     seconds = clock() - started

@@ -108,7 +108,7 @@ class RowBudgetSpent(Exception):  # noqa: N818 - a signal, like vector.Unsupport
 
 def evaluate(
     compiled: CompiledRule, batch: RuleBatch, vocab: Vocabulary, member: Membership,
-    *, cpu_limit_s: float | None = None,
+    *, cpu_limit_s: float | None = None, cpu_limit_per_row_s: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(hit [n], error [n])`` of one rule over a batch, row by row in the library.
 
@@ -117,6 +117,10 @@ def evaluate(
     call cannot be interrupted, and CEL's own iteration limit bounds it). The
     cheap wall clock is read after each row, the CPU clock only once the wall
     clock has passed the limit (CPU time never exceeds wall time in one thread).
+    With ``cpu_limit_per_row_s`` too, the limit after ``k`` rows is
+    ``max(cpu_limit_s, cpu_limit_per_row_s * k)``: a rule is stopped by its rate so far,
+    not only at the end of a large batch (the stream's guard: :meth:`RuleGuard.stop_rate
+    <rules.guard.RuleGuard.stop_rate>`).
     """
     n = len(batch)
     hit = np.zeros(n, dtype=bool)
@@ -129,9 +133,11 @@ def evaluate(
         return hit, err
     wall, cpu = time.perf_counter, time.thread_time
     wall0, cpu0 = wall(), cpu()
+    floor, rate = cpu_limit_s, cpu_limit_per_row_s
     for i in range(n):
         row = batch.row(i, names)
         hit[i], err[i] = evaluate_row(compiled, activation(compiled, row, vocab, member))
-        if wall() - wall0 > cpu_limit_s and (spent := cpu() - cpu0) > cpu_limit_s:
+        limit = floor if rate * (i + 1) <= floor else rate * (i + 1)
+        if wall() - wall0 > limit and (spent := cpu() - cpu0) > limit:
             raise RowBudgetSpent(i + 1, spent)
     return hit, err

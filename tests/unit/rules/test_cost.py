@@ -296,3 +296,23 @@ def test_shadow_rules_never_slow_live_scoring_beyond_their_budget() -> None:
         assert np.array_equal(got.masks[("decline", "active")], want.masks[("decline", "active")])
         assert not got.disabled
     assert sorted(evaluated) == ["s0", "s1", "s2", "s3"]  # the starting rule rotates
+
+
+def test_a_costly_rule_is_stopped_by_its_rate_not_the_size_of_the_batch() -> None:
+    """A rule at about 20x its budget a row stops after ~SEVERE_FLOOR_S in any batch.
+
+    Checking only the batch's total let it run for half of any batch (0.5 s of 1,000
+    rows, 2.5 s in the flow's backlog batches); the limit now grows with the rows done.
+    """
+    hostile = rule("attr-loop", ATTRIBUTE_LOOP, "tag", mode="shadow")
+    for n in (256, 4_096):
+        guarded, _ = books(hostile)
+        batch = wide(random_batch(5, n=n), 2_000)
+        got = guarded.evaluate(batch)
+        assert [d.rule_id for d in got.disabled] == ["attr-loop"]
+        assert "stopped after" in got.disabled[0].reason
+        done = int(got.disabled[0].reason.split("stopped after ")[1].split(" of")[0])
+        floor_s, per_row_s = guarded.guard.stop_rate()
+        # stopped once its rows so far cost max(floor, 10x budget a row): not n/2 rows
+        assert done < n // 4, got.disabled[0].reason
+        assert (floor_s, per_row_s) == (SEVERE_FLOOR_S, SEVERE_FACTOR * 50e-6)
