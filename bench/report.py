@@ -123,6 +123,40 @@ def _latency(res: dict[str, Any]) -> list[str]:
 STAGE_ORDER = ("broker", "card", "merchant", "sink", "ack")
 
 
+def side_by_side(embedded: dict[str, Any], kafka: dict[str, Any]) -> str:
+    """Throughput and latency of one ``--broker both`` run: the two brokers in one table."""
+    def tput(res: dict[str, Any], flow: str) -> str:
+        x = res.get("throughput", {}).get(flow)
+        return f"{x['tx_per_s']:,.0f} tx/s" if x else "-"
+
+    def ratio(res: dict[str, Any]) -> str:
+        r = res.get("throughput", {}).get("ratio")
+        return f"{r:.0%}" if r is not None else "-"
+
+    def lat(res: dict[str, Any], path: str, rate: str) -> str:
+        x = res.get("latency", {}).get(path, {}).get(rate)
+        if not x:
+            return "-"
+        return (f"{x['p50']} / {x['p99']} / {x['max']} ms"
+                + ("" if x.get("kept_up", True) else " (did not keep up)"))
+
+    rates = sorted({r for res in (embedded, kafka)
+                    for r in res.get("latency", {}).get("score", {})}, key=float)
+    lines = ["## Both brokers, one run", "",
+             "| what | embedded broker (Tansu) | Apache Kafka |", "|---|---|---|",
+             f"| scoring throughput | {tput(embedded, 'score')} | {tput(kafka, 'score')} |",
+             f"| pass-through throughput | {tput(embedded, 'passthrough')} | "
+             f"{tput(kafka, 'passthrough')} |",
+             f"| scoring / pass-through | {ratio(embedded)} | {ratio(kafka)} |"]
+    for rate in rates:
+        for path, name in (("hop", "one broker hop"), ("score", "scoring end to end")):
+            lines.append(f"| {name} p50 / p99 / max at {float(rate):,.0f} tx/s | "
+                         f"{lat(embedded, path, rate)} | {lat(kafka, path, rate)} |")
+    lines += ["", "Medians of the runs each broker's RESULTS.md lists; the latency targets are "
+              "judged on Kafka (bench/kafka/RESULTS.md).", ""]
+    return "\n".join(lines)
+
+
 def _memory(res: dict[str, Any]) -> list[str]:
     lines = ["## Memory and disk (state_bench, RocksDB store, one partition)", "",
              "| cards | template cards | mean state B | store tx/s | peak RSS MiB | "

@@ -1,6 +1,11 @@
-"""End-to-end benchmark of the scoring flow on the embedded broker (``just bench``).
+"""End-to-end benchmark of the scoring flow on both brokers (``just bench``).
 
-    python bench/run.py [--quick] [--runs N] [--only PARTS] [--out bench]
+    python bench/run.py [--quick] [--runs N] [--only PARTS] [--out bench] [--broker B]
+
+``--broker both`` (the default) runs every part on the embedded broker into ``<out>``,
+then throughput and latency again on a real Apache Kafka started for the run into
+``<out>/kafka``, and prints the two side by side (:func:`bench.report.side_by_side`);
+``embedded`` or ``kafka`` runs one broker only.
 
 Everything runs on this machine, in one invocation, so every comparison is
 measured in the same run:
@@ -43,7 +48,7 @@ import msgspec  # noqa: E402
 from bench.components import components  # noqa: E402
 from bench.harness import Env, Phases, say  # noqa: E402
 from bench.latency import WARMUP, latency  # noqa: E402
-from bench.report import machine, markdown, targets  # noqa: E402
+from bench.report import machine, markdown, side_by_side, targets  # noqa: E402
 from bench.rules_flow import rules_flow  # noqa: E402
 from bench.throughput import throughput  # noqa: E402
 from devkit.apache_kafka import ApacheKafka  # noqa: E402
@@ -105,7 +110,9 @@ def latency_need(opts: dict[str, Any]) -> int:
     return WARMUP + int(max(opts["rates"]) * opts["seconds"])
 
 
-BROKERS = ("embedded", "kafka")
+BROKERS = ("both", "embedded", "kafka")
+#: The parts ``--broker both`` runs on Apache Kafka too (the others do not use a broker).
+KAFKA_PARTS = ("throughput", "latency")
 
 
 def fresh_broker(kind: str, work: Path) -> EmbeddedBroker | ApacheKafka:
@@ -166,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for results.json and RESULTS.md (default bench/, "
                              "bench/kafka/ with --broker kafka)")
-    parser.add_argument("--broker", choices=BROKERS, default="embedded",
-                        help="broker of the throughput and latency parts: the embedded Tansu "
-                             "broker (default) or a real Apache Kafka 4.1 started for the run "
-                             "(just kafka: needs java and mvn); the latency targets are "
-                             "judged on Kafka")
+    parser.add_argument("--broker", choices=BROKERS, default="both",
+                        help="broker of the throughput, latency and rules-flow parts: both "
+                             "(default: every part on the embedded Tansu broker, then "
+                             "throughput and latency on a real Apache Kafka 4.1 started for "
+                             "the run, into <out>/kafka, printed side by side; Kafka needs "
+                             "java and mvn), embedded or kafka alone; the latency targets "
+                             "are judged on Kafka")
     args = parser.parse_args(argv)
+    if args.broker == "both":
+        return _both(args)
     quick = args.quick
     n = args.transactions or (60_000 if quick else 200_000)
     opts: dict[str, Any] = {"runs": args.runs or (2 if quick else 3),
@@ -223,6 +234,27 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "RESULTS.md").write_text(markdown(res))
     say(f"done in {phase.elapsed():.0f} s: {args.out / 'RESULTS.md'}")
     print(markdown(res))
+    return 0
+
+
+def _both(args: argparse.Namespace) -> int:
+    """``--broker both``: the embedded run, then Kafka's throughput and latency, side by side."""
+    out = args.out if args.out is not None else ROOT / "bench"
+    common = [*(["--quick"] if args.quick else []),
+              *(["--runs", str(args.runs)] if args.runs else []),
+              *(["--transactions", str(args.transactions)] if args.transactions else []),
+              "--model", str(args.model)]
+    parts = args.only.split(",")
+    main([*common, "--only", ",".join(parts), "--out", str(out), "--broker", "embedded"])
+    on_kafka = [p for p in parts if p in KAFKA_PARTS]
+    if not on_kafka:
+        return 0
+    say(f"the same {' and '.join(on_kafka)} on Apache Kafka")
+    main([*common, "--only", ",".join(on_kafka), "--out", str(out / "kafka"),
+          "--broker", "kafka"])
+    embedded = json.loads((out / "results.json").read_text())
+    kafka = json.loads((out / "kafka" / "results.json").read_text())
+    print(side_by_side(embedded, kafka))
     return 0
 
 

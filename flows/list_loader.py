@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 
 from flows import metrics
 from rules.book import Message, Refused, RuleBook
@@ -33,18 +33,21 @@ from topics.errors import BrokerError
 from topics.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+#: One record of a topic: (offset, key, value; None: a tombstone).
+Record = tuple[int, bytes | None, bytes | None]
 #: Seconds without any progress after which the read gives up (the flow does not start).
 STALL_SECONDS = 60.0
 
 
-def read_to_end(settings: KafkaSettings, topic: str, stall_s: float = STALL_SECONDS
-                ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
-    """``(offset, key, value)`` of every record of ``topic``, until each partition's end.
+def read_to_end(settings: KafkaSettings, topics: Sequence[str],
+                stall_s: float = STALL_SECONDS) -> dict[str, list[Record]]:
+    """Every record of each of ``topics`` (offset, key, value), until each partition's end.
 
-    The end is the broker's end-of-partition notice (not the high watermark: the
-    embedded broker's are not record offsets). Raises :class:`BrokerError` (what to
-    check) if the topic is missing or unreadable, or if neither a record nor an end
-    arrives for ``stall_s`` seconds.
+    One consumer reads them all at once (a start pays one connection and one wait for
+    the ends, not one per topic). The end is the broker's end-of-partition notice (not
+    the high watermark: the embedded broker's are not record offsets). Raises
+    :class:`BrokerError` (what to check) if a topic is missing or unreadable, or if
+    neither a record nor an end arrives for ``stall_s`` seconds.
     """
     from confluent_kafka import (
         OFFSET_BEGINNING,
@@ -65,40 +68,48 @@ def read_to_end(settings: KafkaSettings, topic: str, stall_s: float = STALL_SECO
         "log.connection.close": False,
     }
     consumer = Consumer(settings.client_config(**options))
-    where = f"{topic!r} on {settings.bootstrap_servers}"
+    where = f"{', '.join(map(repr, topics))} on {settings.bootstrap_servers}"
+    found: dict[str, list[Record]] = {t: [] for t in topics}
     try:
         try:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise BrokerError(f"topic {where} does not exist or cannot be described "
-                                  f"({meta.error if meta is not None else 'absent'})")
-            open_ = set(meta.partitions)
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(open_)])
+            open_: set[tuple[str, int]] = set()
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=min(10.0, stall_s)).topics.get(topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    raise BrokerError(
+                        f"topic {topic!r} on {settings.bootstrap_servers} does not exist or "
+                        f"cannot be described ({meta.error if meta is not None else 'absent'})")
+                open_ |= {(topic, p) for p in meta.partitions}
+            consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(open_)])
             progress = time.monotonic()
             while open_:
-                batch = consumer.consume(num_messages=1000, timeout=0.5)
+                # consume() waits its whole timeout for 1,000 records: keep it short, so
+                # the ends are seen as they come (0.5 s cost every start 0.5 s)
+                batch = consumer.consume(num_messages=1000, timeout=0.05)
                 if not batch and time.monotonic() - progress > stall_s:
                     raise BrokerError(f"nothing read from {where} for {stall_s:.0f} s before "
                                       f"the end of partitions {sorted(open_)}")
                 for msg in batch:
                     progress = time.monotonic()
                     err = msg.error()
+                    at = (str(msg.topic()), int(msg.partition() or 0))
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            open_.discard(msg.partition())
+                            open_.discard(at)
                             continue
                         raise BrokerError(f"reading {where}: {err.str()}")
                     offset = msg.offset()
                     assert offset is not None  # set on every record
-                    if msg.partition() in open_:  # past its end: the flow source's
-                        yield offset, msg.key(), msg.value()
+                    if at in open_:  # past its end: the flow source's
+                        found[at[0]].append((offset, msg.key(), msg.value()))
         except KafkaException as exc:
             raise BrokerError(f"reading {where}: {exc}") from exc
     finally:
         consumer.close()
+    return found
 
 
-Records = Iterable[tuple[int, bytes | None, bytes | None]]
+Records = Iterable[Record]
 
 
 def fill(table: ListTable, rules: Records, lists: Records, trust: TrustedKeys,
@@ -133,8 +144,9 @@ def load_lists(settings: KafkaSettings, trust: TrustedKeys, budget: CostBudget,
     table = ListTable()
     lists_topic = settings.topic("lists")
     try:
-        records, refused = fill(table, read_to_end(settings, settings.topic("rules"), stall_s),
-                                read_to_end(settings, lists_topic, stall_s), trust, budget)
+        rules_topic = settings.topic("rules")
+        read = read_to_end(settings, [rules_topic, lists_topic], stall_s)
+        records, refused = fill(table, read[rules_topic], read[lists_topic], trust, budget)
     except BrokerError as exc:
         raise BrokerError(
             f"cannot load the lists before scoring: {exc}. The flow reads the rules and lists "

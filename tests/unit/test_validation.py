@@ -19,6 +19,7 @@ from samples import (
 )
 from topics.contracts import Label, Transaction
 from topics.currency import MINOR_UNITS, default_rates, reference_amount
+from topics.pan import pan_digits
 from topics.validation import (
     MAX_REFERENCE_AMOUNT,
     LabelDecoder,
@@ -96,7 +97,13 @@ ids = st.text(min_size=1, max_size=40)
 cents = st.integers(min_value=0, max_value=80_000_000)  # up to 800,000.00: under the limit
 
 
-@given(tid=ids, cid=ids, minor=cents, attrs=st.dictionaries(st.text(max_size=8), st.integers()))
+#: A card id is a token: one that is a card number (13-19 digits, Luhn-valid, even all
+#: zeros) is refused as ``pan_in_clear`` (tests/unit/test_pan.py), so not a valid one here.
+card_ids = ids.filter(lambda c: pan_digits(c) is None)
+
+
+@given(tid=ids, cid=card_ids, minor=cents,
+       attrs=st.dictionaries(st.text(max_size=8), st.integers()))
 def test_any_valid_transaction_round_trips(tid: str, cid: str, minor: int, attrs: dict) -> None:
     txn = Transaction(transaction_id=tid, card_id=cid, merchant_id="m", amount=minor / 100,
                       currency="GBP", event_time=NOW_MS, attributes=attrs or None)
