@@ -321,3 +321,16 @@ def bucket_quantile(q: float, cumulative: dict[float, float]) -> float | None:
             return lower + (bound - lower) * ((rank - below) / width if width else 0.0)
         lower, below = bound, count
     return lower
+
+
+def first_fetch_s(port: int, topic: str) -> float | None:
+    """When the flow serving /metrics on ``port`` first fetched a record of ``topic`` (Unix s).
+
+    From ``fraud_first_fetch_timestamp_seconds``; None if the flow has not said. A rate
+    measured from there counts the verdicts a flow holds back at first (the merchant
+    stage's watermark in a backlog), which a span from the first verdict would not.
+    """
+    found = scrape_counters(port, ("fraud_first_fetch_timestamp_seconds",))
+    value = found["fraud_first_fetch_timestamp_seconds"].get(f"topic={topic}")
+    return value if value else None
+

@@ -54,8 +54,10 @@ def _header(res: dict[str, Any]) -> list[str]:
            if cfg.get("broker") == "kafka" else "Embedded Tansu broker")
         + " on the same 2 cores (broker, flow and bench client share them).", "",
         f"Throughput: median of {cfg['runs']} runs each, pass-through and scoring runs "
-        "interleaved on one pre-loaded topic (fresh output topics and state per run); rate = "
-        "(verdicts - 1) / span of the verdicts' Kafka record timestamps (start-up excluded). "
+        "interleaved on one pre-loaded topic (fresh output topics and state per run); scoring "
+        "rate = verdicts / (last verdict's Kafka record timestamp - the flow's first fetch, "
+        "fraud_first_fetch_timestamp_seconds: start-up excluded, verdicts held back at first "
+        "included), pass-through rate = (verdicts - 1) / span of its verdicts' timestamps. "
         "Latency: produce moment (record timestamp of the transaction) to verdict consumed by "
         "the bench, fresh topics and flow process per rate, "
         f"{cfg['latency_seconds']:g} s offered per rate; steady state = records produced "

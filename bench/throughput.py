@@ -1,9 +1,14 @@
 """Throughput of the pass-through flow (pipe limit) and the scoring flow on one pre-loaded topic.
 
 Every run reads the same pre-loaded transactions topic from the beginning with a
-fresh output topic set, state directory and recovery directory. Rate = (verdicts
-- 1) / span between the Kafka record timestamps of the first and last verdict,
-so start-up (imports, model load, metadata) is excluded. The flow's CPU time per
+fresh output topic set, state directory and recovery directory. Rate of the scoring
+flow = verdicts / (the last verdict's Kafka record timestamp - the moment the flow
+first fetched a transaction, ``fraud_first_fetch_timestamp_seconds``), so start-up
+(imports, model load, metadata, the list read) is excluded but verdicts the merchant
+stage holds back at first are not: a span from the first verdict read 750,000 tx/s
+on a 60,000-transaction run whose verdicts came in a burst (kept as
+``tx_per_s_from_first_verdict``). The pass-through flow holds nothing and serves no
+/metrics: (verdicts - 1) / span between its first and last verdict. The flow's CPU time per
 transaction is kept too: it is less sensitive to a busy machine than the rate.
 """
 
@@ -13,7 +18,8 @@ import statistics
 import time
 from typing import Any
 
-from bench.harness import Collector, Env, say
+from bench.harness import Collector, Env, first_fetch_s, say
+from devkit.broker import free_port
 
 FLOWS = (("passthrough", "bench.passthrough"), ("score", "flows.score"))
 
@@ -24,7 +30,9 @@ def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, flo
     collector = Collector(settings, settings.topic("predictions"), "count")
     collector.start()
     started = time.time()
-    flow = env.start(module, settings)
+    scoring = module == "flows.score"  # serves /metrics; the pass-through flow does not
+    port = free_port() if scoring else 0
+    flow = env.start(module, settings, port)
     cpu = env.cpu(flow)
     try:
         # Stops at n verdicts; a 30 s stall is reported with the count that did arrive.
@@ -32,12 +40,20 @@ def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, flo
         if collector.count < 0.95 * n:
             raise RuntimeError(f"{module}: only {collector.count}/{n} verdicts")
         used = cpu.take()
+        fetched = first_fetch_s(port, shared) if scoring else None
     finally:
         flow.stop()
         collector.stop()
     span = max(1, collector.last_ts - collector.first_ts) / 1000
-    return {"tx_per_s": (collector.count - 1) / span,
-            "startup_s": collector.first_local - started,
+    # From the first record fetched (the scoring flow) when known: verdicts held back at
+    # first (a backlog's watermark) would otherwise shorten the span and inflate the rate
+    from_fetch = (collector.last_ts / 1000 - fetched) if fetched else None
+    rate = collector.count / from_fetch if from_fetch and from_fetch > 0 else (
+        (collector.count - 1) / span)
+    return {"tx_per_s": rate,
+            "tx_per_s_from_first_verdict": (collector.count - 1) / span,
+            "measured_from": "first fetch" if from_fetch else "first verdict",
+            "startup_s": (fetched - started) if fetched else collector.first_local - started,
             "flow_cpu_us_per_tx": used["flow"] / n * 1e6,
             "broker_cpu_us_per_tx": used["broker"] / n * 1e6,
             "verdicts": collector.count}

@@ -136,6 +136,8 @@ class _TopicReader:
         self._open = 0
         self.linger_s = 0.0
         """Between two fills, at least this long (s): see :meth:`due`."""
+        #: Whether a record was fetched yet (``fraud_first_fetch_timestamp_seconds``).
+        self.fetched_any = False
         self.next_fill = 0.0
         self.keep_headers = False
         """Note the trace headers of fetched records (tracing on)."""
@@ -188,6 +190,9 @@ class _TopicReader:
         fetched = time.time()
         self.next_fill = fetched + self.linger_s
         messages = self._consumer.consume(batch_size * max(1, len(queues)), 0)
+        if messages and not self.fetched_any:
+            self.fetched_any = True
+            metrics.FIRST_FETCH.labels(topic=topic).set(fetched)
         for msg in messages:
             error = msg.error()
             partition = int(msg.partition() or 0)

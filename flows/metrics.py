@@ -257,6 +257,12 @@ LISTS_LOAD_SECONDS = Gauge(
     "fraud_lists_load_seconds",
     "Seconds the process took at start-up to read the lists topic to its end, before scoring.",
 )
+FIRST_FETCH = Gauge(
+    "fraud_first_fetch_timestamp_seconds",
+    "When this process's source first fetched a record of the topic (Unix seconds; absent "
+    "before): the start of a catch-up, for its rate (bench/throughput.py).",
+    ["topic"],
+)
 LAST_SNAPSHOT = Gauge(
     "fraud_last_snapshot_timestamp_seconds",
     "When this process last handed Bytewax a recovery snapshot (start time until the first); "
