@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import os
 import random
+import shutil
 import threading
 import time
 import urllib.request
@@ -296,3 +297,15 @@ def session_broker(log_dir: Path) -> Iterator[KafkaSettings]:
     with broker:
         yield KafkaSettings.from_env({**os.environ, BOOTSTRAP_ENV: broker.bootstrap})
         close_clients()
+
+
+#: The marks of a module that starts Apache Kafka itself (skipped, saying why, without a JDK
+#: or Maven).
+REAL_KAFKA_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: Kafka needs a JDK"),
+    pytest.mark.skipif(
+        shutil.which("mvn") is None, reason="no `mvn` on PATH: the Kafka jars come from Maven"
+    ),
+]

@@ -6,7 +6,6 @@ resolved with Maven on first use (about 20 s, cached outside the repository).
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,18 +15,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from devkit.apache_kafka import ApacheKafka
+from flowkit import REAL_KAFKA_MARKS
 from topics.admin import ensure_topics, topic_partitions
 from topics.registry import TOPICS
 from topics.settings import KafkaSettings
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kafka,
-    pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: Kafka needs a JDK"),
-    pytest.mark.skipif(
-        shutil.which("mvn") is None, reason="no `mvn` on PATH: the Kafka jars come from Maven"
-    ),
-]
+pytestmark = REAL_KAFKA_MARKS
 
 RECORDS = 1_000
 

@@ -13,7 +13,6 @@ tests check what each principal can and cannot do, and that the real flow
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,19 +33,12 @@ from confluent_kafka.admin import (
 
 from devkit.apache_kafka import ApacheKafka
 from devkit.process import FlowProcess
-from flowkit import Collector, close_clients, flow_env, wait_until
+from flowkit import REAL_KAFKA_MARKS, Collector, close_clients, flow_env, wait_until
 from topics.admin import ensure_topics
 from topics.contracts import Transaction
 from topics.settings import KafkaSettings
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kafka,
-    pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: Kafka needs a JDK"),
-    pytest.mark.skipif(
-        shutil.which("mvn") is None, reason="no `mvn` on PATH: the Kafka jars come from Maven"
-    ),
-]
+pytestmark = REAL_KAFKA_MARKS
 
 USERS = {"publisher": "publisher-secret", "flow": "flow-secret", "analyst": "analyst-secret"}
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE

@@ -12,7 +12,6 @@ its dead letter, and the resumed run must change no verdict it re-emits. With
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from confluent_kafka import Producer
 from devkit.apache_kafka import ApacheKafka
 from devkit.process import FlowProcess
 from flowkit import (
+    REAL_KAFKA_MARKS,
     Collector,
     close_clients,
     flow_env,
@@ -39,14 +39,7 @@ from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
 from training.simulate import SimConfig
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.kafka,
-    pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: Kafka needs a JDK"),
-    pytest.mark.skipif(
-        shutil.which("mvn") is None, reason="no `mvn` on PATH: the Kafka jars come from Maven"
-    ),
-]
+pytestmark = REAL_KAFKA_MARKS
 
 WORLD = SimConfig(n_transactions=3_000, n_cards=150, days=10, seed=24, fraud_rate=0.02)
 INVALID_EVERY = 500
