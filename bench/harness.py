@@ -334,3 +334,16 @@ def first_fetch_s(port: int, topic: str) -> float | None:
     value = found["fraud_first_fetch_timestamp_seconds"].get(f"topic={topic}")
     return value if value else None
 
+
+def verdict_rate(collector: Collector, fetched: float | None) -> tuple[float, float]:
+    """``(rate, rate from the first verdict)`` of a run's verdicts, in tx/s.
+
+    ``rate``: verdicts / (the last verdict's record timestamp - ``fetched``, the flow's
+    first fetch, :func:`first_fetch_s`); without ``fetched`` (the pass-through flow serves
+    no /metrics) the span from the first to the last verdict, as the second value.
+    """
+    from_first = (collector.count - 1) / (max(1, collector.last_ts - collector.first_ts) / 1000)
+    from_fetch = (collector.last_ts / 1000 - fetched) if fetched else None
+    rate = collector.count / from_fetch if from_fetch and from_fetch > 0 else from_first
+    return rate, from_first
+

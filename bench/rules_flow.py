@@ -36,7 +36,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Collector, Env, first_fetch_s, producer, say, scrape_counters
+from bench.harness import (
+    Collector,
+    Env,
+    first_fetch_s,
+    producer,
+    say,
+    scrape_counters,
+    verdict_rate,
+)
 from bench.rules_bench import list_entries, rule_set
 from rules.contracts import ListEntry, Rule, list_key, rule_from_obj
 from rules.signing import DevKeys, Signer, dev_keys, sign_record
@@ -137,12 +145,10 @@ def rules_flow_once(env: Env, shared: str, n: int, scenario: str, keys: DevKeys,
     finally:
         flow.stop()
         collector.stop()
-    span = max(1, collector.last_ts - collector.first_ts) / 1000
-    from_fetch = (collector.last_ts / 1000 - fetched) if fetched else None
+    rate, from_first = verdict_rate(collector, fetched)  # as bench/throughput.py
     hits = metrics["fraud_rule_hits_total"]
-    return {"tx_per_s": (collector.count / from_fetch if from_fetch and from_fetch > 0
-                         else (collector.count - 1) / span),  # as bench/throughput.py
-            "tx_per_s_from_first_verdict": (collector.count - 1) / span,
+    return {"tx_per_s": rate,
+            "tx_per_s_from_first_verdict": from_first,
             "startup_s": collector.first_local - started,
             "flow_cpu_us_per_tx": (before["flow"] + used["flow"]) / n * 1e6,
             "scoring_cpu_us_per_tx": used["flow"] / n * 1e6,

@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.harness import Collector, Env, first_fetch_s, say
+from bench.harness import Collector, Env, first_fetch_s, say, verdict_rate
 from devkit.broker import free_port
 
 FLOWS = (("passthrough", "bench.passthrough"), ("score", "flows.score"))
@@ -44,15 +44,12 @@ def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, flo
     finally:
         flow.stop()
         collector.stop()
-    span = max(1, collector.last_ts - collector.first_ts) / 1000
     # From the first record fetched (the scoring flow) when known: verdicts held back at
     # first (a backlog's watermark) would otherwise shorten the span and inflate the rate
-    from_fetch = (collector.last_ts / 1000 - fetched) if fetched else None
-    rate = collector.count / from_fetch if from_fetch and from_fetch > 0 else (
-        (collector.count - 1) / span)
+    rate, from_first = verdict_rate(collector, fetched)
     return {"tx_per_s": rate,
-            "tx_per_s_from_first_verdict": (collector.count - 1) / span,
-            "measured_from": "first fetch" if from_fetch else "first verdict",
+            "tx_per_s_from_first_verdict": from_first,
+            "measured_from": "first fetch" if fetched else "first verdict",
             "startup_s": (fetched - started) if fetched else collector.first_local - started,
             "flow_cpu_us_per_tx": used["flow"] / n * 1e6,
             "broker_cpu_us_per_tx": used["broker"] / n * 1e6,

@@ -2,9 +2,10 @@
 
 The table (:class:`rules.list_table.ListTable`) is the GlobalKTable of the flow:
 one per process, shared by every merchant shard's rule book, never in a recovery
-snapshot. Before scoring begins, :func:`load_lists` reads ``rules`` and then
-``lists`` from the beginning to the end each had when the read started, with a
-plain consumer (``assign``, no group, nothing committed), and applies them through
+snapshot. Before scoring begins, :func:`load_lists` reads ``rules`` and ``lists``
+from the beginning to the end each had when the read started, with one plain
+consumer (``assign``, nothing committed; the flow's group id only because librdkafka
+looks up its coordinator), and applies the rules, then the lists, through
 a rule book of its own that shares the table: the same checks as in the stream
 (signatures, maker-checker, caps, PANs). The ``rules`` are read only to judge
 which list changes loosen decisions (a list an active approve or decline rule
@@ -83,8 +84,8 @@ def read_to_end(settings: KafkaSettings, topics: Sequence[str],
             consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(open_)])
             progress = time.monotonic()
             while open_:
-                # consume() waits its whole timeout for 1,000 records: keep it short, so
-                # the ends are seen as they come (0.5 s cost every start 0.5 s)
+                # consume() waits its whole timeout unless 1,000 records come: keep it short
+                # so the ends are seen as they arrive (a 0.5 s timeout cost each start 0.5 s)
                 batch = consumer.consume(num_messages=1000, timeout=0.05)
                 if not batch and time.monotonic() - progress > stall_s:
                     raise BrokerError(f"nothing read from {where} for {stall_s:.0f} s before "
