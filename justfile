@@ -163,10 +163,15 @@ inspect-state DIR:
 drift-report *ARGS:
     @{{python}} -m training.drift_report "$@"
 
-# benchmark on the embedded broker: bench/results.json + bench/RESULTS.md (--quick: ~3 min)
+# benchmark on both brokers: bench/results.json + bench/RESULTS.md, bench/kafka/ (--quick: ~4 min; --help)
 [positional-arguments]
 bench *ARGS:
     @{{python}} bench/run.py "$@"
+
+# where the scoring flow's time goes: py-spy over a 200,000-transaction backlog (runs/profile; --help)
+[positional-arguments]
+profile *ARGS:
+    @{{python}} bench/profile_flow.py "$@"
 
 # our scoring flow vs the same job in Quix Streams, batched and per-message ONNX (issue 21; its own .venv-quix): bench/quix/RESULTS.md; --help
 [positional-arguments]

@@ -90,6 +90,29 @@ class CpuMeter:
         return used
 
 
+class ChildCpu:
+    """CPU seconds used by the child processes of ``pid`` (found as they come) since start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: dict[int, float] = {}
+
+    def poll(self) -> None:
+        """Note the children's CPU now (call before they exit: a dead one reads as gone)."""
+        for path in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            try:
+                kids = path.read_text().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                self.seen[kid] = max(self.seen.get(kid, 0.0), cpu_seconds(kid))
+
+    def take(self) -> float:
+        """CPU seconds of every child seen so far (polled now)."""
+        self.poll()
+        return sum(self.seen.values())
+
+
 class _Times(msgspec.Struct):
     ingest_time: int = 0
     scored_time: int = 0

@@ -18,28 +18,36 @@ import statistics
 import time
 from typing import Any
 
-from bench.harness import Collector, Env, first_fetch_s, say, verdict_rate
+from bench.harness import ChildCpu, Collector, Env, first_fetch_s, say, verdict_rate
 from devkit.broker import free_port
 
 FLOWS = (("passthrough", "bench.passthrough"), ("score", "flows.score"))
 
 
-def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, float]:
-    """One flow process over the pre-loaded topic, stopped as soon as all verdicts arrived."""
+def throughput_once(env: Env, module: str, shared: str, n: int,
+                    extra: dict[str, str] | None = None,
+                    children: bool = False) -> dict[str, float]:
+    """One flow process over the pre-loaded topic, stopped as soon as all verdicts arrived.
+
+    ``extra``: more environment variables for the flow; ``children``: also report the CPU
+    of the flow's child processes (``children_cpu_us_per_tx``, e.g. the span export).
+    """
     settings = env.topic_set(module.split(".")[-1], transactions=shared)
     collector = Collector(settings, settings.topic("predictions"), "count")
     collector.start()
     started = time.time()
     scoring = module == "flows.score"  # serves /metrics; the pass-through flow does not
     port = free_port() if scoring else 0
-    flow = env.start(module, settings, port)
+    flow = env.start(module, settings, port, extra)
     cpu = env.cpu(flow)
+    kids = ChildCpu(flow.proc.pid) if children else None
     try:
         # Stops at n verdicts; a 30 s stall is reported with the count that did arrive.
         collector.wait_for(n, 900, flow, stall=30)
         if collector.count < 0.95 * n:
             raise RuntimeError(f"{module}: only {collector.count}/{n} verdicts")
         used = cpu.take()
+        kid_s = kids.take() if kids is not None else 0.0
         fetched = first_fetch_s(port, shared) if scoring else None
     finally:
         flow.stop()
@@ -53,6 +61,7 @@ def throughput_once(env: Env, module: str, shared: str, n: int) -> dict[str, flo
             "startup_s": (fetched - started) if fetched else collector.first_local - started,
             "flow_cpu_us_per_tx": used["flow"] / n * 1e6,
             "broker_cpu_us_per_tx": used["broker"] / n * 1e6,
+            "children_cpu_us_per_tx": kid_s / n * 1e6,
             "verdicts": collector.count}
 
 

@@ -211,8 +211,9 @@ class _TopicReader:
 
     def _note_traces(self, messages: list[Any]) -> None:
         """Keep the trace headers of the records that have a ``traceparent`` (tracing on)."""
-        for msg in messages:
-            if msg.error() is None and (found := trace_headers(msg.headers())) is not None:
+        for msg in messages:  # headers() is None for most records: the cheap test first
+            if (headers := msg.headers()) and msg.error() is None and (
+                    found := trace_headers(headers)) is not None:
                 self.traces[(int(msg.partition() or 0), msg.offset() or 0)] = found
 
     def traces_of(self, partition: int, records: list[RawRecord]) -> dict[int, Header] | None:

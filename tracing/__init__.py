@@ -9,5 +9,8 @@ configured by the standard ``OTEL_*`` variables.
 
 - :mod:`tracing.carry`: what a traced transaction carries between the steps
   (plain values: recovery snapshots pickle them) and the header pick at the source.
-- :mod:`tracing.spans`: the SDK side: sampling, the spans, the verdict's headers.
+- :mod:`tracing.spans`: the SDK side: sampling, ids, the verdict's headers, and the
+  spans built from a trace's times (:class:`~tracing.spans.SpanMaker`).
+- :mod:`tracing.export`: the child process that makes and exports the spans, off the
+  scoring loop.
 """

@@ -1,25 +1,26 @@
 """The flow's spans and the verdict's trace headers, through the OpenTelemetry SDK.
 
 The OpenTelemetry SDK (``opentelemetry-sdk``) does the tracing: W3C Trace Context
-parsing and injection (``TraceContextTextMapPropagator``), sampling
-(``ParentBased``), span ids, batching and export (``BatchSpanProcessor`` with the
-OTLP/HTTP exporter, ``opentelemetry-exporter-otlp-proto-http``: lighter than the
-gRPC one, no ``grpcio``). It is the reference implementation every tracing backend
-reads, and it reads the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+parsing and injection (``TraceContextTextMapPropagator``), span and trace ids
+(``RandomIdGenerator``), the span type (``ReadableSpan``), batching and export
+(``BatchSpanProcessor`` with the OTLP/HTTP exporter,
+``opentelemetry-exporter-otlp-proto-http``: lighter than the gRPC one, no ``grpcio``).
+It is the reference implementation every tracing backend reads, and it reads the
+standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``..._HEADERS``, ``OTEL_BSP_*``,
 ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; ``OTEL_SDK_DISABLED=true``
 turns tracing off). The flow keeps only what the SDK cannot know: which records
 are traced, and when each step handled them.
 
 **Sampling.** A record with a valid ``traceparent`` follows its parent's sampled
-flag (W3C Trace Context: ``ParentBased``): flag ``01``, its spans are recorded;
-``00``, none are, but its verdict still carries the trace (a new span id, flag
-``00``), so the caller's trace continues downstream. A record without one (or with
-a malformed one: ignored, as W3C Trace Context requires, counted in
-:attr:`Tracing.malformed` and logged once) starts a new trace with probability
-``FRAUD_TRACE_SAMPLE_RATE`` (default 0: never), drawn once per batch with numpy
-(the SDK's ``TraceIdRatioBased`` needs a trace id per record first: a per-row cost
-on every transaction); ``OTEL_TRACES_SAMPLER`` is therefore not read.
+flag (W3C Trace Context; the SDK's ``ParentBased`` rule): flag ``01``, its spans are
+recorded; ``00``, none are, but its verdict still carries the trace (a new span id,
+flag ``00``), so the caller's trace continues downstream. A record without one (or
+with a malformed one: ignored, as W3C Trace Context requires, counted in
+:attr:`Tracing.malformed` and logged once) starts a new, sampled trace with
+probability ``FRAUD_TRACE_SAMPLE_RATE`` (default 0: never), drawn once per batch with
+numpy (the SDK's ``TraceIdRatioBased`` needs a trace id per record first: a per-row
+cost on every transaction); ``OTEL_TRACES_SAMPLER`` is therefore not read.
 
 **Spans** (one trace per authorisation, what a user viewing it expects): under the
 caller's span (the one whose ``traceparent`` came in), one span per step, in time
@@ -30,12 +31,14 @@ verdict to the producer). A trace the flow starts itself has a root
 ``process transactions`` span (kind CONSUMER) over them all. Five spans, not six,
 for a continued trace: each costs (see the README's tracing section). The verdict's
 headers carry the ``sink`` span's context, as OpenTelemetry's messaging conventions
-inject the producing span's. Spans are made at the sink with the times noted on the
-way (:mod:`tracing.carry`), so nothing of the SDK is kept in recovery snapshots. The
-root and ``sink`` spans go through the SDK's tracer (sampler, ids, processor); the
-four step spans, whose times are all known by then, are handed to the same span
-processor as the SDK's finished-span type (``ReadableSpan``), skipping the live-span
-machinery (locks, sampler, attribute checks: about 25 µs a span).
+inject the producing span's.
+
+**Where the cost goes.** The times are noted on the way (:mod:`tracing.carry`), so
+nothing of the SDK is kept in recovery snapshots. At the sink, :meth:`Tracing.publish`
+only draws the ids and writes the headers; the spans, all finished by then, are
+built as ``ReadableSpan`` s (skipping the SDK's live-span machinery: locks, sampler,
+attribute checks, about 25 µs a span) and OTLP-encoded in a child process
+(:mod:`tracing.export`), off the scoring loop.
 
 **Attributes** are few (each costs) and carry no card data (PCI DSS): topic, partition
 and offset of the transaction record (OpenTelemetry messaging conventions), the
@@ -46,19 +49,19 @@ transaction id in a tracing backend would be one more store of payment data to s
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Span, SpanContext, SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tracing.carry import TRACEPARENT, TRACESTATE, Carried, Header, Timeline
@@ -69,14 +72,18 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 #: The steps' spans made from the timeline: name, and the Timeline times (s) they run between.
 _STEPS = (("decode", "fetched", "decoded"), ("card", "decoded", "carded"),
           ("merchant", "carded", "scoring"), ("score", "scoring", "scored"))
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+@functools.lru_cache(maxsize=4096)
 def parent_context(traceparent: str, tracestate: str | None) -> Context | None:
     """The remote parent of a W3C ``traceparent`` (with ``tracestate``), None if malformed.
+
+    Cached (a record's headers are parsed at decode, then again at the sink).
 
     >>> parent_context("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None) is None
     False
@@ -93,22 +100,29 @@ def parent_context(traceparent: str, tracestate: str | None) -> Context | None:
 
 
 class Tracing:
-    """The flow's tracer: picks the traced rows at decode, records spans at the sink.
+    """The flow's tracing: picks the traced rows at decode, writes the verdicts' headers.
 
-    ``processor``: the SDK span processor that exports (``BatchSpanProcessor`` in the
-    flow, ``SimpleSpanProcessor`` over the in-memory exporter in tests); ``env``: for
-    the service name (:func:`provider`); ``sample_rate``: the probability (0-1) that a
-    record without a valid ``traceparent`` starts a trace; ``topic``: the transactions
-    topic (a span attribute); ``seed``: of the draws.
+    ``export``: where the spans go, either an SDK span processor, fed in this process
+    by a :class:`SpanMaker` (tests: ``SimpleSpanProcessor`` over the in-memory
+    exporter), or a :class:`tracing.export.ExportProcess` (the flow: the spans are made
+    and OTLP-encoded in a child process, off the scoring loop); ``env``: for the service
+    name (:func:`resource`); ``sample_rate``: the probability (0-1) that a record
+    without a valid ``traceparent`` starts a trace; ``topic``: the transactions topic
+    (a span attribute); ``seed``: of the draws.
     """
 
-    def __init__(self, processor: SpanProcessor, env: Mapping[str, str],
+    def __init__(self, export: SpanProcessor | SpanSink, env: Mapping[str, str],
                  sample_rate: float = 0.0, topic: str = "transactions",
                  seed: int | None = None) -> None:
-        self.provider = provider(processor, env)
-        self.processor = processor
-        self.tracer = self.provider.get_tracer("fraudstream.flow")
-        self._scope = InstrumentationScope("fraudstream.flow")
+        self.resource = resource(env)
+        self.export: Callable[[list[TraceRecord]], None]
+        if isinstance(export, SpanProcessor):
+            self.processor: SpanProcessor | None = export
+            self.export = SpanMaker(export, self.resource, topic)
+            self.close: Callable[[], None] = export.shutdown
+        else:
+            self.processor = None
+            self.export, self.close = export.send, export.close
         self._ids = RandomIdGenerator()
         self.sample_rate = sample_rate
         self.topic = topic
@@ -148,48 +162,117 @@ class Tracing:
 
     # --- sink: the spans and the verdicts' headers ---------------------------------------
     def publish(self, traced: Mapping[int, Timeline], handed: float, topic: str
-                ) -> tuple[dict[int, list[tuple[str, str | bytes | None]]], list[Span]]:
-        """Start the spans of a sink batch's traced verdicts; their Kafka headers.
+                ) -> tuple[dict[int, list[tuple[str, str | bytes | None]]], list[TraceRecord]]:
+        """The Kafka headers of a sink batch's traced verdicts, and their spans to come.
 
         ``traced``: index in the sink batch -> :class:`~tracing.carry.Timeline`;
         ``handed``: when the sink got the batch (epoch s); ``topic``: the verdicts'
-        topic. Returns the headers per index, and the open spans (``sink``, and the
-        root of a trace the flow started) for :meth:`end` once the verdicts are handed
-        to the producer.
+        topic. Returns the headers per index, and one :class:`TraceRecord` per sampled
+        trace for :meth:`end` once the verdicts are handed to the producer. Only ids are
+        drawn here (the SDK's ``RandomIdGenerator``) and the ``traceparent`` written (the
+        SDK's propagator); the spans themselves are made by :meth:`end`'s export.
         """
-        tracer = self.tracer
         headers: dict[int, list[tuple[str, str | bytes | None]]] = {}
-        open_spans: list[Span] = []
+        pending: list[TraceRecord] = []
+        ids = self._ids
         for index, t in traced.items():
             c = t.carried
-            first = t.fetched if t.fetched > 0 else c.decoded
             inside = (parent_context(c.traceparent, c.tracestate)
                       if c.traceparent is not None else None)
-            if inside is None:  # a trace of our own: its root spans the flow
-                root = tracer.start_span(f"process {self.topic}", Context(), SpanKind.CONSUMER,
-                                         start_time=_ns(first))
-                open_spans.append(root)
-                inside = trace.set_span_in_context(root)
-            sink = tracer.start_span(  # the SDK's sampler decides (the parent's flag)
-                "sink", inside, SpanKind.PRODUCER, start_time=_ns(max(handed, t.scored)),
-                attributes={"messaging.destination.name": topic})
-            if sink.is_recording():
-                self._steps(trace.get_current_span(inside).get_span_context(), t, first)
+            if inside is None:  # a trace of our own, sampled (the draw at decode)
+                caller = None
+                trace_id, flags, state = ids.generate_trace_id(), _SAMPLED, None
+                root = ids.generate_span_id()
+            else:
+                caller = trace.get_current_span(inside).get_span_context()
+                trace_id, flags, state = caller.trace_id, caller.trace_flags, caller.trace_state
+                root = 0
+            sink = SpanContext(trace_id, ids.generate_span_id(), False, flags, state)
             carrier: dict[str, str] = {}
-            _PROPAGATOR.inject(carrier, trace.set_span_in_context(sink))
+            _PROPAGATOR.inject(carrier, trace.set_span_in_context(NonRecordingSpan(sink)))
             headers[index] = [(k, v.encode("ascii")) for k, v in carrier.items()]
-            open_spans.insert(0, sink)  # ended before the roots
-        return headers, open_spans
+            if flags & _SAMPLED:  # W3C sampled flag: the parent's decision (ParentBased)
+                pending.append(TraceRecord(
+                    trace_id, caller.span_id if caller is not None else 0, root, sink.span_id,
+                    tuple(ids.generate_span_id() for _ in _STEPS), c.tracestate, t,
+                    max(handed, t.scored), 0.0, topic))
+        return headers, pending
 
-    def _steps(self, parent: SpanContext, t: Timeline, first: float) -> None:
-        """The four step spans under ``parent``, finished: straight to the processor."""
+    def end(self, pending: list[TraceRecord], at: float) -> None:
+        """The sink handed the verdicts to the producer at ``at`` (epoch s): export the spans."""
+        if pending:
+            self.export([r._replace(ended=at) for r in pending])
+
+    def shutdown(self) -> None:
+        """Export what is left and stop the exporter (its process, if any)."""
+        self.close()
+
+
+class TraceRecord(NamedTuple):
+    """One sampled trace's ids and times: plain values, from the sink to the span export."""
+
+    trace_id: int
+    caller: int
+    """The caller's span id (the ``traceparent``'s parent id); 0: a trace of our own."""
+    root: int
+    """Span id of our root ``process <topic>`` span (0: none, the caller's trace)."""
+    sink: int
+    """Span id of the ``sink`` span: the one in the verdict's ``traceparent``."""
+    steps: tuple[int, ...]
+    """Span ids of the step spans, in :data:`_STEPS` order."""
+    tracestate: str | None
+    timeline: Timeline
+    handed: float
+    """When the sink span starts (epoch s)."""
+    ended: float
+    """When the verdict was handed to the producer (epoch s)."""
+    topic: str
+    """The verdicts' topic."""
+
+
+class SpanMaker:
+    """Finished SDK spans (``ReadableSpan``) of :class:`TraceRecord` s, to a span processor.
+
+    ``processor``: the SDK processor that exports (``BatchSpanProcessor`` with the OTLP
+    exporter, or ``SimpleSpanProcessor`` over the in-memory exporter in tests);
+    ``resource``: the service's (:func:`resource`); ``topic``: the transactions topic.
+    Spans are built finished, skipping the SDK's live-span machinery (locks, sampler,
+    attribute checks): every time is known by then.
+    """
+
+    def __init__(self, processor: SpanProcessor, resource: Resource, topic: str) -> None:
+        self.processor = processor
+        self.resource = resource
+        self.topic = topic
+        self._scope = InstrumentationScope("fraudstream.flow")
+
+    def __call__(self, records: list[TraceRecord]) -> None:
+        """Hand the spans of ``records`` to the processor."""
+        on_end = self.processor.on_end
+        for r in records:
+            for span in self.spans(r):
+                on_end(span)
+
+    def spans(self, r: TraceRecord) -> list[ReadableSpan]:
+        """The spans of one trace: the steps, ``sink``, and our root if we started it."""
+        t = r.timeline
+        state = TraceState.from_header([r.tracestate]) if r.tracestate else None
+        flags = TraceFlags(TraceFlags.SAMPLED)
+
+        def context(span_id: int) -> SpanContext:
+            return SpanContext(r.trace_id, span_id, False, flags, state)
+
+        first = t.fetched if t.fetched > 0 else t.carried.decoded
+        made: list[ReadableSpan] = []
+        if r.root:
+            parent = context(r.root)
+            made.append(self._span(f"process {self.topic}", parent, None, first, r.ended,
+                                   SpanKind.CONSUMER))
+        else:
+            parent = SpanContext(r.trace_id, r.caller, True, flags, state)
         times = {"fetched": first, "decoded": t.carried.decoded, "carded": t.carded,
                  "scoring": t.scoring, "scored": t.scored}
-        resource, on_end = self.provider.resource, self.processor.on_end
-        for name, start, end in _STEPS:
-            a, b = times[start], times[end]
-            context = SpanContext(parent.trace_id, self._ids.generate_span_id(), False,
-                                  parent.trace_flags, parent.trace_state)
+        for (name, start, end), span_id in zip(_STEPS, r.steps, strict=True):
             attributes: dict[str, str | int] | None = None
             if name == "decode":  # where the record is (OpenTelemetry messaging conventions)
                 attributes = {"messaging.destination.name": self.topic,
@@ -197,28 +280,38 @@ class Tracing:
                               "messaging.kafka.offset": t.offset}
             elif name == "score":
                 attributes = {"fraud.verdict": t.verdict}
-            on_end(ReadableSpan(
-                name, context, parent, resource, attributes,
-                instrumentation_scope=self._scope, start_time=_ns(a),
-                end_time=_ns(max(a, b))))
+            made.append(self._span(name, context(span_id), parent, times[start], times[end],
+                                   SpanKind.INTERNAL, attributes))
+        made.append(self._span("sink", context(r.sink), parent, r.handed, r.ended,
+                               SpanKind.PRODUCER, {"messaging.destination.name": r.topic}))
+        return made
 
-    @staticmethod
-    def end(spans: list[Span], at: float) -> None:
-        """End the spans :meth:`publish` opened (``at``: epoch s)."""
-        for span in spans:
-            span.end(end_time=_ns(at))
+    def _span(self, name: str, context: SpanContext, parent: SpanContext | None, start: float,
+              end: float, kind: SpanKind, attributes: dict[str, str | int] | None = None
+              ) -> ReadableSpan:
+        return ReadableSpan(name, context, parent, self.resource, attributes, kind=kind,
+                            instrumentation_scope=self._scope, start_time=_ns(start),
+                            end_time=_ns(max(start, end)))
 
 
-def provider(processor: SpanProcessor, env: Mapping[str, str]) -> TracerProvider:
-    """A tracer provider: parent-based sampling, ``processor`` for export.
+class SpanSink:
+    """What :class:`Tracing` hands finished traces to, besides a span processor."""
 
-    The service name is ``OTEL_SERVICE_NAME`` or ``fraudstream``; other resource
-    attributes come from ``OTEL_RESOURCE_ATTRIBUTES`` (the SDK reads it).
+    def send(self, records: list[TraceRecord]) -> None:
+        """Take the traces of one sink batch (must not block scoring for long)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Export what is left, then stop."""
+        raise NotImplementedError
+
+
+def resource(env: Mapping[str, str]) -> Resource:
+    """The service's resource: ``OTEL_SERVICE_NAME`` or ``fraudstream``.
+
+    Other resource attributes come from ``OTEL_RESOURCE_ATTRIBUTES`` (the SDK reads it).
     """
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "fraudstream"})
-    made = TracerProvider(sampler=ParentBased(ALWAYS_ON), resource=resource)
-    made.add_span_processor(processor)
-    return made
+    return Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "fraudstream"})
 
 
 def configure(enabled: bool, sample_rate: float, topic: str, env: Mapping[str, str]
@@ -226,18 +319,19 @@ def configure(enabled: bool, sample_rate: float, topic: str, env: Mapping[str, s
     """The flow's tracing from its settings (None: off), exporting over OTLP/HTTP.
 
     Off unless ``enabled`` (``FRAUD_TRACING=on``), and off when ``OTEL_SDK_DISABLED`` is
-    ``true`` (the SDK's own switch). The exporter reads ``OTEL_EXPORTER_OTLP_*``
-    (default endpoint ``http://localhost:4318/v1/traces``).
+    ``true`` (the SDK's own switch). Starts the export process
+    (:class:`tracing.export.ExportProcess`), whose exporter reads
+    ``OTEL_EXPORTER_OTLP_*`` (default endpoint ``http://localhost:4318/v1/traces``).
     """
     if not enabled or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from tracing.export import ExportProcess
 
-    exporter: SpanExporter = OTLPSpanExporter()
-    tracing = Tracing(BatchSpanProcessor(exporter), env, sample_rate, topic)
+    tracing = Tracing(ExportProcess(topic, env), env, sample_rate, topic)
     log.info("tracing on: W3C traceparent continued, new traces at rate %g, spans exported "
-             "over OTLP/HTTP", sample_rate)
+             "over OTLP/HTTP by a child process", sample_rate)
     return tracing
 
 
-__all__ = ["Tracing", "configure", "parent_context", "provider"]
+__all__ = ["SpanMaker", "SpanSink", "TraceRecord", "Tracing", "configure", "parent_context",
+           "resource"]

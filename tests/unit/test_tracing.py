@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 
 import numpy as np
@@ -13,8 +14,9 @@ from flows.decode import kept_traces
 from flows.items import Decoded
 from flows.kafka import RawBatch, RawRecord
 from flows.settings import ScoringSettings
-from tracing.carry import Carried, timelines, trace_headers
-from tracing.spans import Tracing, configure, parent_context
+from tracing.carry import Carried, Timeline, timelines, trace_headers
+from tracing.export import serve
+from tracing.spans import SpanMaker, TraceRecord, Tracing, configure, parent_context, resource
 
 GOOD = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -103,11 +105,12 @@ def test_the_decode_pick_keeps_valid_parents_and_draws_roots_per_batch() -> None
     carried = tracing.carry(found, 3, 5.0)
     assert carried == {0: Carried(GOOD, None, 5.0)} and tracing.malformed == 1
     assert tracing.carry(None, 1000, 5.0) is None  # rate 0: no new traces
-    sampled = Tracing(tracing.processor, {}, 0.01, seed=3)
+    processor = SimpleSpanProcessor(exporter)
+    sampled = Tracing(processor, {}, 0.01, seed=3)
     drawn = [len(sampled.carry(None, 1000, 5.0) or {}) for _ in range(200)]
     assert 8 < np.mean(drawn) < 12  # 1% of rows start a trace
     assert all(c.traceparent is None
-               for c in (Tracing(tracing.processor, {}, 1.0).carry(None, 5, 5.0) or {}).values())
+               for c in (Tracing(processor, {}, 1.0).carry(None, 5, 5.0) or {}).values())
 
 
 def test_timelines_index_the_sink_batch_and_skip_rows_without_a_verdict() -> None:
@@ -132,5 +135,68 @@ def test_off_by_default_and_by_the_sdk_switch() -> None:
     assert configure(True, 0.5, "t", {"OTEL_SDK_DISABLED": "true"}) is None
     tracing = configure(True, 0.5, "t", {"OTEL_SERVICE_NAME": "fraud-eu"})
     assert tracing is not None and tracing.sample_rate == 0.5
-    assert tracing.provider.resource.attributes["service.name"] == "fraud-eu"
-    tracing.provider.shutdown()
+    assert tracing.resource.attributes["service.name"] == "fraud-eu"
+    tracing.close()
+
+
+def _record(trace_id: int, caller: int = 0x1234) -> TraceRecord:
+    carried = Carried(GOOD, None, 2.0)
+    timeline = Timeline(carried, 3, 41, 1.0, 3.0, 4.0, 5.0, "fresh")
+    return TraceRecord(trace_id, caller, 0, 0x99, (1, 2, 3, 4), "a=1", timeline, 5.5, 6.0,
+                       "predictions")
+
+
+def test_the_export_pipe_frames_traces_and_the_child_makes_their_spans() -> None:
+    from tracing.export import _LEN
+
+    batches = [[_record(7)], [_record(8), _record(9)]]
+    frames = b"".join(_LEN.pack(len(raw)) + raw
+                      for raw in (pickle.dumps(b) for b in batches))
+    exporter = InMemorySpanExporter()
+    maker = SpanMaker(SimpleSpanProcessor(exporter), resource({}), "transactions")
+    assert serve(io.BytesIO(frames + b"\x05\x00"), maker) == 3  # a torn last frame: ignored
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 3 * 5 and {s.context.trace_id for s in spans} == {7, 8, 9}
+    sink = next(s for s in spans if s.name == "sink" and s.context.trace_id == 7)
+    assert sink.context.span_id == 0x99 and sink.parent is not None
+    assert sink.parent.span_id == 0x1234 and sink.parent.is_remote
+    assert sink.context.trace_state.get("a") == "1"
+    assert (sink.start_time, sink.end_time) == (5_500_000_000, 6_000_000_000)
+
+
+def test_a_dead_export_process_drops_spans_and_never_stops_scoring() -> None:
+    from tracing.export import ExportProcess
+
+    child = ExportProcess("transactions", {"PATH": "/usr/bin:/bin",
+                                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                                           "http://127.0.0.1:9/v1/traces"})
+    child._proc.kill()
+    child._proc.wait()
+    for _ in range(3):  # the first write may still fit the pipe's buffer: no error then
+        child.send([_record(1)] * 2000)
+    assert child.dropped > 0
+    child.close()  # and closing twice, or after the child died, is harmless
+    child.close()
+
+
+def test_a_stalled_export_process_never_blocks_the_flow() -> None:
+    import os
+    import signal
+    import time
+
+    from tracing.export import MAX_WAITING, ExportProcess
+
+    child = ExportProcess("transactions", {"PATH": "/usr/bin:/bin",
+                                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                                           "http://127.0.0.1:9/v1/traces"})
+    os.kill(child.pid, signal.SIGSTOP)  # reads nothing from now on
+    try:
+        started = time.monotonic()
+        batch = [_record(i) for i in range(1, 501)]  # distinct: pickle shares repeats
+        for _ in range(40):  # ~4 MB of traces: the pipe (64 KiB) and the cap fill up
+            child.send(batch)
+        assert time.monotonic() - started < 5  # never waited for the child
+        assert child.dropped > 0 and len(child._waiting) <= MAX_WAITING
+    finally:
+        child._proc.kill()
+        child.close()
