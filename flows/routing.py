@@ -1,25 +1,42 @@
 """Bytewax routing keys for card and merchant shards that spread evenly over the workers.
 
-Bytewax sends a keyed item to worker ``hash(key) % workers`` (Rust's ``DefaultHasher``,
-SipHash-1-3, over the key string; bytewax ``src/timely.rs`` ``PartitionFn``). The plain
-keys ``"0"`` ... ``"7"`` land unevenly: with 2 workers one worker owned 6 of 8 shards,
-with 8 workers one owned 4 and three owned none. :data:`ROUTE_KEYS` gives shard ``s`` a key
-``"<s>.<n>"`` whose hash is ``s`` modulo 64, so shard ``s`` runs on worker
-``s % workers`` for every worker count that divides 64 (1, 2, 4, 8, 16, 32, 64): 8 shards
-on 2, 4 or 8 processes are spread exactly evenly. The keys were found by routing
-candidates through Bytewax itself; ``tests/deploy/test_scaling.py`` routes them again
-on every run, so a Bytewax upgrade that changes its hash fails the suite instead of
-skewing the cluster.
+Bytewax sends a keyed item to worker ``hash(key) % workers``, where ``hash`` is Rust's
+``DefaultHasher`` (SipHash-1-3 with zero keys) over the key string (bytewax
+``src/timely.rs`` ``PartitionFn``, ``src/operators.rs`` ``stateful_batch``). Plain keys
+``"0"`` ... ``"7"`` land unevenly: with 2 workers one worker owned 6 of 8 shards, with 8
+workers one owned 4 and three owned none.
 
-A shard number of 64 or more falls back to ``"<s>"`` (routed by hash, unevenly).
-A key is also the Bytewax state key of its shard's step: never change one for an
-existing recovery directory.
+**Routing v2** (the default, :data:`ROUTE_KEYS_V2`): shard ``s`` (0-1023) has the key
+``"<s>.<n>"`` whose hash is ``s`` modulo 720,720, the least common multiple of 1 to 16.
+So shard ``s`` runs on worker ``s % workers`` for every worker count from 1 to 16 (and
+every other divisor of 720,720: 18, 20, 24, 28, 30, ...): any number of shards is spread
+over any of those worker counts with at most one shard more on the busiest worker than
+on the idlest. The keys were found with ``python -m devkit.route_keys`` (a SipHash-1-3
+search, checked against the v1 keys Bytewax itself routed); ``tests/deploy/test_scaling.py``
+routes them through Bytewax's own exchange for 1 to 16 workers on every run, so a
+Bytewax upgrade that changes its hash fails the suite instead of skewing the cluster.
+
+**Routing v1** (:data:`ROUTE_KEYS_V1`, the keys of every release before v2): the hash is
+``s`` modulo 64, so shards spread evenly only over worker counts that divide 64 (1, 2, 4,
+8, 16, ...); with 3, 5, 6 or 7 processes they fell unevenly.
+
+A key is also the Bytewax state key of its shard's step, so the recovery snapshots of
+a cluster hold the keys of the routing it ran with: ``FRAUD_ROUTING`` picks the table
+(:func:`configure`) and :func:`check_recovery` refuses to start a flow whose recovery
+directory holds shard state under the other table's keys (routing it by the new keys
+would start those shards from nothing). A shard number beyond the table falls back to
+``"<s>"`` (routed by hash, unevenly).
 """
 
 from __future__ import annotations
 
-#: ``ROUTE_KEYS[s]``: the routing key of shard ``s`` (``hash % 64 == s``).
-ROUTE_KEYS: tuple[str, ...] = (
+import sqlite3
+from pathlib import Path
+
+from topics.errors import ConfigError
+
+#: ``ROUTE_KEYS_V1[s]``: the v1 routing key of shard ``s`` (``hash % 64 == s``).
+ROUTE_KEYS_V1: tuple[str, ...] = (
     "0.38", "1.16", "2.2", "3.44", "4.30", "5.12", "6.20", "7.10", "8.52", "9.18", "10.32",
     "11.40", "12.84", "13.94", "14.75", "15.45", "16.96", "17.41", "18.131", "19.12", "20.49",
     "21.5", "22.45", "23.33", "24.70", "25.74", "26.65", "27.27", "28.72", "29.13", "30.2",
@@ -29,7 +46,166 @@ ROUTE_KEYS: tuple[str, ...] = (
     "61.52", "62.60", "63.129",
 )
 
+#: The modulus of routing v2: lcm(1, ..., 16).
+V2_MODULUS = 720_720
+
+#: ``n`` of shard ``s``'s v2 key ``"<s>.<n>"`` (the first ``n`` with ``hash % 720720 == s``).
+_V2_SUFFIX: tuple[int, ...] = (
+    326680, 842389, 246391, 42387, 7030, 1030769, 484798, 47470, 363310, 162531, 705357, 383403,
+    1492586, 208556, 191577, 233118, 75897, 1394596, 583685, 962706, 384912, 216760, 66436,
+    1453615, 1105707, 2355110, 1353253, 81478, 309775, 654732, 86764, 459412, 908545, 596213,
+    2019185, 683785, 1242191, 241981, 690607, 133649, 1275098, 228098, 156810, 289441, 6281,
+    1507916, 995890, 1282844, 1683336, 528911, 335547, 567542, 173544, 164004, 292203, 537798,
+    1036629, 446108, 613139, 359858, 199129, 1480141, 434556, 344515, 1702189, 220039, 1078142,
+    498770, 215032, 2303318, 355947, 823672, 590388, 909091, 2682447, 440065, 226197, 581609,
+    793692, 182877, 388146, 615799, 594608, 1070028, 222642, 88603, 74464, 1606840, 1915883,
+    169773, 1958775, 2185949, 1150059, 101688, 845737, 1913394, 602146, 1143824, 301488, 146017,
+    356304, 37066, 477644, 244162, 612490, 413313, 378671, 41873, 400949, 392396, 975664, 2782202,
+    162475, 121716, 763239, 1445710, 862299, 794744, 253949, 351079, 978965, 130014, 438590,
+    656282, 107910, 206793, 634260, 438318, 774819, 1275287, 485632, 1513426, 1677045, 1121548,
+    82721, 102592, 228641, 618704, 28866, 1101534, 1359097, 1208713, 514066, 184235, 967633,
+    559005, 43595, 728984, 4298882, 608191, 997144, 1151104, 409973, 235847, 1297303, 969336,
+    1223523, 787990, 857580, 2408667, 1311566, 40544, 206153, 408655, 84603, 374802, 261569,
+    1082176, 1513525, 235677, 203703, 285038, 64924, 731401, 426249, 279996, 161352, 698040,
+    2833780, 1265362, 926088, 407609, 84913, 568639, 742745, 2127893, 229099, 290266, 2596615,
+    276940, 1045073, 1679433, 656938, 302687, 199002, 349656, 958915, 101650, 140475, 1154287,
+    1284222, 810195, 146170, 961785, 2441898, 1208940, 3058402, 8577, 922556, 446439, 157405,
+    180437, 95956, 506918, 1102679, 161979, 1074954, 475876, 560644, 341903, 544563, 961374,
+    884016, 502377, 2125032, 222467, 3743867, 1251062, 989894, 2513478, 119217, 98204, 309810,
+    309497, 531221, 55712, 854206, 208036, 754153, 438450, 1634615, 635326, 291122, 235826, 239358,
+    130318, 151434, 149498, 918294, 191064, 82827, 1928402, 290051, 685396, 845540, 124481,
+    1491932, 869818, 1340447, 1243044, 841975, 206050, 667226, 936286, 503311, 3287039, 812510,
+    886475, 319766, 3442874, 893568, 1387421, 321883, 275697, 36995, 89831, 1038100, 17961, 497866,
+    26034, 312308, 1438005, 1883244, 2088, 247812, 739019, 973528, 179721, 988691, 581459, 1919634,
+    227270, 397117, 1556125, 357883, 214353, 697809, 217753, 1073405, 66969, 832588, 818476,
+    332969, 2537111, 663316, 475330, 284739, 1875833, 453522, 318368, 666014, 509451, 1532148,
+    51287, 58154, 927519, 98318, 191614, 395364, 232871, 346402, 655695, 429634, 645427, 186706,
+    321780, 471808, 157708, 72834, 123420, 747912, 2164555, 27084, 1478516, 2128661, 1827401,
+    1425579, 57300, 144755, 779035, 625701, 395941, 884637, 1335765, 57948, 1962731, 692381,
+    613529, 221164, 1089357, 30998, 198713, 336332, 940181, 341194, 652151, 1467169, 752417,
+    200089, 1306012, 394760, 733145, 284712, 1352175, 535784, 585286, 334575, 294721, 294765,
+    347608, 255931, 57108, 706497, 1823422, 810132, 980365, 90207, 2420, 1810771, 365521, 18771,
+    595098, 1488291, 855933, 976814, 197358, 1050734, 376948, 397889, 101156, 122605, 1666770,
+    1602400, 312373, 501882, 3489313, 815712, 1327075, 400086, 223592, 57536, 377520, 624538,
+    327623, 154014, 350303, 107194, 584873, 944531, 988387, 824331, 244148, 134657, 630098,
+    1400492, 169109, 234477, 1798326, 29168, 158214, 247503, 15443, 967409, 971113, 151581, 16768,
+    1589445, 1232517, 1734934, 278030, 1240973, 375477, 365915, 239554, 304881, 2367993, 30907,
+    789179, 22993, 709772, 352696, 266578, 691881, 1874434, 44720, 263716, 479113, 1180168, 35414,
+    100981, 187959, 2325860, 119301, 1768675, 987901, 53103, 648399, 67126, 1489303, 178476,
+    1456109, 575391, 203411, 1401987, 598922, 1031756, 239485, 126424, 275610, 627731, 1219120,
+    919784, 821187, 284126, 414535, 213452, 1053822, 984379, 747945, 1101223, 1315200, 2800105,
+    791041, 509702, 12483, 822737, 682697, 48226, 273446, 473744, 632818, 1225218, 108875, 977384,
+    2132430, 346138, 260194, 401771, 1416220, 142590, 1662953, 731354, 612342, 149663, 756214,
+    381773, 164434, 355861, 384382, 199756, 85294, 993432, 25940, 391271, 1217346, 256274, 1398819,
+    441263, 99386, 447547, 60112, 380532, 480806, 228438, 131315, 252693, 1361889, 221357, 343085,
+    378198, 321072, 2236364, 577114, 309557, 409996, 547927, 423462, 403674, 1314582, 295592,
+    389464, 1375276, 1607522, 562702, 326207, 724912, 892968, 23968, 1117854, 420411, 365344,
+    776008, 183496, 240909, 1026992, 1558766, 315935, 1120432, 299357, 76972, 252445, 126976,
+    1319755, 966490, 1126644, 135227, 1749244, 640805, 70530, 236004, 277060, 1431507, 590688,
+    1703659, 100114, 29324, 155111, 24717, 31552, 2962377, 633604, 23538, 496689, 309580, 522958,
+    942669, 280992, 196778, 43288, 2985365, 670743, 40008, 414111, 754661, 1791263, 573759, 671541,
+    1589356, 1865976, 1390231, 160762, 32246, 997377, 48635, 369923, 112214, 65801, 149875, 464023,
+    874502, 137444, 1641165, 1132719, 5427, 30282, 853992, 263353, 516750, 1078135, 542974, 80026,
+    655509, 24289, 767930, 68139, 1634127, 1733605, 655637, 1403876, 1042217, 2872989, 507091,
+    622698, 1443633, 423868, 374891, 28979, 444717, 1031411, 1214787, 285725, 529085, 244029,
+    2584569, 1244359, 244115, 256746, 472081, 521307, 401105, 467881, 1418026, 4161500, 358589,
+    589556, 385123, 2023421, 19486, 1148607, 2982892, 145602, 1240994, 229644, 123615, 43654,
+    1051597, 565928, 1031199, 209015, 2232422, 1511981, 481464, 175144, 3258904, 1889231, 591339,
+    1403685, 736661, 243435, 145744, 2658532, 382373, 804524, 30153, 1323831, 1639137, 126829,
+    144456, 1061897, 259519, 662303, 364115, 1033011, 37965, 173667, 25051, 1064240, 78322, 992546,
+    1186235, 817359, 1319346, 127915, 253657, 24387, 38583, 392017, 393334, 1488723, 266277,
+    310674, 673313, 1023827, 335122, 260247, 1764057, 156128, 342772, 876643, 317630, 1518970,
+    3997614, 1447263, 990484, 378235, 640486, 404146, 802512, 2134322, 570069, 151623, 1747095,
+    703376, 859422, 1500099, 183267, 1620357, 1096749, 933519, 1419439, 193454, 592003, 125254,
+    51610, 665972, 932126, 184816, 2240613, 492248, 97614, 1937066, 20045, 152822, 1106140, 142417,
+    145126, 235224, 54397, 264452, 4708582, 375733, 58208, 2649948, 421942, 138909, 64703, 1526312,
+    798877, 143486, 840696, 435233, 1370371, 102036, 172783, 1627, 1211925, 484659, 464685,
+    1210889, 67024, 181932, 509216, 1502490, 221878, 81885, 333720, 410677, 537420, 1325792,
+    632440, 3232, 375798, 1041184, 19890, 747642, 500960, 172283, 282826, 314454, 1304081, 1211410,
+    422094, 31019, 1213222, 344223, 1869145, 1401029, 1157514, 1180390, 1107343, 1363174, 789997,
+    45378, 799367, 103121, 1310169, 248805, 1392695, 51853, 236692, 1254460, 21317, 1097126,
+    332116, 868280, 850844, 422898, 926826, 252827, 725292, 3192678, 3006307, 1150328, 817795,
+    290741, 850044, 441286, 3787957, 1240922, 552613, 76272, 69467, 907238, 1178956, 1396835,
+    666608, 407483, 1185029, 769917, 118761, 87358, 44223, 445230, 606889, 266996, 1240421,
+    1430015, 2443621, 332728, 2135301, 138453, 443668, 462241, 302953, 2300706, 790220, 1616321,
+    902845, 697825, 359083, 1028053, 1261099, 28154, 560273, 176487, 1331494, 154138, 435155,
+    209651, 470428, 202910, 488939, 1257626, 83063, 1235316, 68896, 772938, 497967, 693037, 166994,
+    488909, 316760, 302726, 16985, 974376, 180894, 6138, 1058112, 94865, 1578391, 1499634, 824622,
+    461092, 2235435, 574761, 479183, 49725, 189084, 570033, 1315904, 120420, 286778, 231796,
+    2025771, 1277560, 1188659, 2610781, 909678, 267235, 89200, 3243, 375157, 1824146, 1277614,
+    901161, 1917312, 236523, 267481, 80976, 497240, 1715522, 542309, 286889, 486225, 1113313,
+    323907, 621259, 25551, 446186, 77878, 413849, 291642, 362638, 3050814, 51240, 232389, 341118,
+    14722, 639495, 358581, 1761286, 1457695, 899596, 541381, 463631, 161209, 497658, 302389,
+    272910, 709137, 805688, 681377, 343074, 36061, 510616, 229641, 1107674, 1008229, 488032,
+    1400565, 983092, 1394433, 16510, 259104, 1310756, 56257, 289023, 1240835, 3786390, 336990,
+    999970, 503761, 137465, 360277, 602987, 352248, 114811, 1269476, 1995442, 297245, 427534,
+    1375603, 212016, 1416993, 2490664, 599385, 279877, 45606, 971404, 416565, 567101, 104135,
+    369957, 19197, 293296, 682409, 147696, 135137, 608754, 2204, 194711, 585021, 325038, 324937,
+    1199217, 1496670, 58320, 361054, 680905, 279930, 271803, 2270041, 1435451, 831380,
+)
+
+#: ``ROUTE_KEYS_V2[s]``: the v2 routing key of shard ``s`` (``hash % 720720 == s``).
+ROUTE_KEYS_V2: tuple[str, ...] = tuple(f"{s}.{n}" for s, n in enumerate(_V2_SUFFIX))
+
+ROUTINGS: dict[str, tuple[str, ...]] = {"v1": ROUTE_KEYS_V1, "v2": ROUTE_KEYS_V2}
+"""``FRAUD_ROUTING`` value -> its key table."""
+
+_active: list[tuple[str, ...]] = [ROUTE_KEYS_V2]
+
+
+def configure(version: str) -> None:
+    """Use routing ``version`` (``v1`` or ``v2``) for every :func:`shard_key` of this process.
+
+    Raises :class:`~topics.errors.ConfigError` for another value.
+    """
+    if version not in ROUTINGS:
+        raise ConfigError(f"FRAUD_ROUTING={version!r}: expected one of {sorted(ROUTINGS)}")
+    _active[0] = ROUTINGS[version]
+
 
 def shard_key(shard: int) -> str:
-    """The Bytewax key of card or merchant shard ``shard`` (>= 0); see :data:`ROUTE_KEYS`."""
-    return ROUTE_KEYS[shard] if shard < len(ROUTE_KEYS) else str(shard)
+    """The Bytewax key of card or merchant shard ``shard`` (>= 0) under the active routing."""
+    keys = _active[0]
+    return keys[shard] if shard < len(keys) else str(shard)
+
+
+def recovery_routing(recovery_dir: Path) -> set[str]:
+    """The routings whose shard keys the recovery snapshots in ``recovery_dir`` hold.
+
+    Reads every Bytewax recovery partition (``*.sqlite3``, table ``snaps``) read-only;
+    empty for a new directory. Raises ``sqlite3.Error`` on an unreadable partition.
+    """
+    found: set[str] = set()
+    owner = {key: name for name, keys in ROUTINGS.items() for key in keys}
+    for part in sorted(Path(recovery_dir).glob("*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            try:
+                rows = db.execute("SELECT DISTINCT state_key FROM snaps").fetchall()
+            except sqlite3.OperationalError:  # not initialised yet: no snaps table
+                continue
+        found.update(owner[key] for (key,) in rows if key in owner)
+    return found
+
+
+def check_recovery(recovery_dir: Path | None, version: str) -> None:
+    """Refuse a recovery directory written under another routing than ``version``.
+
+    Raises :class:`~topics.errors.ConfigError` naming the routing found and the remedy,
+    or when a recovery partition cannot be read.
+    """
+    if recovery_dir is None or not Path(recovery_dir).is_dir():
+        return
+    try:
+        other = recovery_routing(Path(recovery_dir)) - {version}
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the recovery directory {recovery_dir}: {exc}; check "
+                          "that it is a Bytewax recovery directory and readable") from exc
+    if other:
+        found = ", ".join(sorted(other))
+        raise ConfigError(
+            f"the recovery directory {recovery_dir} holds shard state under routing {found} "
+            f"but this flow runs FRAUD_ROUTING={version}: set FRAUD_ROUTING={found} on every "
+            "process of the cluster to resume it (routing v1 spreads shards evenly only over "
+            "1, 2, 4, 8 or 16 processes), or start the cluster with empty state and recovery "
+            "directories (see k8s/README.md, Routing)"
+        )

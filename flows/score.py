@@ -50,7 +50,7 @@ from bytewax.operators import StatefulBatchLogic
 from drift.samples import SampleWriter
 from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
-from flows import alignment, kafka, metrics
+from flows import alignment, kafka, metrics, routing
 from flows.card_stage import CardLogic
 from flows.decode import (
     DeadLetterRecord,
@@ -268,6 +268,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
     future = settings.max_skew_ms if settings.skew_policy == "dead-letter" else _NO_FUTURE_LIMIT
     alignment.configure(settings.align_ms)
+    routing.configure(settings.routing)  # the shards' Bytewax keys (FRAUD_ROUTING)
     idle = settings.input_idle_ms
     flow = Dataflow("fraud-score")
     # W3C traceparent continued, spans over OTLP (FRAUD_TRACING; None: off, no cost)
@@ -386,6 +387,7 @@ def _flow_from_env() -> Dataflow:
         _KEEP.append(lock_state_dir(settings.state_dir, run.process_id))
         if run.recovery_dir is not None:
             _KEEP.append(lock_recovery_dir(run.recovery_dir))
+        routing.check_recovery(run.recovery_dir, settings.routing)
         run.publish()
         if lifecycle.previous_run_unclean(run):  # a crash loop still makes progress (#23)
             lifecycle.first_snapshot(run, _processed)

@@ -48,6 +48,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "1", "merchant shards over all traffic; at least the flow's process count to scale "
         "out (fixed for a state dir)"
     ),
+    "FRAUD_ROUTING": (
+        "v2", "Bytewax routing keys of the shards: v2 spreads them evenly over 1-16 processes, "
+        "v1 (before 2026-12) over 1, 2, 4, 8 or 16; fixed for a recovery dir"
+    ),
     "FRAUD_BATCH_MAX": ("1000", "most messages read per partition poll = largest scoring batch"),
     "FRAUD_REVIEW_THRESHOLD": ("model's", "override the model's review threshold (0-1)"),
     "FRAUD_DECLINE_THRESHOLD": ("model's", "override the model's decline threshold (0-1)"),
@@ -286,6 +290,7 @@ class ScoringSettings:
     state_dir: Path
     card_shards: int
     merchant_shards: int
+    routing: str
     batch_max: int
     review_threshold: float | None
     decline_threshold: float | None
@@ -355,6 +360,7 @@ class ScoringSettings:
             state_dir=Path(_raw(env, "FRAUD_STATE_DIR") or VARIABLES["FRAUD_STATE_DIR"][0]),
             card_shards=_int(env, "FRAUD_CARD_SHARDS", 1, 1024),
             merchant_shards=_int(env, "FRAUD_MERCHANT_SHARDS", 1, 1024),
+            routing=_choice(env, "FRAUD_ROUTING", ("v1", "v2")),
             batch_max=_int(env, "FRAUD_BATCH_MAX", 1, 100_000),
             review_threshold=review,
             decline_threshold=decline,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from deploy.queries import K8S
-from flows.routing import ROUTE_KEYS, shard_key
+from flows.routing import ROUTE_KEYS_V1, ROUTE_KEYS_V2, V2_MODULUS, shard_key
 
 README = K8S / "README.md"
 
@@ -79,10 +79,43 @@ def test_the_readme_says_which_process_owns_which_shard(processes: int) -> None:
 
 
 @pytest.mark.parametrize("workers", [2, 4, 8, 64])
-def test_every_route_key_lands_on_shard_modulo_workers(workers: int) -> None:
-    """Even spread for every worker count dividing 64 (a Bytewax hash change fails here)."""
-    routed = owners(workers, list(ROUTE_KEYS))
-    assert [routed[k] for k in ROUTE_KEYS] == [s % workers for s in range(len(ROUTE_KEYS))]
+def test_every_v1_route_key_lands_on_shard_modulo_workers(workers: int) -> None:
+    """Routing v1 (recovery directories written before v2): even for divisors of 64."""
+    routed = owners(workers, list(ROUTE_KEYS_V1))
+    assert [routed[k] for k in ROUTE_KEYS_V1] == [s % workers for s in range(len(ROUTE_KEYS_V1))]
+
+
+#: Shards routed through Bytewax per worker count (every key is checked by hash below).
+ROUTED = 256
+
+
+@pytest.mark.parametrize("workers", range(1, 17))
+def test_v2_spreads_shards_evenly_over_every_process_count_from_1_to_16(workers: int) -> None:
+    """Issue 25: at most one shard more than the fairest share, through Bytewax's routing.
+
+    Every shard count up to :data:`ROUTED` (card shards, merchant shards): Bytewax sends
+    shard ``s`` to worker ``s % workers``, so the first ``k`` shards spread with at most
+    one more on the busiest worker than on the idlest, whatever ``k``.
+    """
+    keys = list(ROUTE_KEYS_V2[:ROUTED])
+    routed = owners(workers, keys)
+    assert [routed[k] for k in keys] == [s % workers for s in range(ROUTED)]
+    for shards in (1, 3, 8, 10, 16, 24, 64, 100, ROUTED):
+        load = [0] * workers
+        for k in keys[:shards]:
+            load[routed[k]] += 1
+        assert max(load) - min(load) <= 1 and max(load) == -(-shards // workers)
+
+
+def test_every_v2_key_hashes_to_its_shard_modulo_lcm_1_to_16() -> None:
+    """All 1,024 keys, by Bytewax's hash (devkit.route_keys, checked through Bytewax above)."""
+    from math import lcm
+
+    from devkit.route_keys import bytewax_hash
+
+    assert lcm(*range(1, 17)) == V2_MODULUS
+    assert [bytewax_hash(k) % V2_MODULUS for k in ROUTE_KEYS_V2] == list(range(1024))
+    assert all(bytewax_hash(k) % 64 == s for s, k in enumerate(ROUTE_KEYS_V1))
 
 
 def test_the_table_covers_the_shipped_replica_count() -> None:

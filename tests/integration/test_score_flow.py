@@ -178,3 +178,19 @@ def test_two_process_cluster_gives_the_same_verdicts(
     assert set(got) == set(expected)
     assert max(abs(got[t] - expected[t]) for t in got) <= 1e-6
     assert collector.outcome.duplicates == 0
+
+
+def test_a_recovery_dir_of_another_routing_is_refused_with_the_remedy(
+    kafka: KafkaSettings, fault_free: tuple[Outcome, Path], tiny_model_dir: Path,
+) -> None:
+    """Issue 25: shard keys are Bytewax state keys; a flow on the other table would lose them."""
+    from flows.routing import recovery_routing
+
+    work = fault_free[1].parent
+    assert recovery_routing(work / "recovery") == {"v2"}  # the real snapshots' keys
+    settings = topic_set(kafka, "fault-free")
+    flow = FlowProcess(flow_env(settings, tiny_model_dir, work, FRAUD_ROUTING="v1"),
+                       work / "refused.log", recovery_dir=work / "recovery")
+    assert flow.proc.wait(60) == 2
+    said = flow.log_tail()
+    assert "routing v2" in said and "FRAUD_ROUTING=v2" in said, said
