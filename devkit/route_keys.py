@@ -77,8 +77,25 @@ def _rotl_u(x: np.uint64, b: int) -> np.uint64:  # pragma: no cover - numba
     return (x << uint64(b)) | (x >> uint64(64 - b))
 
 
+@njit(cache=True, inline="always")
+def _sipround(v0: np.uint64, v1: np.uint64, v2: np.uint64, v3: np.uint64
+              ) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:  # pragma: no cover
+    v0 += v1
+    v1 = _rotl_u(v1, 13) ^ v0
+    v0 = _rotl_u(v0, 32)
+    v2 += v3
+    v3 = _rotl_u(v3, 16) ^ v2
+    v0 += v3
+    v3 = _rotl_u(v3, 21) ^ v0
+    v2 += v1
+    v1 = _rotl_u(v1, 17) ^ v2
+    v2 = _rotl_u(v2, 32)
+    return v0, v1, v2, v3
+
+
 @njit(cache=True)
 def _sip13(buf: np.ndarray, n: int) -> np.uint64:  # pragma: no cover - numba
+    """:func:`siphash13` of ``buf[:n]``, compiled."""
     v0, v1 = uint64(_INIT[0]), uint64(_INIT[1])
     v2, v3 = uint64(_INIT[2]), uint64(_INIT[3])
     end = n - n % 8
@@ -93,29 +110,11 @@ def _sip13(buf: np.ndarray, n: int) -> np.uint64:  # pragma: no cover - numba
         else:
             m = b
         v3 ^= m
-        v0 += v1
-        v1 = _rotl_u(v1, 13) ^ v0
-        v0 = _rotl_u(v0, 32)
-        v2 += v3
-        v3 = _rotl_u(v3, 16) ^ v2
-        v0 += v3
-        v3 = _rotl_u(v3, 21) ^ v0
-        v2 += v1
-        v1 = _rotl_u(v1, 17) ^ v2
-        v2 = _rotl_u(v2, 32)
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
         v0 ^= m
     v2 ^= uint64(0xFF)
     for _ in range(3):
-        v0 += v1
-        v1 = _rotl_u(v1, 13) ^ v0
-        v0 = _rotl_u(v0, 32)
-        v2 += v3
-        v3 = _rotl_u(v3, 16) ^ v2
-        v0 += v3
-        v3 = _rotl_u(v3, 21) ^ v0
-        v2 += v1
-        v1 = _rotl_u(v1, 17) ^ v2
-        v2 = _rotl_u(v2, 32)
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
     return v0 ^ v1 ^ v2 ^ v3
 
 

@@ -51,3 +51,15 @@ def test_an_unreadable_recovery_partition_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "part-0.sqlite3").write_bytes(b"not a database" * 100)
     with pytest.raises(ConfigError, match="cannot read the recovery directory"):
         routing.check_recovery(tmp_path, "v2")
+
+
+def test_the_key_search_finds_the_shipped_keys() -> None:
+    """``python -m devkit.route_keys`` regenerates the tables (first keys, both routings)."""
+    from devkit.route_keys import bytewax_hash, find_suffix, siphash13
+
+    assert siphash13(b"") == 0xD1FBA762150C532C  # SipHash-1-3, zero keys, empty input
+    assert [find_suffix(s, 64) for s in range(8)] == [
+        int(k.split(".")[1]) for k in routing.ROUTE_KEYS_V1[:8]]
+    assert [f"{s}.{find_suffix(s, routing.V2_MODULUS)}" for s in range(4)] == list(
+        routing.ROUTE_KEYS_V2[:4])
+    assert bytewax_hash(routing.ROUTE_KEYS_V2[1000]) % routing.V2_MODULUS == 1000
