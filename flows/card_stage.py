@@ -247,8 +247,9 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
             rows, dead = self._process(ready)
             out += dead
             if rows is not None:
-                shards = murmur2_partitions([t.merchant_id for t in rows.txns.values],
-                                            self._merchant_shards)
+                shards = (murmur2_partitions([t.merchant_id for t in rows.txns.values],
+                                             self._merchant_shards)
+                          if self._merchant_shards > 1 else np.zeros(len(rows), np.int64))
                 order, offsets = group(shards, self._merchant_shards)
                 if len(rows) == 1 or (shards == shards[0]).all():
                     routed[int(shards[0])] = rows
