@@ -168,3 +168,15 @@ def test_a_state_of_another_format_is_refused() -> None:
                       FeatureInputs.of([Transaction(transaction_id="t", card_id="c",
                                                     merchant_id="m", amount=1.0,
                                                     currency="EUR", event_time=T0)], [1.0]))
+
+
+def test_the_warm_up_compiles_every_kernel_the_flow_calls_from_python() -> None:
+    """The image compiles them at build (``python -m state.kernels.warm``, docker/Dockerfile)."""
+    from state.kernels import card, merchant
+    from state.kernels.warm import warm
+    from state.partitioning import _murmur2_batch
+
+    warm(300)
+    called = (card.card_batch, merchant.merchant_batch, merchant.context_features,
+              _murmur2_batch)  # what state/features.py and the routing call
+    assert all(kernel.signatures for kernel in called)
