@@ -120,6 +120,7 @@ class Tracing:
             self.processor: SpanProcessor | None = export
             self.export = SpanMaker(export, self.resource, topic)
             self.close: Callable[[], None] = export.shutdown
+            """Export what is left and stop the exporter (its process, if any)."""
         else:
             self.processor = None
             self.export, self.close = export.send, export.close
@@ -202,10 +203,6 @@ class Tracing:
         """The sink handed the verdicts to the producer at ``at`` (epoch s): export the spans."""
         if pending:
             self.export([r._replace(ended=at) for r in pending])
-
-    def shutdown(self) -> None:
-        """Export what is left and stop the exporter (its process, if any)."""
-        self.close()
 
 
 class TraceRecord(NamedTuple):
