@@ -247,9 +247,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
             rows, dead = self._process(ready)
             out += dead
             if rows is not None:
-                shards = (murmur2_partitions([t.merchant_id for t in rows.txns.values],
-                                             self._merchant_shards)
-                          if self._merchant_shards > 1 else np.zeros(len(rows), np.int64))
+                shards = murmur2_partitions([t.merchant_id for t in rows.txns.values],
+                                            self._merchant_shards)
                 order, offsets = group(shards, self._merchant_shards)
                 if len(rows) == 1 or (shards == shards[0]).all():
                     routed[int(shards[0])] = rows

@@ -307,10 +307,8 @@ class TransactionRouter:
                                           expected_partition=expected))
                     good = np.flatnonzero(~wrong)
                     decoded, home = decoded.take(good), home[good]
-            shard = (home if self.card_shards == keys.partitions
-                     else np.zeros(len(home), np.int64) if self.card_shards == 1
-                     else murmur2_partitions([t.card_id for t in decoded.values],
-                                             self.card_shards))
+            shard = (home if self.card_shards == keys.partitions else murmur2_partitions(
+                [t.card_id for t in decoded.values], self.card_shards))
             routed = _grouped(shard)
         p = self._progress.advance(q, decoded)
         alignment.heard(self.topic, q, p)

@@ -90,7 +90,12 @@ def _murmur2_batch(data: np.ndarray, offsets: np.ndarray, n_partitions: int,
 
 
 def murmur2_partitions(key_list: Sequence[str], n_partitions: int) -> np.ndarray:
-    """:func:`murmur2_partition` of every key (int64 array), in one compiled pass."""
+    """:func:`murmur2_partition` of every key (int64 array), in one compiled pass.
+
+    One partition (the flow's default single card or merchant shard): zeros, no hashing.
+    """
+    if n_partitions == 1:
+        return np.zeros(len(key_list), dtype=np.int64)
     raw = [k.encode() for k in key_list]
     offsets = np.zeros(len(raw) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=offsets[1:])
