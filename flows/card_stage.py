@@ -125,7 +125,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         self._inputs = (resumed.inputs if resumed is not None and resumed.inputs is not None
                         else Watermark())
         self._inputs.grace_s = grace_s
-        self._inputs.expect(range(partitions))  # none is known to be idle yet
+        self._inputs.resumed()  # none is known to be idle yet, whatever the snapshot says
+        self._inputs.expect(range(partitions))
         self._release_at = clock() + self._hold_s if self._held is not None else 0.0
         self._told: dict[int, tuple[int, bool]] = {}
 

@@ -142,6 +142,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
             order or EventTimeOrder(reorder_max))
         self._order.limit = reorder_max
         self._order.watermark.grace_s = grace_s
+        self._order.watermark.resumed()  # none is known to be idle yet, whatever it was
         self._order.watermark.expect([("cards", s) for s in range(card_shards)]
                                      + [("labels", q) for q in range(label_partitions)])
         self._counted = (self._order.late, self._order.late_labels, self._order.forced)

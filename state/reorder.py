@@ -122,6 +122,21 @@ class Watermark:
             self.progress.setdefault(name, NO_TIME)
             self.idle.setdefault(name, False)
 
+    def resumed(self) -> None:
+        """Forget which inputs were idle: a restored snapshot's idle flags are the past.
+
+        Inputs idle when the snapshot was taken (a stream that had caught up) may have
+        records waiting now (a backlog built while the flow was down). Left idle, the
+        first input to deliver would carry the watermark past the others' records, a
+        whole outage ahead of them (their records would then arrive late and be counted
+        out of event-time order). So every input holds the watermark at its restored
+        progress again until it delivers or says anew that it is idle (its source does
+        after ``FRAUD_INPUT_IDLE_MS`` with nothing left to read).
+        """
+        for name in self.idle:
+            self.idle[name] = False
+        self.suspect_until.clear()
+
     def heard(self, name: object, progress: int, idle: bool, now: float = 0.0) -> None:
         """``name`` handed on records up to ``progress`` (ms) and is (not) idle at ``now`` (s)."""
         if progress > self.progress.get(name, NO_TIME):
