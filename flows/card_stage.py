@@ -104,7 +104,7 @@ class CardSnapshot(NamedTuple):
 class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
     """Bytewax adapter of one card shard's store (opened at the first batch)."""
 
-    def __init__(self, open_store: Callable[[int], CardStore], amounts: Amounts, topic: str,
+    def __init__(self, open_store: Callable[[int, int], CardStore], amounts: Amounts, topic: str,
                  partitions: int, merchant_shards: int, resumed: CardSnapshot | None,
                  hold_ms: int = 0, clock: Callable[[], float] = time.time,
                  grace_s: float = 1.0, card_shards: int | None = None,
@@ -133,7 +133,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
     def _opened(self, shard: int) -> CardStore:
         if self._store is None:
             self._shard = shard
-            store = self._open_store(shard)
+            store = self._open_store(shard, self._resume or 0)  # (shard, at least seq)
             if self._resume is not None and store.seq < self._resume:
                 store.close()
                 raise StaleStateError(

@@ -47,6 +47,8 @@ import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
+from changelog.kafka import KafkaChangelog
+from changelog.kafka import ensure as ensure_changelog
 from drift.samples import SampleWriter
 from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
@@ -244,11 +246,21 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     # read from the lists topic now, before scoring; never in a snapshot.
     lists = load_lists(settings.kafka, trust, budget)
 
-    def open_cards(shard: int) -> CardStore:
-        return CardStore.open(settings.state_dir, card_identity(shard), options)
+    # FRAUD_CHANGELOG: every store change also to a compacted topic, stores restored from it
+    card_log = merchant_log = None
+    if settings.changelog:
+        ensure_changelog(settings.kafka, "cards", cards)
+        ensure_changelog(settings.kafka, "merchants", shards)
+        card_log = KafkaChangelog(settings.kafka, "cards")
+        merchant_log = KafkaChangelog(settings.kafka, "merchants")
+
+    def open_cards(shard: int, at_least: int) -> CardStore:
+        return CardStore.open(settings.state_dir, card_identity(shard), options, card_log,
+                              at_least)
 
     def open_scorer(shard: int, resumed: MerchantSnapshot | None) -> MerchantScorer:
-        store = MerchantStore.open(settings.state_dir, merchant_identity(shard), options)
+        store = MerchantStore.open(settings.state_dir, merchant_identity(shard), options,
+                                   merchant_log, resumed.seq if resumed is not None else 0)
         samples = (
             SampleWriter(drift.sample_dir, shard, drift.sample_rate)
             if drift.sample_rate > 0 else None

@@ -48,6 +48,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "1", "merchant shards over all traffic; at least the flow's process count to scale "
         "out (fixed for a state dir)"
     ),
+    "FRAUD_CHANGELOG": (
+        "off", "on: every card and merchant store also writes its changes to a compacted "
+        "topic (cards-changelog, merchants-changelog; one partition per shard) and a store "
+        "that is missing, behind or not closed cleanly is rebuilt from it (state/changelog.py)"
+    ),
     "FRAUD_ROUTING": (
         "v2", "Bytewax routing keys of the shards: v2 spreads them evenly over 1-16 processes, "
         "v1 (before 2026-12) over 1, 2, 4, 8 or 16; fixed for a recovery dir"
@@ -324,6 +329,8 @@ class ScoringSettings:
     """W3C trace context continued and spans exported (:mod:`tracing`)."""
     trace_sample_rate: float = 0.0
     """Probability that a transaction without a ``traceparent`` starts a trace (0-1)."""
+    changelog: bool = False
+    """The stores log their changes to compacted topics and are restored from them."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ScoringSettings:
@@ -390,4 +397,5 @@ class ScoringSettings:
             pan_key_file=Path(key) if (key := _raw(env, "FRAUD_PAN_KEY_FILE")) else None,
             tracing=_choice(env, "FRAUD_TRACING", ("off", "on")) == "on",
             trace_sample_rate=_float(env, "FRAUD_TRACE_SAMPLE_RATE", 0.0, 1.0),
+            changelog=_choice(env, "FRAUD_CHANGELOG", ("off", "on")) == "on",
         )

@@ -35,6 +35,7 @@ from typing import Self
 import numpy as np
 
 from state import keys
+from state.changelog import ChangeSink
 from state.db import StateDB, StoreIdentity
 from state.features import CARD_WIDTH, card_features, gc_paused
 from state.inputs import FeatureInputs
@@ -90,10 +91,15 @@ class CardStore:
 
     @classmethod
     def open(cls, state_dir: Path, identity: StoreIdentity,
-             options: StoreOptions | None = None) -> Self:
-        """Open (creating) the store of ``identity.shard`` under ``state_dir/cards``."""
+             options: StoreOptions | None = None, changelog: ChangeSink | None = None,
+             at_least: int = 0) -> Self:
+        """Open (creating) the store of ``identity.shard`` under ``state_dir/cards``.
+
+        ``changelog``, ``at_least``: see :meth:`state.db.StateDB.open`.
+        """
         return cls(StateDB.open(Path(state_dir) / "cards" / str(identity.shard), identity,
-                                options, rebuildable=True))
+                                options, rebuildable=True, changelog=changelog,
+                                at_least=at_least))
 
     @property
     def seq(self) -> int:

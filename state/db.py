@@ -18,6 +18,9 @@ the sequence number, puts, expiry and pruning, committed in one ``WriteBatch``.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,13 +28,17 @@ from typing import Any, Self, cast
 
 import rocksdict
 
-from state import keys
+from state import changelog, keys
+from state.changelog import ChangeSink
 from state.errors import StateFormatError, StateIdentityError, StoreIOError
 from state.kernels.card import FORMAT as STATE_FORMAT_VERSION
 from state.options import StoreOptions
 from state.spec import FEATURE_SPEC_VERSION
 
 DAY_MS = keys.DAY_MS
+log = logging.getLogger(__name__)
+changelog_mark_clean = changelog.mark_clean
+changelog_mark_unclean = changelog.mark_unclean
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,11 @@ class StateDB:
     """A RocksDB opened for one store, with its identity checked."""
 
     def __init__(self, db: rocksdict.Rdict, path: Path, identity: StoreIdentity,
-                 options: StoreOptions, rebuildable: bool = False) -> None:
+                 options: StoreOptions, rebuildable: bool = False,
+                 changelog: ChangeSink | None = None) -> None:
         self.db = db
+        self.changelog = changelog
+        """Where every committed change is also sent (None: no changelog)."""
         self.path = path
         self.identity = identity
         self.options = options
@@ -92,8 +102,13 @@ class StateDB:
 
     @classmethod
     def open(cls, path: Path, identity: StoreIdentity,
-             options: StoreOptions | None = None, rebuildable: bool = False) -> Self:
+             options: StoreOptions | None = None, rebuildable: bool = False,
+             changelog: ChangeSink | None = None, at_least: int = 0) -> Self:
         """Open (creating if needed) the store at ``path`` for ``identity``.
+
+        ``changelog``: the store logs every change there, and is first rebuilt from it
+        unless it closed cleanly and holds at least ``at_least`` changes (the recovery
+        snapshot's sequence number); see :mod:`state.changelog`.
 
         ``rebuildable``: everything written since the last recovery snapshot can be
         rebuilt exactly by replaying the input from it (the card store: its rows are a
@@ -106,6 +121,8 @@ class StateDB:
         shard or role).
         """
         options = options or StoreOptions()
+        if changelog is not None:
+            _sync(path, identity, options, changelog, at_least)
         try:
             path.mkdir(parents=True, exist_ok=True)
             db = rocksdict.Rdict(str(path), options.rocksdb())
@@ -115,11 +132,16 @@ class StateDB:
                 "this state directory and that it is writable"
             ) from exc
         try:
-            _check(db, path, identity)
+            stamped = _check(db, path, identity)
         except Exception:
             db.close()
             raise
-        return cls(db, path, identity, options, rebuildable)
+        if changelog is not None:
+            if stamped:  # a new store: its changelog says what it is, before any batch
+                changelog.send(identity.shard, [(k, db.get(k)) for k in (keys.FORMAT_KEY,
+                                                                        keys.IDENTITY_KEY)])
+            changelog_mark_unclean(db)  # changes follow: a crash from now on is unclean
+        return cls(db, path, identity, options, rebuildable, changelog)
 
     # --- reads -------------------------------------------------------------------------
     def batch(self) -> rocksdict.WriteBatch:
@@ -157,6 +179,8 @@ class StateDB:
         if self.rebuildable and self._flushed != self.seq:
             self.flush()
             self._flushed = self.seq
+        if self.changelog is not None:
+            self.changelog.flush()  # the snapshot never runs ahead of the changelog
         self.safe = (self.seq, self.today)
         return self.seq
 
@@ -176,7 +200,21 @@ class StateDB:
         self.db.compact_range(None, None)
 
     def close(self) -> None:
-        """Close the database (a store without a write-ahead log flushes first)."""
+        """Close the database (a store without a write-ahead log flushes first).
+
+        With a changelog, waits for its acknowledgements and marks the store clean
+        (:func:`state.changelog.mark_clean`); if they fail, the store is left unclean
+        and the next open rebuilds it from the changelog.
+        """
+        if self.changelog is not None:
+            try:
+                self.changelog.flush()
+            except Exception as exc:  # noqa: BLE001 - reported; the next open restores
+                log.warning("%s: changelog not acknowledged at close (%s); the next start "
+                            "rebuilds this store from its changelog", self.identity.describe(),
+                            exc)
+            else:
+                changelog_mark_clean(self.db, self.seq)
         if self.rebuildable:
             self.db.flush()
         self.db.close()
@@ -208,9 +246,61 @@ def check_state_dir(state_dir: Path, expected: Sequence[StoreIdentity]) -> int:
     return found
 
 
+def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: ChangeSink,
+          at_least: int) -> None:
+    """Rebuild the store at ``path`` from its changelog unless it is clean (see module)."""
+    shard = identity.shard
+    local = (path / "CURRENT").exists()
+    seq = 0
+    if local:
+        try:
+            db = rocksdict.Rdict(str(path), options.rocksdb())
+        except Exception as exc:
+            raise StoreIOError(f"cannot open RocksDB at {path}: {exc}") from exc
+        try:
+            raw = db.get(keys.SEQ_KEY)
+            seq = keys.unpack_u64(raw) if raw is not None else 0
+            if changelog.is_clean(db) and seq >= at_least:
+                return
+        finally:
+            db.close()
+    why = ("it was not closed cleanly" if local and seq >= at_least
+           else f"it holds {seq} changes, the recovery snapshot {at_least}" if local
+           else "it is missing")
+    started = time.monotonic()
+    where = sink.describe(shard)
+
+    def progress(records: int) -> None:
+        log.info("%s: restoring from %s: %d records read", identity.describe(), where, records)
+
+    restoring = path.with_name(path.name + ".restoring")
+    found = changelog.restore(restoring, options.rocksdb(), options.write_options(), sink,
+                              shard, progress)
+    if found.seq is None:  # nothing logged yet: the local store, if any, goes to it
+        shutil.rmtree(restoring, ignore_errors=True)
+        if local:
+            db = rocksdict.Rdict(str(path), options.rocksdb())
+            try:
+                sent = changelog.seed(db, sink, shard)
+                sink.flush()
+            finally:
+                db.close()
+            log.info("%s: changelog %s was empty; wrote the local store to it (%d records)",
+                     identity.describe(), where, sent)
+        return
+    changelog.replace_dir(restoring, path)
+    log.warning("%s: rebuilt from %s because %s: %d records to change %d in %.1f s%s",
+                identity.describe(), where, why, found.records, found.seq,
+                time.monotonic() - started,
+                f" ({found.cut} records of a batch cut short corrected)" if found.cut else "")
+
+
 def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool = True
-           ) -> None:
-    """Stamp a new store (``stamp``); refuse one written by other code or for something else."""
+           ) -> bool:
+    """Stamp a new store (``stamp``); refuse one written by other code or for something else.
+
+    Returns whether it stamped a new store.
+    """
     expected = _format(identity.role)
     found = db.get(keys.FORMAT_KEY)
     stored = db.get(keys.IDENTITY_KEY)
@@ -227,7 +317,7 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool
             batch.put(keys.FORMAT_KEY, expected)
             batch.put(keys.IDENTITY_KEY, json.dumps(asdict(identity), sort_keys=True).encode())
             db.write(batch)
-        return
+        return stamp
     if found != expected:
         raise StateFormatError(
             f"{path} holds {found.decode(errors='replace')}, this code writes "
@@ -259,3 +349,4 @@ def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool
             "at this topic set's own state, or delete this one together with the recovery "
             "directory to rebuild from the topic"
         )
+    return False

@@ -56,6 +56,7 @@ import numpy as np
 
 from state import keys
 from state import labels as contract
+from state.changelog import ChangeSink
 from state.db import StateDB, StoreIdentity
 from state.features import (
     CARD_COLUMNS,
@@ -185,10 +186,14 @@ class MerchantStore:
 
     @classmethod
     def open(cls, state_dir: Path, identity: StoreIdentity,
-             options: StoreOptions | None = None) -> Self:
-        """Open (creating) the store of ``identity.shard`` under ``state_dir/merchants``."""
+             options: StoreOptions | None = None, changelog: ChangeSink | None = None,
+             at_least: int = 0) -> Self:
+        """Open (creating) the store of ``identity.shard`` under ``state_dir/merchants``.
+
+        ``changelog``, ``at_least``: see :meth:`state.db.StateDB.open`.
+        """
         return cls(StateDB.open(Path(state_dir) / "merchants" / str(identity.shard), identity,
-                                options))
+                                options, changelog=changelog, at_least=at_least))
 
     def resume(self, snapshot_seq: int) -> None:
         """Record the sequence number of the recovery snapshot this process resumed from.

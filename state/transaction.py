@@ -3,9 +3,11 @@
 A :class:`StoreTransaction` collects everything a batch changes (sequence numbers,
 puts, deletes, expiry index records, a bounded sweep of due records, pruning of old
 rows blobs) and commits it in one RocksDB ``WriteBatch`` together with the new
-sequence number, or not at all. Nothing in the store's memory moves before
-:meth:`StoreTransaction.commit` succeeds, so a batch that fails leaves neither disk
-nor memory half-applied (the flow then stops and resumes from its snapshot).
+sequence number, or not at all; a store with a changelog (:mod:`state.changelog`)
+then hands the same changes to it, key by key, the sequence number last. Nothing in
+the store's memory moves before :meth:`StoreTransaction.commit` succeeds, so a batch
+that fails leaves neither disk nor memory half-applied (the flow then stops and
+resumes from its snapshot).
 
 **Expiry.** Records that live for a horizon (transaction ids, stored verdicts,
 pending labels) are listed under the UTC day they expire, one index record per
@@ -20,17 +22,20 @@ from __future__ import annotations
 import numpy as np
 
 from state import keys
+from state.changelog import Change
 from state.db import StateDB
 
 
 class StoreTransaction:
     """The changes of one batch to ``db``; :meth:`commit` writes them atomically."""
 
-    __slots__ = ("db", "_batch", "seq", "_expiry", "_sweep", "_pruned_to", "_today")
+    __slots__ = ("db", "_batch", "seq", "_expiry", "_sweep", "_pruned_to", "_today", "_log")
 
     def __init__(self, db: StateDB) -> None:
         self.db = db
         self._batch = db.batch()
+        self._log: list[Change] | None = [] if db.changelog is not None else None
+        """What the batch changes, for the store's changelog (None: no changelog)."""
         self.seq = db.seq
         """The last sequence number handed out so far (committed with the batch)."""
         self._expiry: dict[int, list[bytes]] = {}
@@ -47,10 +52,14 @@ class StoreTransaction:
     def put(self, key: bytes, value: bytes) -> None:
         """Write ``value`` under ``key``."""
         self._batch.put(key, value)
+        if self._log is not None:
+            self._log.append((key, value))
 
     def delete(self, key: bytes) -> None:
         """Delete ``key``."""
         self._batch.delete(key)
+        if self._log is not None:
+            self._log.append((key, None))
 
     def expire(self, day: int, key: bytes) -> None:
         """Delete ``key`` once the store's event time reaches UTC ``day``."""
@@ -91,14 +100,14 @@ class StoreTransaction:
             for target in targets:
                 if target[:1] == count and db.get(target) is not None:
                     counted.append(target)
-                self._batch.delete(target)
-            self._batch.delete(index_key)
+                self.delete(target)
+            self.delete(index_key)
             budget -= max(1, len(targets))
             if budget <= 0:
                 self._sweep = (db.expired_day, index_key + b"\x00")
                 return counted
         self._sweep = (today, None)
-        self._batch.put(keys.EXPIRED_KEY, keys.pack_u64(today))
+        self.put(keys.EXPIRED_KEY, keys.pack_u64(today))
         return counted
 
     def prune_rows(self) -> None:
@@ -109,7 +118,13 @@ class StoreTransaction:
         db = self.db
         keep_from = min(self.seq - db.options.recent_rows + 1, db.safe[0] + 1)
         if keep_from - self._pruned_to > db.options.recent_rows // 4:
-            self._batch.delete_range(keys.seq_key(self._pruned_to), keys.seq_key(keep_from))
+            start, stop = keys.seq_key(self._pruned_to), keys.seq_key(keep_from)
+            self._batch.delete_range(start, stop)
+            if self._log is not None:  # a range delete reaches the changelog key by key
+                for key in db.db.keys(from_key=start):
+                    if not isinstance(key, bytes) or key >= stop:
+                        break
+                    self._log.append((key, None))
             self._pruned_to = keep_from
 
     def commit(self) -> None:
@@ -123,9 +138,12 @@ class StoreTransaction:
             if self.seq == db.seq:
                 self.next_seqs(1)  # one index record key per batch and day
             for day, key_list in self._expiry.items():
-                self._batch.put(keys.expiry_key(day, self.seq), keys.pack_keys(key_list))
-        self._batch.put(keys.SEQ_KEY, keys.pack_u64(self.seq))
+                self.put(keys.expiry_key(day, self.seq), keys.pack_keys(key_list))
+        self.put(keys.SEQ_KEY, keys.pack_u64(self.seq))  # last: the batch is complete
         db.write(self._batch)
+        if self._log is not None:
+            assert db.changelog is not None
+            db.changelog.send(db.identity.shard, self._log)
         db.seq = self.seq
         db.pruned_to = self._pruned_to
         db.today = max(db.today, self._today)

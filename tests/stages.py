@@ -119,8 +119,8 @@ class Stages:
         self.now = 1_000_000.0  # wall-clock seconds the steps see (advanced by feed, advance)
         self.cards = {
             p: CardLogic(
-                lambda s: CardStore.open(root, StoreIdentity("cards", s, card_shards, "t"),
-                                         options),
+                lambda s, _: CardStore.open(root, StoreIdentity("cards", s, card_shards, "t"),
+                                            options),
                 amounts, "transactions", parts, shards, cards_resumed.get(p),
                 hold_ms, clock=lambda: self.now, card_shards=card_shards,
                 before_batch=lambda: (champion.poll(), shadow.poll() if shadow else None))

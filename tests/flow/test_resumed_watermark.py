@@ -41,7 +41,7 @@ class Clock:
 
 def _logic(root: Path, resumed: CardSnapshot | None, clock: Clock) -> CardLogic:
     return CardLogic(
-        lambda shard: CardStore.open(root, StoreIdentity("cards", shard, 2, "t")),
+        lambda shard, _: CardStore.open(root, StoreIdentity("cards", shard, 2, "t")),
         lambda txns: np.array([t.amount for t in txns]), "t", 2, 1, resumed,
         card_shards=1, clock=clock, grace_s=1.0)
 

@@ -73,7 +73,7 @@ def test_a_state_store_behind_the_recovery_snapshot_stops_the_step(tmp_path: Pat
 
     def logic(root: Path, resumed: CardSnapshot | None) -> CardLogic:
         return CardLogic(
-            lambda shard: CardStore.open(root, StoreIdentity("cards", shard, 1, "t")),
+            lambda shard, _: CardStore.open(root, StoreIdentity("cards", shard, 1, "t")),
             lambda txns: np.array([t.amount for t in txns]), "t", 1, 1, resumed)
 
     txn = Transaction(transaction_id="t", card_id="c", merchant_id="m", amount=1.0,

@@ -1,0 +1,1 @@
+"""The stores' changelog topics (Kafka transport of :mod:`state.changelog`)."""

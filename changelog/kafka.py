@@ -1,0 +1,153 @@
+"""The stores' changelog topics on Kafka: :class:`state.changelog.ChangeSink` over a broker.
+
+One compacted topic per stage, ``cards-changelog`` and ``merchants-changelog``
+(under ``FRAUD_TOPIC_PREFIX``), one partition per shard, made by the flow when
+``FRAUD_CHANGELOG=on`` (their partition count is the shard count, not the
+registry's). A record's key is the store's key (a card token, a merchant id, a
+transaction id, an expiry index key), its value the stored bytes, or none for a
+delete; records are compressed (lz4) and produced in order, one request in flight
+per broker (:data:`topics.producer.PRODUCER_DEFAULTS`), so a partition keeps the
+store's order. What the records mean and how a store is restored from them:
+:mod:`state.changelog`.
+
+Who may read these topics may read the stores: give them the ACLs of the state
+volumes (only the flow's principal; :doc:`docs/kafka-acls.md`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from lifecycle import process as lifecycle
+from state.changelog import COMPACTION_LAG_MS, Change
+from topics.errors import BrokerError, ConfigError
+from topics.producer import PRODUCER_DEFAULTS
+from topics.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: The stages whose stores keep a changelog, and their topics' logical names.
+CHANGELOGS = {"cards": "cards-changelog", "merchants": "merchants-changelog"}
+#: Topic configs: compacted; deletes kept a week; nothing compacted in its first day.
+CONFIG = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
+    "delete.retention.ms": str(7 * 24 * 3600 * 1000),
+    "segment.ms": str(24 * 3600 * 1000),
+}
+#: Reading a partition back: large fetches, nothing committed.
+_READ: dict[str, str | int | bool] = {"enable.partition.eof": True, "enable.auto.commit": False,
+         "group.id": "BYTEWAX_IGNORED", "fetch.max.bytes": 64 << 20, "fetch.wait.max.ms": 10,
+         "max.partition.fetch.bytes": 16 << 20, "log_level": 4}
+
+
+def ensure(settings: KafkaSettings, role: str, shards: int, timeout: float = 30.0) -> str:
+    """Create the role's changelog topic (``shards`` partitions) if missing; its name.
+
+    Raises :class:`ConfigError` when it exists with another partition count (the
+    shard count changed: a changelog cannot be re-split in place).
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = settings.topic(CHANGELOGS[role])
+    admin = AdminClient({**settings.client_config(), "log_level": 4})
+    found = admin.list_topics(timeout=timeout).topics.get(topic)
+    if found is None or found.error is not None:
+        futures = admin.create_topics([NewTopic(topic, num_partitions=shards, config=CONFIG)],
+                                      request_timeout=timeout)
+        for future in futures.values():
+            try:
+                future.result(timeout)
+            except Exception as exc:  # noqa: BLE001 - a race with another process is fine
+                if "already exists" not in str(exc).lower():
+                    raise BrokerError(f"cannot create changelog topic {topic!r}: {exc}") from exc
+        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    have = len(found.partitions) if found is not None else 0
+    if have != shards:
+        setting = "FRAUD_CARD_SHARDS" if role == "cards" else "FRAUD_MERCHANT_SHARDS"
+        raise ConfigError(
+            f"changelog topic {topic!r} has {have} partitions, this run has {shards} {role} "
+            f"shards: {setting} changed. Set it back; to change it, stop the flow, delete "
+            f"the changelog topics, the state and the recovery directories, and rebuild "
+            "from the topics (README: scaling)"
+        )
+    return topic
+
+
+class KafkaChangelog:
+    """The changelog of one stage's stores: produce without waiting, flush at snapshots."""
+
+    def __init__(self, settings: KafkaSettings, role: str) -> None:
+        self.topic = settings.topic(CHANGELOGS[role])
+        self._settings = settings
+        self._producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS),
+                                   "log_level": 4})
+        self._failures: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"KafkaChangelog({self.topic!r})"
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def send(self, shard: int, changes: list[Change]) -> None:
+        """Produce ``changes`` to partition ``shard``, in order, without waiting."""
+        producer, topic, report = self._producer, self.topic, self._delivered
+        for key, value in changes:
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition=shard, on_delivery=report)
+                    break
+                except BufferError:  # the local queue is full: let it drain
+                    producer.poll(0.05)
+        producer.poll(0)
+
+    def flush(self) -> None:
+        """Wait for every acknowledgement; raise :class:`BrokerError` if any record failed.
+
+        Waits in 1-s slices that notice a fatal stop (a lost broker), as the sinks do.
+        """
+        while self._producer.flush(1.0):
+            request = lifecycle.current_request()
+            if request is not None and request.error is not None:
+                raise request.error
+        if self._failures:
+            first, count = self._failures[0], len(self._failures)
+            self._failures = []
+            raise BrokerError(
+                f"{count} changelog records were not delivered to {self.topic!r} (first: "
+                f"{first}); the flow stops so that recovery produces them again"
+            )
+
+    def read(self, shard: int) -> Iterator[Change]:
+        """Every record of partition ``shard`` from the beginning, up to its end."""
+        consumer = Consumer(self._settings.client_config(**_READ))
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, shard),
+                                                       timeout=10.0)
+            if high <= low:  # empty (or compacted to nothing): no fetch to wait for
+                return
+            consumer.assign([TopicPartition(self.topic, shard, OFFSET_BEGINNING)])
+            while True:
+                messages = consumer.consume(10_000, timeout=0.05)
+                for msg in messages:
+                    err = msg.error()
+                    if err is None:
+                        yield msg.key() or b"", msg.value()
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        return
+                    else:
+                        raise BrokerError(f"cannot read changelog {self.describe(shard)}: "
+                                          f"{err}")
+                lifecycle.check_stop()
+        finally:
+            consumer.close()
+
+    def describe(self, shard: int) -> str:
+        """``<topic> partition <shard>``."""
+        return f"changelog {self.topic!r} partition {shard}"
