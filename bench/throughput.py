@@ -21,7 +21,13 @@ from typing import Any
 from bench.harness import ChildCpu, Collector, Env, first_fetch_s, say, verdict_rate
 from devkit.broker import free_port
 
-FLOWS = (("passthrough", "bench.passthrough"), ("score", "flows.score"))
+#: ``(name, module, extra environment)``: the pipe limit, the scoring flow, and the scoring
+#: flow with its stores' changelogs (``FRAUD_CHANGELOG=on``, issue 25: at most 15% slower).
+FLOWS: tuple[tuple[str, str, dict[str, str] | None], ...] = (
+    ("passthrough", "bench.passthrough", None),
+    ("score", "flows.score", None),
+    ("score+changelog", "flows.score", {"FRAUD_CHANGELOG": "on"}),
+)
 
 
 def throughput_once(env: Env, module: str, shared: str, n: int,
@@ -67,11 +73,11 @@ def throughput_once(env: Env, module: str, shared: str, n: int,
 
 def throughput(env: Env, shared: str, n: int, runs: int) -> dict[str, Any]:
     """Median of ``runs`` runs per flow, interleaved so drift in the machine hits both alike."""
-    per: dict[str, list[dict[str, float]]] = {name: [] for name, _ in FLOWS}
+    per: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in FLOWS}
     for r in range(runs):
-        for name, module in FLOWS:
+        for name, module, extra in FLOWS:
             start = time.monotonic()
-            res = throughput_once(env, module, shared, n)
+            res = throughput_once(env, module, shared, n, extra)
             say(f"throughput {r + 1}/{runs} {name}: {res['tx_per_s']:,.0f} tx/s, flow CPU "
                 f"{res['flow_cpu_us_per_tx']:.1f} us/tx, start-up {res['startup_s']:.1f} s, "
                 f"{time.monotonic() - start:.0f} s")
@@ -83,5 +89,6 @@ def throughput(env: Env, shared: str, n: int, runs: int) -> dict[str, Any]:
                                  "broker_cpu_us_per_tx")}
         out[name]["runs"] = [round(x["tx_per_s"]) for x in results]
     out["ratio"] = out["score"]["tx_per_s"] / out["passthrough"]["tx_per_s"]
+    out["changelog_cost"] = 1 - out["score+changelog"]["tx_per_s"] / out["score"]["tx_per_s"]
     out["transactions"] = n
     return out

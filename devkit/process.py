@@ -44,7 +44,10 @@ class FlowProcess:
     ) -> None:
         args = [sys.executable, "-m", "bytewax.run", module]
         if recovery_dir is not None:
-            init_recovery(recovery_dir)
+            if process_id:  # as docker/fraud-flow.sh: process 0 holds the partitions
+                recovery_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                init_recovery(recovery_dir)
             args += ["-r", str(recovery_dir), "-s", str(snapshot_seconds), "-b", "0"]
         if addresses:
             args += ["-i", str(process_id or 0), "-a", ";".join(addresses)]

@@ -66,6 +66,14 @@ class CardBatch:
     def __len__(self) -> int:
         return len(self.transaction_ids)
 
+    def slice(self, start: int, stop: int) -> CardBatch:
+        """Transactions ``start:stop``."""
+        stop = min(stop, len(self))
+        return CardBatch(self.transaction_ids[start:stop], self.card_ids[start:stop],
+                         self.body[start:stop], self.partition[start:stop],
+                         self.offset[start:stop],
+                         self.inputs.take(np.arange(start, stop, dtype=np.int64)))
+
 
 @dataclass(frozen=True, slots=True)
 class CardOutcome:
@@ -80,6 +88,12 @@ class CardOutcome:
     first_partition: np.ndarray
     """int64: for a repeat or conflict, where the id was first applied (else -1)."""
     first_offset: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[CardOutcome]) -> CardOutcome:
+        """The outcomes of consecutive slices of one batch, as one."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("kind", "rows", "has_row", "first_partition", "first_offset")))
 
 
 class CardStore:
@@ -111,13 +125,17 @@ class CardStore:
         return self.db.checkpoint()
 
     def process(self, batch: CardBatch) -> CardOutcome:
-        """Apply ``batch`` in order, in one WriteBatch; what became of each transaction.
+        """Apply ``batch`` in order, in one WriteBatch per ``commit_max`` transactions.
 
         Raises :class:`~state.errors.StoreIOError` (the write failed; nothing applied)
         or ``ValueError`` (a stored card state is corrupt).
         """
+        step = self.db.options.commit_max
         with gc_paused():
-            return self._process(batch)
+            if len(batch) <= step:
+                return self._process(batch)
+            return CardOutcome.concat([self._process(batch.slice(a, a + step))
+                                       for a in range(0, len(batch), step)])
 
     def _process(self, batch: CardBatch) -> CardOutcome:
         n = len(batch)

@@ -113,6 +113,15 @@ class MerchantBatch:
     def __len__(self) -> int:
         return len(self.transaction_ids)
 
+    def slice(self, start: int, stop: int) -> MerchantBatch:
+        """Transactions ``start:stop``."""
+        stop = min(stop, len(self))
+        return MerchantBatch(self.transaction_ids[start:stop], self.merchant_ids[start:stop],
+                             self.body[start:stop], self.partition[start:stop],
+                             self.offset[start:stop],
+                             self.inputs.take(np.arange(start, stop, dtype=np.int64)),
+                             self.card_rows[start:stop], self.has_row[start:stop])
+
 
 @dataclass(frozen=True, slots=True)
 class MerchantOutcome:
@@ -127,6 +136,15 @@ class MerchantOutcome:
     has_row: np.ndarray
     first: list[Verdict | None]
     """For a new id its record; for a repeat, replay or conflict the first one's."""
+
+    @classmethod
+    def concat(cls, parts: Sequence[MerchantOutcome]) -> MerchantOutcome:
+        """The outcomes of consecutive slices of one batch, as one."""
+        return cls(np.concatenate([p.kind for p in parts]),
+                   [x for p in parts for x in p.output],
+                   np.concatenate([p.rows for p in parts]),
+                   np.concatenate([p.has_row for p in parts]),
+                   [x for p in parts for x in p.first])
 
 
 class LabelSource(NamedTuple):
@@ -235,15 +253,27 @@ class MerchantStore:
     # --- transactions ------------------------------------------------------------------
     def process(self, batch: MerchantBatch, render: Render
                 ) -> tuple[MerchantOutcome, list[LabelJoin]]:
-        """Score and apply ``batch`` in order, in one WriteBatch.
+        """Score and apply ``batch`` in order, in one WriteBatch per ``commit_max`` transactions.
 
         Returns what became of each transaction, and the label joins this batch made
         (labels that were waiting for these transactions, and joins lost in a crash
         that a replay redoes). Raises :class:`~state.errors.StoreIOError` when the
         write fails (nothing is applied) or ``ValueError`` on a corrupt state.
         """
+        step = self.db.options.commit_max
         with gc_paused():
-            return self._process(batch, render)
+            if len(batch) <= step:
+                return self._process(batch, render)
+            outcomes: list[MerchantOutcome] = []
+            joins: list[LabelJoin] = []
+            for a in range(0, len(batch), step):
+                def shifted(fresh: np.ndarray, matrix: np.ndarray, a: int = a
+                            ) -> Sequence[bytes]:
+                    return render(fresh + a, matrix)  # positions in the whole batch
+                outcome, made = self._process(batch.slice(a, a + step), shifted)
+                outcomes.append(outcome)
+                joins += made
+            return MerchantOutcome.concat(outcomes), joins
 
     def _process(self, batch: MerchantBatch, render: Render
                  ) -> tuple[MerchantOutcome, list[LabelJoin]]:

@@ -60,6 +60,10 @@ class StoreOptions:
     recent_rows: int = 200_000
     #: Expiry index entries processed per batch (spreads each day's expiry over many batches).
     expiry_step: int = 2_000
+    #: Most transactions a store commits in one write batch: a longer batch is applied as
+    #: several in order (the same result), so no stored value (a batch's rows blob, its
+    #: expiry index record) nor changelog record grows past ~0.5 MB (Kafka's limit is 1 MB).
+    commit_max: int = 2_048
     #: fsync every write batch (survives power loss, not only process crashes).
     sync: bool = False
 

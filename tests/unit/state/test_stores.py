@@ -221,3 +221,25 @@ def test_state_built_with_another_rate_table_is_refused(tmp_path: Path) -> None:
         check_state_dir(tmp_path, [dataclasses.replace(CARDS, amounts="EUR/table-b")])
     with pytest.raises(StateIdentityError, match="mix two scales"):
         CardStore.open(tmp_path, dataclasses.replace(CARDS, amounts="USD/table-a"))
+
+
+def test_a_batch_longer_than_commit_max_gives_what_one_write_batch_gives(
+    tmp_path: Path, events_factory: Factory
+) -> None:
+    """Stores commit long batches in slices (``commit_max``): the same verdicts and state.
+
+    Only the bookkeeping differs: a slice's rows blob and expiry index record, and the
+    sequence numbers of label joins (taken after their slice's transactions).
+    """
+    items = numbered(events_factory(21, 400, cards=6, merchants=3))
+    got = []
+    for name, options in (("one", StoreOptions()), ("sliced", StoreOptions(commit_max=3))):
+        pipe = Pipeline(tmp_path / name, options)
+        for batch in batches(items, random.Random(5)):
+            pipe.feed(batch)
+        stored = contents_of(pipe)
+        states = {k: v for k, v in stored.items() if k[:1] in b"ctmp"}  # cards, merchants
+        records = sorted(k for k in stored if k[:1] in b"svjl")  # seen, verdicts, labels
+        got.append((pipe.outputs, pipe.kinds, states, records))
+        pipe.close()
+    assert got[0] == got[1]

@@ -1,0 +1,116 @@
+"""Rescale and a lost volume, with changelogs: nothing lost, no score changed (issue 25).
+
+A labelled history (transactions and fraud labels at their label times) is scored by
+a cluster of 2 processes; the cluster is stopped and started as 3, then as 4
+processes, each time every process on a fresh, empty state volume (Bytewax's
+recovery partitions stay on process 0's, as in ``k8s/``); then one process's volume
+is deleted and the cluster restarted. Each start is handed the next part of the
+history. Every store a process now owns is rebuilt from its changelog
+(``FRAUD_CHANGELOG=on``). Every transaction must get one verdict value, equal to
+the event-time answer of offline replay (what ``just score-file`` computes).
+
+The quick set (CI) scores 6,000 transactions on the session's broker;
+``just rescale`` scores 100,000 on Apache Kafka (``FRAUD_RESCALE=full``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from confluent_kafka import Producer
+
+from devkit.broker import free_port
+from devkit.process import FlowProcess
+from flowkit import Collector, flow_env, offline_scores, topic_set
+from tiny_model import tiny_history
+from topics.admin import ensure_topics
+from topics.contracts import Label, Transaction
+from topics.producer import PRODUCER_DEFAULTS, produce_waiting
+from topics.settings import KafkaSettings
+from training.history import events
+from training.simulate import SimConfig
+
+pytestmark = pytest.mark.integration
+
+FULL = os.environ.get("FRAUD_RESCALE") == "full"
+WORLD = (SimConfig(n_transactions=100_000, n_cards=4_000, days=60, seed=26, fraud_rate=0.02)
+         if FULL else
+         SimConfig(n_transactions=6_000, n_cards=300, days=20, seed=26, fraud_rate=0.03))
+TIMEOUT = 900 if FULL else 180
+#: ``(processes, volumes lost before the start)`` of each start, one part of the history each.
+STARTS = ((2, "none"), (3, "all"), (4, "all"), (4, "one"))
+
+
+def _publish(settings: KafkaSettings, part: list[Transaction | Label]) -> None:
+    ensure_topics(settings)
+    producer = Producer(settings.client_config(**PRODUCER_DEFAULTS))
+    encode = msgspec.json.encode
+    for event in part:
+        if isinstance(event, Transaction):
+            produce_waiting(producer, settings.topic("transactions"), encode(event),
+                            event.card_id.encode())
+        else:
+            produce_waiting(producer, settings.topic("labels"), encode(event),
+                            event.transaction_id.encode())
+    assert producer.flush(120) == 0
+
+
+def _stop(flows: list[FlowProcess]) -> None:
+    """Stop the cluster as a whole: SIGINT to every process, then wait for each."""
+    for flow in flows:
+        if flow.alive:
+            flow.proc.send_signal(signal.SIGINT)
+    for flow in flows:
+        flow.stop(timeout=30)
+
+
+def test_rescaled_and_restored_clusters_change_no_score(
+    kafka: KafkaSettings, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    history = tiny_history(WORLD)
+    every = list(events(history))
+    txns = [e for e in every if isinstance(e, Transaction)]
+    assert sum(isinstance(e, Label) for e in every) > 50
+    settings = topic_set(kafka, "rescale")
+    cuts = [round(len(every) * k / len(STARTS)) for k in range(len(STARTS) + 1)]
+    collector = Collector(settings)
+    collector.start()
+    volumes = tmp_path / "volumes"
+    recovery = tmp_path / "recovery"  # process 0's recovery partitions
+    try:
+        for run, (processes, lost) in enumerate(STARTS):
+            part = every[cuts[run]:cuts[run + 1]]
+            _publish(settings, part)
+            if lost == "all":
+                shutil.rmtree(volumes, ignore_errors=True)
+            elif lost == "one":
+                shutil.rmtree(volumes / "p1")
+            addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+            flows = [FlowProcess(flow_env(settings, tiny_model_dir, volumes / f"p{i}",
+                                          FRAUD_CHANGELOG="on", FRAUD_LOG_LEVEL="INFO"),
+                                 tmp_path / f"run{run}-p{i}.log",
+                                 recovery_dir=recovery if i == 0 else tmp_path / f"rec{i}",
+                                 snapshot_seconds=1, process_id=i, addresses=addresses)
+                     for i in range(processes)]
+            scored = sum(isinstance(e, Transaction) for e in every[:cuts[run + 1]])
+            try:
+                collector.wait_for(scored, flows, timeout=TIMEOUT)
+                time.sleep(2.5)  # a snapshot past the last verdict
+            finally:
+                _stop(flows)
+    finally:
+        collector.stop()
+    logs = "".join(p.read_text() for p in sorted(tmp_path.glob("run*-p*.log")))
+    assert "because it is missing" in logs  # the fresh volumes were rebuilt
+    outcome = collector.outcome
+    assert set(outcome.verdicts) == {t.transaction_id for t in txns}
+    (offline,) = offline_scores(every, [tiny_model_dir]).values()
+    for tid, copies in outcome.verdicts.items():
+        assert len({msgspec.json.encode(c) for c in copies}) == 1, tid  # re-emitted unchanged
+        assert abs(copies[0].score - offline[tid]) <= 1e-6, tid  # the event-time answer
