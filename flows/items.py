@@ -217,3 +217,16 @@ class SinkBatch(NamedTuple):
     traces: dict[int, Timeline] | None = None
     """Traced records: index in ``records`` -> :class:`~tracing.carry.Timeline` (the sink
     records their spans and gives them a ``traceparent`` header)."""
+
+    @classmethod
+    def concat(cls, parts: list[SinkBatch]) -> SinkBatch | None:
+        """One batch of ``parts``' records, in order (None: no parts)."""
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        records: list[tuple[bytes | None, bytes]] = []
+        traces: dict[int, Timeline] = {}
+        for part in parts:
+            if part.traces:
+                traces.update((len(records) + i, t) for i, t in part.traces.items())
+            records += part.records
+        return cls(records, max(p.made for p in parts), traces or None)

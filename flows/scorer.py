@@ -206,7 +206,24 @@ class MerchantScorer:
 
     # --- transactions ------------------------------------------------------------------
     def score(self, rows: CardRows) -> tuple[SinkBatch | None, list[DeadLetterRecord]]:
-        """Verdicts (fresh or re-emitted) and dead letters for ``rows`` (event-time order)."""
+        """Verdicts (fresh or re-emitted) and dead letters for ``rows`` (event-time order).
+
+        At most the store's ``commit_max`` rows at a time (a backlog's release can be
+        long): each slice is decided and committed as one store batch.
+        """
+        step = self.store.db.options.commit_max
+        if len(rows) <= step:
+            return self._score(rows)
+        verdicts: list[SinkBatch] = []
+        dead: list[DeadLetterRecord] = []
+        for a in range(0, len(rows), step):
+            out, letters = self._score(rows.slice(a, min(a + step, len(rows))))
+            dead += letters
+            if out is not None:
+                verdicts.append(out)
+        return SinkBatch.concat(verdicts), dead
+
+    def _score(self, rows: CardRows) -> tuple[SinkBatch | None, list[DeadLetterRecord]]:
         if not len(rows):
             return None, []
         started = time.perf_counter()

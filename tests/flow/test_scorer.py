@@ -13,6 +13,7 @@ from export.model import load_model
 from flows.serving import ModelSource
 from scoring.reasons import COMBINED
 from stages import Stages, sourced
+from state.options import StoreOptions
 from state.replay import replay_matrix
 from tiny_model import tiny_history
 from topics.contracts import Label, Prediction, Transaction
@@ -53,6 +54,12 @@ def test_stream_verdicts_equal_offline_replay_through_the_same_onnx(
     _run(stages, sourced(stream, stages.parts), random.Random(5))
     verdicts = stages.verdicts()
     assert len(verdicts) == len(txns)
+    # the same, scored and committed 7 rows at a time (StoreOptions.commit_max)
+    sliced = Stages(tmp_path / "sliced", _source(tiny_model_dir),
+                    options=StoreOptions(commit_max=7))
+    _run(sliced, sourced(stream, sliced.parts), random.Random(5))
+    assert {v.transaction_id: v.score for v in sliced.verdicts()} == {
+        v.transaction_id: v.score for v in verdicts}
     assert {v.transaction_id: v.score for v in verdicts} == pytest.approx(offline, abs=1e-6)
     flagged = [v for v in verdicts if v.decision != "approve"]
     assert flagged and all(v.reasons for v in flagged)
