@@ -183,6 +183,11 @@ bench-quix *ARGS:
 backlog *ARGS:
     @FRAUD_BACKLOG=full {{python}} -m pytest tests/integration/test_backlog.py "$@"
 
+# issue 25 on Apache Kafka: 100,000 labelled transactions by 2, then 3, then 4 processes on fresh volumes, then one volume lost; every score equals offline replay (changelogs on)
+[positional-arguments]
+rescale *ARGS:
+    @FRAUD_RESCALE=full FRAUD_TEST_BROKER=kafka {{python}} -m pytest tests/integration/test_rescale.py tests/integration/test_changelog_flow.py "$@"
+
 # chaos tier (~8 min): kill -9 x10 over 100k transactions, a crash loop (8 kills 4 s after start), paused/replaced/lost broker, bad models, signals
 [positional-arguments]
 chaos *ARGS:

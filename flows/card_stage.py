@@ -217,12 +217,13 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         return self._apply(self._release() if due else None), False
 
     def on_eof(self) -> tuple[list[CardOutput], bool]:
-        """End of the input: apply whatever is held.
+        """End of a bounded input: apply whatever is held.
 
-        Not at the first-snapshot end of an execution (:func:`lifecycle.process.restarting`):
-        the held records are in the snapshot and the next execution goes on holding them.
+        Not when a stop or the first snapshot ended the input
+        (:func:`lifecycle.process.stop_requested`): the held records are in the final
+        snapshot and the next execution goes on holding them.
         """
-        held = self._held is not None and not lifecycle.restarting()
+        held = self._held is not None and not lifecycle.stop_requested()
         return self._apply(self._release() if held else None), False
 
     def progress(self) -> tuple[int, bool]:

@@ -264,14 +264,20 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
         return out, False
 
     def on_eof(self) -> tuple[list[MerchantOutput], bool]:
-        """End of the input: score everything still waiting, write the buffered sample rows.
+        """End of a bounded input: score everything still waiting; write the sample rows.
 
-        Not at the first-snapshot end of an execution (:func:`lifecycle.process.restarting`):
-        the reorder buffer is in the snapshot and the next execution releases it in order.
+        Not when a stop or the first snapshot ended the input
+        (:func:`lifecycle.process.stop_requested`): the reorder buffer is in the final
+        snapshot, and the next execution releases it in event-time order. (Released at a
+        stop, with the watermark at "everything", the snapshot kept that watermark: after
+        the restart every record was scored on arrival, out of event-time order, and a
+        stop and start between two halves of a labelled history changed 217 of 3,000
+        scores, ``tests/integration/test_rescale.py``.)
         """
         if self._scorer is None:
             return [], False
-        out = [] if lifecycle.restarting() else self._release(self._scorer, everything=True)
+        stopping = lifecycle.stop_requested()
+        out = [] if stopping else self._release(self._scorer, everything=True)
         if self._scorer.samples is not None:
             self._scorer.samples.flush()
         return out, False

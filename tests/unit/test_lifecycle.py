@@ -256,7 +256,7 @@ def test_a_stop_replaces_a_first_snapshot_end_and_readiness_stays() -> None:
     assert request_stop("SIGTERM received")  # a stop wins: the process then exits
     request = lifecycle.current_request()
     assert request is not None and not request.restart and not lifecycle.ready()[0]
-    assert not lifecycle.restarting()  # a stop: the end of input releases everything
+    assert not lifecycle.restarting()  # a stop (its end of input keeps state too: stop_requested)
     assert not lifecycle.request_restart("later")
 
 
