@@ -26,7 +26,10 @@ covers a segment rolled within a batch).
 
 **A store older than its changelog.** When the changelog has no sequence record
 (changelogs were just turned on, or the topic was re-created), the local store,
-whatever it holds, is written to it in full (:func:`seed`).
+whatever it holds, is written to it in full (:func:`seed`). A store that ran with
+changelogs off after they had been on (:data:`WITHOUT`) is newer than its changelog,
+which may also hold keys it has since deleted: the flow refuses to start until the
+changelog topics are deleted (and are then seeded from the stores).
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ class ChangeSink(Protocol):
         ...
 
 
+#: :data:`LOGGED_KEY`'s value in a store opened without a changelog: its changelog, if
+#: any, misses what it changed since.
+WITHOUT = b"without a changelog"
+
+
 def is_clean(db: rocksdict.Rdict) -> bool:
     """Whether the store closed with its changelog acknowledged up to its last change."""
     seq, logged = db.get(keys.SEQ_KEY), db.get(LOGGED_KEY)
@@ -91,6 +99,17 @@ def mark_unclean(db: rocksdict.Rdict) -> None:
     """Forget the mark: the store is about to change (a crash from now on is unclean)."""
     if db.get(LOGGED_KEY) is not None:
         db.delete(LOGGED_KEY)
+
+
+def mark_without(db: rocksdict.Rdict) -> None:
+    """Record that the store changes without its changelog (:data:`WITHOUT`)."""
+    if db.get(LOGGED_KEY) != WITHOUT:
+        db.put(LOGGED_KEY, WITHOUT)
+
+
+def ran_without(db: rocksdict.Rdict) -> bool:
+    """Whether the store changed without its changelog since the changelog last had it."""
+    return db.get(LOGGED_KEY) == WITHOUT
 
 
 class Restored:

@@ -30,7 +30,7 @@ import rocksdict
 
 from state import changelog, keys
 from state.changelog import ChangeSink
-from state.errors import StateFormatError, StateIdentityError, StoreIOError
+from state.errors import StateError, StateFormatError, StateIdentityError, StoreIOError
 from state.kernels.card import FORMAT as STATE_FORMAT_VERSION
 from state.options import StoreOptions
 from state.spec import FEATURE_SPEC_VERSION
@@ -39,6 +39,7 @@ DAY_MS = keys.DAY_MS
 log = logging.getLogger(__name__)
 changelog_mark_clean = changelog.mark_clean
 changelog_mark_unclean = changelog.mark_unclean
+changelog_mark_without = changelog.mark_without
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ class StateDB:
                 changelog.send(identity.shard, [(k, db.get(k)) for k in (keys.FORMAT_KEY,
                                                                         keys.IDENTITY_KEY)])
             changelog_mark_unclean(db)  # changes follow: a crash from now on is unclean
+        else:
+            changelog_mark_without(db)  # a changelog, if any, no longer has every change
         return cls(db, path, identity, options, rebuildable, changelog)
 
     # --- reads -------------------------------------------------------------------------
@@ -252,6 +255,7 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
     shard = identity.shard
     local = (path / "CURRENT").exists()
     seq = 0
+    without = False
     if local:
         try:
             db = rocksdict.Rdict(str(path), options.rocksdb())
@@ -262,6 +266,7 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
             seq = keys.unpack_u64(raw) if raw is not None else 0
             if changelog.is_clean(db) and seq >= at_least:
                 return
+            without = changelog.ran_without(db)
         finally:
             db.close()
     why = ("it was not closed cleanly" if local and seq >= at_least
@@ -288,6 +293,15 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
             log.info("%s: changelog %s was empty; wrote the local store to it (%d records)",
                      identity.describe(), where, sent)
         return
+    if without:
+        shutil.rmtree(restoring, ignore_errors=True)
+        raise StateError(
+            f"{identity.describe()}: this store ran with FRAUD_CHANGELOG=off after its "
+            f"{where} had it, so the changelog misses its later changes (and may hold keys "
+            "it has since deleted). Stop every process, delete the changelog topics "
+            "(cards-changelog, merchants-changelog) and start again: they are then written "
+            "from the stores; or keep FRAUD_CHANGELOG=off"
+        )
     changelog.replace_dir(restoring, path)
     log.warning("%s: rebuilt from %s because %s: %d records to change %d in %.1f s%s",
                 identity.describe(), where, why, found.records, found.seq,

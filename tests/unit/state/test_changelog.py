@@ -17,7 +17,7 @@ from storekit import CARDS, MERCHANTS, Pipeline, batches, numbered
 from state import changelog, keys
 from state.card_store import CardStore
 from state.changelog import Change
-from state.errors import StateIdentityError
+from state.errors import StateError, StateIdentityError
 from state.merchant_store import MerchantStore
 from state.options import StoreOptions
 
@@ -197,3 +197,23 @@ def test_a_changelog_of_another_topic_is_refused(tmp_path: Path, events_factory)
     other = CARDS.__class__("cards", 0, 1, "transactions", "id-2")  # topic re-created
     with pytest.raises(StateIdentityError, match="belongs to"):
         CardStore.open(tmp_path / "b", other, SMALL, changelog=log)
+
+
+def test_a_store_that_ran_without_its_changelog_is_refused_until_the_topic_is_deleted(
+    tmp_path: Path, events_factory,
+) -> None:
+    events = [e for e in numbered(events_factory(12, 120, cards=4)) if
+              not hasattr(e[1], "label_time")]
+    log = MemoryLog()
+    store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
+    _feed_cards(store, events[:60])
+    store.close()
+    store = CardStore.open(tmp_path, CARDS, SMALL)  # FRAUD_CHANGELOG=off for a while
+    _feed_cards(store, events[60:])
+    expected = _state(store.db.db.items())
+    store.close()
+    with pytest.raises(StateError, match="delete the changelog topics"):
+        CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
+    fresh = MemoryLog()  # the topics deleted: written from the store
+    CardStore.open(tmp_path, CARDS, SMALL, changelog=fresh).close()
+    assert _restored(fresh, tmp_path / "elsewhere", CardStore, CARDS) == expected
