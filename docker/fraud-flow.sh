@@ -6,6 +6,11 @@
 #                             name, e.g. 1 for the StatefulSet pod fraud-score-1)
 #   FLOW_ADDRESSES            "host0:2101;host1:2101": every process, in process-id order
 #                             (unset: a single process)
+#   FLOW_ADDRESS_TEMPLATE     "fraud-score-{i}.fraud-score-headless:2101", FLOW_ADDRESSES
+#                             unset or empty: one address per replica of this pod's
+#                             StatefulSet, read from the Kubernetes API; the flow restarts
+#                             cleanly when the count changes (k8s/overlays/autoscale,
+#                             lifecycle/cluster.py; FLOW_CLUSTER_WATCH_SECONDS, default 5)
 #   FLOW_RECOVERY_DIR         recovery partitions (default /data/recovery)
 #   FLOW_RECOVERY_PARTITIONS  how many process 0 creates, once, when its recovery
 #                             directory is empty (default 1); fixed from then on
@@ -37,6 +42,10 @@ case "$process_id" in
 esac
 
 set -- -r "$recovery_dir" -s "$snapshot" -b 0
+if [ -z "${FLOW_ADDRESSES:-}" ] && [ -n "${FLOW_ADDRESS_TEMPLATE:-}" ]; then
+    FLOW_ADDRESSES=$(python -m lifecycle.cluster addresses) || exit 2
+    export FLOW_ADDRESSES
+fi
 if [ -n "${FLOW_ADDRESSES:-}" ]; then
     count=$(printf '%s\n' "$FLOW_ADDRESSES" | tr ';' '\n' | grep -c .)
     if [ "$process_id" -ge "$count" ]; then

@@ -70,6 +70,7 @@ from flows.scorer import MerchantScorer
 from flows.serving import ModelSource, check_rates, model_rates
 from flows.settings import DriftSettings, ScoringSettings
 from health import watch as health
+from lifecycle import cluster
 from lifecycle import process as lifecycle
 from rules.book import RuleBook
 from rules.signing import load_trusted
@@ -418,9 +419,13 @@ def _flow_from_env() -> Dataflow:
                       bind=settings.metrics_bind)
         metrics.LAST_SNAPSHOT.set(time.time())
         _KEEP.append(watch.start())
+        # FLOW_ADDRESS_TEMPLATE (k8s/overlays/autoscale): a resized StatefulSet, a clean restart
+        resize = cluster.watch_from_env(os.environ, run.processes)
+        if resize is not None:
+            _KEEP.append(resize.start())
         _tune_gc()
         return flow
-    except FraudStreamError as exc:
+    except (FraudStreamError, cluster.ClusterError) as exc:
         print(f"flows.score: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -19,8 +19,9 @@ from deploy.queries import K8S, alert_groups
 from flows.settings import VARIABLES
 
 K8S_VERSION = "1.30.0"
-CRDS = {"ServiceMonitor", "PrometheusRule"}
-OVERLAYS = [K8S / "base", K8S / "overlays" / "dev"]
+CRDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+OVERLAYS = [K8S / "base", K8S / "overlays" / "dev", K8S / "overlays" / "autoscale"]
+AUTOSCALE = K8S / "overlays" / "autoscale"
 
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
@@ -77,8 +78,13 @@ def test_statefulset_replicas_match_the_cluster_addresses(
     sts, config = by_kind(objs, "StatefulSet"), by_kind(objs, "ConfigMap")
     headless = sts["spec"]["serviceName"]
     name, replicas = sts["metadata"]["name"], sts["spec"]["replicas"]
-    addresses = config["data"]["FLOW_ADDRESSES"].split(";")
-    assert addresses == [f"{name}-{i}.{headless}:2101" for i in range(replicas)]
+    template = config["data"].get("FLOW_ADDRESS_TEMPLATE")
+    if template:  # autoscaled: the list is made from the replica count (lifecycle/cluster.py)
+        assert config["data"]["FLOW_ADDRESSES"] == ""
+        assert template == f"{name}-{{i}}.{headless}:2101"
+    else:
+        addresses = config["data"]["FLOW_ADDRESSES"].split(";")
+        assert addresses == [f"{name}-{i}.{headless}:2101" for i in range(replicas)]
     assert 1 <= replicas <= 8  # the transactions partitions
     service = next(o for o in objs if o["metadata"]["name"] == headless)
     assert service["spec"]["clusterIP"] == "None"
@@ -160,7 +166,9 @@ def test_network_policy_admits_only_prometheus_and_peers_and_reaches_only_kafka_
     rendered: tuple[Path, list[Any]]
 ) -> None:
     _, objs = rendered
-    policy, sts = by_kind(objs, "NetworkPolicy"), by_kind(objs, "StatefulSet")
+    policy = next(o for o in objs if o["kind"] == "NetworkPolicy"
+                  and o["metadata"]["name"] == "fraud-score")
+    sts = by_kind(objs, "StatefulSet")
     spec = policy["spec"]
     pod = sts["spec"]["template"]
     # it selects the flow's pods and denies by default both ways
@@ -193,10 +201,11 @@ def test_network_policy_admits_only_prometheus_and_peers_and_reaches_only_kafka_
 def test_pod_has_no_service_account_token_and_mounts_secrets_read_only(
     rendered: tuple[Path, list[Any]]
 ) -> None:
-    _, objs = rendered
+    directory, objs = rendered
     pod = by_kind(objs, "StatefulSet")["spec"]["template"]["spec"]
     job = by_kind(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    # autoscaled pods read their StatefulSet's size, and only that (the Role below)
+    assert pod["automountServiceAccountToken"] is (directory == AUTOSCALE)
     assert job["automountServiceAccountToken"] is False
     secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
     assert {s["secretName"] for s in secrets.values()} == {
@@ -210,3 +219,35 @@ def test_pod_has_no_service_account_token_and_mounts_secrets_read_only(
         assert not {m["name"] for m in init["volumeMounts"]} & set(secrets)
     # the metrics endpoint listens beyond the loopback only because the policy guards it
     assert by_kind(objs, "ConfigMap")["data"]["FRAUD_METRICS_BIND"] == "0.0.0.0"
+
+
+def test_autoscaling_reads_only_its_statefulset_and_scales_within_the_shards() -> None:
+    """KEDA scales on the flow's lag; pods may get their StatefulSet and nothing else."""
+    objs, _ = render(AUTOSCALE)
+    sts, config = by_kind(objs, "StatefulSet"), by_kind(objs, "ConfigMap")["data"]
+    scaled = by_kind(objs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                      "name": sts["metadata"]["name"]}
+    shards = min(int(config["FRAUD_CARD_SHARDS"]), int(config["FRAUD_MERCHANT_SHARDS"]))
+    assert 2 <= spec["minReplicaCount"] <= sts["spec"]["replicas"] <= spec["maxReplicaCount"]
+    assert spec["maxReplicaCount"] <= shards  # a pod past the shard count would idle
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    # every resize restarts the whole cluster: long windows, small steps
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 900
+    assert spec["cooldownPeriod"] >= 900
+    assert all(p["periodSeconds"] >= 300 for d in behavior.values() for p in d["policies"])
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert "bytewax_kafka_consumer_lag" in trigger["metadata"]["query"]
+    assert config["FRAUD_CHANGELOG"] == "on"  # moved shards are rebuilt from changelogs
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "fraud-score"
+    (role,) = [o for o in objs if o["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"],
+                              "resourceNames": [sts["metadata"]["name"]], "verbs": ["get"]}]
+    (binding,) = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    assert "{i}" in config["FLOW_ADDRESS_TEMPLATE"] and int(config["FLOW_CLUSTER_WATCH_SECONDS"])
