@@ -17,6 +17,7 @@ volumes (only the flow's principal; :doc:`docs/kafka-acls.md`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +66,14 @@ def ensure(settings: KafkaSettings, role: str, shards: int, timeout: float = 30.
             except Exception as exc:  # noqa: BLE001 - a race with another process is fine
                 if "already exists" not in str(exc).lower():
                     raise BrokerError(f"cannot create changelog topic {topic!r}: {exc}") from exc
-        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        # made by this process or a peer just now: its metadata may lag (0 partitions)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+            ready = found is not None and found.error is None and found.partitions
+            if ready or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     have = len(found.partitions) if found is not None else 0
     if have != shards:
         setting = "FRAUD_CARD_SHARDS" if role == "cards" else "FRAUD_MERCHANT_SHARDS"

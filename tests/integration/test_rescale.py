@@ -38,7 +38,7 @@ from training.simulate import SimConfig
 
 pytestmark = pytest.mark.integration
 
-FULL = os.environ.get("FRAUD_RESCALE") == "full"
+FULL = os.environ.pop("FRAUD_RESCALE", "").strip().lower() == "full"  # not for the flow
 WORLD = (SimConfig(n_transactions=100_000, n_cards=4_000, days=60, seed=26, fraud_rate=0.02)
          if FULL else
          SimConfig(n_transactions=6_000, n_cards=300, days=20, seed=26, fraud_rate=0.03))
