@@ -19,10 +19,10 @@ broker, and carrying on from it would leave the changelog short of them for good
 some of them behind the last complete batch (the one whose sequence record came
 last). :func:`restore` applies records up to that sequence record only, then
 produces the restored value (or a tombstone) of every key of the cut batch, closed by
-the sequence record as a batch, so the changelog again equals the store. Compaction cannot have removed the older values
-of those keys first: the cut records are in the topic's last segment, which Kafka
-never compacts until the partition is written to again (:data:`COMPACTION_LAG_MS`
-covers a segment rolled within a batch).
+the sequence record as a batch, so the changelog again equals the store. Compaction
+cannot have removed the older values of those keys first: the cut records are in the
+topic's last segment, which Kafka never compacts until the partition is written to
+again (:data:`COMPACTION_LAG_MS` covers a segment rolled within a batch).
 
 **A store older than its changelog.** When the changelog has no sequence record
 (changelogs were just turned on, or the topic was re-created), the local store,
