@@ -29,7 +29,7 @@ from typing import Any, Self, cast
 import rocksdict
 
 from state import changelog, keys
-from state.changelog import ChangeSink
+from state.changelog import ChangeSink, mark_clean, mark_unclean, mark_without
 from state.errors import StateError, StateFormatError, StateIdentityError, StoreIOError
 from state.kernels.card import FORMAT as STATE_FORMAT_VERSION
 from state.options import StoreOptions
@@ -37,9 +37,6 @@ from state.spec import FEATURE_SPEC_VERSION
 
 DAY_MS = keys.DAY_MS
 log = logging.getLogger(__name__)
-changelog_mark_clean = changelog.mark_clean
-changelog_mark_unclean = changelog.mark_unclean
-changelog_mark_without = changelog.mark_without
 
 
 @dataclass(frozen=True)
@@ -141,9 +138,9 @@ class StateDB:
             if stamped:  # a new store: its changelog says what it is, before any batch
                 changelog.send(identity.shard, [(k, db.get(k)) for k in (keys.FORMAT_KEY,
                                                                         keys.IDENTITY_KEY)])
-            changelog_mark_unclean(db)  # changes follow: a crash from now on is unclean
+            mark_unclean(db)  # changes follow: a crash from now on is unclean
         else:
-            changelog_mark_without(db)  # a changelog, if any, no longer has every change
+            mark_without(db)  # a changelog, if any, no longer has every change
         return cls(db, path, identity, options, rebuildable, changelog)
 
     # --- reads -------------------------------------------------------------------------
@@ -217,7 +214,7 @@ class StateDB:
                             "rebuilds this store from its changelog", self.identity.describe(),
                             exc)
             else:
-                changelog_mark_clean(self.db, self.seq)
+                mark_clean(self.db, self.seq)
         if self.rebuildable:
             self.db.flush()
         self.db.close()
