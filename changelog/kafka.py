@@ -17,14 +17,21 @@ volumes (only the flow's principal; :doc:`docs/kafka-acls.md`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from lifecycle import process as lifecycle
 from state.changelog import COMPACTION_LAG_MS, Change
+from topics.admin import create_topic
 from topics.errors import BrokerError, ConfigError
 from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
@@ -52,29 +59,8 @@ def ensure(settings: KafkaSettings, role: str, shards: int, timeout: float = 30.
     Raises :class:`ConfigError` when it exists with another partition count (the
     shard count changed: a changelog cannot be re-split in place).
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     topic = settings.topic(CHANGELOGS[role])
-    admin = AdminClient({**settings.client_config(), "log_level": 4})
-    found = admin.list_topics(timeout=timeout).topics.get(topic)
-    if found is None or found.error is not None:
-        futures = admin.create_topics([NewTopic(topic, num_partitions=shards, config=CONFIG)],
-                                      request_timeout=timeout)
-        for future in futures.values():
-            try:
-                future.result(timeout)
-            except Exception as exc:  # noqa: BLE001 - a race with another process is fine
-                if "already exists" not in str(exc).lower():
-                    raise BrokerError(f"cannot create changelog topic {topic!r}: {exc}") from exc
-        # made by this process or a peer just now: its metadata may lag (0 partitions)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
-            ready = found is not None and found.error is None and found.partitions
-            if ready or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    have = len(found.partitions) if found is not None else 0
+    have = create_topic(settings, topic, shards, CONFIG, timeout)
     if have != shards:
         setting = "FRAUD_CARD_SHARDS" if role == "cards" else "FRAUD_MERCHANT_SHARDS"
         raise ConfigError(
@@ -144,28 +130,38 @@ class KafkaChangelog:
 
     def read(self, shard: int) -> Iterator[Change]:
         """Every record of partition ``shard`` from the beginning, up to its end."""
-        consumer = Consumer(self._settings.client_config(**_READ))
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, shard),
-                                                       timeout=10.0)
-            if high <= low:  # empty (or compacted to nothing): no fetch to wait for
-                return
-            consumer.assign([TopicPartition(self.topic, shard, OFFSET_BEGINNING)])
-            while True:
-                messages = consumer.consume(10_000, timeout=0.05)
-                for msg in messages:
-                    err = msg.error()
-                    if err is None:
-                        yield msg.key() or b"", msg.value()
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        return
-                    else:
-                        raise BrokerError(f"cannot read changelog {self.describe(shard)}: "
-                                          f"{err}")
-                lifecycle.check_stop()
-        finally:
-            consumer.close()
+        return read_partition(self._settings, self.topic, shard)
 
     def describe(self, shard: int) -> str:
         """``<topic> partition <shard>``."""
         return f"changelog {self.topic!r} partition {shard}"
+
+
+def read_partition(settings: KafkaSettings, topic: str, partition: int) -> Iterator[Change]:
+    """Every record (key, value) of ``topic`` partition ``partition``, from its start to its end.
+
+    Raises :class:`BrokerError` when a fetch fails.
+    """
+    consumer = Consumer(settings.client_config(**_READ))
+    try:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10.0)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read {topic!r} partition {partition}: {exc}") from exc
+        if high <= low:  # empty (or compacted to nothing): no fetch to wait for
+            return
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        while True:
+            messages = consumer.consume(10_000, timeout=0.05)
+            for msg in messages:
+                err = msg.error()
+                if err is None:
+                    yield msg.key() or b"", msg.value()
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    return
+                else:
+                    raise BrokerError(f"cannot read {topic!r} partition {partition}: {err}")
+            lifecycle.check_stop()
+    finally:
+        consumer.close()

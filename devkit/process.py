@@ -17,15 +17,39 @@ from pathlib import Path
 from devkit.deathsig import orphan_safe
 
 
-def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
-    """Create Bytewax recovery partitions once (``python -m bytewax.recovery``)."""
-    if recovery_dir.exists() and any(recovery_dir.iterdir()):
-        return
+def init_recovery(recovery_dir: Path, partitions: int = 1,
+                  env: Mapping[str, str] | None = None) -> str:
+    """Create Bytewax recovery partitions once (``python -m bytewax.recovery``).
+
+    With ``env`` holding ``FRAUD_CHANGELOG=on`` the latest copies on the broker are
+    restored first (``python -m changelog.recovery restore``), as ``docker/fraud-flow.sh``
+    does; a failure raises ``RuntimeError`` with its output. Returns what the restore said.
+    """
+    if recovery_dir.exists() and any(recovery_dir.glob("*.sqlite3")):
+        return ""
     recovery_dir.mkdir(parents=True, exist_ok=True)
+    said = ""
+    if env is not None and backup_seconds(env):
+        done = subprocess.run(
+            [sys.executable, "-m", "changelog.recovery", "restore", str(recovery_dir)],
+            env={**os.environ, **env}, capture_output=True, text=True)
+        said = done.stdout + done.stderr
+        if done.returncode:
+            raise RuntimeError(f"changelog.recovery restore failed: {said}")
+        if any(recovery_dir.glob("*.sqlite3")):
+            return said
     subprocess.run(
         [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
         check=True, capture_output=True,
     )
+    return said
+
+
+def backup_seconds(env: Mapping[str, str]) -> int:
+    """How often process 0 copies its recovery partitions with ``env`` (0: never)."""
+    if env.get("FRAUD_CHANGELOG", os.environ.get("FRAUD_CHANGELOG", "off")) != "on":
+        return 0
+    return int(env.get("FRAUD_RECOVERY_BACKUP_SECONDS", "30"))
 
 
 class FlowProcess:
@@ -43,17 +67,21 @@ class FlowProcess:
         module: str = "flows.score",
     ) -> None:
         args = [sys.executable, "-m", "bytewax.run", module]
+        said = ""
         if recovery_dir is not None:
             if process_id:  # as docker/fraud-flow.sh: process 0 holds the partitions
                 recovery_dir.mkdir(parents=True, exist_ok=True)
             else:
-                init_recovery(recovery_dir)
-            args += ["-r", str(recovery_dir), "-s", str(snapshot_seconds), "-b", "0"]
+                said = init_recovery(recovery_dir, env=env)
+            args += ["-r", str(recovery_dir), "-s", str(snapshot_seconds),
+                     "-b", str(backup_seconds(env))]
         if addresses:
             args += ["-i", str(process_id or 0), "-a", ";".join(addresses)]
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
+            log.write(said.encode())
+            log.flush()
             self.proc = subprocess.Popen(
                 orphan_safe(args), env={**os.environ, **env}, stdout=log,
                 stderr=subprocess.STDOUT,

@@ -19,6 +19,11 @@
 #                             its first output, so a crash loop still makes progress
 #                             (lifecycle/process.py, "First snapshot")
 #
+# With FRAUD_CHANGELOG=on, process 0 copies its recovery partitions to the topic
+# recovery-backup every FRAUD_RECOVERY_BACKUP_SECONDS (30; 0: never), and a process 0
+# that finds no partitions (a new or lost volume) restores the latest copies before it
+# creates any (changelog/recovery.py); Bytewax keeps old snapshots that long (-b).
+#
 # FLOW_*, not FRAUD_*: the flow refuses FRAUD_* variables it does not know.
 #
 # Signals: this script ends by exec-ing Python, so no shell stays in between: under the
@@ -41,7 +46,11 @@ case "$process_id" in
         exit 2 ;;
 esac
 
-set -- -r "$recovery_dir" -s "$snapshot" -b 0
+backup=0
+if [ "${FRAUD_CHANGELOG:-off}" = on ]; then
+    backup="${FRAUD_RECOVERY_BACKUP_SECONDS:-30}"
+fi
+set -- -r "$recovery_dir" -s "$snapshot" -b "$backup"
 if [ -z "${FLOW_ADDRESSES:-}" ] && [ -n "${FLOW_ADDRESS_TEMPLATE:-}" ]; then
     FLOW_ADDRESSES=$(python -m lifecycle.cluster addresses) || exit 2
     export FLOW_ADDRESSES
@@ -66,6 +75,10 @@ has_partitions() {
     done
     return 1
 }
+if [ "$process_id" -eq 0 ] && ! has_partitions && [ "$backup" != 0 ]; then
+    # a lost volume: the latest copies, if any (a broker error stops here: never start over)
+    python -m changelog.recovery restore "$recovery_dir" || exit 1
+fi
 if [ "$process_id" -eq 0 ] && ! has_partitions; then
     echo "fraud-flow: creating $partitions recovery partition(s) in $recovery_dir" >&2
     python -m bytewax.recovery "$recovery_dir" "$partitions"

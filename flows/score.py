@@ -49,6 +49,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from changelog.kafka import KafkaChangelog
 from changelog.kafka import ensure as ensure_changelog
+from changelog.recovery import BackupThread, RecoveryBackup
+from changelog.recovery import check_run as check_backup_run
 from drift.samples import SampleWriter
 from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
@@ -409,6 +411,7 @@ def _flow_from_env() -> Dataflow:
         identity = {t: health.topic_identity(settings.kafka, t) for t in inputs}
         flow = build_flow(settings, identity[inputs[0]].partitions,
                           identity[inputs[0]].topic_id or "", run.process_id or 0)
+        _start_recovery_backup(settings, run, inputs[0], identity[inputs[0]].topic_id or "")
         watch = health.TopicWatch(
             settings.kafka, inputs, {t: i.partitions for t, i in identity.items()},
             kafka.consumed_offsets, lifecycle.request_fatal, settings.input_check_seconds,
@@ -428,6 +431,22 @@ def _flow_from_env() -> Dataflow:
     except (FraudStreamError, cluster.ClusterError) as exc:
         print(f"flows.score: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _start_recovery_backup(settings: ScoringSettings, run: lifecycle.RunOptions,
+                           topic: str, topic_id: str) -> None:
+    """Process 0 with changelogs: copy the recovery partitions to their topic (and at the end)."""
+    seconds = settings.recovery_backup_seconds
+    if not (settings.changelog and seconds and run.recovery_dir is not None
+            and not run.process_id):
+        return
+    check_backup_run(seconds, run.backup_seconds, run.recovery_dir)
+    backup = RecoveryBackup(settings.kafka, topic, topic_id)
+    backup.ensure()
+    thread = BackupThread(backup, run.recovery_dir, seconds)
+    thread.start()
+    _KEEP.append(thread)
+    lifecycle.on_clean_return(thread.final)
 
 
 @functools.cache

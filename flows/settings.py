@@ -53,6 +53,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "topic (cards-changelog, merchants-changelog; one partition per shard) and a store "
         "that is missing, behind or not closed cleanly is rebuilt from it (state/changelog.py)"
     ),
+    "FRAUD_RECOVERY_BACKUP_SECONDS": (
+        "30", "with FRAUD_CHANGELOG=on, process 0 copies Bytewax's recovery partitions this "
+        "often (and after a clean stop) to the compacted topic recovery-backup; a process 0 "
+        "without partitions restores them (python -m changelog.recovery); 0: never. With "
+        "several partitions, run bytewax.run with -b at least this"
+    ),
     "FRAUD_ROUTING": (
         "v2", "Bytewax routing keys of the shards: v2 spreads them evenly over 1-16 processes, "
         "v1 (before 2026-12) over 1, 2, 4, 8 or 16; fixed for a recovery dir"
@@ -330,6 +336,8 @@ class ScoringSettings:
     trace_sample_rate: float = 0.0
     """Probability that a transaction without a ``traceparent`` starts a trace (0-1)."""
     changelog: bool = False
+    recovery_backup_seconds: int = 30
+    """With :attr:`changelog`: how often process 0 copies its recovery partitions (0: never)."""
     """The stores log their changes to compacted topics and are restored from them."""
 
     @classmethod
@@ -398,4 +406,5 @@ class ScoringSettings:
             tracing=_choice(env, "FRAUD_TRACING", ("off", "on")) == "on",
             trace_sample_rate=_float(env, "FRAUD_TRACE_SAMPLE_RATE", 0.0, 1.0),
             changelog=_choice(env, "FRAUD_CHANGELOG", ("off", "on")) == "on",
+            recovery_backup_seconds=_int(env, "FRAUD_RECOVERY_BACKUP_SECONDS", 0, 3600),
         )

@@ -574,6 +574,8 @@ class RunOptions:
     process_id: int | None
     """None: a single process (no ``-i``)."""
     processes: int
+    backup_seconds: float | None = None
+    """``-b/--backup-interval``: how long Bytewax keeps snapshots no longer needed."""
 
     def publish(self) -> None:
         """Export the snapshot interval as ``fraud_snapshot_interval_seconds`` (if recovering)."""
@@ -586,13 +588,14 @@ def run_options(argv: Sequence[str] | None = None,
     """Parse Bytewax's CLI (``sys.argv`` of ``python -m bytewax.run``) for what we need.
 
     Reads ``-r/--recovery-directory``, ``-s/--snapshot-interval`` (seconds),
-    ``-i/--process-id`` and ``-a/--addresses`` with Bytewax's environment defaults
+    ``-b/--backup-interval`` (seconds), ``-i/--process-id`` and ``-a/--addresses``
+    with Bytewax's environment defaults
     (``BYTEWAX_RECOVERY_DIRECTORY``, ...); unknown arguments are ignored.
 
     >>> o = run_options(["run.py", "flows.score", "-r", "/data/r", "-s", "10", "-b", "0",
     ...                  "-i", "1", "-a", "a:1;b:1"], env={})
-    >>> o.recovery_dir, o.snapshot_seconds, o.process_id, o.processes
-    (PosixPath('/data/r'), 10.0, 1, 2)
+    >>> o.recovery_dir, o.snapshot_seconds, o.process_id, o.processes, o.backup_seconds
+    (PosixPath('/data/r'), 10.0, 1, 2, 0.0)
     """
     argv = list(sys.argv if argv is None else argv)[1:]
     env = os.environ if env is None else env
@@ -601,6 +604,8 @@ def run_options(argv: Sequence[str] | None = None,
                         default=env.get("BYTEWAX_RECOVERY_DIRECTORY"))
     parser.add_argument("-s", "--snapshot-interval",
                         default=env.get("BYTEWAX_SNAPSHOT_INTERVAL"))
+    parser.add_argument("-b", "--backup-interval",
+                        default=env.get("BYTEWAX_RECOVERY_BACKUP_INTERVAL"))
     parser.add_argument("-i", "--process-id", default=env.get("BYTEWAX_PROCESS_ID"))
     parser.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES"))
     known, _ = parser.parse_known_args(argv)
@@ -610,6 +615,7 @@ def run_options(argv: Sequence[str] | None = None,
         snapshot_seconds=float(known.snapshot_interval) if known.snapshot_interval else None,
         process_id=int(known.process_id) if known.process_id not in (None, "") else None,
         processes=max(1, len(addresses)),
+        backup_seconds=float(known.backup_interval) if known.backup_interval else None,
     )
 
 
@@ -723,6 +729,16 @@ def first_snapshot(run: RunOptions, progress: Callable[[], float],
 
 #: In a recovery directory while a process runs on it; removed when the run returns normally.
 RUNNING_MARKER = ".fraud-running"
+#: Called, in order, after Bytewax's ``cli_main`` returns normally (:func:`on_clean_return`).
+_AFTER_CLEAN_RETURN: list[Callable[[], None]] = []
+
+
+def on_clean_return(action: Callable[[], None]) -> None:
+    """Run ``action`` once the dataflow has returned normally (its final snapshot committed).
+
+    Needs :func:`clear_on_clean_return` armed; not after a failure or a kill.
+    """
+    _AFTER_CLEAN_RETURN.append(action)
 
 
 def previous_run_unclean(run: RunOptions) -> bool:
@@ -757,6 +773,8 @@ def clear_on_clean_return(run: RunOptions, main: ModuleType | None = None) -> bo
     def cli_main(**kwargs: object) -> None:
         real(**kwargs)
         marker.unlink(missing_ok=True)
+        for action in _AFTER_CLEAN_RETURN:
+            action()
 
     main.cli_main = cli_main  # type: ignore[attr-defined]
     return True

@@ -10,6 +10,7 @@ The command line over these functions is ``just topics`` (:mod:`devkit.topics`).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,3 +135,42 @@ def ensure_topics(
     return {
         s.name: s.status for s in ensure_topic_states(settings, partitions_override, timeout)
     }
+
+
+def create_topic(settings: KafkaSettings, name: str, partitions: int,
+                 config: dict[str, str], timeout: float = 30.0) -> int:
+    """Create ``name`` (a real name) if it is missing; its partition count once it is visible.
+
+    For the flow's own topics outside the registry (the stores' changelogs, the
+    recovery backup), which another process of the cluster may be creating at the
+    same moment: losing that race is fine. Waits for the new topic's metadata (a
+    topic just made may first show no partitions). Raises :class:`BrokerError`.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(settings)
+    try:
+        found = admin.list_topics(timeout=timeout).topics.get(name)
+        if found is None or found.error is not None:
+            futures = admin.create_topics(
+                [NewTopic(name, num_partitions=partitions, config=config)],
+                request_timeout=timeout)
+            for future in futures.values():
+                try:
+                    future.result(timeout)
+                except KafkaException as exc:
+                    if exc.args[0].code() != _TOPIC_ALREADY_EXISTS:  # lost a race: fine
+                        raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
+            deadline = time.monotonic() + timeout
+            while True:
+                found = admin.list_topics(name, timeout=timeout).topics.get(name)
+                if (found is not None and found.error is None and found.partitions
+                        or time.monotonic() > deadline):
+                    break
+                time.sleep(0.2)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach {settings.bootstrap_servers} to create topic {name!r}: {exc}"
+        ) from exc
+    return len(found.partitions) if found is not None else 0

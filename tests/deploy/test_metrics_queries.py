@@ -32,6 +32,7 @@ def declared() -> set[str]:
     import bytewax.connectors.kafka  # noqa: F401  (registers bytewax_kafka_consumer_lag)
     from prometheus_client import REGISTRY
 
+    import changelog.recovery  # noqa: F401  (fraud_recovery_backup_*)
     import flows.metrics  # noqa: F401
     import health.watch  # noqa: F401  (fraud_input_healthy)
     import lifecycle.process  # noqa: F401  (fraud_snapshot_interval_seconds)
