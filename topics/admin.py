@@ -174,3 +174,28 @@ def create_topic(settings: KafkaSettings, name: str, partitions: int,
             f"cannot reach {settings.bootstrap_servers} to create topic {name!r}: {exc}"
         ) from exc
     return len(found.partitions) if found is not None else 0
+
+
+def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30.0) -> list[str]:
+    """Delete the topics ``names`` (real names) that exist; the ones deleted, in order.
+
+    Raises :class:`BrokerError` when the broker refuses (an ACL, topic deletion disabled).
+    """
+    from confluent_kafka import KafkaException
+
+    admin = _admin(settings)
+    existing = set(topic_partitions(settings, timeout))
+    doomed = [name for name in names if name in existing]
+    if not doomed:
+        return []
+    for name, future in admin.delete_topics(doomed, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot delete topic {name!r}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while set(doomed) & set(topic_partitions(settings, timeout)):
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics {doomed} still listed {timeout:g} s after deletion")
+        time.sleep(0.2)
+    return doomed

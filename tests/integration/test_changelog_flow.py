@@ -10,7 +10,10 @@ event-time answer of offline replay.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,3 +81,55 @@ def test_a_lost_volume_and_a_kill_9_are_restored_from_the_changelogs(
     for tid, copies in outcome.verdicts.items():
         assert len({msgspec.json.encode(c) for c in copies}) == 1, tid  # re-emitted unchanged
         assert abs(copies[0].score - offline[tid]) <= 1e-6, tid  # the event-time answer
+
+
+def test_a_shard_count_change_is_refused_then_rebuilt_from_the_topics(
+    kafka: KafkaSettings, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """README, "Changing the shard counts": refused at start, then the documented rebuild."""
+    stream = list(tiny_history(SimConfig(n_transactions=1_200, n_cards=80, days=10, seed=27,
+                                         fraud_rate=0.03)).transactions)
+    settings = topic_set(kafka, "reshard")
+    env = flow_env(settings, tiny_model_dir, tmp_path, FRAUD_CHANGELOG="on")
+    recovery, log = tmp_path / "recovery", tmp_path / "flow.log"
+    resharded = {**env, "FRAUD_CARD_SHARDS": "16", "FRAUD_MERCHANT_SHARDS": "4"}
+    collector = Collector(settings)
+    collector.start()
+    try:
+        _produce(settings, stream[:600])
+        flow = FlowProcess(env, log, recovery_dir=recovery, snapshot_seconds=1)
+        collector.wait_for(600, [flow], timeout=120)
+        time.sleep(2.5)
+        flow.stop()
+        refused = FlowProcess(resharded, tmp_path / "refused.log", recovery_dir=recovery)
+        assert refused.proc.wait(120) == 2  # the state volume was made with 8 and 8
+        assert "shards cannot be re-split in place" in refused.log_tail()
+        shutil.rmtree(tmp_path / "state")
+        shutil.rmtree(recovery)
+        refused = FlowProcess(resharded, tmp_path / "refused2.log", recovery_dir=recovery)
+        assert refused.proc.wait(120) == 2  # and so were the changelog topics
+        assert ("has 8 partitions, this run has 16 cards shards: FRAUD_CARD_SHARDS changed"
+                in refused.log_tail())
+        # the procedure: stop, delete the changelog topics and both volumes, start
+        dry = subprocess.run([sys.executable, "-m", "changelog", "delete"], capture_output=True,
+                             text=True, env={**os.environ, **env}, timeout=60)
+        assert dry.returncode == 2 and "add --yes" in dry.stderr
+        done = subprocess.run([sys.executable, "-m", "changelog", "delete", "--yes"],
+                              capture_output=True, text=True, env={**os.environ, **env},
+                              timeout=60)
+        assert done.returncode == 0 and "cards-changelog" in done.stdout, done.stderr
+        shutil.rmtree(tmp_path / "state")
+        shutil.rmtree(recovery)
+        _produce(settings, stream[600:])
+        flow = FlowProcess(resharded, log, recovery_dir=recovery, snapshot_seconds=1)
+        collector.wait_for(len(stream), [flow], timeout=120)
+        flow.stop()
+    finally:
+        collector.stop()
+    outcome = collector.outcome
+    assert set(outcome.verdicts) == {t.transaction_id for t in stream}
+    (offline,) = offline_scores(stream, [tiny_model_dir]).values()
+    for tid, copies in outcome.verdicts.items():  # the rebuild scored the first half again:
+        assert len({msgspec.json.encode(msgspec.structs.replace(c, scored_time=0))  # when
+                    for c in copies}) == 1, tid  # differs, nothing else
+        assert abs(copies[0].score - offline[tid]) <= 1e-6, tid
