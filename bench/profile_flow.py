@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.harness import Collector, Env, say  # noqa: E402
-from bench.run import fresh_broker, simulate  # noqa: E402
+from bench.run import ensure_model, fresh_broker, simulate  # noqa: E402
 from devkit.produce import produce_transactions  # noqa: E402
 from topics.settings import KafkaSettings  # noqa: E402
 
@@ -80,6 +81,21 @@ def _where(frame: str) -> str:
     return "(" + "/".join(loc.split("/")[-2:]) + ")"
 
 
+def _await_exec(pid: int, timeout: float = 30.0) -> None:
+    """Wait until ``pid`` runs ``bytewax.run`` (the launcher execs it: py-spy attached before
+    the exec reads the launcher's interpreter and then samples nothing)."""
+    deadline = time.monotonic() + timeout
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    while time.monotonic() < deadline:
+        try:
+            if b"bytewax.run" in cmdline.read_bytes():
+                time.sleep(0.5)  # the new interpreter is up
+                return
+        except OSError:
+            return
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the profile and print the summary; 0 on success."""
     parser = argparse.ArgumentParser(prog="just profile", description=__doc__,
@@ -87,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=200_000,
                         help="backlog to score (default 200,000)")
     parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "current")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "current",
+                        help="model directory (default models/current; none there: a tiny "
+                        "one is trained, as just bench does)")
+    parser.add_argument("--changelog", action="store_true",
+                        help="run the flow with FRAUD_CHANGELOG=on (the stores' changelogs)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "profile")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy")
@@ -97,16 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     txns = simulate(args.transactions, max(1000, args.transactions // 20))
     with tempfile.TemporaryDirectory(prefix="fraud-profile-") as tmp, \
             fresh_broker(args.broker, Path(tmp)) as broker:
+        model = ensure_model(args.model, Path(tmp))
         env = Env(KafkaSettings(bootstrap_servers=broker.bootstrap), Path(tmp) / "run",
-                  args.model, broker.pid)
+                  model, broker.pid)
         shared = env.topic_set("preload").topic("transactions")
         say(f"pre-loading {len(txns):,} transactions")
         produce_transactions(env.base, shared, txns, progress=False, flush_timeout=120)
         settings = env.topic_set("profile", transactions=shared)
         collector = Collector(settings, settings.topic("predictions"), "count")
         collector.start()
-        flow = env.start("flows.score", settings)
+        flow = env.start("flows.score", settings,
+                         extra={"FRAUD_CHANGELOG": "on"} if args.changelog else None)
         raw = args.out / "profile.txt"
+        _await_exec(flow.proc.pid)
         record = subprocess.Popen([spy, "record", "--pid", str(flow.proc.pid), "--rate", "200",
                                    "--format", "raw", "--output", str(raw), "--nonblocking"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -47,6 +47,9 @@ CONFIG = {
     "delete.retention.ms": str(7 * 24 * 3600 * 1000),
     "segment.ms": str(24 * 3600 * 1000),
 }
+#: Records wait up to 200 ms to fill large batches (fewer, larger requests: less CPU in
+#: the broker and librdkafka); each snapshot's flush sends what waits at once.
+_LINGER = {"linger.ms": 200}
 #: Reading a partition back: large fetches, nothing committed.
 _READ: dict[str, str | int | bool] = {"enable.partition.eof": True, "enable.auto.commit": False,
          "group.id": "BYTEWAX_IGNORED", "fetch.max.bytes": 64 << 20, "fetch.wait.max.ms": 10,
@@ -83,7 +86,7 @@ class KafkaChangelog:
         # flow's CPU): a failed record stops the flow at the next flush.
         self._producer = Producer({**settings.client_config(**PRODUCER_DEFAULTS),
                                    "log_level": 4, "delivery.report.only.error": True,
-                                   "on_delivery": self._delivered})
+                                   "on_delivery": self._delivered, **_LINGER})
 
     def __repr__(self) -> str:
         return f"KafkaChangelog({self.topic!r})"
@@ -93,23 +96,27 @@ class KafkaChangelog:
             self._failures.append(str(err))
 
     def send(self, shard: int, changes: list[Change]) -> None:
-        """Produce ``changes`` to partition ``shard``, in order, without waiting."""
+        """Produce ``changes`` to partition ``shard``, in order, without waiting.
+
+        No poll here: only failures make events (served by :meth:`flush`), and a poll
+        per batch released and re-took the GIL (2.6% of the flow's samples).
+        """
         produce = self._producer.produce
         topic = self.topic
-        done = 0
+        at = 0
         try:
-            for key, value in changes:
+            for at, (key, value) in enumerate(changes):  # noqa: B007 - read below
                 produce(topic, value, key, shard)
-                done += 1
+            return
         except BufferError:  # the local queue is full: the rest, waiting as it drains
-            for key, value in changes[done:]:
-                while True:
-                    try:
-                        produce(topic, value, key, shard)
-                        break
-                    except BufferError:
-                        self._producer.poll(0.05)
-        self._producer.poll(0)
+            pass
+        for key, value in changes[at:]:
+            while True:
+                try:
+                    produce(topic, value, key, shard)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
 
     def flush(self) -> None:
         """Wait for every acknowledgement; raise :class:`BrokerError` if any record failed.
