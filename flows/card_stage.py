@@ -143,6 +143,7 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
                     "delete both the state directory (FRAUD_STATE_DIR) and the recovery "
                     "directory to rebuild from the topic"
                 )
+            metrics.store_opened(store.db)
             self._store = store
         return self._store
 

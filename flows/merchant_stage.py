@@ -167,6 +167,7 @@ class MerchantLogic(StatefulBatchLogic[MerchantInput, MerchantOutput, MerchantSn
                         "directory to rebuild from the topic"
                     )
                 store.resume(resumed.seq)
+            metrics.store_opened(store.db)
             self._scorer = scorer
         return self._scorer
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from topics.contracts import DriftSnapshot
+
+if TYPE_CHECKING:
+    from state.db import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,34 @@ FIRST_FETCH = Gauge(
     "before): the start of a catch-up, for its rate (bench/throughput.py).",
     ["topic"],
 )
+CHANGELOG_RESTORES = Counter(
+    "fraud_changelog_restores_total",
+    "Stores rebuilt from their changelog topic when opened (FRAUD_CHANGELOG=on), by stage "
+    "(cards, merchants) and why: missing, behind the recovery snapshot, or unclean (not "
+    "closed cleanly: a kill, a lost pod).",
+    ["role", "reason"],
+)
+CHANGELOG_RESTORED_RECORDS = Counter(
+    "fraud_changelog_restored_records_total",
+    "Changelog records read to rebuild stores, by stage.", ["role"],
+)
+CHANGELOG_RESTORE_SECONDS = Counter(
+    "fraud_changelog_restore_seconds_total",
+    "Seconds spent rebuilding stores from their changelogs (before they score), by stage.",
+    ["role"],
+)
+
+
+def store_opened(db: StateDB) -> None:
+    """Count a store's rebuild from its changelog, if it was rebuilt when opened."""
+    rebuilt = db.rebuilt
+    if rebuilt is not None:
+        role = db.identity.role
+        CHANGELOG_RESTORES.labels(role, rebuilt.reason).inc()
+        CHANGELOG_RESTORED_RECORDS.labels(role).inc(rebuilt.records)
+        CHANGELOG_RESTORE_SECONDS.labels(role).inc(rebuilt.seconds)
+
+
 LAST_SNAPSHOT = Gauge(
     "fraud_last_snapshot_timestamp_seconds",
     "When this process last handed Bytewax a recovery snapshot (start time until the first); "

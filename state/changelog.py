@@ -38,6 +38,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -110,6 +111,17 @@ def mark_without(db: rocksdict.Rdict) -> None:
 def ran_without(db: rocksdict.Rdict) -> bool:
     """Whether the store changed without its changelog since the changelog last had it."""
     return db.get(LOGGED_KEY) == WITHOUT
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A store rebuilt from its changelog when it was opened (:meth:`state.db.StateDB.open`)."""
+
+    reason: str
+    """``missing``, ``behind`` (the recovery snapshot) or ``unclean`` (not closed cleanly)."""
+    records: int
+    """Changelog records read."""
+    seconds: float
 
 
 class Restored:

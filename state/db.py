@@ -29,7 +29,7 @@ from typing import Any, Self, cast
 import rocksdict
 
 from state import changelog, keys
-from state.changelog import ChangeSink, mark_clean, mark_unclean, mark_without
+from state.changelog import ChangeSink, Rebuilt, mark_clean, mark_unclean, mark_without
 from state.errors import StateError, StateFormatError, StateIdentityError, StoreIOError
 from state.kernels.card import FORMAT as STATE_FORMAT_VERSION
 from state.options import StoreOptions
@@ -79,6 +79,8 @@ class StateDB:
         self.rebuildable = rebuildable
         """Written without a write-ahead log and flushed at every recovery snapshot (see
         :meth:`open`)."""
+        self.rebuilt: Rebuilt | None = None
+        """Set by :meth:`open` when the store was rebuilt from its changelog."""
         self._write_opts = options.write_options()
         if rebuildable:
             self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment]
@@ -119,8 +121,7 @@ class StateDB:
         shard or role).
         """
         options = options or StoreOptions()
-        if changelog is not None:
-            _sync(path, identity, options, changelog, at_least)
+        rebuilt = _sync(path, identity, options, changelog, at_least) if changelog else None
         try:
             path.mkdir(parents=True, exist_ok=True)
             db = rocksdict.Rdict(str(path), options.rocksdb())
@@ -141,7 +142,9 @@ class StateDB:
             mark_unclean(db)  # changes follow: a crash from now on is unclean
         else:
             mark_without(db)  # a changelog, if any, no longer has every change
-        return cls(db, path, identity, options, rebuildable, changelog)
+        store = cls(db, path, identity, options, rebuildable, changelog)
+        store.rebuilt = rebuilt
+        return store
 
     # --- reads -------------------------------------------------------------------------
     def batch(self) -> rocksdict.WriteBatch:
@@ -247,8 +250,11 @@ def check_state_dir(state_dir: Path, expected: Sequence[StoreIdentity]) -> int:
 
 
 def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: ChangeSink,
-          at_least: int) -> None:
-    """Rebuild the store at ``path`` from its changelog unless it is clean (see module)."""
+          at_least: int) -> Rebuilt | None:
+    """Rebuild the store at ``path`` from its changelog unless it is clean (see module).
+
+    Returns what was rebuilt (None: the local store was used as it is).
+    """
     shard = identity.shard
     local = (path / "CURRENT").exists()
     seq = 0
@@ -262,7 +268,7 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
             raw = db.get(keys.SEQ_KEY)
             seq = keys.unpack_u64(raw) if raw is not None else 0
             if changelog.is_clean(db) and seq >= at_least:
-                return
+                return None
             without = changelog.ran_without(db)
         finally:
             db.close()
@@ -289,7 +295,7 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
                 db.close()
             log.info("%s: changelog %s was empty; wrote the local store to it (%d records)",
                      identity.describe(), where, sent)
-        return
+        return None
     if without:
         shutil.rmtree(restoring, ignore_errors=True)
         raise StateError(
@@ -300,10 +306,12 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
             "from the stores; or keep FRAUD_CHANGELOG=off"
         )
     changelog.replace_dir(restoring, path)
+    seconds = time.monotonic() - started
     log.warning("%s: rebuilt from %s because %s: %d records to change %d in %.1f s%s",
-                identity.describe(), where, why, found.records, found.seq,
-                time.monotonic() - started,
+                identity.describe(), where, why, found.records, found.seq, seconds,
                 f" ({found.cut} records of a batch cut short corrected)" if found.cut else "")
+    reason = ("missing" if not local else "unclean" if seq >= at_least else "behind")
+    return Rebuilt(reason, found.records, seconds)
 
 
 def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool = True

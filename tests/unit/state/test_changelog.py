@@ -159,6 +159,7 @@ def test_a_clean_store_is_kept_and_an_unclean_one_rebuilt(tmp_path: Path,
     sent = len(log.parts[0])
     store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
     assert len(log.parts[0]) == sent and store.seq > 0  # kept, nothing re-logged
+    assert store.db.rebuilt is None
     _feed_cards(store, events[60:])
     expected = _state(store.db.db.items())
     seq = store.seq
@@ -168,10 +169,18 @@ def test_a_clean_store_is_kept_and_an_unclean_one_rebuilt(tmp_path: Path,
     (tmp_path / "cards" / "0" / "CURRENT").unlink()  # and its files are unusable
     store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
     assert store.seq == seq and _state(store.db.db.items()) == expected
+    rebuilt = store.db.rebuilt  # counted by the flow (fraud_changelog_restores_total)
+    assert rebuilt is not None and rebuilt.reason == "missing"
+    assert rebuilt.records == len(log.parts[0])
     store.close()
     # behind the recovery snapshot: rebuilt too
     store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log, at_least=seq + 1)
     assert store.seq == seq  # the changelog has no more: the flow's stale check decides
+    assert store.db.rebuilt is not None and store.db.rebuilt.reason == "behind"
+    store.db.changelog = None
+    store.db.db.close()  # killed with its files intact: not closed cleanly
+    store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
+    assert store.db.rebuilt is not None and store.db.rebuilt.reason == "unclean"
     store.close()
 
 
