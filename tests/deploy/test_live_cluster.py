@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,8 @@ def start_cluster(settings: KafkaSettings, model_dir: Path, work: Path) -> Clust
             "FLOW_ADDRESSES": addresses,
             "FLOW_RECOVERY_DIR": str(data / "recovery"),
             "FLOW_SNAPSHOT_SECONDS": "1",
+            # as the ConfigMap: changelogs, and process 0's recovery partitions copied
+            "FRAUD_CHANGELOG": "on", "FRAUD_RECOVERY_BACKUP_SECONDS": "2",
         }
         log = work / f"flow-{i}.log"
         logs.append(log)
@@ -244,5 +247,26 @@ def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
         # Only the second batch is new; at most the last epoch of the first is replayed.
         assert N_TRANSACTIONS <= total < 2 * N_TRANSACTIONS, total
         assert replayed < N_TRANSACTIONS, replayed
+        assert sample_value(texts[0], "fraud_recovery_backup_timestamp_seconds") > 0
     finally:
         cluster.stop()
+
+    # Process 0's volume lost: the entrypoint restores its recovery partitions from the
+    # recovery-backup topic (the copy after the clean stop) and its stores from their
+    # changelogs, so the cluster resumes rather than starting over.
+    shutil.rmtree(tmp_path / "flow-0")
+    produce(topics, seed=4)
+    cluster = start_cluster(topics, seeded_current, tmp_path)
+    try:
+        texts = wait_for(cluster, N_TRANSACTIONS, set())
+        time.sleep(2)
+        texts = [t for t in (cluster.scrape(i) for i in range(2)) if t]
+        replayed = sum(sample_value(t, "fraud_replayed_verdicts_total") for t in texts)
+        assert replayed < N_TRANSACTIONS, replayed  # not every earlier verdict again
+        restores = sum(sample_value(t, "fraud_changelog_restores_total") for t in texts)
+        assert restores >= 1  # process 0's stores, rebuilt
+    finally:
+        cluster.stop()
+    said = (tmp_path / "flow-0.log").read_text()
+    assert "holds no copy: new recovery partitions are needed" in said  # the first start
+    assert "restored part-0.sqlite3" in said, said[-3000:]
