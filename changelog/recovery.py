@@ -54,7 +54,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from changelog.kafka import read_partition
-from topics.admin import create_topic
+from topics.admin import create_topic, topic_partitions
 from topics.errors import BrokerError, ConfigError, FraudStreamError
 from topics.producer import PRODUCER_DEFAULTS
 from topics.settings import KafkaSettings
@@ -365,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity = topic_identity(settings, transactions)
         backup = RecoveryBackup(settings, transactions, identity.topic_id or "")
         if args.command == "show":
+            if backup.topic not in topic_partitions(settings):
+                print(f"{backup.topic} does not exist: no copy yet (FRAUD_CHANGELOG=on "
+                      "makes process 0 write it)")
+                return 0
             copies = backup.read()
             for manifest, _ in copies.values():
                 print(manifest.describe())
