@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from changelog.kafka import CHANGELOGS
 from changelog.recovery import TOPIC as RECOVERY_BACKUP
 from topics.admin import delete_topics
-from topics.errors import ConfigError, FraudStreamError
+from topics.errors import FraudStreamError
 from topics.settings import KafkaSettings
 
 
@@ -34,9 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="really delete (without it: say what would be deleted)")
     args = parser.parse_args(argv)
     try:
-        settings = KafkaSettings.from_env()
-        if settings.bootstrap_servers is None:
-            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        settings = KafkaSettings.required_from_env()
         names = [settings.topic(t) for t in (*CHANGELOGS.values(), RECOVERY_BACKUP)]
         if not args.yes:
             print(f"would delete {', '.join(names)} on {settings.bootstrap_servers}: the "

@@ -358,9 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the recovery directory (restore)")
     args = parser.parse_args(argv)
     try:
-        settings = KafkaSettings.from_env()
-        if settings.bootstrap_servers is None:
-            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        settings = KafkaSettings.required_from_env()
         transactions = settings.topic("transactions")
         identity = topic_identity(settings, transactions)
         backup = RecoveryBackup(settings, transactions, identity.topic_id or "")

@@ -136,6 +136,15 @@ class KafkaSettings:
                 )
         return settings
 
+    @classmethod
+    def required_from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        """:meth:`from_env` for a command that needs a broker: :class:`ConfigError` without one."""
+        settings = cls.from_env(env)
+        if settings.bootstrap_servers is None:
+            raise ConfigError(f"{BOOTSTRAP_ENV} is not set; point it at your Kafka "
+                              "(for development: `just broker` prints the address)")
+        return settings
+
     def topic(self, logical: str) -> str:
         """The real topic name for a logical topic (``transactions``, ``predictions``, ...)."""
         return self.topic_overrides.get(logical, self.topic_prefix + logical)

@@ -117,6 +117,18 @@ def start_cluster(settings: KafkaSettings, model_dir: Path, work: Path) -> Clust
     return Cluster(procs, ports, logs)
 
 
+def restarted(settings: KafkaSettings, model_dir: Path, work: Path, seed: int) -> list[str]:
+    """Produce more traffic, start the cluster on ``work``, scrape both once it is scored."""
+    produce(settings, seed=seed)
+    cluster = start_cluster(settings, model_dir, work)
+    try:
+        wait_for(cluster, N_TRANSACTIONS, set())
+        time.sleep(2)
+        return [t for t in (cluster.scrape(i) for i in range(2)) if t]
+    finally:
+        cluster.stop()
+
+
 def publish_rules(settings: KafkaSettings) -> None:
     """Publish the example rule book as an analyst would (``just rules add``)."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
@@ -236,37 +248,23 @@ def test_two_process_cluster_from_the_entrypoint_exports_every_queried_metric(
     assert not list((tmp_path / "flow-1" / "recovery").iterdir())
 
     # Restart from recovery with more traffic: it resumes, it does not start over.
-    produce(topics, seed=2)
-    cluster = start_cluster(topics, seeded_current, tmp_path)
-    try:
-        texts = wait_for(cluster, N_TRANSACTIONS, set())
-        time.sleep(2)
-        texts = [t for t in (cluster.scrape(i) for i in range(2)) if t]
-        total = sum(sample_value(t, "fraud_verdicts_total") for t in texts)
-        replayed = sum(sample_value(t, "fraud_replayed_verdicts_total") for t in texts)
-        # Only the second batch is new; at most the last epoch of the first is replayed.
-        assert N_TRANSACTIONS <= total < 2 * N_TRANSACTIONS, total
-        assert replayed < N_TRANSACTIONS, replayed
-        assert sample_value(texts[0], "fraud_recovery_backup_timestamp_seconds") > 0
-    finally:
-        cluster.stop()
+    texts = restarted(topics, seeded_current, tmp_path, seed=2)
+    total = sum(sample_value(t, "fraud_verdicts_total") for t in texts)
+    replayed = sum(sample_value(t, "fraud_replayed_verdicts_total") for t in texts)
+    # Only the second batch is new; at most the last epoch of the first is replayed.
+    assert N_TRANSACTIONS <= total < 2 * N_TRANSACTIONS, total
+    assert replayed < N_TRANSACTIONS, replayed
+    assert sample_value(texts[0], "fraud_recovery_backup_timestamp_seconds") > 0
 
     # Process 0's volume lost: the entrypoint restores its recovery partitions from the
     # recovery-backup topic (the copy after the clean stop) and its stores from their
     # changelogs, so the cluster resumes rather than starting over.
     shutil.rmtree(tmp_path / "flow-0")
-    produce(topics, seed=4)
-    cluster = start_cluster(topics, seeded_current, tmp_path)
-    try:
-        texts = wait_for(cluster, N_TRANSACTIONS, set())
-        time.sleep(2)
-        texts = [t for t in (cluster.scrape(i) for i in range(2)) if t]
-        replayed = sum(sample_value(t, "fraud_replayed_verdicts_total") for t in texts)
-        assert replayed < N_TRANSACTIONS, replayed  # not every earlier verdict again
-        restores = sum(sample_value(t, "fraud_changelog_restores_total") for t in texts)
-        assert restores >= 1  # process 0's stores, rebuilt
-    finally:
-        cluster.stop()
+    texts = restarted(topics, seeded_current, tmp_path, seed=4)
+    replayed = sum(sample_value(t, "fraud_replayed_verdicts_total") for t in texts)
+    assert replayed < N_TRANSACTIONS, replayed  # not every earlier verdict again
+    restores = sum(sample_value(t, "fraud_changelog_restores_total") for t in texts)
+    assert restores >= 1  # process 0's stores, rebuilt
     said = (tmp_path / "flow-0.log").read_text()
     assert "holds no copy: new recovery partitions are needed" in said  # the first start
     assert "restored part-0.sqlite3" in said, said[-3000:]
