@@ -380,7 +380,8 @@ def _cmd_smoke(podman: Podman, args: argparse.Namespace) -> None:
 
     model = None if args.baked_model else args.model
     report = run_smoke(podman, SmokeOptions(image=args.tag, transactions=args.transactions,
-                                            model=model, broker=args.broker))  # fmt: skip
+                                            model=model, broker=args.broker,
+                                            changelog=args.changelog))  # fmt: skip
     print(report.summary())
 
 
@@ -461,6 +462,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             "(KRaft) from Maven Central jars, as `just kafka` (needs java, mvn)")
     smoke.add_argument("--baked-model", action="store_true",
                        help="mount no model: check the one built into the image (build --model)")
+    smoke.add_argument("--changelog", action="store_true",
+                       help="FRAUD_CHANGELOG=on (as the ConfigMap), and the restart on a new, "
+                            "empty volume: restored from the changelogs and recovery-backup")
     return parser.parse_args(argv)
 
 

@@ -30,6 +30,7 @@ lines. Timings are in the returned :class:`SmokeReport`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import tempfile
@@ -77,6 +78,10 @@ class SmokeOptions:
     verdict_timeout_s: float = 300.0
     restart: bool = True
     broker: str = "embedded"
+    changelog: bool = False
+    """``FRAUD_CHANGELOG=on`` (the ConfigMap's); the restart then runs on a new, empty
+    volume (the first one lost): its recovery partitions are restored from the
+    ``recovery-backup`` topic and its stores from their changelogs."""
 
 
 @dataclass
@@ -89,6 +94,7 @@ class SmokeReport:
     verdicts: int = 0
     ready_s: float | None = None  # when /ready answered 200 (checked after the verdicts)
     first_verdict_s: float | None = None
+    restored: bool | None = None  # changelog: the restart restored the recovery partitions
     all_verdicts_s: float | None = None
     stop_s: float | None = None
     exit_code: int | None = None
@@ -120,8 +126,10 @@ class SmokeReport:
             f"  podman stop (SIGTERM): exit {self.exit_code} in {s(self.stop_s)}",
         ]
         if self.restart_exit_code is not None or self.restart_verdicts:
+            where = ("a new volume (recovery partitions restored from recovery-backup, stores "
+                     "from their changelogs)" if self.restored else "the same volume")
             lines.append(
-                f"  restart on the same volume: {self.restart_verdicts} new verdicts, none "
+                f"  restart on {where}: {self.restart_verdicts} new verdicts, none "
                 f"repeated; first after {s(self.restart_first_verdict_s)}; stop exit "
                 f"{self.restart_exit_code} in {s(self.restart_stop_s)}"
             )
@@ -299,7 +307,8 @@ def run_smoke(podman: Podman, options: SmokeOptions) -> SmokeReport:
         env = forwarded_env({BOOTSTRAP_ENV: bootstrap,
                              "FRAUD_TOPIC_PREFIX": settings.topic_prefix,
                              "FRAUD_METRICS_PORT": str(port),
-                             "FLOW_SNAPSHOT_SECONDS": str(SNAPSHOT_S)})
+                             "FLOW_SNAPSHOT_SECONDS": str(SNAPSHOT_S),
+                             **({"FRAUD_CHANGELOG": "on"} if options.changelog else {})})
         container = _Container(podman, f"fraudstream-smoke-{run_id}")
         try:
             _first_run(container, options, report, settings, env, volume, model, first_ids, port)
@@ -307,11 +316,20 @@ def run_smoke(podman: Podman, options: SmokeOptions) -> SmokeReport:
             container.remove()
         if options.restart:
             again = _Container(podman, f"fraudstream-smoke-{run_id}-2")
-            try:
-                _restart(again, options, report, settings, env, volume, model, first_ids,
-                         start_ms)  # fmt: skip
-            finally:
-                again.remove()
+            with contextlib.ExitStack() as lost:
+                if options.changelog:  # the first volume is lost
+                    volume = lost.enter_context(_volume(podman, f"fraudstream-smoke-{run_id}-2"))
+                try:
+                    _restart(again, options, report, settings, env, volume, model, first_ids,
+                             start_ms)  # fmt: skip
+                    if options.changelog:
+                        said = again.logs(400)
+                        report.restored = "restored part-0.sqlite3" in said
+                        if not report.restored:
+                            raise again.fail("the new volume's recovery partitions were not "
+                                             "restored from recovery-backup")
+                finally:
+                    again.remove()
     return report
 
 

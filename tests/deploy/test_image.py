@@ -55,8 +55,12 @@ def test_image_scores_and_stops_cleanly(built: image.BuiltImage, tiny_model_dir:
     from devkit.image_smoke import SmokeOptions, run_smoke
 
     transactions = 200
+    # on Apache Kafka as the ConfigMap runs it: changelogs on, and the restart on a new
+    # volume (restored from the changelogs and the recovery-backup topic)
+    changelog = broker == "kafka"
     report = run_smoke(Podman.detect(), SmokeOptions(
-        image=built.tag, transactions=transactions, model=tiny_model_dir, broker=broker))
+        image=built.tag, transactions=transactions, model=tiny_model_dir, broker=broker,
+        changelog=changelog))
     print("\n" + report.summary())
 
     assert report.broker == broker
@@ -67,6 +71,7 @@ def test_image_scores_and_stops_cleanly(built: image.BuiltImage, tiny_model_dir:
     assert report.read_only_root
     assert report.exit_code == 0 and report.stop_s is not None and report.stop_s < STOP_GRACE_S
     assert report.restart_verdicts == transactions and report.restart_exit_code == 0
+    assert report.restored is (True if changelog else None)
 
 
 # ---- what the commands are made of (no podman needed) ----
