@@ -16,7 +16,8 @@ that moment: Bytewax resumes from the copy's last committed epoch and reads the
 inputs again from its offsets. The stores, rebuilt from their changelogs, are
 then ahead of it, and they are idempotent by transaction id (and label id): what
 they already applied comes back as a repeat, and its stored verdict is published
-again, byte for byte the same (at most one backup interval of them). The card
+again, byte for byte the same (those since the copy's last committed snapshot: up to
+the copy interval plus the snapshot interval, more while copies fail). The card
 stores keep the rows of their last :attr:`state.options.StoreOptions.recent_rows`
 changes (200,000 per store) for that; an interval of minutes is far inside it.
 Partitions copied a few milliseconds apart stay consistent with each other as
@@ -75,7 +76,7 @@ PATTERN = "*.sqlite3"
 BACKUP_TIME = Gauge(
     "fraud_recovery_backup_timestamp_seconds",
     "When process 0 last copied its recovery partitions to the recovery-backup topic "
-    "(Unix seconds; absent before the first copy). A pod-0 volume loss rewinds to it.",
+    "(Unix seconds; 0 before the first copy). A pod-0 volume loss rewinds to it.",
 )
 BACKUP_BYTES = Gauge("fraud_recovery_backup_bytes",
                      "Size of the last copy of the recovery partitions (all partitions).")
