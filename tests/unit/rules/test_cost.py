@@ -224,7 +224,9 @@ def test_guard_disables_an_overrunning_rule_and_verdicts_equal_those_without_it(
     hostile = rule("attr-loop", ATTRIBUTE_LOOP, "decline")  # would decline every row
     guarded, control = books(hostile)
     assert guarded.version != control.version
-    batch = wide(random_batch(3, n=64), 2_000)
+    # 8,000 attributes: the loop costs well over 10x its budget a row on any machine (with
+    # 2,000 a fast one ran it at ~9x, under the guard's limits, and nothing was disabled)
+    batch = wide(random_batch(3, n=64), 8_000)
     got, want = guarded.evaluate(batch), control.evaluate(batch)
     assert [d.rule_id for d in got.disabled] == ["attr-loop"]
     assert "µs per transaction" in got.disabled[0].reason
