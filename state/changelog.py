@@ -12,8 +12,12 @@ only when it is *clean*: its last run closed after every change was acknowledged
 (:data:`LOGGED_KEY` equals its sequence number), and it is not behind the recovery
 snapshot. Otherwise (the directory is missing or empty, the process was killed, the
 volume is stale) it is rebuilt from the changelog before it processes anything
-(:func:`restore`): a killed store may hold changes whose records never reached the
-broker, and carrying on from it would leave the changelog short of them for good.
+(:func:`restore`). A killed store whose files are intact and at least as far as its
+changelog is kept instead: it may hold changes whose records never reached the
+broker, so the changelog is first sent what differs (:func:`reconcile`); carrying on
+without that would leave the changelog short of them for good, and rebuilding from
+the changelog would forget verdicts already published (they would be scored again,
+with another ``scored_time``, instead of re-emitted byte for byte).
 
 **A batch cut short.** A process killed while producing a batch's records leaves
 some of them behind the last complete batch (the one whose sequence record came
@@ -210,6 +214,48 @@ def seed(db: rocksdict.Rdict, sink: ChangeSink, shard: int, chunk: int = 10_000)
             sent += len(changes)
             changes = []
     seq = db.get(keys.SEQ_KEY)
+    changes.append((keys.SEQ_KEY, seq if seq is not None else keys.pack_u64(0)))
+    sink.send(shard, changes)
+    return sent + len(changes)
+
+
+def reconcile(local: rocksdict.Rdict, restored: rocksdict.Rdict, sink: ChangeSink, shard: int,
+              chunk: int = 10_000) -> int:
+    """Make the changelog (``restored`` is what it holds) equal the ``local`` store.
+
+    For a store killed ahead of its changelog (the records of its last batches were not
+    yet acknowledged): every key whose local value differs from the changelog's is sent
+    again, every key the changelog holds and the store no longer does gets a tombstone,
+    and the store's sequence number comes last, closing them as one batch. Both
+    stores are read in key order, once. Returns the records sent (the caller flushes).
+    """
+    sent = 0
+    changes: list[Change] = []
+    skip = (LOGGED_KEY, keys.SEQ_KEY)
+
+    def pairs(db: rocksdict.Rdict) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in db.items():
+            if isinstance(key, bytes) and key not in skip:
+                yield key, bytes(value)
+
+    mine, theirs = pairs(local), pairs(restored)
+    a, b = next(mine, None), next(theirs, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            changes.append(a)  # type: ignore[arg-type]
+            a = next(mine, None)
+        elif a is None or b[0] < a[0]:
+            changes.append((b[0], None))
+            b = next(theirs, None)
+        else:
+            if a[1] != b[1]:
+                changes.append(a)
+            a, b = next(mine, None), next(theirs, None)
+        if len(changes) >= chunk:
+            sink.send(shard, changes)
+            sent += len(changes)
+            changes = []
+    seq = local.get(keys.SEQ_KEY)
     changes.append((keys.SEQ_KEY, seq if seq is not None else keys.pack_u64(0)))
     sink.send(shard, changes)
     return sent + len(changes)

@@ -253,7 +253,9 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
           at_least: int) -> Rebuilt | None:
     """Rebuild the store at ``path`` from its changelog unless it is clean (see module).
 
-    Returns what was rebuilt (None: the local store was used as it is).
+    A store not closed cleanly but at least as far as its changelog and the snapshot
+    is kept, and the changelog sent what it lacks (:func:`state.changelog.reconcile`).
+    Returns what was rebuilt or reconciled (None: the local store was used as it is).
     """
     shard = identity.shard
     local = (path / "CURRENT").exists()
@@ -305,6 +307,8 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
             "(cards-changelog, merchants-changelog) and start again: they are then written "
             "from the stores; or keep FRAUD_CHANGELOG=off"
         )
+    if local and seq >= at_least and seq >= found.seq:  # killed ahead of its changelog
+        return _reconciled(path, restoring, identity, options, sink, found, started)
     changelog.replace_dir(restoring, path)
     seconds = time.monotonic() - started
     log.warning("%s: rebuilt from %s because %s: %d records to change %d in %.1f s%s",
@@ -312,6 +316,27 @@ def _sync(path: Path, identity: StoreIdentity, options: StoreOptions, sink: Chan
                 f" ({found.cut} records of a batch cut short corrected)" if found.cut else "")
     reason = ("missing" if not local else "unclean" if seq >= at_least else "behind")
     return Rebuilt(reason, found.records, seconds)
+
+
+def _reconciled(path: Path, restoring: Path, identity: StoreIdentity, options: StoreOptions,
+                sink: ChangeSink, found: changelog.Restored, started: float) -> Rebuilt:
+    """Keep a killed store that is as far as its changelog or further; send it the difference."""
+    local = rocksdict.Rdict(str(path), options.rocksdb())
+    try:
+        restored = rocksdict.Rdict(str(restoring), options.rocksdb())
+        try:
+            sent = changelog.reconcile(local, restored, sink, identity.shard)
+            sink.flush()
+        finally:
+            restored.close()
+    finally:
+        local.close()
+    shutil.rmtree(restoring, ignore_errors=True)
+    seconds = time.monotonic() - started
+    log.warning("%s: not closed cleanly; kept it (its changelog %s reached change %d): sent the "
+                "changelog %d records it lacked, in %.1f s", identity.describe(),
+                sink.describe(identity.shard), found.seq, sent, seconds)
+    return Rebuilt("unclean", found.records, seconds)
 
 
 def _check(db: rocksdict.Rdict, path: Path, identity: StoreIdentity, stamp: bool = True

@@ -110,12 +110,11 @@ def test_rescaled_and_restored_clusters_change_no_score(
             killed = run + 1 < len(STARTS) and STARTS[run + 1][1] == "zero"
             try:
                 collector.wait_for(scored, flows, timeout=TIMEOUT)
-                # a snapshot past the last verdict; before the kill, only the changelog's
-                # linger (200 ms): the stores' last changes are on the broker, the recovery
-                # backup (every 3 s) is most likely older than the last verdicts. (A kill
-                # within the linger loses those changes from the changelog; the rebuilt
-                # stores then score their transactions again: same scores, new scored_time.
-                # README, Known limitations.)
+                # a snapshot past the last verdict; before the kill, only past the changelog's
+                # linger (200 ms), so the recovery backup (every 3 s) is most likely older than
+                # the last verdicts. (Killed within the linger, process 0's last changes would
+                # be lost with its volume, and its stores would score those transactions again:
+                # same scores, a new scored_time. README, Known limitations.)
                 time.sleep(1.0 if killed else 2.5)
             finally:
                 if killed:

@@ -226,3 +226,31 @@ def test_a_store_that_ran_without_its_changelog_is_refused_until_the_topic_is_de
     fresh = MemoryLog()  # the topics deleted: written from the store
     CardStore.open(tmp_path, CARDS, SMALL, changelog=fresh).close()
     assert _restored(fresh, tmp_path / "elsewhere", CardStore, CARDS) == expected
+
+
+def test_a_store_killed_ahead_of_its_changelog_is_kept_and_the_changelog_caught_up(
+    tmp_path: Path, events_factory,
+) -> None:
+    """The records of its last batches never reached the broker (a kill within the linger):
+    the store is kept, not rebuilt (a rebuild would forget verdicts already published), and
+    the changelog is sent what it lacks, so a later restore still equals the store."""
+    events = [e for e in numbered(events_factory(9, 120, cards=4)) if
+              not hasattr(e[1], "label_time")]
+    log = MemoryLog()
+    store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
+    _feed_cards(store, events[:50])
+    store.checkpoint()  # acknowledged up to here
+    acknowledged = len(log.parts[0])
+    for a in range(50, 90, 10):  # more batches, applied and written locally...
+        _feed_cards(store, events[a:a + 10])
+    expected = _state(store.db.db.items())
+    seq = store.seq
+    store.db.changelog = None
+    store.db.db.close()  # ...then killed before their records were delivered
+    del log.parts[0][acknowledged:]
+    store = CardStore.open(tmp_path, CARDS, SMALL, changelog=log)
+    assert store.seq == seq and _state(store.db.db.items()) == expected  # kept
+    assert store.db.rebuilt is not None and store.db.rebuilt.reason == "unclean"
+    store.close()
+    log.compact(drop_tombstones=True)
+    assert _restored(log, tmp_path / "elsewhere", CardStore, CARDS) == expected
