@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -203,20 +203,7 @@ def seed(db: rocksdict.Rdict, sink: ChangeSink, shard: int, chunk: int = 10_000)
 
     Returns how many records were sent (the caller flushes).
     """
-    sent = 0
-    changes: list[Change] = []
-    for key, value in db.items():
-        if not isinstance(key, bytes) or key in (LOGGED_KEY, keys.SEQ_KEY):
-            continue
-        changes.append((key, bytes(value)))
-        if len(changes) >= chunk:
-            sink.send(shard, changes)
-            sent += len(changes)
-            changes = []
-    seq = db.get(keys.SEQ_KEY)
-    changes.append((keys.SEQ_KEY, seq if seq is not None else keys.pack_u64(0)))
-    sink.send(shard, changes)
-    return sent + len(changes)
+    return _send(sink, shard, _contents(db), db.get(keys.SEQ_KEY), chunk)
 
 
 def reconcile(local: rocksdict.Rdict, restored: rocksdict.Rdict, sink: ChangeSink, shard: int,
@@ -229,36 +216,49 @@ def reconcile(local: rocksdict.Rdict, restored: rocksdict.Rdict, sink: ChangeSin
     and the store's sequence number comes last, closing them as one batch. Both
     stores are read in key order, once. Returns the records sent (the caller flushes).
     """
-    sent = 0
-    changes: list[Change] = []
-    skip = (LOGGED_KEY, keys.SEQ_KEY)
+    return _send(sink, shard, _differences(_contents(local), _contents(restored)),
+                 local.get(keys.SEQ_KEY), chunk)
 
-    def pairs(db: rocksdict.Rdict) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in db.items():
-            if isinstance(key, bytes) and key not in skip:
-                yield key, bytes(value)
 
-    mine, theirs = pairs(local), pairs(restored)
+def _contents(db: rocksdict.Rdict) -> Iterator[tuple[bytes, bytes]]:
+    """A store's logged keys and values, in key order (not the sequence number, not marks)."""
+    for key, value in db.items():
+        if isinstance(key, bytes) and key not in (LOGGED_KEY, keys.SEQ_KEY):
+            yield key, bytes(value)
+
+
+def _differences(mine: Iterator[tuple[bytes, bytes]], theirs: Iterator[tuple[bytes, bytes]]
+                 ) -> Iterator[Change]:
+    """What turns ``theirs`` into ``mine`` (both in key order): puts and tombstones."""
     a, b = next(mine, None), next(theirs, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a[0] < b[0]):
-            changes.append(a)  # type: ignore[arg-type]
+            assert a is not None
+            yield a
             a = next(mine, None)
         elif a is None or b[0] < a[0]:
-            changes.append((b[0], None))
+            yield b[0], None
             b = next(theirs, None)
         else:
             if a[1] != b[1]:
-                changes.append(a)
+                yield a
             a, b = next(mine, None), next(theirs, None)
-        if len(changes) >= chunk:
-            sink.send(shard, changes)
-            sent += len(changes)
-            changes = []
-    seq = local.get(keys.SEQ_KEY)
-    changes.append((keys.SEQ_KEY, seq if seq is not None else keys.pack_u64(0)))
-    sink.send(shard, changes)
-    return sent + len(changes)
+
+
+def _send(sink: ChangeSink, shard: int, changes: Iterable[Change], seq: bytes | None,
+          chunk: int) -> int:
+    """Send ``changes`` in chunks, closed by the sequence record ``seq``; how many records."""
+    sent = 0
+    batch: list[Change] = []
+    for change in changes:
+        batch.append(change)
+        if len(batch) >= chunk:
+            sink.send(shard, batch)
+            sent += len(batch)
+            batch = []
+    batch.append((keys.SEQ_KEY, seq if seq is not None else keys.pack_u64(0)))
+    sink.send(shard, batch)
+    return sent + len(batch)
 
 
 def replace_dir(restored: Path, path: Path) -> None:
