@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -129,17 +130,31 @@ def partitions(recovery_dir: Path) -> list[Path]:
     return sorted(Path(recovery_dir).glob(PATTERN))
 
 
-def copy_partition(path: Path) -> bytes:
-    """A consistent image of one SQLite partition while Bytewax writes it (online backup)."""
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    target = sqlite3.connect(":memory:")
-    try:
-        source.backup(target)
-        target.execute("VACUUM")  # Bytewax's deleted snapshots leave half the pages free
-        return target.serialize()
-    finally:
-        source.close()
-        target.close()
+#: Run in a child process by :func:`copy_partition`: the path in ``argv[1]``, the image out.
+_COPY = """
+import sqlite3, sys
+source = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=30)
+target = sqlite3.connect(":memory:")
+source.backup(target)
+source.close()
+target.execute("VACUUM")  # Bytewax's deleted snapshots leave half the pages free
+sys.stdout.buffer.write(target.serialize())
+"""
+
+
+def copy_partition(path: Path, timeout: float = 120.0) -> bytes:
+    """A consistent image of one SQLite partition while Bytewax writes it (online backup).
+
+    Made in a child process, never in the flow's: Bytewax links its own SQLite, and two
+    SQLite libraries in one process break each other's POSIX locks on the same file
+    (closing one's descriptor drops the other's locks; sqlite.org/howtocorrupt.html
+    2.2.1). In the flow's process this crashed it with SIGBUS. Raises ``OSError``.
+    """
+    done = subprocess.run([sys.executable, "-c", _COPY, str(path)], capture_output=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0 or not done.stdout:
+        raise OSError(f"cannot copy {path}: {done.stderr.decode(errors='replace')[-500:]}")
+    return done.stdout
 
 
 def records(manifest: Manifest, image: bytes) -> list[tuple[bytes, bytes]]:
@@ -308,7 +323,7 @@ class BackupThread(threading.Thread):
             started = self._clock()
             try:
                 size = self.backup.upload(self.recovery_dir)
-            except (FraudStreamError, sqlite3.Error, OSError) as exc:
+            except (FraudStreamError, sqlite3.Error, OSError, subprocess.SubprocessError) as exc:
                 BACKUP_FAILURES.inc()
                 log.warning("recovery backup failed (retried in %s s): %s", self.seconds, exc)
                 return False
