@@ -107,6 +107,15 @@ class _Buffer:
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
+def prepare() -> None:
+    """Make pyarrow's first conversion now (it imports pandas: about 0.2 s).
+
+    A conversion fails once the interpreter is shutting down, and the first one is
+    slow: the flow calls this while it builds, before it reads a record.
+    """
+    pa.array([], pa.string())
+
+
 class SampleWriter:
     """Buffer one shard's sampled verdict rows and write them as Parquet files."""
 
@@ -127,9 +136,7 @@ class SampleWriter:
         self.clock = clock
         self._buffer = _Buffer(Path(directory) / f"shard={shard}")
         if rate > 0.0:
-            # pyarrow imports pandas on its first conversion, which fails once the interpreter
-            # is shutting down: convert once now, so the finaliser can write at exit
-            pa.array([], pa.string())
+            prepare()  # so the finaliser can write at exit
             weakref.finalize(self, self._buffer.write)
 
     @property

@@ -51,6 +51,7 @@ from changelog.kafka import KafkaChangelog
 from changelog.kafka import ensure as ensure_changelog
 from changelog.recovery import BackupThread, RecoveryBackup
 from changelog.recovery import check_run as check_backup_run
+from drift import samples as drift_samples
 from drift.samples import SampleWriter
 from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
@@ -79,6 +80,7 @@ from rules.signing import load_trusted
 from scoring.serving import serving_thresholds
 from state.card_store import CardStore
 from state.db import StoreIdentity, check_state_dir
+from state.kernels.warm import load as load_kernels
 from state.lock import lock_recovery_dir, lock_state_dir
 from state.merchant_store import MerchantStore
 from state.options import StoreOptions
@@ -279,6 +281,11 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
                                             drift.flush_seconds, cards),
             samples=samples, rules=book, shard=shard, reports_lists=process_id == 0,
         )
+
+    # one-time costs now, not in the first batch: numba's kernels, pyarrow's first conversion
+    log.info("numba kernels loaded in %.2f s", load_kernels())
+    if drift.sample_rate > 0:
+        drift_samples.prepare()
 
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
     future = settings.max_skew_ms if settings.skew_policy == "dead-letter" else _NO_FUTURE_LIMIT
