@@ -38,7 +38,7 @@ def _store_us_per_txn(sample: list[Transaction], batch: int, runs: int) -> float
     from state.card_store import CardBatch, CardStore
     from state.db import StoreIdentity
     from state.inputs import FeatureInputs
-    from state.merchant_store import MerchantBatch, MerchantStore
+    from state.merchant_store import MerchantBatch, MerchantStore, Rendered
     from state.options import StoreOptions
     from state.records import body_digest
     from state.replay import reference_amounts
@@ -47,8 +47,11 @@ def _store_us_per_txn(sample: list[Transaction], batch: int, runs: int) -> float
     amounts = np.array([amount_of(t) for t in sample])
     bodies = np.array([body_digest(t) for t in sample], dtype=np.uint64)
 
-    def render(_index: object, rows: np.ndarray) -> list[bytes]:
-        return [row.tobytes() for row in rows]
+    gist = b'{"score":0.012345678,"decision":"approve","model_version":"v20261207-0000"}'
+
+    def render(_index: object, rows: np.ndarray) -> Rendered:
+        # verdicts as the rows' bytes, the gists as the flow hands them (scoring.render.gists)
+        return Rendered([row.tobytes() for row in rows], [gist] * len(rows))
 
     timings = []
     for _ in range(runs):

@@ -36,7 +36,7 @@ from flows.kafka import RawRecord
 from flows.serving import ModelSource
 from rules.book import Message, Outcome, Refused, RuleBook
 from scoring.decide import Decided, decide
-from scoring.render import render
+from scoring.render import gists, render
 from scoring.serving import Serving
 from state import merchant_store as ms
 from state.merchant_store import LabelJoin, LabelSource, MerchantBatch, MerchantStore
@@ -239,14 +239,14 @@ class MerchantScorer:
                               rows.has_row)
         self._decided = None
 
-        def score_rows(positions: np.ndarray, matrix: np.ndarray) -> list[bytes]:
+        def score_rows(positions: np.ndarray, matrix: np.ndarray) -> ms.Rendered:
             picked = [values[i] for i in positions.tolist()]
             decided = decide(matrix, picked, rows.amount[positions], live, shadow, self.rules)
             self._decided = decided
-            return render(decided, picked, txns.ingest_ms[positions],
-                          txns.clamped[positions], rows.amount[positions],
-                          self.reference_currency, int(self.clock() * 1000),
-                          self.rate_table)
+            return ms.Rendered(render(decided, picked, txns.ingest_ms[positions],
+                                      txns.clamped[positions], rows.amount[positions],
+                                      self.reference_currency, int(self.clock() * 1000),
+                                      self.rate_table), gists(decided))
 
         outcome, joins = self.store.process(batch, score_rows)
         made = self.clock()

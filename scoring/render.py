@@ -22,6 +22,7 @@ import numpy as np
 
 from scoring.decide import Decided
 from state.inputs import NEUTRAL_WHEN_UNRATED
+from state.records import VerdictGist
 from topics.contracts import Prediction, ReasonCode, RuleHit, Transaction
 from topics.currency import MINOR_UNITS
 
@@ -125,3 +126,22 @@ def render(decided: Decided, txns: Sequence[Transaction], ingest_ms: np.ndarray,
             prediction.shadow_model_version = shadow_version
         out.append(_encode(prediction))
     return out
+
+
+def gists(decided: Decided) -> list[bytes]:
+    """The gist of every verdict :func:`render` makes of ``decided``, from its arrays.
+
+    Byte for byte :func:`state.records.verdict_gist` of each rendered verdict, without
+    decoding one again (what the merchant store keeps for label feedback).
+    """
+    version = decided.champion.version
+    scores = decided.scores.tolist()
+    decisions = decided.decision.tolist()
+    if decided.shadow is None or decided.shadow_scores is None or (
+            decided.shadow_decision is None):
+        return [_encode(VerdictGist(s, d, version)) for s, d in zip(scores, decisions,
+                                                                      strict=True)]
+    shadow = decided.shadow.version
+    return [_encode(VerdictGist(s, d, version, ss, sd, shadow)) for s, d, ss, sd in zip(
+        scores, decisions, decided.shadow_scores.tolist(), decided.shadow_decision.tolist(),
+        strict=True)]

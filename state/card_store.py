@@ -225,10 +225,9 @@ class CardStore:
         blob = records.tobytes()
         size = _SEEN_DTYPE.itemsize
         fresh_list = fresh.tolist()
-        for k, i in enumerate(fresh_list):
-            txn.put(seen_keys[i], blob[k * size:(k + 1) * size])
-        for key, state in zip(card_keys, new_states, strict=True):
-            txn.put(key, state)
+        txn.put_many([seen_keys[i] for i in fresh_list],
+                     [blob[k * size:(k + 1) * size] for k in range(len(fresh_list))])
+        txn.put_many(card_keys, new_states)
         txn.put(keys.seq_key(first), features.tobytes())
         days = inputs.event_ms // DAY_MS
         txn.expire_many(days + self._horizon_days, [seen_keys[i] for i in fresh_list])

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple, Self
 
@@ -76,6 +77,8 @@ from state.records import (
     LabelTarget,
     PendingLabel,
     Verdict,
+    encode_targets,
+    encode_verdicts,
     verdict_gist,
 )
 from state.spec import INDEX, N_FEATURES
@@ -86,10 +89,22 @@ from topics.contracts import Label
 FRESH, REPEAT, REPLAY, CONFLICT, MISSING = 0, 1, 2, 3, 4
 _NEW_MERCHANT = INDEX["card_new_merchant_30d"]
 
+class Rendered(NamedTuple):
+    """The verdict bytes of a batch's new transactions and the gist of each.
+
+    A gist is :func:`~state.records.verdict_gist` of the verdict: what a label joined
+    later reads of it.
+    """
+
+    outputs: Sequence[bytes]
+    gists: Sequence[bytes]
+
+
 #: ``render(positions, matrix)``: the verdict bytes of the new transactions at
 #: ``positions`` (int array of indices into the batch), given their float32 rows
-#: ``[len(positions), N_FEATURES]``.
-Render = Callable[[np.ndarray, np.ndarray], Sequence[bytes]]
+#: ``[len(positions), N_FEATURES]``; a :class:`Rendered` when the renderer has the
+#: gists at hand, else the store reads them from the bytes.
+Render = Callable[[np.ndarray, np.ndarray], Sequence[bytes] | Rendered]
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +283,7 @@ class MerchantStore:
             joins: list[LabelJoin] = []
             for a in range(0, len(batch), step):
                 def shifted(fresh: np.ndarray, matrix: np.ndarray, a: int = a
-                            ) -> Sequence[bytes]:
+                            ) -> Sequence[bytes] | Rendered:
                     return render(fresh + a, matrix)  # positions in the whole batch
                 outcome, made = self._process(batch.slice(a, a + step), shifted)
                 outcomes.append(outcome)
@@ -371,21 +386,28 @@ class MerchantStore:
         states = self._load(list(ids))
         matrix[:, MERCHANT_COLUMNS], new_states = merchant_features(states, ops, f)
         matrix[:, CONTEXT_COLUMNS] = context_features(inputs)
-        outputs = render(fresh, matrix)
+        rendered = render(fresh, matrix)
+        if isinstance(rendered, Rendered):
+            outputs, gists = rendered
+        else:
+            outputs, gists = rendered, [verdict_gist(out) for out in rendered]
         txn = StoreTransaction(db)
         first = txn.next_seqs(f)
         joins: list[LabelJoin] = []
-        event_ms = inputs.event_ms.tolist()
         target_keys = [keys.TARGET + batch.transaction_ids[i].encode() for i in fresh_list]
-        for k, i in enumerate(fresh_list):
-            record = Verdict(int(batch.body[i]), first + k, int(batch.partition[i]),
-                             int(batch.offset[i]), first, event_ms[k], bool(familiar[k]),
-                             mids[i], outputs[k])
-            txn.put(verdict_keys[i], record.encode())
-            txn.put(target_keys[k], LabelTarget(event_ms[k], first + k, bool(familiar[k]),
-                                                mids[i], verdict_gist(outputs[k])).encode())
-            outcome.first[i] = record
-            outcome.output[i] = outputs[k]
+        merchants = [mids[i] for i in fresh_list]
+        raw_merchants = [m.encode() for m in merchants]
+        body, partition, offset = batch.body[fresh], batch.partition[fresh], batch.offset[fresh]
+        txn.put_many([verdict_keys[i] for i in fresh_list], encode_verdicts(
+            body, first, partition, offset, inputs.event_ms, familiar, raw_merchants, outputs))
+        txn.put_many(target_keys, encode_targets(first, inputs.event_ms, familiar,
+                                                 raw_merchants, gists))
+        for k, record in enumerate(map(Verdict._make, zip(
+                body.tolist(), range(first, first + f), partition.tolist(), offset.tolist(),
+                repeat(first, f), inputs.event_ms.tolist(), familiar.tolist(), merchants,
+                outputs, strict=True))):
+            outcome.first[fresh_list[k]] = record
+            outcome.output[fresh_list[k]] = record.output
         for k, (waited, current) in joined.items():
             record = outcome.first[fresh_list[k]]
             assert record is not None

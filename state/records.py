@@ -104,6 +104,58 @@ class Verdict(NamedTuple):
                    raw[_VERDICT.size:start].decode(), raw[start:])
 
 
+#: The fixed head of :meth:`Verdict.encode` (``_VERDICT``) and :meth:`LabelTarget.encode`
+#: (``_TARGET``) as packed numpy records: a batch's heads are written in one call.
+_VERDICT_HEAD = np.dtype([("body", "<u8"), ("seq", "<u8"), ("partition", "<i4"),
+                          ("offset", "<i8"), ("rows", "<u8"), ("event_time", "<i8"),
+                          ("familiar", "?"), ("merchant_len", "<u2")])
+_TARGET_HEAD = np.dtype([("event_time", "<i8"), ("seq", "<u8"), ("familiar", "?"),
+                         ("merchant_len", "<u2")])
+assert _VERDICT_HEAD.itemsize == _VERDICT.size and _TARGET_HEAD.itemsize == _TARGET.size
+
+
+def _joined(heads: np.ndarray, merchants: Sequence[bytes], tails: Sequence[bytes]
+            ) -> list[bytes]:
+    blob, size = heads.tobytes(), heads.dtype.itemsize
+    return [blob[k * size:(k + 1) * size] + m + t
+            for k, (m, t) in enumerate(zip(merchants, tails, strict=True))]
+
+
+def encode_verdicts(body: np.ndarray, first_seq: int, partition: np.ndarray,
+                    offset: np.ndarray, event_time: np.ndarray, familiar: np.ndarray,
+                    merchants: Sequence[bytes], outputs: Sequence[bytes]) -> list[bytes]:
+    """:meth:`Verdict.encode` of a batch's ``n`` new verdicts, byte for byte, in one pass.
+
+    Row ``k`` has sequence number ``first_seq + k`` and its rows blob at ``first_seq``;
+    ``body`` uint64, ``partition``, ``offset``, ``event_time`` (ms) int arrays and
+    ``familiar`` bool, each ``[n]``; ``merchants`` the UTF-8 merchant ids.
+
+    >>> v = Verdict(9, 5, 1, 70, 5, 1_700_000_000_000, True, "m-1", b"{}")
+    >>> encode_verdicts(np.array([9]), 5, np.array([1]), np.array([70]),
+    ...                 np.array([v.event_time]), np.array([True]), [b"m-1"], [b"{}"]
+    ...                 ) == [v.encode()]
+    True
+    """
+    n = len(outputs)
+    heads = np.empty(n, _VERDICT_HEAD)
+    heads["body"], heads["partition"], heads["offset"] = body, partition, offset
+    heads["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+    heads["rows"], heads["event_time"], heads["familiar"] = first_seq, event_time, familiar
+    heads["merchant_len"] = np.fromiter(map(len, merchants), np.int64, n)
+    return _joined(heads, merchants, outputs)
+
+
+def encode_targets(first_seq: int, event_time: np.ndarray, familiar: np.ndarray,
+                   merchants: Sequence[bytes], gists: Sequence[bytes]) -> list[bytes]:
+    """:meth:`LabelTarget.encode` of a batch's new verdicts (see :func:`encode_verdicts`)."""
+    n = len(gists)
+    heads = np.empty(n, _TARGET_HEAD)
+    heads["event_time"], heads["familiar"] = event_time, familiar
+    heads["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+    heads["merchant_len"] = np.fromiter(map(len, merchants), np.int64, n)
+    return _joined(heads, merchants, gists)
+
+
 class VerdictGist(msgspec.Struct, omit_defaults=True, gc=False):
     """What label feedback needs of a published verdict (fields of ``Prediction``)."""
 

@@ -19,6 +19,8 @@ snapshot, so a replay from it never finds a record gone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from state import keys
@@ -54,6 +56,14 @@ class StoreTransaction:
         self._batch.put(key, value)
         if self._log is not None:
             self._log.append((key, value))
+
+    def put_many(self, key_list: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """:meth:`put` each of ``values`` under the key at the same position."""
+        put = self._batch.put
+        for key, value in zip(key_list, values, strict=True):
+            put(key, value)
+        if self._log is not None:
+            self._log += zip(key_list, values, strict=True)
 
     def delete(self, key: bytes) -> None:
         """Delete ``key``."""

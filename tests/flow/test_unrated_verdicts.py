@@ -175,3 +175,24 @@ def test_an_unrated_verdict_never_explains_itself_by_a_neutral_placeholder() -> 
     assert reasons[0].text == ("amount in VND not converted to EUR: no exchange rate in rate "
                                "table ecb-2026-10-30+pegs.1; amount features scored at neutral "
                                "values")
+
+
+@pytest.mark.parametrize("with_shadow", [False, True])
+def test_the_gists_stored_for_labels_equal_those_read_from_the_verdicts(
+        tiny_model_dir: Path, with_shadow: bool) -> None:
+    """The merchant store keeps each verdict's gist for label feedback; the flow hands it
+    the gists made from the decided arrays (``gists``): byte for byte what decoding the
+    published verdict gives (``verdict_gist``), unrated rows, flagged rows and shadow too."""
+    from scoring.render import gists
+    from state.records import verdict_gist
+
+    serving = ModelSource(tiny_model_dir, thresholds=lambda m: m.thresholds, interval=0).current
+    rates = model_rates(load_model(tiny_model_dir))
+    txns, X = replay_matrix(STREAM, amount_of=lambda t: reference_amount(t, rates))
+    amounts = np.array([reference_amount(t, rates) for t in txns])
+    decided = decide(X, txns, amounts, serving, serving if with_shadow else None)
+    n = len(txns)
+    out = render(decided, txns, np.zeros(n, np.int64), np.zeros(n, bool), amounts, "EUR", 1)
+    assert any(a != a for a in amounts.tolist())  # an unrated row is among them
+    assert gists(decided) == [verdict_gist(v) for v in out]
+    assert all(b"shadow_score" in g for g in gists(decided)) == with_shadow

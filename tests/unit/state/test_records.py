@@ -1,0 +1,30 @@
+"""The merchant store's batch encoders write each record byte for byte as its own encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from state.records import LabelTarget, Verdict, encode_targets, encode_verdicts
+
+
+def test_a_batch_of_verdicts_and_label_targets_encodes_as_one_at_a_time() -> None:
+    merchants = ["m-1", "café-ünï", "", "m" * 300]  # UTF-8 lengths, an empty and a long id
+    outputs = [b'{"score":0.5}', b"", b"x" * 1000, b"\x00\xff"]
+    gists = [b'{"s":1}', b"{}", b"", b"g"]
+    body = np.array([1, 2**64 - 1, 0, 12345], dtype=np.uint64)
+    partition = np.array([0, 7, 2**31 - 1, 3], dtype=np.int32)
+    offset = np.array([5, 2**62, 0, 9], dtype=np.int64)
+    event = np.array([1_700_000_000_000, 0, -1, 2**40], dtype=np.int64)
+    familiar = np.array([True, False, True, False])
+    first = 1_000
+    raw = [m.encode() for m in merchants]
+    verdicts = [Verdict(int(body[k]), first + k, int(partition[k]), int(offset[k]), first,
+                        int(event[k]), bool(familiar[k]), merchants[k], outputs[k])
+                for k in range(4)]
+    assert encode_verdicts(body, first, partition, offset, event, familiar, raw, outputs) == [
+        v.encode() for v in verdicts]
+    assert [Verdict.decode(b) for b in encode_verdicts(
+        body, first, partition, offset, event, familiar, raw, outputs)] == verdicts
+    targets = [LabelTarget(int(event[k]), first + k, bool(familiar[k]), merchants[k], gists[k])
+               for k in range(4)]
+    assert encode_targets(first, event, familiar, raw, gists) == [t.encode() for t in targets]
