@@ -55,6 +55,8 @@ import re
 import struct
 from collections.abc import Iterable
 
+import numpy as np
+
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -131,8 +133,26 @@ def expiry_key(day: int, seq: int) -> bytes:
 
 
 def pack_keys(key_list: list[bytes]) -> bytes:
-    """Keys as one value: each as a big-endian ``u16`` length and its bytes."""
-    return b"".join(_U16.pack(len(k)) + k for k in key_list)
+    """Keys as one value: each as a big-endian ``u16`` length and its bytes.
+
+    Keys of one length (a batch's transaction ids usually are) are packed with numpy
+    in one pass. Raises ``struct.error`` for a key of 65,536 bytes or more.
+
+    >>> pack_keys([b"ab", b"", b"c"])
+    b'\\x00\\x02ab\\x00\\x00\\x00\\x01c'
+    >>> pack_keys([b"ab"] * 8) == b"\\x00\\x02ab" * 8
+    True
+    """
+    n = len(key_list)
+    size = len(key_list[0]) if n else 0
+    joined = b"".join(key_list)
+    if (n < 8 or len(joined) != n * size or size > 0xFFFF
+            or any(len(k) != size for k in key_list)):
+        return b"".join(_U16.pack(len(k)) + k for k in key_list)
+    out = np.empty((n, size + 2), np.uint8)
+    out[:, :2] = np.frombuffer(_U16.pack(size), np.uint8)
+    out[:, 2:] = np.frombuffer(joined, np.uint8).reshape(n, size)
+    return out.tobytes()
 
 
 def unpack_keys(value: bytes) -> list[bytes]:

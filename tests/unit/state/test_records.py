@@ -28,3 +28,20 @@ def test_a_batch_of_verdicts_and_label_targets_encodes_as_one_at_a_time() -> Non
     targets = [LabelTarget(int(event[k]), first + k, bool(familiar[k]), merchants[k], gists[k])
                for k in range(4)]
     assert encode_targets(first, event, familiar, raw, gists) == [t.encode() for t in targets]
+
+
+def test_packed_key_lists_unpack_to_the_keys_whatever_their_lengths() -> None:
+    """Expiry index records: equal-length keys take numpy's path, any others the loop."""
+    import struct
+
+    from state.keys import pack_keys, unpack_keys
+
+    def plain(key_list: list[bytes]) -> bytes:
+        return b"".join(struct.pack(">H", len(k)) + k for k in key_list)
+
+    ids = [b"s" + f"{i:036d}".encode() for i in range(600)]
+    for key_list in (ids, ids[:7], ids[:8], [], [b""] * 10, [b"ab", b"cdef"] * 6,
+                     [b"abc", b"de", b"f", b"ghi", b"", b"jklm", b"n", b"opq"],
+                     [b"x" * 1000] * 9):
+        assert pack_keys(key_list) == plain(key_list)
+        assert unpack_keys(pack_keys(key_list)) == key_list
