@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -233,6 +232,8 @@ class RecoveryBackup:
         self.topic = settings.topic(TOPIC)
         self.transactions = (topic, topic_id)
         self._slots: dict[str, int] = {}
+        self._sent: dict[str, str] = {}
+        """SHA-256 of each partition's image this process last delivered (not sent again)."""
         self._producer: Any = None
 
     def __repr__(self) -> str:
@@ -261,9 +262,11 @@ class RecoveryBackup:
         return [manifest for manifest, _ in copies.values()]
 
     def upload(self, recovery_dir: Path) -> int:
-        """Copy every partition of ``recovery_dir`` to the topic; the bytes copied.
+        """Copy every partition of ``recovery_dir`` to the topic; the bytes of the copy.
 
-        Waits for the broker's acknowledgement. Raises :class:`BrokerError`.
+        A partition whose image is the one this process last delivered (an idle flow's)
+        is not sent again. Waits for the broker's acknowledgement. Raises
+        :class:`BrokerError`, or ``OSError`` when a partition cannot be read.
         """
         from confluent_kafka import Producer
 
@@ -281,17 +284,21 @@ class RecoveryBackup:
         total = 0
         for path in partitions(recovery_dir):
             image = copy_partition(path)
+            total += len(image)
+            digest = hashlib.sha256(image).hexdigest()
+            if self._sent.get(path.name) == digest:
+                continue
             slot = 1 - self._slots.get(path.name, 1)
             manifest = Manifest(path.name, slot, max(1, -(-len(image) // CHUNK_BYTES)),
-                                len(image), hashlib.sha256(image).hexdigest(),
-                                int(time.time() * 1000), *self.transactions)
+                                len(image), digest, int(time.time() * 1000),
+                                *self.transactions)
             for key, value in records(manifest, image):
                 self._producer.produce(self.topic, value, key, 0, on_delivery=delivered)
             if self._producer.flush(30.0) or failures:
                 raise BrokerError(f"the recovery backup of {path.name} was not delivered to "
                                   f"{self.topic!r}: {failures[:1] or 'timed out'}")
             self._slots[path.name] = slot
-            total += len(image)
+            self._sent[path.name] = digest
         return total
 
     def close(self) -> None:
@@ -323,7 +330,7 @@ class BackupThread(threading.Thread):
             started = self._clock()
             try:
                 size = self.backup.upload(self.recovery_dir)
-            except (FraudStreamError, sqlite3.Error, OSError, subprocess.SubprocessError) as exc:
+            except (FraudStreamError, OSError, subprocess.SubprocessError) as exc:
                 BACKUP_FAILURES.inc()
                 log.warning("recovery backup failed (retried in %s s): %s", self.seconds, exc)
                 return False

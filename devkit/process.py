@@ -49,7 +49,10 @@ def backup_seconds(env: Mapping[str, str]) -> int:
     """How often process 0 copies its recovery partitions with ``env`` (0: never)."""
     if env.get("FRAUD_CHANGELOG", os.environ.get("FRAUD_CHANGELOG", "off")) != "on":
         return 0
-    return int(env.get("FRAUD_RECOVERY_BACKUP_SECONDS", "30"))
+    from flows.settings import VARIABLES  # the flow's own default (a settings import)
+
+    default = VARIABLES["FRAUD_RECOVERY_BACKUP_SECONDS"][0]
+    return int(env.get("FRAUD_RECOVERY_BACKUP_SECONDS", default))
 
 
 class FlowProcess:

@@ -61,6 +61,7 @@ def test_copies_restore_a_lost_recovery_directory(kafka: KafkaSettings,
     copies = backup.read()
     assert sorted(copies) == ["part-0.sqlite3", "part-1.sqlite3"]
     assert copies["part-1.sqlite3"][0].slot == 1 and copies["part-1.sqlite3"][0].chunks >= 2
+    assert copies["part-0.sqlite3"][0].slot == 0  # unchanged since the first copy: not re-sent
 
     lost = tmp_path / "lost"
     done = _command(settings, "restore", str(lost))
