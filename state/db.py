@@ -60,8 +60,14 @@ class StoreIdentity:
         return f"{self.role} shard {self.shard} of {self.shards} for topic {self.topic!r}{tid}"
 
 
+#: Record layouts changed apart from the card state's format (a store of an older layout is
+#: refused, and says what to do): 2, the merchant store's verdicts in one blob per batch.
+_RECORDS = {"merchants": "/records-2"}
+
+
 def _format(role: str) -> bytes:
-    return f"state{STATE_FORMAT_VERSION}/{role}/features-{FEATURE_SPEC_VERSION}".encode()
+    return (f"state{STATE_FORMAT_VERSION}/{role}/features-{FEATURE_SPEC_VERSION}"
+            f"{_RECORDS.get(role, '')}").encode()
 
 
 class StateDB:

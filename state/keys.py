@@ -15,11 +15,13 @@ Card store (:mod:`state.card_store`), one per card shard:
 Merchant store (:mod:`state.merchant_store`), one per merchant shard:
 
 * ``m<merchant_id>`` -> encoded :class:`~state.merchant.MerchantState`
-* ``v<transaction_id>`` -> :class:`~state.records.Verdict` (its verdict bytes and more)
+* ``j<transaction_id>`` -> :class:`~state.records.LabelTarget` (the transaction was
+  scored: what a label needs of it, where its verdict is; kept for the label horizon)
+* ``o<seq:u64>`` -> the verdicts of the batch whose first verdict was ``seq``
+  (:func:`~state.records.encode_verdicts`: body digests, source offsets, verdict bytes;
+  kept for the transaction horizon)
 * ``r<seq:u64>`` -> the feature rows (float32) of the batch whose first verdict was ``seq``
   (for recounting drift after a crash)
-* ``j<transaction_id>`` -> :class:`~state.records.LabelTarget` (what a label needs of a
-  scored transaction; kept for the label horizon, past its verdict)
 * ``l<transaction_id>`` -> :class:`~state.records.LabelMark` (the label in force of a
   scored transaction; kept as long as its ``j`` record)
 * ``p<transaction_id>`` -> :class:`~state.records.PendingLabel` (the label of a transaction
@@ -68,7 +70,7 @@ _TOKEN = "tok_"  # topics.pan.TOKEN_PREFIX (not imported: keys stay free of topi
 _TOKEN_RE = re.compile(_TOKEN + "([0-9a-f]{32})")
 SEEN = b"s"
 MERCHANT = b"m"
-VERDICT = b"v"
+VERDICTS = b"o"
 RECENT = b"r"
 LABEL = b"l"
 TARGET = b"j"
@@ -113,13 +115,18 @@ def merchant_key(merchant_id: str) -> bytes:
 
 
 def txn_key(prefix: bytes, transaction_id: str) -> bytes:
-    """Key of a per-transaction record (``SEEN``, ``VERDICT``, ``LABEL`` or ``PENDING``)."""
+    """Key of a per-transaction record (``SEEN``, ``TARGET``, ``LABEL`` or ``PENDING``)."""
     return prefix + transaction_id.encode()
 
 
 def seq_key(seq: int) -> bytes:
     """Key of the rows blob of the batch whose first change was sequence number ``seq``."""
     return RECENT + _U64.pack(seq)
+
+
+def verdicts_key(seq: int) -> bytes:
+    """Key of the verdicts blob of the batch whose first verdict was ``seq``."""
+    return VERDICTS + _U64.pack(seq)
 
 
 def expired_labels_key(seq: int) -> bytes:

@@ -11,15 +11,19 @@ Transactions (:meth:`MerchantStore.process`), a batch at a time, in the order gi
   as of just before it (the merchant kernel over every merchant of the batch,
   :func:`state.features.merchant_features`) and appended to the card group the
   card stage computed; the batch's rows are rendered into verdict bytes in one
-  call (the caller scores them); ``v<transaction_id>`` keeps the verdict bytes
-  for the transaction horizon and one blob the batch's rows (for recounting
-  drift after a crash); labels that were waiting for these transactions are
-  applied;
+  call (the caller scores them); ``j<transaction_id>`` records that the id was
+  scored (:class:`~state.records.LabelTarget`, kept for the label horizon), one
+  blob per batch keeps the verdict bytes for the transaction horizon (``o<seq>``)
+  and one the batch's rows (``r<seq>``, for recounting drift after a crash);
+  labels that were waiting for these transactions are applied;
 * an id already scored with the **same body**: its stored verdict bytes are
   returned unchanged, as a **replay** (lost work after a crash: its drift counts
   and label joins must be redone) or a **re-delivery** (nothing to redo), see
   :class:`~state.records.Incarnation`;
 * an id already scored with **another body**: a conflict.
+
+An id whose verdicts blob is gone (past the transaction horizon, as the card stage's
+record of it) counts as new again: it is scored, and its ``j`` record replaced.
 
 Labels (:meth:`MerchantStore.apply_labels`), resolved by :mod:`state.labels` (the
 label contract, ``docs/labels.md``): a label joins only a transaction this store
@@ -79,6 +83,7 @@ from state.records import (
     Verdict,
     encode_targets,
     encode_verdicts,
+    scored,
     verdict_gist,
 )
 from state.spec import INDEX, N_FEATURES
@@ -295,8 +300,8 @@ class MerchantStore:
         db = self.db
         n = len(batch)
         tids = batch.transaction_ids
-        verdict_keys = [keys.VERDICT + t.encode() for t in tids]
-        stored = db.get_many(verdict_keys)
+        target_keys = [keys.TARGET + t.encode() for t in tids]
+        stored = db.get_many(target_keys)
         outcome = MerchantOutcome(np.full(n, MISSING, dtype=np.int8), [None] * n,
                                   np.zeros((n, N_FEATURES), dtype=np.float32),
                                   np.zeros(n, dtype=bool), [None] * n)
@@ -308,7 +313,7 @@ class MerchantStore:
             fresh, again, replays = self._classify(batch, stored, outcome)
         joins = self._redo_joins(tids, replays, outcome) if replays else []
         if len(fresh):
-            joins += self._apply(fresh, batch, verdict_keys, outcome, render)
+            joins += self._apply(fresh, batch, target_keys, outcome, render)
         for i, j in again:  # a repeat within the batch: of the new id at j
             first = outcome.first[j]
             if first is None:
@@ -327,9 +332,13 @@ class MerchantStore:
         again: list[tuple[int, int]] = []
         replays: list[int] = []
         first_at: dict[str, int] = {}
-        for i, raw in enumerate(stored):
-            if raw is not None:
-                first = Verdict.decode(raw)
+        targets = [LabelTarget.decode(raw) if raw is not None else None for raw in stored]
+        batches = list({t.rows for t in targets if t is not None})
+        blobs = dict(zip(batches, self.db.get_many([keys.verdicts_key(b) for b in batches]),
+                         strict=True))
+        for i, target in enumerate(targets):
+            first = scored(target, blobs[target.rows]) if target is not None else None
+            if first is not None:
                 outcome.first[i] = first
                 if first.body != int(batch.body[i]):
                     outcome.kind[i] = CONFLICT
@@ -348,7 +357,7 @@ class MerchantStore:
                 fresh.append(i)
         return np.asarray(fresh, dtype=np.int64), again, replays
 
-    def _apply(self, fresh: np.ndarray, batch: MerchantBatch, verdict_keys: list[bytes],
+    def _apply(self, fresh: np.ndarray, batch: MerchantBatch, target_keys: list[bytes],
                outcome: MerchantOutcome, render: Render) -> list[LabelJoin]:
         db = self.db
         f = len(fresh)
@@ -394,14 +403,13 @@ class MerchantStore:
         txn = StoreTransaction(db)
         first = txn.next_seqs(f)
         joins: list[LabelJoin] = []
-        target_keys = [keys.TARGET + batch.transaction_ids[i].encode() for i in fresh_list]
+        fresh_targets = [target_keys[i] for i in fresh_list]
         merchants = [mids[i] for i in fresh_list]
-        raw_merchants = [m.encode() for m in merchants]
         body, partition, offset = batch.body[fresh], batch.partition[fresh], batch.offset[fresh]
-        txn.put_many([verdict_keys[i] for i in fresh_list], encode_verdicts(
-            body, first, partition, offset, inputs.event_ms, familiar, raw_merchants, outputs))
-        txn.put_many(target_keys, encode_targets(first, inputs.event_ms, familiar,
-                                                 raw_merchants, gists))
+        verdicts_key = keys.verdicts_key(first)
+        txn.put(verdicts_key, encode_verdicts(body, partition, offset, outputs))
+        txn.put_many(fresh_targets, encode_targets(first, inputs.event_ms, familiar,
+                                                   [m.encode() for m in merchants], gists))
         for k, record in enumerate(map(Verdict._make, zip(
                 body.tolist(), range(first, first + f), partition.tolist(), offset.tolist(),
                 repeat(first, f), inputs.event_ms.tolist(), familiar.tolist(), merchants,
@@ -419,8 +427,8 @@ class MerchantStore:
             joins.append(LabelJoin(waited.label, record))
         txn.put(keys.seq_key(first), matrix.tobytes())
         days = inputs.event_ms // DAY_MS
-        txn.expire_many(days + self._txn_days, [verdict_keys[i] for i in fresh_list])
-        txn.expire_many(days + self._label_days, target_keys)
+        txn.expire(int(days.max()) + self._txn_days, verdicts_key)  # with its last verdict
+        txn.expire_many(days + self._label_days, fresh_targets)
         if joined:
             txn.expire_many(days[list(joined)] + self._label_days,
                             [keys.LABEL + batch.transaction_ids[fresh_list[k]].encode()

@@ -28,9 +28,8 @@ import numpy as np
 from topics.contracts import Label, Transaction
 
 _SEEN = struct.Struct("<QQiqQ")
-_VERDICT = struct.Struct("<QQiqQq?H")
 _LABEL = struct.Struct("<qQ?qb?")
-_TARGET = struct.Struct("<qQ?H")
+_TARGET = struct.Struct("<qQQ?H")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -75,14 +74,20 @@ class Seen(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """The merchant stage scored this transaction (key ``v<transaction_id>``)."""
+    """The merchant stage scored this transaction.
+
+    Its :class:`LabelTarget` (key ``j<transaction_id>``) and its entry in the batch's
+    verdicts blob (key ``o<rows>``, :func:`encode_verdicts`), read together by
+    :func:`scored`.
+    """
 
     body: int
     seq: int
     partition: int
     offset: int
     rows: int
-    """Sequence number of the batch whose rows blob (``r<rows>``) holds this row."""
+    """Sequence number of the batch's first verdict: its rows blob (``r<rows>``) and its
+    verdicts blob (``o<rows>``) hold this row at ``seq - rows``."""
     event_time: int
     familiar: bool
     """The card had used this merchant in the 30 days before (a regular customer)."""
@@ -90,70 +95,76 @@ class Verdict(NamedTuple):
     output: bytes
     """The published verdict, byte for byte (re-emitted on every repeat)."""
 
-    def encode(self) -> bytes:
-        """47 bytes plus the merchant id and the verdict."""
-        merchant = self.merchant_id.encode()
-        return _VERDICT.pack(*self[:7], len(merchant)) + merchant + self.output
 
-    @classmethod
-    def decode(cls, raw: bytes) -> Verdict:
-        """Inverse of :meth:`encode`."""
-        body, seq, partition, offset, rows, event_time, familiar, n = _VERDICT.unpack_from(raw)
-        start = _VERDICT.size + n
-        return cls(body, seq, partition, offset, rows, event_time, familiar,
-                   raw[_VERDICT.size:start].decode(), raw[start:])
-
-
-#: The fixed head of :meth:`Verdict.encode` (``_VERDICT``) and :meth:`LabelTarget.encode`
-#: (``_TARGET``) as packed numpy records: a batch's heads are written in one call.
-_VERDICT_HEAD = np.dtype([("body", "<u8"), ("seq", "<u8"), ("partition", "<i4"),
-                          ("offset", "<i8"), ("rows", "<u8"), ("event_time", "<i8"),
-                          ("familiar", "?"), ("merchant_len", "<u2")])
-_TARGET_HEAD = np.dtype([("event_time", "<i8"), ("seq", "<u8"), ("familiar", "?"),
-                         ("merchant_len", "<u2")])
-assert _VERDICT_HEAD.itemsize == _VERDICT.size and _TARGET_HEAD.itemsize == _TARGET.size
+#: One row of a verdicts blob: body digest, source partition and offset, and where its
+#: verdict bytes end (from the start of the blob's verdict bytes).
+_BLOB_ROW = struct.Struct("<QiqI")
+_BLOB_DTYPE = np.dtype([("body", "<u8"), ("partition", "<i4"), ("offset", "<i8"),
+                        ("end", "<u4")])
+_BLOB_COUNT = struct.Struct("<I")
+#: The fixed head of :meth:`LabelTarget.encode` as packed numpy records.
+_TARGET_HEAD = np.dtype([("event_time", "<i8"), ("seq", "<u8"), ("rows", "<u8"),
+                         ("familiar", "?"), ("merchant_len", "<u2")])
+assert _BLOB_DTYPE.itemsize == _BLOB_ROW.size and _TARGET_HEAD.itemsize == _TARGET.size
 
 
-def _joined(heads: np.ndarray, merchants: Sequence[bytes], tails: Sequence[bytes]
-            ) -> list[bytes]:
-    blob, size = heads.tobytes(), heads.dtype.itemsize
-    return [blob[k * size:(k + 1) * size] + m + t
-            for k, (m, t) in enumerate(zip(merchants, tails, strict=True))]
+def encode_verdicts(body: np.ndarray, partition: np.ndarray, offset: np.ndarray,
+                    outputs: Sequence[bytes]) -> bytes:
+    """The verdicts blob of a batch's ``n`` new verdicts (key ``o<first seq>``), in one pass.
 
+    ``body`` uint64, ``partition`` and ``offset`` int arrays ``[n]``; ``outputs`` the
+    verdict bytes. Layout: ``n`` (u32), ``n`` rows of :data:`_BLOB_ROW` (little-endian),
+    then the verdict bytes one after another. One record per batch instead of one per
+    transaction: the blob expires with the batch's last transaction horizon.
 
-def encode_verdicts(body: np.ndarray, first_seq: int, partition: np.ndarray,
-                    offset: np.ndarray, event_time: np.ndarray, familiar: np.ndarray,
-                    merchants: Sequence[bytes], outputs: Sequence[bytes]) -> list[bytes]:
-    """:meth:`Verdict.encode` of a batch's ``n`` new verdicts, byte for byte, in one pass.
-
-    Row ``k`` has sequence number ``first_seq + k`` and its rows blob at ``first_seq``;
-    ``body`` uint64, ``partition``, ``offset``, ``event_time`` (ms) int arrays and
-    ``familiar`` bool, each ``[n]``; ``merchants`` the UTF-8 merchant ids.
-
-    >>> v = Verdict(9, 5, 1, 70, 5, 1_700_000_000_000, True, "m-1", b"{}")
-    >>> encode_verdicts(np.array([9]), 5, np.array([1]), np.array([70]),
-    ...                 np.array([v.event_time]), np.array([True]), [b"m-1"], [b"{}"]
-    ...                 ) == [v.encode()]
-    True
+    >>> blob = encode_verdicts(np.array([9]), np.array([1]), np.array([70]), [b"{}"])
+    >>> verdict_entry(blob, 0), verdict_entry(blob, 1)
+    ((9, 1, 70, b'{}'), None)
     """
     n = len(outputs)
-    heads = np.empty(n, _VERDICT_HEAD)
-    heads["body"], heads["partition"], heads["offset"] = body, partition, offset
-    heads["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
-    heads["rows"], heads["event_time"], heads["familiar"] = first_seq, event_time, familiar
-    heads["merchant_len"] = np.fromiter(map(len, merchants), np.int64, n)
-    return _joined(heads, merchants, outputs)
+    rows = np.empty(n, _BLOB_DTYPE)
+    rows["body"], rows["partition"], rows["offset"] = body, partition, offset
+    rows["end"] = np.cumsum(np.fromiter(map(len, outputs), np.int64, n))
+    return _BLOB_COUNT.pack(n) + rows.tobytes() + b"".join(outputs)
+
+
+def verdict_entry(blob: bytes, index: int) -> tuple[int, int, int, bytes] | None:
+    """``(body, partition, offset, verdict bytes)`` of row ``index`` of a verdicts blob.
+
+    None past its end.
+    """
+    (n,) = _BLOB_COUNT.unpack_from(blob)
+    if not 0 <= index < n:
+        return None
+    at = _BLOB_COUNT.size + index * _BLOB_ROW.size
+    body, partition, offset, end = _BLOB_ROW.unpack_from(blob, at)
+    start = _BLOB_ROW.unpack_from(blob, at - _BLOB_ROW.size)[3] if index else 0
+    base = _BLOB_COUNT.size + n * _BLOB_ROW.size
+    return body, partition, offset, blob[base + start:base + end]
 
 
 def encode_targets(first_seq: int, event_time: np.ndarray, familiar: np.ndarray,
                    merchants: Sequence[bytes], gists: Sequence[bytes]) -> list[bytes]:
-    """:meth:`LabelTarget.encode` of a batch's new verdicts (see :func:`encode_verdicts`)."""
+    """:meth:`LabelTarget.encode` of a batch's ``n`` new verdicts, byte for byte, in one pass.
+
+    Row ``k`` has sequence number ``first_seq + k`` and its batch's blobs at ``first_seq``;
+    ``event_time`` (ms) int and ``familiar`` bool arrays ``[n]``; ``merchants`` the UTF-8
+    merchant ids; ``gists`` each verdict's :func:`verdict_gist`.
+
+    >>> t = LabelTarget(1_700_000_000_000, 5, True, "m-1", b"{}", 5)
+    >>> encode_targets(5, np.array([t.event_time]), np.array([True]), [b"m-1"], [b"{}"]
+    ...                ) == [t.encode()]
+    True
+    """
     n = len(gists)
     heads = np.empty(n, _TARGET_HEAD)
     heads["event_time"], heads["familiar"] = event_time, familiar
     heads["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+    heads["rows"] = first_seq
     heads["merchant_len"] = np.fromiter(map(len, merchants), np.int64, n)
-    return _joined(heads, merchants, gists)
+    blob, size = heads.tobytes(), _TARGET_HEAD.itemsize
+    return [blob[k * size:(k + 1) * size] + m + g
+            for k, (m, g) in enumerate(zip(merchants, gists, strict=True))]
 
 
 class VerdictGist(msgspec.Struct, omit_defaults=True, gc=False):
@@ -179,11 +190,13 @@ def verdict_gist(output: bytes) -> bytes:
 
 
 class LabelTarget(NamedTuple):
-    """What a label needs of a scored transaction (key ``j<transaction_id>``).
+    """A scored transaction (key ``j<transaction_id>``): what a label needs, where its verdict is.
 
-    Kept for the label horizon (``FRAUD_LABEL_HORIZON_DAYS``), well past the stored
-    verdict, so a chargeback months late still joins: about 20 bytes plus the merchant
-    id and the verdict's gist (:class:`VerdictGist`, about 80 bytes of JSON).
+    Kept for the label horizon (``FRAUD_LABEL_HORIZON_DAYS``), well past its verdict, so a
+    chargeback months late still joins: 27 bytes plus the merchant id and the verdict's
+    gist (:class:`VerdictGist`, about 80 bytes of JSON). While its batch's verdicts blob
+    (``o<rows>``) is kept (the transaction horizon) the two make its :class:`Verdict`
+    (:func:`scored`): the store's record that the transaction id was scored.
     """
 
     event_time: int
@@ -194,24 +207,40 @@ class LabelTarget(NamedTuple):
     merchant_id: str
     gist: bytes
     """:func:`verdict_gist` of the published verdict (decision and model, for feedback)."""
+    rows: int = 0
+    """Sequence number of its batch's first verdict (its blobs' key, see :class:`Verdict`)."""
 
     def encode(self) -> bytes:
-        """19 bytes plus the merchant id and the gist."""
+        """27 bytes plus the merchant id and the gist."""
         merchant = self.merchant_id.encode()
-        return _TARGET.pack(self.event_time, self.seq, self.familiar, len(merchant)) + (
-            merchant + self.gist)
+        return _TARGET.pack(self.event_time, self.seq, self.rows, self.familiar,
+                            len(merchant)) + merchant + self.gist
 
     @classmethod
     def decode(cls, raw: bytes) -> LabelTarget:
         """Inverse of :meth:`encode`."""
-        event_time, seq, familiar, n = _TARGET.unpack_from(raw)
+        event_time, seq, rows, familiar, n = _TARGET.unpack_from(raw)
         start = _TARGET.size + n
-        return cls(event_time, seq, familiar, raw[_TARGET.size:start].decode(), raw[start:])
+        return cls(event_time, seq, familiar, raw[_TARGET.size:start].decode(), raw[start:],
+                   rows)
 
     def verdict(self) -> Verdict:
         """A :class:`Verdict` with what label feedback reads (``output`` is the gist)."""
-        return Verdict(0, self.seq, -1, -1, 0, self.event_time, self.familiar,
+        return Verdict(0, self.seq, -1, -1, self.rows, self.event_time, self.familiar,
                        self.merchant_id, self.gist)
+
+
+def scored(target: LabelTarget, blob: bytes | None) -> Verdict | None:
+    """The :class:`Verdict` of ``target`` with its entry of its batch's verdicts ``blob``.
+
+    None when the blob is gone (past the transaction horizon: the id counts as new).
+    """
+    entry = verdict_entry(blob, target.seq - target.rows) if blob is not None else None
+    if entry is None:
+        return None
+    body, partition, offset, output = entry
+    return Verdict(body, target.seq, partition, offset, target.rows, target.event_time,
+                   target.familiar, target.merchant_id, output)
 
 
 NO_LABEL = -1

@@ -400,7 +400,11 @@ def test_a_chargeback_months_late_counts_as_a_prompt_one(tmp_path: Path, late_da
         for e in events:  # a recovery snapshot a day: expiry runs
             stream.feed([e])
             stream.checkpoint()
-        verdict_kept = stream.merchants.db.get(b"vt2") is not None
+        from state.keys import verdicts_key
+        from state.records import LabelTarget
+
+        target = LabelTarget.decode(stream.merchants.db.get(b"jt2") or b"")
+        verdict_kept = stream.merchants.db.get(verdicts_key(target.rows)) is not None
         assert verdict_kept == (delay < 35)  # the stored verdict itself is long gone
         features[delay] = stream.rows["probe"]
         # label feedback: joined with the verdict's decision and model, long after the verdict
@@ -423,7 +427,7 @@ def test_a_label_target_is_small_and_keeps_what_feedback_needs() -> None:
                b'"decision":"review","model_version":"gbdt-20261201-a1b2c3","reasons":['
                b'{"code":"R01","feature":"card_count_10m","value":7.0}],"rules":[],'
                b'"latency_ms":12.5,"event_time":1795917600000,"amount_reference":42.0}')
-    target = LabelTarget(T0, 7, True, "m-000123", verdict_gist(verdict))
+    target = LabelTarget(T0, 7, True, "m-000123", verdict_gist(verdict), 5)
     raw = target.encode()
     assert LabelTarget.decode(raw) == target
     assert json.loads(target.gist) == {"score": 0.8125, "decision": "review",

@@ -1,13 +1,21 @@
-"""The merchant store's batch encoders write each record byte for byte as its own encoder."""
+"""The merchant store's records: a batch's label targets and verdicts blob, expiry key lists."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from state.records import LabelTarget, Verdict, encode_targets, encode_verdicts
+from state.records import (
+    LabelTarget,
+    Verdict,
+    encode_targets,
+    encode_verdicts,
+    scored,
+    verdict_entry,
+)
 
 
-def test_a_batch_of_verdicts_and_label_targets_encodes_as_one_at_a_time() -> None:
+def test_a_batch_of_label_targets_encodes_as_one_at_a_time_and_finds_its_verdicts() -> None:
+    """A batch's ``j`` records (one pass) and its verdicts blob give each row's Verdict back."""
     merchants = ["m-1", "café-ünï", "", "m" * 300]  # UTF-8 lengths, an empty and a long id
     outputs = [b'{"score":0.5}', b"", b"x" * 1000, b"\x00\xff"]
     gists = [b'{"s":1}', b"{}", b"", b"g"]
@@ -18,16 +26,18 @@ def test_a_batch_of_verdicts_and_label_targets_encodes_as_one_at_a_time() -> Non
     familiar = np.array([True, False, True, False])
     first = 1_000
     raw = [m.encode() for m in merchants]
-    verdicts = [Verdict(int(body[k]), first + k, int(partition[k]), int(offset[k]), first,
-                        int(event[k]), bool(familiar[k]), merchants[k], outputs[k])
-                for k in range(4)]
-    assert encode_verdicts(body, first, partition, offset, event, familiar, raw, outputs) == [
-        v.encode() for v in verdicts]
-    assert [Verdict.decode(b) for b in encode_verdicts(
-        body, first, partition, offset, event, familiar, raw, outputs)] == verdicts
-    targets = [LabelTarget(int(event[k]), first + k, bool(familiar[k]), merchants[k], gists[k])
-               for k in range(4)]
-    assert encode_targets(first, event, familiar, raw, gists) == [t.encode() for t in targets]
+    targets = [LabelTarget(int(event[k]), first + k, bool(familiar[k]), merchants[k], gists[k],
+                           first) for k in range(4)]
+    encoded = encode_targets(first, event, familiar, raw, gists)
+    assert encoded == [t.encode() for t in targets]
+    assert [LabelTarget.decode(b) for b in encoded] == targets
+    blob = encode_verdicts(body, partition, offset, outputs)
+    assert [scored(t, blob) for t in targets] == [
+        Verdict(int(body[k]), first + k, int(partition[k]), int(offset[k]), first,
+                int(event[k]), bool(familiar[k]), merchants[k], outputs[k]) for k in range(4)]
+    assert verdict_entry(blob, 4) is None and verdict_entry(blob, -1) is None
+    assert scored(targets[0], None) is None  # the blob expired: the id counts as new
+    assert verdict_entry(encode_verdicts(body[:0], partition[:0], offset[:0], []), 0) is None
 
 
 def test_packed_key_lists_unpack_to_the_keys_whatever_their_lengths() -> None:

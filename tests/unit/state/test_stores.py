@@ -175,6 +175,23 @@ def test_identity_and_format_are_checked(tmp_path: Path) -> None:
         CardStore.open(tmp_path, CARDS)
 
 
+def test_a_merchant_store_of_the_per_transaction_verdict_layout_is_refused(
+        tmp_path: Path) -> None:
+    """Verdicts moved from ``v<id>`` records into one blob per batch: an older merchant store
+    is refused with what to do, never read as if it had no verdicts (every repeat rescored)."""
+    import rocksdict
+
+    MerchantStore.open(tmp_path, MERCHANTS).close()
+    path = tmp_path / "merchants" / "0"
+    db = rocksdict.Rdict(str(path), StoreOptions().rocksdb())
+    stamp = bytes(db[b"~meta/format"])
+    assert stamp.endswith(b"/records-2")
+    db.put(b"~meta/format", stamp.removesuffix(b"/records-2"))
+    db.close()
+    with pytest.raises(StateFormatError, match="delete the state directory and the recovery"):
+        MerchantStore.open(tmp_path, MERCHANTS)
+
+
 def test_a_changed_shard_count_is_named_as_such(tmp_path: Path) -> None:
     MerchantStore.open(tmp_path, MERCHANTS).close()
     fewer = dataclasses.replace(MERCHANTS, shards=4)
