@@ -125,7 +125,11 @@ def test_kill_9_at_random_points_loses_no_verdict_and_changes_no_score(
     invalid = _produce(settings, history)
     collector = Collector(settings)
     collector.start()
-    env = flow_env(settings, tiny_model_dir, tmp_path)
+    # Paced (at most 32 records per partition every 20 ms) so that the kills land while the
+    # backlog is being scored: a fast flow scored all of it before its first kill, and a
+    # snapshot after the last verdict left nothing to recover (no re-emission to see).
+    env = flow_env(settings, tiny_model_dir, tmp_path, FRAUD_BATCH_MAX="32",
+                   FRAUD_INPUT_LINGER_MS="20")
     kill_points = sorted(random.Random(7).sample(range(1_000, len(history) - 1_000), 3))
     killed_at = []
     try:
