@@ -94,6 +94,7 @@ from topics.contracts import Label
 FRESH, REPEAT, REPLAY, CONFLICT, MISSING = 0, 1, 2, 3, 4
 _NEW_MERCHANT = INDEX["card_new_merchant_30d"]
 
+
 class Rendered(NamedTuple):
     """The verdict bytes of a batch's new transactions and the gist of each.
 
