@@ -11,8 +11,11 @@ Mis-keyed records (on another partition than their card's: produced without a
 key, with another key or partitioner) arrive from several partitions at slightly
 different times. So that a card's velocity counts every record produced before
 the one being scored, they are **held** for ``hold_ms`` (and so is any record of a
-card that has records held), then applied together in event-time order. Correctly
-keyed cards are never held.
+card that has records held), then applied in event-time order once every input of the
+shard has passed them in event time (its watermark): in a backlog, where partitions are
+read seconds apart, the wall-clock hold alone would let a straggler from a partition
+read later miss it. In live traffic the watermark passes them within the hold, and the
+merchant stage waits for the same watermark anyway. Correctly keyed cards are never held.
 
 Results go to the merchant shards as :class:`~flows.items.CardRows`, each shard
 also told how far this card shard has got in event time (the smallest progress of
@@ -162,8 +165,8 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
         ready = merge_partitions(Decoded.concat(parts)) if parts else None
         if ready is not None and self._hold_s > 0:
             ready = self._hold(ready, at_home)
-        if ready is None and self._held is not None and self._clock() >= self._release_at:
-            ready = self._release()
+        if ready is None:
+            ready = self._release_due()
         return self._apply(ready), False
 
     def _hold(self, ordered: Decoded[Transaction],
@@ -196,26 +199,41 @@ class CardLogic(StatefulBatchLogic[CardWork, CardOutput, CardSnapshot]):
             taken = ordered.take(np.flatnonzero(hold))
             self._held = taken if self._held is None else Decoded.concat([self._held, taken])
         ready = ordered.take(np.flatnonzero(~hold)) if hold.any() else ordered
-        if self._held is not None and self._clock() >= self._release_at:
-            released = self._release()
+        released = self._release_due()
+        if released is not None:
             ready = Decoded.concat([ready, released]) if len(ready) else released
         return ready if len(ready) else None
 
-    def _release(self) -> Decoded[Transaction]:
-        held, self._held = self._held, None
+    def _release_due(self) -> Decoded[Transaction] | None:
+        """The held records whose hold is over and that every input has passed, if any."""
+        if self._held is None or self._clock() < self._release_at:
+            return None
+        return self._release(self._inputs.update(self._clock()))
+
+    def _release(self, upto: int | None = None) -> Decoded[Transaction] | None:
+        """Held records up to event time ``upto`` (all: None) in event-time order; the rest stay."""
+        held = self._held
         assert held is not None
-        return held.take(np.argsort(held.event_ms, kind="stable"))  # a partition keeps its order
+        order = np.argsort(held.event_ms, kind="stable")  # a partition keeps its order
+        if upto is None or int(held.event_ms.max()) <= upto:
+            self._held = None
+            return held.take(order)
+        due = held.event_ms[order] <= upto
+        if not due.any():
+            return None
+        self._held = held.take(order[~due])
+        return held.take(order[due])
 
     def notify_at(self) -> datetime | None:
         """When held mis-keyed records are due, or the inputs' watermark may move on."""
-        due = [t for t in (self._release_at if self._held is not None else None,
+        holding = self._held is not None and self._clock() < self._release_at
+        due = [t for t in (self._release_at if holding else None,
                            self._inputs.recheck_at()) if t is not None]
         return datetime.fromtimestamp(min(due), tz=UTC) if due else None
 
     def on_notify(self) -> tuple[list[CardOutput], bool]:
         """Apply the held records whose hold is over; tell the merchants where this shard is."""
-        due = self._held is not None and self._clock() >= self._release_at
-        return self._apply(self._release() if due else None), False
+        return self._apply(self._release_due()), False
 
     def on_eof(self) -> tuple[list[CardOutput], bool]:
         """End of a bounded input: apply whatever is held.

@@ -102,7 +102,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "route", "record on another partition than its card's: route (to its card) or refuse"
     ),
     "FRAUD_MISKEYED_HOLD_MS": (
-        "250", "routed mis-keyed records wait this long for their card's stragglers (0: none)"
+        "250", "routed mis-keyed records wait at least this long for their card's stragglers, "
+        "and until every input partition has passed them in event time (0: no hold)"
     ),
     "FRAUD_INPUT_LINGER_MS": (
         "5", "the transactions consumer is drained at most this often, all partitions at "

@@ -155,12 +155,8 @@ def run(kafka: KafkaSettings, tiny_model_dir: Path,
     collector = Collector(settings)
     collector.start()
     flow = FlowProcess(
-        # The cases are a pre-loaded backlog: the hold of mis-keyed records is wall-clock
-        # time (250 ms by default, for live traffic), and on a loaded machine another
-        # partition's first fetch can come later than that (a straggler then misses its
-        # card's hold: the null-key case's counts split). 1.5 s covers the first fetches.
         flow_env(settings, tiny_model_dir, work, FRAUD_SAMPLE_RATE="1",
-                 FRAUD_METRICS_PORT=str(port), FRAUD_MISKEYED_HOLD_MS="1500"),
+                 FRAUD_METRICS_PORT=str(port)),
         work / "flow.log", recovery_dir=work / "recovery")
     try:
         wait_until(lambda: "case-after-oversize" in collector.outcome.verdicts, [flow],
