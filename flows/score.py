@@ -51,8 +51,8 @@ from changelog.kafka import KafkaChangelog
 from changelog.kafka import ensure as ensure_changelog
 from changelog.recovery import BackupThread, RecoveryBackup
 from changelog.recovery import check_run as check_backup_run
-from drift import samples as drift_samples
 from drift.samples import SampleWriter
+from drift.samples import prepare as prepare_samples
 from drift.windows import DriftAggregator, DriftPartial, PartitionDrift
 from export.model import load_model
 from flows import alignment, kafka, metrics, routing
@@ -285,7 +285,7 @@ def build_flow(settings: ScoringSettings, n_partitions: int | None = None,
     # one-time costs now, not in the first batch: numba's kernels, pyarrow's first conversion
     log.info("numba kernels loaded in %.2f s", load_kernels())
     if drift.sample_rate > 0:
-        drift_samples.prepare()
+        prepare_samples()
 
     skew = SkewRule(settings.max_skew_ms, settings.skew_policy)
     future = settings.max_skew_ms if settings.skew_policy == "dead-letter" else _NO_FUTURE_LIMIT

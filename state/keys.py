@@ -152,10 +152,9 @@ def pack_keys(key_list: list[bytes]) -> bytes:
     """
     n = len(key_list)
     size = len(key_list[0]) if n else 0
-    joined = b"".join(key_list)
-    if (n < 8 or len(joined) != n * size or size > 0xFFFF
-            or any(len(k) != size for k in key_list)):
+    if n < 8 or size > 0xFFFF or any(len(k) != size for k in key_list):
         return b"".join(_U16.pack(len(k)) + k for k in key_list)
+    joined = b"".join(key_list)
     out = np.empty((n, size + 2), np.uint8)
     out[:, :2] = np.frombuffer(_U16.pack(size), np.uint8)
     out[:, 2:] = np.frombuffer(joined, np.uint8).reshape(n, size)
